@@ -1,0 +1,173 @@
+"""The graph: Function (forward + backward on raw arrays), no_grad, and backward().
+
+A `Function` computes on raw arrays (numpy or cupy, via `backend.xp`). `Function.apply`
+is the one place that unwraps Tensors, runs `forward`, wraps the result and records the
+graph edge. `backward` walks the graph in reverse topological order, found iteratively so
+a 48-layer GPT (tens of thousands of nodes) never touches the recursion limit.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+
+_state = threading.local()
+
+
+def is_grad_enabled() -> bool:
+    return getattr(_state, "grad_enabled", True)
+
+
+@contextlib.contextmanager
+def _grad_mode(enabled: bool):
+    previous = is_grad_enabled()
+    _state.grad_enabled = enabled
+    try:
+        yield
+    finally:
+        _state.grad_enabled = previous
+
+
+def no_grad():
+    """Context manager: ops inside record no graph (inference, optimiser updates)."""
+    return _grad_mode(False)
+
+
+def enable_grad():
+    """Context manager: turn graph recording back on inside a no_grad block."""
+    return _grad_mode(True)
+
+
+class Context:
+    """Per-call scratch space a Function's forward leaves for its backward."""
+
+    __slots__ = ("saved", "needs_input_grad", "__dict__")
+
+    def __init__(self, needs_input_grad):
+        self.saved = ()
+        self.needs_input_grad = needs_input_grad
+
+    def save_for_backward(self, *arrays):
+        self.saved = arrays
+
+
+class Node:
+    """One recorded call: the Function, its context and the input Tensors (None for non-tensors)."""
+
+    __slots__ = ("fn", "ctx", "inputs")
+
+    def __init__(self, fn, ctx, inputs):
+        self.fn, self.ctx, self.inputs = fn, ctx, inputs
+
+
+class Function:
+    """Subclass with `forward(ctx, *args, **kwargs) -> array` and `backward(ctx, grad) -> grads`.
+
+    `backward` returns one gradient per positional argument of `forward` (a tuple, or a
+    single array when there is one argument); None where no gradient flows.
+    """
+
+    @staticmethod
+    def forward(ctx, *args, **kwargs):
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *args, **kwargs):
+        from .tensor import Tensor  # noqa: PLC0415 - tensor.py imports this module
+
+        device = None
+        raw, needs = [], []
+        for a in args:
+            if isinstance(a, Tensor):
+                if device is None:
+                    device = a.device
+                elif a.device != device:
+                    raise ValueError(
+                        f"{cls.__name__.lower()}: tensors on different devices "
+                        f"({device} and {a.device}); move them with .to(device) first"
+                    )
+                raw.append(a.data)
+                needs.append(a.requires_grad)
+            else:
+                raw.append(a)
+                needs.append(False)
+        record = any(needs) and is_grad_enabled()
+        ctx = Context(tuple(needs))
+        out = cls.forward(ctx, *raw, **kwargs)
+        result = Tensor._wrap(out, requires_grad=record)
+        if record:
+            result._node = Node(cls, ctx, tuple(a if isinstance(a, Tensor) else None for a in args))
+        return result
+
+
+def _topological_order(root):
+    """Nodes reachable from `root` that need gradients, inputs before outputs (iterative DFS)."""
+    order, visited = [], set()
+    stack = [(root, False)]
+    while stack:
+        tensor, expanded = stack.pop()
+        if expanded:
+            order.append(tensor)
+            continue
+        if id(tensor) in visited:
+            continue
+        visited.add(id(tensor))
+        stack.append((tensor, True))
+        for parent in tensor._node.inputs:
+            if parent is not None and parent._node is not None and id(parent) not in visited:
+                stack.append((parent, False))
+    return order
+
+
+def backward(root, grad=None):
+    """Accumulate d(root)/d(leaf) into every leaf's `.grad` (and retained non-leaves)."""
+    from .tensor import Tensor  # noqa: PLC0415
+
+    if not root.requires_grad:
+        raise RuntimeError("backward: this tensor does not require grad (no graph was recorded)")
+    xp = root.xp
+    if grad is None:
+        if root.size != 1:
+            raise RuntimeError(f"backward: grad can be implicit only for a scalar, got shape {root.shape}")
+        grad = xp.ones(root.shape, dtype=root.dtype)
+    else:
+        grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=root.dtype)
+        if grad.shape != root.shape:
+            raise ValueError(f"backward: grad shape {grad.shape} differs from tensor shape {root.shape}")
+
+    if root._node is None:  # a leaf: d(root)/d(root) = grad
+        root._accumulate(grad)
+        return
+
+    grads = {id(root): grad}
+    for tensor in reversed(_topological_order(root)):
+        g = grads.pop(id(tensor), None)
+        if g is None:
+            continue
+        if tensor._retain_grad:
+            tensor._accumulate(g)
+        node = tensor._node
+        in_grads = node.fn.backward(node.ctx, g)
+        if not isinstance(in_grads, tuple):
+            in_grads = (in_grads,)
+        if len(in_grads) != len(node.inputs):
+            raise RuntimeError(
+                f"{node.fn.__name__}.backward returned {len(in_grads)} grads for {len(node.inputs)} inputs"
+            )
+        for parent, pg in zip(node.inputs, in_grads):
+            if parent is None or pg is None or not parent.requires_grad:
+                continue
+            assert pg.shape == parent.shape, (
+                f"{node.fn.__name__}.backward: grad shape {pg.shape} != input shape {parent.shape}"
+            )
+            if pg.dtype != parent.dtype:
+                pg = pg.astype(parent.dtype)
+            if parent._node is None:
+                parent._accumulate(pg)
+            elif id(parent) in grads:
+                grads[id(parent)] = grads[id(parent)] + pg
+            else:
+                grads[id(parent)] = pg

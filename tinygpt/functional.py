@@ -1,0 +1,282 @@
+"""Fused differentiable GPT ops: one Function each, with a hand-written backward.
+
+The maths lives in `tinygpt/kernels/` (reference arrays code or a native kernel, chosen
+there); these Functions check their inputs, pick the kernel, and plumb gradients.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import kernels
+from . import random as _random
+from .autograd import Function
+from .backend import xp as array_module
+from .tensor import Tensor
+
+
+def _contiguous(a):
+    return a if a is None or a.flags.c_contiguous else array_module(a).ascontiguousarray(a)
+
+
+# ----------------------------------------------------------------------------- linear
+class Linear(Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias=None):
+        if weight.ndim != 2 or x.shape[-1] != weight.shape[1]:
+            raise ValueError(f"linear: input {x.shape} does not match weight (out, in) = {weight.shape}")
+        if bias is not None and bias.shape != (weight.shape[0],):
+            raise ValueError(f"linear: bias must have shape ({weight.shape[0]},), got {bias.shape}")
+        x = _contiguous(x)
+        ctx.kernel = kernels.select("linear", x, weight, bias)
+        y, saved = ctx.kernel.forward(x, weight, bias)
+        ctx.save_for_backward(x, weight, saved)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight, saved = ctx.saved
+        gx, gw, gb = ctx.kernel.backward(_contiguous(g), x, weight, ctx.has_bias, saved)
+        return gx, gw, gb
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """y = x @ weight.T + bias, weight of shape (out, in) as PyTorch."""
+    return Linear.apply(x, weight, bias)
+
+
+# ----------------------------------------------------------------------------- embedding
+def _check_ids(op, ids, n):
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"{op}: token ids must be integers, got dtype {ids.dtype}")
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= n):
+        xp = array_module(ids)
+        bad = xp.argwhere((ids < 0) | (ids >= n))[0]
+        pos = tuple(int(i) for i in bad)
+        raise ValueError(f"{op}: token id {int(ids[pos])} at position {pos} is out of range [0, {n})")
+
+
+class Embedding(Function):
+    @staticmethod
+    def forward(ctx, ids, weight):
+        _check_ids("embedding", ids, weight.shape[0])
+        ctx.kernel = kernels.select("embedding", ids, weight)
+        out, saved = ctx.kernel.forward(ids, weight)
+        ctx.save_for_backward(ids, saved)
+        ctx.weight_shape = weight.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        ids, saved = ctx.saved
+        return None, ctx.kernel.backward(_contiguous(g), ids, ctx.weight_shape, saved)
+
+
+def embedding(ids, weight: Tensor) -> Tensor:
+    """Rows of `weight` (V, C) at integer `ids` (any shape) -> (*ids.shape, C)."""
+    ids = ids.data if isinstance(ids, Tensor) else np.asarray(ids) if not hasattr(ids, "dtype") else ids
+    return Embedding.apply(ids, weight)
+
+
+# ----------------------------------------------------------------------------- layernorm
+class LayerNorm(Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps=1e-5):
+        C = x.shape[-1]
+        for name, p in (("weight", weight), ("bias", bias)):
+            if p is not None and p.shape != (C,):
+                raise ValueError(f"layer_norm: {name} must have shape ({C},) for input {x.shape}, got {p.shape}")
+        x = _contiguous(x)
+        ctx.kernel = kernels.select("layernorm", x, weight, bias)
+        y, saved = ctx.kernel.forward(x, weight, bias, eps)
+        ctx.save_for_backward(x, weight, saved)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight, saved = ctx.saved
+        gx, gw, gb = ctx.kernel.backward(_contiguous(g), x, weight, saved)
+        return gx, gw, gb if ctx.needs_input_grad[2] else None
+
+
+def layer_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """LayerNorm over the last axis: (x - mean) / sqrt(var + eps) * weight + bias."""
+    return LayerNorm.apply(x, weight, bias, eps=eps)
+
+
+# ----------------------------------------------------------------------------- gelu
+class GELU(Function):
+    @staticmethod
+    def forward(ctx, x, approximate="tanh"):
+        x = _contiguous(x)
+        ctx.kernel = kernels.select("gelu", x)
+        y, saved = ctx.kernel.forward(x, approximate)
+        ctx.save_for_backward(x, saved)
+        ctx.approximate = approximate
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, saved = ctx.saved
+        return ctx.kernel.backward(_contiguous(g), x, ctx.approximate, saved)
+
+
+def gelu(x: Tensor, approximate: str = "tanh") -> Tensor:
+    """GELU; approximate='tanh' (GPT-2's) or 'none' (exact, with erf)."""
+    if approximate not in ("tanh", "none"):
+        raise ValueError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
+    return GELU.apply(x, approximate=approximate)
+
+
+# ----------------------------------------------------------------------------- softmax
+class Softmax(Function):
+    @staticmethod
+    def forward(ctx, x, axis=-1):
+        ctx.kernel = kernels.select("softmax", x)
+        y, saved = ctx.kernel.forward(x, axis)
+        ctx.save_for_backward(y, saved)
+        ctx.axis = axis
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        y, saved = ctx.saved
+        return ctx.kernel.backward(g, y, ctx.axis, saved)
+
+
+class LogSoftmax(Function):
+    @staticmethod
+    def forward(ctx, x, axis=-1):
+        ctx.kernel = kernels.select("log_softmax", x)
+        y, saved = ctx.kernel.forward(x, axis)
+        ctx.save_for_backward(y, saved)
+        ctx.axis = axis
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        y, saved = ctx.saved
+        return ctx.kernel.backward(g, y, ctx.axis, saved)
+
+
+def softmax(x: Tensor, axis: int = -1) -> Tensor:
+    return Softmax.apply(x, axis=axis)
+
+
+def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
+    """log(softmax(x)), computed stably (finite for logits of magnitude 1e4 and beyond)."""
+    return LogSoftmax.apply(x, axis=axis)
+
+
+# ----------------------------------------------------------------------------- cross-entropy
+class CrossEntropy(Function):
+    @staticmethod
+    def forward(ctx, logits, targets, ignore_index=-1):
+        logits = _contiguous(logits)
+        ctx.kernel = kernels.select("cross_entropy", logits, targets)
+        loss, saved = ctx.kernel.forward(logits, targets, ignore_index)
+        ctx.save_for_backward(logits, targets, saved)
+        return loss
+
+    @staticmethod
+    def backward(ctx, g):
+        logits, targets, saved = ctx.saved
+        return ctx.kernel.backward(g, logits, targets, saved), None
+
+
+def cross_entropy(logits: Tensor, targets, ignore_index: int = -1) -> Tensor:
+    """Mean cross-entropy of logits (..., V) against integer targets (...), skipping ignore_index."""
+    t = targets.data if isinstance(targets, Tensor) else targets
+    t = t if hasattr(t, "dtype") else np.asarray(t)
+    V = logits.shape[-1]
+    if t.shape != logits.shape[:-1]:
+        raise ValueError(f"cross_entropy: targets {t.shape} must have the shape of logits {logits.shape} without the last axis")
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"cross_entropy: targets must be integers, got dtype {t.dtype}")
+    t = t.reshape(-1)
+    bad = (t != ignore_index) & ((t < 0) | (t >= V))
+    if bad.any():
+        i = int(array_module(t).argmax(bad))
+        raise ValueError(f"cross_entropy: target {int(t[i])} at flat position {i} is out of range [0, {V})")
+    return CrossEntropy.apply(logits.reshape(-1, V), t.astype(np.int64, copy=False), ignore_index=ignore_index)
+
+
+# ----------------------------------------------------------------------------- dropout
+class Dropout(Function):
+    @staticmethod
+    def forward(ctx, x, p, seed):
+        ctx.kernel = kernels.select("dropout", x)
+        y, saved = ctx.kernel.forward(x, p, seed)
+        ctx.saved = saved
+        ctx.p = p
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        return ctx.kernel.backward(g, ctx.p, ctx.saved), None, None
+
+
+def _draw_seed() -> int:
+    return int(_random.generator().integers(0, 2**63 - 1))
+
+
+def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
+    """Inverted dropout: zero each element with probability p, scale the rest by 1/(1-p).
+
+    Each call draws one seed from the global generator (tg.manual_seed), and the mask is a
+    function of that seed alone, so runs are reproducible.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return x * 0.0
+    return Dropout.apply(x, p, _draw_seed())
+
+
+# ----------------------------------------------------------------------------- attention
+class Attention(Function):
+    @staticmethod
+    def forward(ctx, q, k, v, causal=True, window=None, dropout_p=0.0, seed=0, scale=1.0):
+        q, k, v = _contiguous(q), _contiguous(k), _contiguous(v)
+        ctx.kernel = kernels.select("attention", q, k, v)
+        out, saved = ctx.kernel.forward(q, k, v, causal, window, dropout_p, seed, scale)
+        ctx.save_for_backward(q, k, v, saved)
+        ctx.dropout_p, ctx.scale = dropout_p, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        q, k, v, saved = ctx.saved
+        return ctx.kernel.backward(_contiguous(g), q, k, v, ctx.dropout_p, ctx.scale, saved)
+
+
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, dropout_p: float = 0.0,
+                                 window: int | None = None, scale: float | None = None) -> Tensor:
+    """softmax(q k^T / sqrt(hs) + mask) v over (B, nh, T, hs) tensors.
+
+    causal: each query sees only keys at or before its position (queries are aligned to the
+    last positions when k is longer than q, as with a KV cache). window: also only the
+    `window` most recent keys (GPT-3's local banded attention). dropout_p: dropout on the
+    attention weights (pass 0 in evaluation).
+    """
+    if q.ndim < 2 or q.ndim != k.ndim or k.ndim != v.ndim:
+        raise ValueError(f"scaled_dot_product_attention: q {q.shape}, k {k.shape}, v {v.shape} must all be (..., T, hs)")
+    if q.shape[:-2] != k.shape[:-2] or k.shape[:-1] != v.shape[:-1] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            f"scaled_dot_product_attention: shapes q {q.shape}, k {k.shape}, v {v.shape} do not match "
+            "(need the same batch/head dims, q and k the same head size, k and v the same length)"
+        )
+    if causal and q.shape[-2] > k.shape[-2]:
+        raise ValueError(f"scaled_dot_product_attention: causal attention needs Tq <= Tk, got {q.shape[-2]} > {k.shape[-2]}")
+    if window is not None and (not isinstance(window, (int, np.integer)) or window < 1):
+        raise ValueError(f"scaled_dot_product_attention: window must be a positive int, got {window!r}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"scaled_dot_product_attention: dropout_p must be in [0, 1), got {dropout_p}")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    seed = _draw_seed() if dropout_p > 0.0 else 0
+    return Attention.apply(q, k, v, causal=causal, window=None if window is None else int(window),
+                           dropout_p=float(dropout_p), seed=seed, scale=scale)

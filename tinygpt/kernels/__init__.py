@@ -1,0 +1,128 @@
+"""Kernel dispatch: the one place that picks a native kernel or the reference for each fused op.
+
+For an op `name`, `select(name, *arrays)` returns a `Kernel` whose `forward`/`backward`
+come from the compiled extension (`tinygpt._C.cpu` for numpy arrays, `tinygpt._C.cuda` for
+cupy arrays, as `<name>_forward`/`<name>_backward`) when it has them and the arrays qualify
+(float32, C-contiguous), and from `reference.py` otherwise. The caller keeps the Kernel in
+its autograd context so backward always runs the implementation that ran forward.
+
+`TINYGPT_NATIVE=0` in the environment (or `use_native(False)`) forces the reference.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from . import reference
+
+try:  # the extension is optional: `import tinygpt` works without a compiler or CUDA
+    from .. import _C as _native
+    _native_error = None
+except ImportError as exc:
+    _native = None
+    _native_error = str(exc)
+
+_enabled = os.environ.get("TINYGPT_NATIVE", "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+class Kernel(NamedTuple):
+    name: str  # 'reference', 'native-cpu' or 'native-cuda'
+    forward: Callable
+    backward: Callable
+
+
+_REFERENCE = {}
+_NATIVE = {}
+
+
+def _submodule(device):
+    return getattr(_native, device, None) if _native is not None else None
+
+
+def _native_kernel(op, device):
+    key = (op, device)
+    if key not in _NATIVE:
+        mod = _submodule(device)
+        fwd = getattr(mod, f"{op}_forward", None)
+        bwd = getattr(mod, f"{op}_backward", None)
+        _NATIVE[key] = Kernel(f"native-{device}", fwd, bwd) if fwd is not None and bwd is not None else None
+    return _NATIVE[key]
+
+
+def _reference_kernel(op):
+    if op not in _REFERENCE:
+        _REFERENCE[op] = Kernel("reference", getattr(reference, f"{op}_forward"), getattr(reference, f"{op}_backward"))
+    return _REFERENCE[op]
+
+
+def _qualifies(arrays):
+    """The device all arrays share if every float array is float32 and C-contiguous, else None."""
+    device = None
+    for a in arrays:
+        if a is None:
+            continue
+        dev = "cpu" if isinstance(a, np.ndarray) else "cuda"
+        if device is not None and dev != device:
+            return None
+        device = dev
+        if a.dtype.kind == "f" and a.dtype != np.float32:
+            return None
+        if not a.flags.c_contiguous:
+            return None
+    return device
+
+
+def select(op: str, *arrays) -> Kernel:
+    """The kernel to run fused op `op` on these arrays (native when possible)."""
+    if _enabled and _native is not None:
+        device = _qualifies(arrays)
+        if device is not None:
+            kernel = _native_kernel(op, device)
+            if kernel is not None:
+                return kernel
+    return _reference_kernel(op)
+
+
+def adamw_step(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay, step):
+    """Fused in-place AdamW update of one parameter (see reference.adamw_step)."""
+    fn = reference.adamw_step
+    device = _qualifies((param, grad, exp_avg, exp_avg_sq)) if _enabled and _native is not None else None
+    if device is not None:
+        fn = getattr(_submodule(device), "adamw_step", None) or fn
+    fn(param, grad, exp_avg, exp_avg_sq, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+       weight_decay=weight_decay, step=step)
+
+
+def native_enabled() -> bool:
+    return _enabled and _native is not None
+
+
+@contextlib.contextmanager
+def use_native(enabled: bool):
+    """Temporarily turn native kernels on or off (tests compare both in one process)."""
+    global _enabled
+    previous = _enabled
+    _enabled = bool(enabled)
+    try:
+        yield
+    finally:
+        _enabled = previous
+
+
+def available() -> dict:
+    """What was built: the extension, its build info and the native kernels per device."""
+    if _native is None:
+        return {"native": False, "enabled": False, "reason": f"tinygpt._C is not built ({_native_error})",
+                "cpu": [], "cuda": []}
+    info = _native.build_info()
+
+    def ops(device):
+        mod = _submodule(device)
+        names = dir(mod) if mod is not None else []
+        return sorted(n[: -len("_forward")] for n in names if n.endswith("_forward")) + (
+            ["adamw_step"] if "adamw_step" in names else [])
+
+    return {"native": True, "enabled": _enabled, "build_info": info, "cpu": ops("cpu"), "cuda": ops("cuda")}

@@ -1,0 +1,273 @@
+"""Reference kernels: the ground truth every native kernel is tested against.
+
+Plain array code through `xp` (numpy or cupy). Each fused op has `<op>_forward` returning
+`(out, saved)` and `<op>_backward(grad, ..., saved)`; `saved` is whatever that
+implementation's backward needs and is opaque to the caller, so a native kernel may save
+something else (row statistics instead of the attention matrix, say).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..backend import xp as array_module
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_GELU_TANH_C = 0.044715
+
+
+# ----------------------------------------------------------------------------- linear
+def linear_forward(x, weight, bias):
+    """y = x @ weight.T + bias for x (..., in), weight (out, in), bias (out,) or None."""
+    y = x.reshape(-1, x.shape[-1]) @ weight.T  # (N, in) @ (in, out) -> (N, out)
+    if bias is not None:
+        y += bias
+    return y.reshape(x.shape[:-1] + (weight.shape[0],)), ()
+
+
+def linear_backward(grad, x, weight, has_bias, saved):
+    g2 = grad.reshape(-1, grad.shape[-1])  # (N, out)
+    gx = (g2 @ weight).reshape(x.shape)
+    gw = g2.T @ x.reshape(-1, x.shape[-1])  # (out, N) @ (N, in) -> (out, in)
+    gb = g2.sum(axis=0) if has_bias else None
+    return gx, gw, gb
+
+
+# ----------------------------------------------------------------------------- embedding
+def embedding_forward(ids, weight):
+    return weight[ids], ()  # (...,) -> (..., C)
+
+
+def embedding_backward(grad, ids, weight_shape, saved):
+    xp = array_module(grad)
+    gw = xp.zeros(weight_shape, dtype=grad.dtype)
+    flat = grad.reshape(-1, weight_shape[1])
+    if xp is np:
+        np.add.at(gw, ids.reshape(-1), flat)
+    else:
+        import cupyx  # noqa: PLC0415 - GPU only
+
+        cupyx.scatter_add(gw, ids.reshape(-1), flat)
+    return gw
+
+
+# ----------------------------------------------------------------------------- layernorm
+def layernorm_forward(x, weight, bias, eps):
+    """Normalise over the last axis; saves mean and 1/std (each (..., 1))."""
+    xp = array_module(x)
+    mean = x.mean(axis=-1, keepdims=True)
+    xc = x - mean
+    rstd = 1.0 / xp.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)
+    y = xc * rstd
+    if weight is not None:
+        y *= weight
+    if bias is not None:
+        y += bias
+    return y, (mean, rstd)
+
+
+def layernorm_backward(grad, x, weight, saved):
+    """Returns (dx, dweight, dbias) (the last two None when the op has no weight/bias)."""
+    mean, rstd = saved
+    C = x.shape[-1]
+    xhat = (x - mean) * rstd
+    g2 = grad.reshape(-1, C)
+    gw = (g2 * xhat.reshape(-1, C)).sum(axis=0) if weight is not None else None
+    gb = g2.sum(axis=0)
+    dxhat = grad * weight if weight is not None else grad
+    dx = rstd * (dxhat - dxhat.mean(axis=-1, keepdims=True) - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
+    return dx, gw, gb
+
+
+# ----------------------------------------------------------------------------- gelu
+def erf(x):
+    """Vectorised error function, accurate to ~1e-15 relative in float64 (no SciPy needed).
+
+    |x| < 2.5: erf(x) = 2/sqrt(pi) exp(-x^2) sum_n 2^n x^(2n+1) / (2n+1)!!  (all terms positive,
+    so no cancellation; 40 terms suffice). |x| >= 2.5: erfc by its continued fraction,
+    erfc(x) = exp(-x^2)/sqrt(pi) / (x + (1/2)/(x + 1/(x + (3/2)/(x + ...)))), 40 levels.
+    """
+    xp = array_module(x)
+    if xp is not np:
+        import cupyx.scipy.special  # noqa: PLC0415 - GPU only
+
+        return cupyx.scipy.special.erf(x)
+    dtype = x.dtype
+    a = np.abs(x.astype(np.float64))
+    out = np.empty_like(a)
+    small = a < 2.5
+    s = a[small]
+    s2 = s * s
+    term, total = s.copy(), s.copy()
+    for n in range(40):
+        term *= 2.0 * s2 / (2 * n + 3)
+        total += term
+    out[small] = (2.0 / math.sqrt(math.pi)) * np.exp(-s2) * total
+    big = a[~small]
+    k = np.zeros_like(big)
+    for n in range(40, 0, -1):
+        k = (n / 2.0) / (big + k)
+    out[~small] = 1.0 - np.exp(-big * big) / math.sqrt(math.pi) / (big + k)
+    return (np.sign(x) * out).astype(dtype, copy=False)
+
+
+def gelu_forward(x, approximate):
+    """GELU: 'tanh' is GPT-2's approximation, 'none' the exact x * Phi(x)."""
+    xp = array_module(x)
+    if approximate == "tanh":
+        t = xp.tanh(_SQRT_2_OVER_PI * (x + _GELU_TANH_C * x * x * x))
+        return 0.5 * x * (1.0 + t), (t,)
+    cdf = 0.5 * (1.0 + erf(x * (1.0 / math.sqrt(2.0))))
+    return x * cdf, (cdf,)
+
+
+def gelu_backward(grad, x, approximate, saved):
+    xp = array_module(x)
+    if approximate == "tanh":
+        (t,) = saved
+        inner = _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_TANH_C * x * x)
+        return grad * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * inner)
+    (cdf,) = saved
+    pdf = xp.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
+    return grad * (cdf + x * pdf)
+
+
+# ----------------------------------------------------------------------------- softmax
+def softmax_forward(x, axis):
+    xp = array_module(x)
+    e = xp.exp(x - x.max(axis=axis, keepdims=True))
+    e /= e.sum(axis=axis, keepdims=True)
+    return e, ()
+
+
+def softmax_backward(grad, y, axis, saved):
+    return y * (grad - (grad * y).sum(axis=axis, keepdims=True))
+
+
+def log_softmax_forward(x, axis):
+    xp = array_module(x)
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True)), ()
+
+
+def log_softmax_backward(grad, y, axis, saved):
+    xp = array_module(y)
+    return grad - xp.exp(y) * grad.sum(axis=axis, keepdims=True)
+
+
+# ----------------------------------------------------------------------------- cross-entropy
+def cross_entropy_forward(logits, targets, ignore_index):
+    """Mean negative log-likelihood over rows whose target is not ignore_index.
+
+    logits (N, V), targets (N,) ints. Saves the row logsumexp; the probability matrix is
+    rebuilt in backward. With every target ignored the mean is 0/0 = nan, as in PyTorch.
+    """
+    xp = array_module(logits)
+    valid = targets != ignore_index
+    m = logits.max(axis=-1, keepdims=True)
+    lse = m + xp.log(xp.exp(logits - m).sum(axis=-1, keepdims=True))  # (N, 1)
+    safe = xp.where(valid, targets, 0)
+    picked = xp.take_along_axis(logits, safe[:, None], axis=-1)  # (N, 1)
+    count = valid.sum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        loss = ((lse - picked)[:, 0] * valid).sum() / count
+    return loss.astype(logits.dtype), (lse, valid, count)
+
+
+def cross_entropy_backward(grad, logits, targets, saved):
+    xp = array_module(logits)
+    lse, valid, count = saved
+    probs = xp.exp(logits - lse)  # (N, V)
+    rows = xp.arange(logits.shape[0])
+    probs[rows, xp.where(valid, targets, 0)] -= 1.0
+    probs *= (valid * (grad / count)).astype(logits.dtype)[:, None]
+    return probs
+
+
+# ----------------------------------------------------------------------------- dropout
+def dropout_mask(shape, p, seed, xp):
+    """Keep-mask (bool) from a per-call seed: the same seed always gives the same mask."""
+    if xp is np:
+        return np.random.default_rng(seed).random(shape, dtype=np.float32) >= p
+    return xp.random.default_rng(seed).random(shape, dtype=np.float32) >= p
+
+
+def dropout_forward(x, p, seed):
+    xp = array_module(x)
+    keep = dropout_mask(x.shape, p, seed, xp)
+    return x * keep * (1.0 / (1.0 - p)), (keep,)
+
+
+def dropout_backward(grad, p, saved):
+    (keep,) = saved
+    return grad * keep * (1.0 / (1.0 - p))
+
+
+# ----------------------------------------------------------------------------- attention
+def attention_mask(t_q, t_k, causal, window, xp):
+    """Boolean (t_q, t_k) mask of visible keys, or None when every key is visible.
+
+    Queries are the last t_q positions of the t_k keys (so a KV cache lines up): query i
+    sits at position t_k - t_q + i. Causal: keys at or before it. `window` w: only the w
+    most recent keys, itself included (GPT-3's locally banded layers).
+    """
+    if not causal and window is None:
+        return None
+    q_pos = xp.arange(t_k - t_q, t_k)[:, None]
+    k_pos = xp.arange(t_k)[None, :]
+    mask = xp.ones((t_q, t_k), dtype=bool)
+    if causal:
+        mask &= k_pos <= q_pos
+    if window is not None:
+        mask &= k_pos > q_pos - window
+        if not causal:
+            mask &= k_pos < q_pos + window
+    return mask
+
+
+def attention_forward(q, k, v, causal, window, dropout_p, seed, scale):
+    """softmax(q k^T * scale + mask) (dropout) v for q (B, nh, Tq, hs), k, v (B, nh, Tk, hs)."""
+    xp = array_module(q)
+    att = (q @ xp.swapaxes(k, -1, -2)) * scale  # (B, nh, Tq, hs) @ (B, nh, hs, Tk) -> (B, nh, Tq, Tk)
+    mask = attention_mask(q.shape[-2], k.shape[-2], causal, window, xp)
+    if mask is not None:
+        att = xp.where(mask, att, -xp.inf)
+    att, _ = softmax_forward(att, -1)
+    keep = None
+    att_d = att
+    if dropout_p > 0.0:
+        keep = dropout_mask(att.shape, dropout_p, seed, xp)
+        att_d = att * keep * (1.0 / (1.0 - dropout_p))
+    out = att_d @ v  # (B, nh, Tq, Tk) @ (B, nh, Tk, hs) -> (B, nh, Tq, hs)
+    return out, (att, keep)
+
+
+def attention_backward(grad, q, k, v, dropout_p, scale, saved):
+    xp = array_module(q)
+    att, keep = saved
+    att_d = att if keep is None else att * keep * (1.0 / (1.0 - dropout_p))
+    dv = xp.swapaxes(att_d, -1, -2) @ grad  # (B, nh, Tk, Tq) @ (B, nh, Tq, hs)
+    datt = grad @ xp.swapaxes(v, -1, -2)  # (B, nh, Tq, hs) @ (B, nh, hs, Tk)
+    if keep is not None:
+        datt = datt * keep * (1.0 / (1.0 - dropout_p))
+    ds = att * (datt - (datt * att).sum(axis=-1, keepdims=True))  # softmax backward
+    ds *= scale
+    dq = ds @ k
+    dk = xp.swapaxes(ds, -1, -2) @ q
+    return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------- AdamW
+def adamw_step(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay, step):
+    """One in-place AdamW update, in torch.optim.AdamW's order of operations."""
+    xp = array_module(param)
+    if weight_decay != 0.0:
+        param *= 1.0 - lr * weight_decay
+    exp_avg += (grad - exp_avg) * (1.0 - beta1)  # lerp towards grad, as torch
+    exp_avg_sq *= beta2
+    exp_avg_sq += grad * grad * (1.0 - beta2)
+    bias_correction1 = 1.0 - beta1**step
+    bias_correction2_sqrt = math.sqrt(1.0 - beta2**step)
+    denom = xp.sqrt(exp_avg_sq) / bias_correction2_sqrt + eps
+    param -= (lr / bias_correction1) * (exp_avg / denom)

@@ -1,0 +1,71 @@
+"""Causal multi-head self-attention, the MLP and the transformer Block (pre- or post-norm)."""
+from __future__ import annotations
+
+import math
+
+from .. import functional as F
+from .layers import GELU, Dropout, LayerNorm, Linear
+from .module import Module
+
+
+class CausalSelfAttention(Module):
+    """Multi-head causal self-attention; `window` makes it GPT-3's locally banded variant."""
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True,
+                 window: int | None = None, proj_std: float = 0.02):
+        super().__init__()
+        if n_embd % n_head != 0:
+            raise ValueError(f"CausalSelfAttention: n_embd {n_embd} is not divisible by n_head {n_head}")
+        self.n_head, self.n_embd, self.window, self.dropout = n_head, n_embd, window, dropout
+        self.c_attn = Linear(n_embd, 3 * n_embd, bias=bias)
+        self.c_proj = Linear(n_embd, n_embd, bias=bias, std=proj_std)
+        self.resid_dropout = Dropout(dropout)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        nh, hs = self.n_head, C // self.n_head
+        qkv = self.c_attn(x).reshape(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)  # (B, T, 3C) -> (3, B, nh, T, hs)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, causal=True, dropout_p=p, window=self.window)
+        y = y.permute(0, 2, 1, 3).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(Module):
+    """Linear(C, 4C) -> GELU -> Linear(4C, C) -> dropout."""
+
+    def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = True, proj_std: float = 0.02,
+                 approximate: str = "tanh"):
+        super().__init__()
+        self.c_fc = Linear(n_embd, 4 * n_embd, bias=bias)
+        self.gelu = GELU(approximate)
+        self.c_proj = Linear(4 * n_embd, n_embd, bias=bias, std=proj_std)
+        self.dropout = Dropout(dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(Module):
+    """A transformer block. norm='pre' (GPT-2): x + attn(ln_1(x)), then x + mlp(ln_2(x)).
+    norm='post' (GPT-1): ln_1(x + attn(x)), then ln_2(x + mlp(x))."""
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True, norm: str = "pre",
+                 window: int | None = None, n_layer: int = 1):
+        super().__init__()
+        if norm not in ("pre", "post"):
+            raise ValueError(f"Block: norm must be 'pre' or 'post', got {norm!r}")
+        self.norm = norm
+        proj_std = 0.02 / math.sqrt(2 * n_layer)  # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer)
+        self.ln_1 = LayerNorm(n_embd, bias=bias)
+        self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias, window, proj_std)
+        self.ln_2 = LayerNorm(n_embd, bias=bias)
+        self.mlp = MLP(n_embd, dropout, bias, proj_std)
+
+    def forward(self, x):
+        if self.norm == "pre":
+            x = x + self.attn(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+        x = self.ln_1(x + self.attn(x))
+        return self.ln_2(x + self.mlp(x))

@@ -1,0 +1,36 @@
+"""The global random number generator: dropout masks, init, sampling.
+
+One seeded `numpy.random.Generator` (PCG64) drives every random draw tinygpt makes, so
+`tg.manual_seed(s)` makes a run reproducible and its state can be saved in a checkpoint.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_generator = np.random.Generator(np.random.PCG64(0))
+
+
+def manual_seed(seed: int) -> np.random.Generator:
+    """Reseed the global generator (as `torch.manual_seed`); returns it."""
+    global _generator
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"manual_seed: seed must be a non-negative int, got {seed!r}")
+    _generator = np.random.Generator(np.random.PCG64(int(seed)))
+    return _generator
+
+
+def generator() -> np.random.Generator:
+    """The global generator (use it, do not keep a reference across manual_seed)."""
+    return _generator
+
+
+def get_rng_state() -> dict:
+    """A JSON-serialisable snapshot of the global generator's state."""
+    return _generator.bit_generator.state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore a snapshot taken by `get_rng_state`."""
+    if not isinstance(state, dict) or state.get("bit_generator") != "PCG64":
+        raise ValueError("set_rng_state: expected a PCG64 state dict from get_rng_state()")
+    _generator.bit_generator.state = state
