@@ -1,0 +1,172 @@
+"""Text data: a character tokenizer, a seeded batch sampler, and dataset loading."""
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+
+import numpy as np
+
+from .checkpoint import atomic_write
+
+TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+
+
+class CharTokenizer:
+    """One token per character; ids follow the order of `chars`.
+
+    Parameters
+    ----------
+    chars : str or sequence of str
+        The vocabulary, each character once.
+    """
+
+    def __init__(self, chars):
+        chars = list(chars)
+        if any(not isinstance(c, str) or len(c) != 1 for c in chars):
+            raise ValueError("CharTokenizer: the vocabulary must be single characters")
+        if len(set(chars)) != len(chars):
+            raise ValueError("CharTokenizer: the vocabulary has repeated characters")
+        self.chars = "".join(chars)
+        self.stoi = {c: i for i, c in enumerate(chars)}
+
+    @classmethod
+    def from_text(cls, text: str) -> "CharTokenizer":
+        """The vocabulary of `text`: its unique characters, sorted."""
+        return cls(sorted(set(text)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def __len__(self):
+        return self.vocab_size
+
+    def __repr__(self):
+        return f"CharTokenizer(vocab_size={self.vocab_size})"
+
+    def encode(self, text: str) -> np.ndarray:
+        """Token ids of `text` as an int64 array; an unknown character raises ValueError."""
+        try:
+            return np.array([self.stoi[c] for c in text], dtype=np.int64)
+        except KeyError:
+            pos, char = next((i, c) for i, c in enumerate(text) if c not in self.stoi)
+            raise ValueError(f"CharTokenizer.encode: unknown character {char!r} at position {pos} "
+                             f"(not in the {self.vocab_size}-character vocabulary)") from None
+
+    def decode(self, ids) -> str:
+        """The text of a 1-D sequence of ids (list, numpy array or Tensor)."""
+        if hasattr(ids, "numpy") and not isinstance(ids, np.ndarray):
+            ids = ids.numpy()
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+            raise ValueError(f"CharTokenizer.decode: expected a 1-D sequence of ints, got shape "
+                             f"{ids.shape} dtype {ids.dtype}")
+        bad = np.flatnonzero((ids < 0) | (ids >= self.vocab_size))
+        if bad.size:
+            raise ValueError(f"CharTokenizer.decode: id {int(ids[bad[0]])} at position {int(bad[0])} "
+                             f"is out of range for vocab_size {self.vocab_size}")
+        return "".join(self.chars[i] for i in ids.tolist())
+
+    def to_dict(self) -> dict:
+        return {"type": "char", "chars": self.chars}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CharTokenizer":
+        if not isinstance(d, dict) or d.get("type") != "char" or not isinstance(d.get("chars"), str):
+            raise ValueError("CharTokenizer.from_dict: expected {'type': 'char', 'chars': str}")
+        return cls(d["chars"])
+
+    def save(self, path) -> None:
+        """Write the vocabulary as JSON (atomically)."""
+        data = json.dumps(self.to_dict(), ensure_ascii=False).encode("utf-8")
+        atomic_write(path, lambda tmp: _write_bytes(tmp, data))
+
+    @classmethod
+    def load(cls, path) -> "CharTokenizer":
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+
+class BatchSampler:
+    """Random (x, y) windows from a 1-D token array; y is x shifted by one token.
+
+    Draws come from the sampler's own seeded generator, so a run resumed from
+    `state_dict()` draws the same batches as an uninterrupted one.
+
+    Parameters
+    ----------
+    tokens : 1-D int array
+    batch_size, block_size : int
+    seed : int
+    """
+
+    def __init__(self, tokens, batch_size: int, block_size: int, seed: int = 0):
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+            raise ValueError(f"BatchSampler: tokens must be a 1-D int array, got shape {tokens.shape} "
+                             f"dtype {tokens.dtype}")
+        if batch_size < 1 or block_size < 1:
+            raise ValueError(f"BatchSampler: batch_size and block_size must be >= 1, "
+                             f"got {batch_size} and {block_size}")
+        if len(tokens) < block_size + 1:
+            raise ValueError(f"BatchSampler: {len(tokens)} tokens are too few for block_size={block_size} "
+                             f"(need at least block_size + 1 = {block_size + 1})")
+        self.tokens, self.batch_size, self.block_size = tokens, batch_size, block_size
+        self.rng = np.random.Generator(np.random.PCG64(seed))
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        """One batch: x and y, both int64 of shape (batch_size, block_size)."""
+        starts = self.rng.integers(0, len(self.tokens) - self.block_size, size=self.batch_size)
+        idx = starts[:, None] + np.arange(self.block_size)  # (B, T)
+        return self.tokens[idx].astype(np.int64), self.tokens[idx + 1].astype(np.int64)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.sample()
+
+    def state_dict(self) -> dict:
+        return {"batch_size": self.batch_size, "block_size": self.block_size,
+                "num_tokens": len(self.tokens), "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = self.state_dict()
+        for key in ("batch_size", "block_size", "num_tokens"):
+            if state[key] != mine[key]:
+                raise ValueError(f"BatchSampler.load_state_dict: saved {key}={state[key]}, "
+                                 f"this sampler has {mine[key]}")
+        self.rng.bit_generator.state = state["rng"]
+
+
+def load_text(path, url: str | None = None, timeout: float = 30.0) -> str:
+    """The text of `path`; if it is missing and `url` is given, download it there first."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        if url is None:
+            raise FileNotFoundError(f"load_text: no file at {os.path.abspath(path)}")
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                data = response.read()
+            data.decode("utf-8")
+        except Exception as exc:
+            raise RuntimeError(
+                f"load_text: {path} is missing and downloading it from {url} failed ({exc}). "
+                f"Download that file yourself and save it as {os.path.abspath(path)}") from exc
+        atomic_write(path, lambda tmp: _write_bytes(tmp, data))
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def train_val_split(tokens, val_fraction: float = 0.1):
+    """(train, val): the first ``1 - val_fraction`` of `tokens` and the rest."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"train_val_split: val_fraction must be in [0, 1), got {val_fraction}")
+    n = int(len(tokens) * (1.0 - val_fraction))
+    return tokens[:n], tokens[n:]
+
+
+def _write_bytes(path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
