@@ -1,0 +1,76 @@
+// NumPy-argument checks for host-compiled binding code (never included by .cu files).
+// Kernels take pybind11::array (NumPy arrays only, never converted or copied) and get typed
+// pointers through these helpers, which throw ValueError naming the offending argument.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <initializer_list>
+#include <iterator>
+#include <string>
+
+#include "common.h"
+
+namespace tinygpt {
+
+namespace py = pybind11;
+
+// Formats dims as a Python tuple: "()", "(4,)", "(2, 3)".
+template <typename It>
+std::string tuple_str(It begin, It end) {
+  std::string s = "(";
+  for (It it = begin; it != end; ++it) s += (it == begin ? "" : ", ") + std::to_string(*it);
+  return s + (std::distance(begin, end) == 1 ? ",)" : ")");
+}
+
+inline std::string shape_str(const py::array& a) {
+  return tuple_str(a.shape(), a.shape() + a.ndim());
+}
+
+// Checks that `a` holds T and is C-contiguous, with `ndim` dimensions unless ndim < 0.
+// `what` names the argument in messages, op first: "layernorm_forward: weight".
+template <typename T>
+void check_array(const py::array& a, const char* what, py::ssize_t ndim = -1) {
+  TG_CHECK(py::isinstance<py::array_t<T>>(a), what, " must be ",
+           std::string(py::str(py::dtype::of<T>())), ", got ", std::string(py::str(a.dtype())));
+  TG_CHECK(a.flags() & py::array::c_style, what, " must be C-contiguous");
+  TG_CHECK(ndim < 0 || a.ndim() == ndim, what, " must have ", ndim, " dimensions, got shape ",
+           shape_str(a));
+}
+
+// Checks that `a` has exactly `shape` (which also fixes ndim).
+inline void check_shape(const py::array& a, const char* what,
+                        std::initializer_list<py::ssize_t> shape) {
+  const bool same = a.ndim() == static_cast<py::ssize_t>(shape.size()) &&
+                    std::equal(shape.begin(), shape.end(), a.shape());
+  TG_CHECK(same, what, " must have shape ", tuple_str(shape.begin(), shape.end()), ", got ",
+           shape_str(a));
+}
+
+// Read-only typed pointer to a checked input with `ndim` dimensions.
+template <typename T>
+const T* input_ptr(const py::array& a, const char* what, py::ssize_t ndim) {
+  check_array<T>(a, what, ndim);
+  return static_cast<const T*>(a.data());
+}
+
+// Read-only typed pointer to a checked input of exactly `shape`.
+template <typename T>
+const T* input_ptr(const py::array& a, const char* what, std::initializer_list<py::ssize_t> shape) {
+  check_array<T>(a, what);
+  check_shape(a, what, shape);
+  return static_cast<const T*>(a.data());
+}
+
+// Writable typed pointer to a checked, writeable output of exactly `shape`.
+template <typename T>
+T* output_ptr(py::array& a, const char* what, std::initializer_list<py::ssize_t> shape) {
+  check_array<T>(a, what);
+  check_shape(a, what, shape);
+  TG_CHECK(a.writeable(), what, " must be writeable");
+  return static_cast<T*>(a.mutable_data());
+}
+
+}  // namespace tinygpt
