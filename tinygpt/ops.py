@@ -136,7 +136,11 @@ class MatMul(Function):
         if k_a != k_b:
             raise ValueError(f"matmul: {sa} @ {sb} — inner dimensions {k_a} and {k_b} differ")
         if a.ndim > 2 and b.ndim > 2:
-            _check_broadcast("matmul (batch dimensions)", a[..., 0, 0], b[..., 0, 0])
+            try:
+                _check_broadcast("matmul", a[..., 0, 0], b[..., 0, 0])
+            except ValueError:
+                raise ValueError(f"matmul: {sa} @ {sb} — batch dimensions {sa[:-2]} and {sb[:-2]} "
+                                 "cannot be broadcast together") from None
         ctx.save_for_backward(a, b)
         return array_module(a).matmul(a, b)
 
@@ -147,10 +151,10 @@ class MatMul(Function):
         a2 = a[None, :] if a.ndim == 1 else a  # (k,) -> (1, k)
         b2 = b[:, None] if b.ndim == 1 else b  # (k,) -> (k, 1)
         g2 = g
+        if b.ndim == 1:  # (..., m) -> (..., m, 1); first, so a 0-d grad of 1-D @ 1-D works
+            g2 = xp.expand_dims(g2, -1)
         if a.ndim == 1:
             g2 = xp.expand_dims(g2, -2)
-        if b.ndim == 1:
-            g2 = xp.expand_dims(g2, -1)
         ga = gb = None
         if ctx.needs_input_grad[0]:
             ga = unbroadcast(xp.matmul(g2, xp.swapaxes(b2, -1, -2)), a2.shape).reshape(a.shape)

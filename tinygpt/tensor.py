@@ -54,6 +54,8 @@ class Tensor:
     @classmethod
     def _wrap(cls, array, requires_grad=False):
         """Wrap an array without copying or checks (used by Function.apply)."""
+        if isinstance(array, np.generic):  # numpy ops on 0-d arrays return scalars; keep an ndarray
+            array = np.asarray(array)
         t = cls.__new__(Tensor)
         t.data, t.grad, t.requires_grad, t._node, t._retain_grad = array, None, requires_grad, None, False
         return t

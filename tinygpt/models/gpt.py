@@ -30,7 +30,7 @@ class GPT(Module):
             transformer.register_buffer("wpe", sinusoidal_positions(c.block_size, c.n_embd), persistent=False)
         transformer.drop = Dropout(c.dropout)
         transformer.h = ModuleList(
-            Block(c.n_embd, c.n_head, c.dropout, c.bias, c.norm, c.layer_window(i), c.n_layer)
+            Block(c.n_embd, c.n_head, c.dropout, c.bias, c.norm, c.layer_window(i), c.n_layer, gelu=c.gelu)
             for i in range(c.n_layer)
         )
         if c.final_norm:
@@ -169,6 +169,6 @@ def sample_next(logits: np.ndarray, temperature: float, top_k: int | None, top_p
         np.put_along_axis(drop, order, drop_sorted, axis=-1)
         probs = np.where(drop, 0.0, probs)
         probs /= probs.sum(axis=-1, keepdims=True)
-    u = rng.random((probs.shape[0], 1))
-    choice = (np.cumsum(probs, axis=-1) < u).sum(axis=-1)
-    return np.minimum(choice, probs.shape[-1] - 1)
+    cdf = np.cumsum(probs, axis=-1)
+    u = rng.random((probs.shape[0], 1)) * cdf[:, -1:]  # scaled by the total so rounding cannot overshoot
+    return (cdf <= u).sum(axis=-1)  # first index whose cdf exceeds u: always a token with p > 0

@@ -52,7 +52,7 @@ class Block(Module):
     norm='post' (GPT-1): ln_1(x + attn(x)), then ln_2(x + mlp(x))."""
 
     def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True, norm: str = "pre",
-                 window: int | None = None, n_layer: int = 1):
+                 window: int | None = None, n_layer: int = 1, gelu: str = "tanh"):
         super().__init__()
         if norm not in ("pre", "post"):
             raise ValueError(f"Block: norm must be 'pre' or 'post', got {norm!r}")
@@ -61,7 +61,7 @@ class Block(Module):
         self.ln_1 = LayerNorm(n_embd, bias=bias)
         self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias, window, proj_std)
         self.ln_2 = LayerNorm(n_embd, bias=bias)
-        self.mlp = MLP(n_embd, dropout, bias, proj_std)
+        self.mlp = MLP(n_embd, dropout, bias, proj_std, approximate=gelu)
 
     def forward(self, x):
         if self.norm == "pre":

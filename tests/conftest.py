@@ -1,0 +1,71 @@
+"""Shared pytest setup: hypothesis profiles, the `gpu` marker skip, the reference/native fixture.
+
+Profiles (pick one with HYPOTHESIS_PROFILE=ci|dev|thorough; ci is the default):
+  ci        25 examples, derandomized (reproducible CI), no deadline
+  dev       50 examples
+  thorough  500 examples
+"""
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+import tinygpt as tg
+from tinygpt import kernels
+
+_COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("ci", max_examples=25, derandomize=True, database=None, **_COMMON)
+settings.register_profile("dev", max_examples=50, **_COMMON)
+settings.register_profile("thorough", max_examples=500, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU and CuPy (skipped without one)")
+    config.addinivalue_line("markers", "slow: takes long; deselect with -m 'not slow'")
+
+
+def _gpu_skip_reason():
+    if tg.backend.cuda_available():
+        return None
+    if tg.backend._load_cupy() is None:
+        return "needs CuPy (pip install '.[cuda]') and a CUDA GPU"
+    return "CuPy is installed but cupy.cuda.is_available() is False (no GPU or driver)"
+
+
+def pytest_runtest_setup(item):
+    """Tests marked `gpu` skip cleanly where CuPy or a GPU is missing."""
+    if item.get_closest_marker("gpu") is not None:
+        reason = _gpu_skip_reason()
+        if reason is not None:
+            pytest.skip(reason)
+
+
+@pytest.fixture
+def cuda():
+    """Request this fixture (or mark the test `gpu`) for a test that needs CuPy and a GPU."""
+    reason = _gpu_skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    return tg.backend.cupy()
+
+
+@pytest.fixture(params=["reference", "native"])
+def kernel_impl(request):
+    """Run the test once on the NumPy reference kernels and once on the native ones.
+
+    'native' skips when the extension is not built or is disabled (TINYGPT_NATIVE=0).
+    Yields the name, with the dispatch switched for the duration of the test.
+    """
+    if request.param == "native" and not kernels.native_enabled():
+        pytest.skip("native kernels are not available (tinygpt._C not built, or TINYGPT_NATIVE=0)")
+    with kernels.use_native(request.param == "native"):
+        yield request.param
+
+
+@pytest.fixture
+def seeded():
+    """Start from a fixed global RNG state (tg.manual_seed(0)); the core test files use it for
+    every test via `pytestmark = pytest.mark.usefixtures("seeded")`."""
+    tg.manual_seed(0)
+    yield

@@ -1,0 +1,262 @@
+"""Graph mechanics: accumulation, detach, no_grad, explicit grads, deep graphs, custom Functions."""
+import math
+
+import numpy as np
+import pytest
+from helpers import check_grads
+
+import tinygpt as tg
+from tinygpt import Function
+
+pytestmark = pytest.mark.usefixtures("seeded")
+
+
+def leaf(values, dtype=np.float64):
+    return tg.Tensor(np.array(values, dtype=dtype), requires_grad=True)
+
+
+def grad(t):
+    return t.grad.numpy()
+
+
+# ------------------------------------------------------------------ accumulation
+def test_tensor_used_twice_accumulates():
+    x = leaf([1.0, -2.0, 3.0])
+    (x * x).sum().backward()
+    np.testing.assert_array_equal(grad(x), [2.0, -4.0, 6.0])
+    y = leaf([1.0, 2.0])
+    (y + y).sum().backward()
+    np.testing.assert_array_equal(grad(y), [2.0, 2.0])
+
+
+def test_grads_accumulate_across_backward_calls():
+    x = leaf([1.0, 2.0])
+    loss = (x * 3.0).sum()
+    loss.backward()
+    loss.backward()  # the graph is kept: a second backward adds again
+    np.testing.assert_array_equal(grad(x), [6.0, 6.0])
+    (x * x).sum().backward()
+    np.testing.assert_array_equal(grad(x), [8.0, 10.0])
+
+
+def test_zero_grad():
+    x = leaf([1.0, 2.0])
+    (x * 2.0).sum().backward()
+    x.zero_grad()
+    assert x.grad is None
+    (x * 5.0).sum().backward()
+    np.testing.assert_array_equal(grad(x), [5.0, 5.0])
+
+
+def test_grad_is_not_aliased_between_leaves():
+    """Two leaves fed the same upstream gradient array must not share .grad storage."""
+    a, b = leaf([1.0, 2.0]), leaf([3.0, 4.0])
+    (a + b).sum().backward()
+    a.grad.data += 10.0
+    np.testing.assert_array_equal(grad(b), [1.0, 1.0])
+
+
+# ------------------------------------------------------------------ graph shape
+def test_diamond_graph():
+    x = leaf([0.3, -0.7])
+    a = x * 2.0
+    d = a.exp() + a * 3.0  # two paths from x through a
+    d.sum().backward()
+    np.testing.assert_allclose(grad(x), 2.0 * np.exp(2.0 * x.numpy()) + 6.0, rtol=1e-14)
+
+
+def test_shared_subgraph_consumed_at_different_depths():
+    """a is used directly and through a long chain: topological order must wait for both."""
+    x = leaf([0.5])
+    a = x * 3.0
+    b = a
+    for _ in range(5):
+        b = b * 2.0
+    (a + b).sum().backward()
+    np.testing.assert_allclose(grad(x), [3.0 + 3.0 * 32.0], rtol=1e-15)
+
+
+def test_retain_grad_on_non_leaf():
+    x = leaf([1.0, 2.0])
+    h = (x * 3.0).retain_grad()
+    other = x * 2.0
+    (h * h + other).sum().backward()
+    np.testing.assert_allclose(grad(h), 2.0 * h.numpy())
+    assert other.grad is None  # non-leaves keep no grad unless asked
+    np.testing.assert_allclose(grad(x), 18.0 * x.numpy() + 2.0)
+    assert not h.is_leaf and x.is_leaf
+
+
+def test_inputs_without_requires_grad_get_no_grad():
+    x, c = leaf([1.0, 2.0]), tg.Tensor(np.array([3.0, 4.0]))
+    (x * c).sum().backward()
+    assert c.grad is None
+    np.testing.assert_array_equal(grad(x), [3.0, 4.0])
+
+
+def test_deep_chain_no_recursion_error():
+    """20,000 ops in a chain: backward is iterative."""
+    x = leaf([1.0])
+    y = x
+    for _ in range(10_000):
+        y = y * 1.0001
+        y = y + 0.5
+    y.sum().backward()
+    np.testing.assert_allclose(grad(x), [1.0001**10_000], rtol=1e-10)
+
+
+# ------------------------------------------------------------------ detach / no_grad
+def test_detach_cuts_the_graph():
+    x = leaf([2.0, 3.0])
+    d = x.detach()
+    assert not d.requires_grad and d.is_leaf
+    assert np.shares_memory(d.data, x.data)
+    (x * d).sum().backward()  # only the first factor carries gradient
+    np.testing.assert_array_equal(grad(x), [2.0, 3.0])
+
+
+def test_no_grad_records_nothing():
+    x = leaf([1.0, 2.0])
+    with tg.no_grad():
+        assert not tg.is_grad_enabled()
+        y = (x * 2.0).exp()
+    assert tg.is_grad_enabled()
+    assert not y.requires_grad and y.is_leaf
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        y.sum().backward()
+
+
+def test_no_grad_restores_state_after_exception():
+    with pytest.raises(ZeroDivisionError):
+        with tg.no_grad():
+            1 / 0
+    assert tg.is_grad_enabled()
+
+
+def test_enable_grad_inside_no_grad():
+    x = leaf([1.0, 2.0])
+    with tg.no_grad():
+        with tg.enable_grad():
+            y = x * x
+        z = x * x
+    assert y.requires_grad and not z.requires_grad
+    y.sum().backward()
+    np.testing.assert_array_equal(grad(x), [2.0, 4.0])
+
+
+# ------------------------------------------------------------------ backward arguments
+def test_backward_non_scalar_needs_grad():
+    y = leaf([1.0, 2.0]) * 2.0
+    with pytest.raises(RuntimeError, match="scalar"):
+        y.backward()
+
+
+def test_backward_with_explicit_grad():
+    x = leaf([[1.0, 2.0], [3.0, 4.0]])
+    y = x * x
+    y.backward(np.array([[1.0, 0.0], [2.0, -1.0]]))
+    np.testing.assert_array_equal(grad(x), [[2.0, 0.0], [12.0, -8.0]])
+    x.zero_grad()
+    y.backward(tg.Tensor(np.ones((2, 2))))
+    np.testing.assert_array_equal(grad(x), 2.0 * x.numpy())
+
+
+def test_backward_grad_shape_mismatch():
+    y = leaf([1.0, 2.0]) * 2.0
+    with pytest.raises(ValueError, match=r"\(3,\).*\(2,\)"):
+        y.backward(np.ones(3))
+
+
+def test_backward_on_leaf():
+    x = leaf([1.0, 2.0])
+    x.backward(np.array([3.0, 4.0]))
+    np.testing.assert_array_equal(grad(x), [3.0, 4.0])
+
+
+def test_backward_without_graph_raises():
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        tg.Tensor(np.ones(())).backward()
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.bool_])
+def test_requires_grad_on_non_float_raises(dtype):
+    with pytest.raises(TypeError, match="floating point"):
+        tg.Tensor(np.ones(3, dtype), requires_grad=True)
+    with pytest.raises(TypeError, match="floating point"):
+        tg.Tensor(np.ones(3, dtype)).requires_grad_()
+
+
+def test_float32_grads_stay_float32_through_chain():
+    x = leaf([0.5, -1.0, 2.0], np.float32)
+    y = ((x * 3.0).tanh() @ x + x.sum() ** 2).exp()
+    assert y.dtype == np.float32
+    y.backward()
+    assert x.grad.dtype == np.float32
+
+
+# ------------------------------------------------------------------ custom Functions
+class Cube(Function):
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return a**3
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved
+        return 3 * a * a * g
+
+
+class BadCube(Cube):
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved
+        return 2 * a * a * g  # wrong on purpose
+
+
+class TwoGrads(Function):
+    @staticmethod
+    def forward(ctx, a):
+        return a * 1.0
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, g  # one too many
+
+
+def test_custom_function():
+    a = np.array([0.5, -1.5, 2.0])
+    out = check_grads(Cube.apply, a)
+    np.testing.assert_allclose(out, a**3, rtol=1e-15)
+
+
+def test_gradient_checker_catches_a_wrong_backward():
+    with pytest.raises(AssertionError, match="finite differences"):
+        check_grads(BadCube.apply, np.array([0.5, -1.5, 2.0]))
+
+
+def test_backward_wrong_number_of_grads():
+    y = TwoGrads.apply(leaf([1.0]))
+    with pytest.raises(RuntimeError, match="2 grads for 1 inputs"):
+        y.sum().backward()
+
+
+def test_function_needs_input_grad_and_non_tensor_args():
+    seen = {}
+
+    class Scale(Function):
+        @staticmethod
+        def forward(ctx, a, b, k):
+            seen["needs"] = ctx.needs_input_grad
+            ctx.k = k
+            return (a + b) * k
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * ctx.k, g * ctx.k, None
+
+    a, b = leaf([1.0]), tg.Tensor(np.array([2.0]))
+    Scale.apply(a, b, 3.0).sum().backward()
+    assert seen["needs"] == (True, False, False)
+    np.testing.assert_array_equal(grad(a), [3.0])
+    assert math.isclose(Scale.apply(a, b, 2.0).item(), 6.0)

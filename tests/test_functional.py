@@ -1,0 +1,494 @@
+"""Fused ops (tinygpt.functional): value vs a float64 NumPy computation written here, float64
+finite-difference gradients, torch.nn.functional where installed, errors and dropout/attention
+properties.
+
+float32 tests run on every kernel implementation (fixture `kernel_impl`: reference, and native
+when built). Tolerances: float64 values 1e-12..1e-10; finite differences rtol 1e-5 / atol 1e-6;
+float32 vs float64 NumPy or torch rtol 1e-5..1e-4.
+"""
+import math
+
+import numpy as np
+import pytest
+from helpers import arrays, check_grads, compare_with_torch, floats, rng_arrays, seeds, shapes
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import tinygpt as tg
+import tinygpt.functional as F
+from tinygpt.kernels import reference
+
+pytestmark = pytest.mark.usefixtures("seeded")
+
+VAL64 = dict(rtol=1e-12, atol=1e-12)
+F32 = dict(rtol=1e-5, atol=1e-6)  # float32 forward vs float64
+F32_GRAD = dict(rtol=1e-4, atol=1e-5)  # float32 grads vs torch float32
+T64 = dict(rtol=1e-10, atol=1e-12)  # float64 vs torch float64
+
+
+def tf():
+    return pytest.importorskip("torch").nn.functional
+
+
+# ------------------------------------------------------------------ independent NumPy references
+def np_softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def np_log_softmax(x, axis=-1):
+    s = x - x.max(axis=axis, keepdims=True)
+    return s - np.log(np.exp(s).sum(axis=axis, keepdims=True))
+
+
+def np_layer_norm(x, w=None, b=None, eps=1e-5):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    y = (x - mu) / np.sqrt(var + eps)
+    return y * (1.0 if w is None else w) + (0.0 if b is None else b)
+
+
+np_erf = np.vectorize(math.erf)
+
+
+def np_gelu(x, approximate):
+    if approximate == "tanh":
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1.0 + np_erf(x / math.sqrt(2.0)))
+
+
+def np_cross_entropy(logits, targets, ignore_index=-1):
+    lp = np_log_softmax(logits.reshape(-1, logits.shape[-1]))
+    t = targets.reshape(-1)
+    keep = t != ignore_index
+    return -lp[np.flatnonzero(keep), t[keep]].mean()
+
+
+def visible(t_q, t_k, causal, window):
+    """(t_q, t_k) bool: query i sits at position t_k - t_q + i; it sees key j when j is not in its
+    future (causal) and is within `window` positions of it (window)."""
+    m = np.ones((t_q, t_k), bool)
+    for i in range(t_q):
+        pos = t_k - t_q + i
+        for j in range(t_k):
+            if causal and j > pos:
+                m[i, j] = False
+            if window is not None and abs(pos - j) >= window:
+                m[i, j] = False
+    return m
+
+
+def np_attention(q, k, v, causal, window, scale=None):
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    s = np.einsum("...qd,...kd->...qk", q, k) * scale
+    s = np.where(visible(q.shape[-2], k.shape[-2], causal, window), s, -np.inf)
+    return np.einsum("...qk,...kd->...qd", np_softmax(s), v)
+
+
+# ====================================================================== linear
+@given(data=st.data(), lead=shapes(0, 2, max_side=3), n_in=st.integers(1, 4), n_out=st.integers(1, 4),
+       bias=st.booleans())
+def test_linear(data, lead, n_in, n_out, bias):
+    x = data.draw(arrays(lead + (n_in,)))
+    w = data.draw(arrays((n_out, n_in)))
+    b = data.draw(arrays((n_out,)))
+    if bias:
+        out = check_grads(F.linear, x, w, b)
+        expected = x @ w.T + b
+    else:
+        out = check_grads(lambda x_, w_: F.linear(x_, w_), x, w)
+        expected = x @ w.T
+    np.testing.assert_allclose(out, expected, **VAL64)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_linear_torch(kernel_impl, dtype, bias):
+    x, w, b = rng_arrays(0, (2, 3, 5), (4, 5), (4,))
+    tol = T64 if dtype == np.float64 else dict(**F32_GRAD)
+    if bias:
+        compare_with_torch(F.linear, tf().linear, x, w, b, dtype=dtype, **tol)
+    else:
+        compare_with_torch(F.linear, tf().linear, x, w, dtype=dtype, **tol)
+
+
+def test_linear_shape_errors():
+    with pytest.raises(ValueError, match=r"linear.*\(2, 3\).*\(4, 5\)"):
+        F.linear(tg.randn(2, 3), tg.randn(4, 5))
+    with pytest.raises(ValueError, match=r"bias.*\(4,\)"):
+        F.linear(tg.randn(2, 5), tg.randn(4, 5), tg.randn(3))
+
+
+# ====================================================================== embedding
+@given(data=st.data(), V=st.integers(1, 5), C=st.integers(1, 4), id_shape=shapes(0, 2, max_side=5))
+def test_embedding(data, V, C, id_shape):
+    ids = data.draw(hnp.arrays(np.int64, id_shape, elements=st.integers(0, V - 1)))  # repeats are likely
+    w = data.draw(arrays((V, C)))
+    out = check_grads(lambda w_: F.embedding(ids, w_), w)
+    np.testing.assert_array_equal(out, w[ids])
+
+
+def test_embedding_repeated_ids_scatter_add():
+    w = tg.Tensor(np.arange(8.0).reshape(4, 2), requires_grad=True)
+    ids = np.array([[1, 1, 3], [1, 0, 3]])
+    F.embedding(ids, w).backward(np.ones((2, 3, 2)))
+    np.testing.assert_array_equal(w.grad.numpy(), [[1, 1], [3, 3], [0, 0], [2, 2]])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_embedding_torch(kernel_impl, dtype):
+    torch = pytest.importorskip("torch")
+    ids = np.array([[0, 2, 2, 5], [5, 5, 1, 0]])
+    (w,) = rng_arrays(0, (6, 3))
+    tol = T64 if dtype == np.float64 else F32_GRAD
+    compare_with_torch(lambda w_: F.embedding(tg.Tensor(ids), w_),
+                       lambda w_: tf().embedding(torch.from_numpy(ids), w_), w, dtype=dtype, **tol)
+
+
+@pytest.mark.parametrize("bad", [7, 100, -1])
+def test_embedding_out_of_range_names_id(bad):
+    with pytest.raises(ValueError, match=rf"embedding.*{bad}"):
+        F.embedding(np.array([[0, bad, 1]]), tg.randn(7, 3))
+
+
+def test_embedding_float_ids():
+    with pytest.raises(TypeError, match="integers"):
+        F.embedding(np.array([0.0, 1.0]), tg.randn(7, 3))
+
+
+# ====================================================================== layer_norm
+AFFINE = [(True, True), (True, False), (False, True), (False, False)]
+
+
+@pytest.mark.parametrize("affine", AFFINE)
+@given(seed=seeds, lead=shapes(0, 2, max_side=3), C=st.integers(2, 6))
+def test_layer_norm(affine, seed, lead, C):
+    has_w, has_b = affine
+    x, w, b = rng_arrays(seed, lead + (C,), (C,), (C,))
+    arrays_ = [x] + ([w] if has_w else []) + ([b] if has_b else [])
+
+    def fn(x_, *p):
+        p = list(p)
+        return F.layer_norm(x_, p.pop(0) if has_w else None, p.pop(0) if has_b else None)
+
+    out = check_grads(fn, *arrays_)
+    np.testing.assert_allclose(out, np_layer_norm(x, w if has_w else None, b if has_b else None), rtol=1e-10,
+                               atol=1e-12)
+
+
+def test_layer_norm_eps():
+    (x,) = rng_arrays(0, (3, 4), lo=-1e-2, hi=1e-2)  # small variance: eps matters
+    for eps in (1e-5, 1e-2):
+        np.testing.assert_allclose(F.layer_norm(tg.Tensor(x), eps=eps).numpy(), np_layer_norm(x, eps=eps),
+                                   rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("affine", AFFINE)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layer_norm_torch(kernel_impl, dtype, affine):
+    has_w, has_b = affine
+    x, w, b = rng_arrays(1, (2, 3, 8), (8,), (8,))
+    arrays_ = [x] + ([w] if has_w else []) + ([b] if has_b else [])
+
+    def call(fn, x_, *p):
+        p = list(p)
+        return fn(x_, p.pop(0) if has_w else None, p.pop(0) if has_b else None)
+
+    tol = T64 if dtype == np.float64 else F32_GRAD
+    compare_with_torch(lambda *a: call(F.layer_norm, *a),
+                       lambda *a: call(lambda x_, w_, b_: tf().layer_norm(x_, (8,), w_, b_), *a),
+                       *arrays_, dtype=dtype, **tol)
+
+
+def test_layer_norm_param_shape_error():
+    with pytest.raises(ValueError, match=r"layer_norm.*weight.*\(4,\)"):
+        F.layer_norm(tg.randn(2, 4), tg.randn(3))
+
+
+# ====================================================================== gelu
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+@given(data=st.data(), shape=shapes())
+def test_gelu(approximate, data, shape):
+    x = data.draw(arrays(shape, elements=floats(-5, 5)))
+    out = check_grads(lambda t: F.gelu(t, approximate=approximate), x)
+    np.testing.assert_allclose(out, np_gelu(x, approximate), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gelu_torch(kernel_impl, dtype, approximate):
+    x = np.linspace(-6, 6, 97).reshape(1, 97)
+    tol = T64 if dtype == np.float64 else F32_GRAD
+    out = compare_with_torch(lambda t: F.gelu(t, approximate), lambda t: tf().gelu(t, approximate=approximate), x,
+                             dtype=dtype, **tol)
+    if dtype == np.float32:
+        np.testing.assert_allclose(out, np_gelu(x, approximate), **F32)
+
+
+def test_gelu_bad_approximate():
+    with pytest.raises(ValueError, match="approximate"):
+        F.gelu(tg.randn(3), approximate="erf")
+
+
+def test_reference_erf_matches_math_erf():
+    grid = np.concatenate([np.linspace(-30, 30, 6001), np.geomspace(1e-300, 1e-3, 50), -np.geomspace(1e-12, 1, 30),
+                           [0.0, -0.0, 2.5, -2.5, np.nextafter(2.5, 0), 5.9, 6.0, 27.0, -27.0, 40.0, 1e10]])
+    ours, ref = reference.erf(grid), np_erf(grid)
+    np.testing.assert_allclose(ours, ref, rtol=4e-15, atol=2e-16)
+    assert reference.erf(grid.astype(np.float32)).dtype == np.float32
+
+
+# ====================================================================== softmax / log_softmax
+@pytest.mark.parametrize("fn, ref", [(F.softmax, np_softmax), (F.log_softmax, np_log_softmax)])
+@given(data=st.data(), shape=shapes(1, 3))
+def test_softmax_log_softmax(fn, ref, data, shape):
+    x = data.draw(arrays(shape, elements=floats(-5, 5)))
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    out = check_grads(lambda t: fn(t, axis=axis), x)
+    np.testing.assert_allclose(out, ref(x, axis), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_softmax_torch(kernel_impl, name, dtype, axis):
+    (x,) = rng_arrays(2, (3, 4, 5), lo=-4, hi=4)
+    tol = T64 if dtype == np.float64 else F32_GRAD
+    compare_with_torch(lambda t: getattr(F, name)(t, axis=axis), lambda t: getattr(tf(), name)(t, dim=axis), x,
+                       dtype=dtype, **tol)
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_stable_at_large_logits(kernel_impl, name, dtype):
+    x = np.array([[1e4, -1e4, 0.0, 1e4 - 1.0], [-1e4, -1e4, -1e4 + 1.0, -1e4]])
+    t = tg.Tensor(x.astype(dtype), requires_grad=True)
+    out = getattr(F, name)(t)
+    assert np.isfinite(out.numpy()).all()
+    out.backward(np.ones_like(x, dtype=dtype))
+    assert np.isfinite(t.grad.numpy()).all()
+    tol = T64 if dtype == np.float64 else F32_GRAD
+    compare_with_torch(lambda a: getattr(F, name)(a), lambda a: getattr(tf(), name)(a, dim=-1), x, dtype=dtype, **tol)
+
+
+# ====================================================================== cross_entropy
+@given(data=st.data(), lead=shapes(1, 2, max_side=4), V=st.integers(1, 5))
+def test_cross_entropy(data, lead, V):
+    logits = data.draw(arrays(lead + (V,), elements=floats(-4, 4)))
+    targets = data.draw(hnp.arrays(np.int64, lead, elements=st.integers(-1, V - 1)))  # -1: ignored
+    assume((targets != -1).any())
+    out = check_grads(lambda t: F.cross_entropy(t, targets), logits)
+    assert out.shape == ()
+    np.testing.assert_allclose(out, np_cross_entropy(logits, targets), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("ignore_index", [-1, -100, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cross_entropy_torch(kernel_impl, dtype, ignore_index):
+    torch = pytest.importorskip("torch")
+    (logits,) = rng_arrays(3, (2, 5, 7), lo=-3, hi=3)
+    targets = np.random.default_rng(4).integers(0, 7, size=(2, 5))
+    targets[0, 1] = targets[1, 3] = ignore_index
+    tol = T64 if dtype == np.float64 else F32_GRAD
+    out = compare_with_torch(
+        lambda t: F.cross_entropy(t, targets, ignore_index=ignore_index),
+        lambda t: tf().cross_entropy(t.reshape(-1, 7), torch.from_numpy(targets).reshape(-1),
+                                     ignore_index=ignore_index),
+        logits, dtype=dtype, **tol)
+    np.testing.assert_allclose(out, np_cross_entropy(logits, targets, ignore_index), **F32)
+
+
+@pytest.mark.parametrize("bad", [7, 9, -2])
+def test_cross_entropy_out_of_range_target_names_it(bad):
+    targets = np.array([0, bad, 3])
+    with pytest.raises(ValueError, match=rf"cross_entropy.*target {bad}"):
+        F.cross_entropy(tg.randn(3, 7), targets)
+
+
+def test_cross_entropy_all_ignored_is_nan_like_torch():
+    torch = pytest.importorskip("torch")
+    logits = np.random.default_rng(0).standard_normal((3, 4))
+    ours = F.cross_entropy(tg.Tensor(logits), np.array([-1, -1, -1])).item()
+    theirs = tf().cross_entropy(torch.from_numpy(logits), torch.tensor([-1, -1, -1]), ignore_index=-1).item()
+    assert math.isnan(ours) and math.isnan(theirs)
+
+
+def test_cross_entropy_input_errors():
+    with pytest.raises(ValueError, match=r"targets \(3,\).*\(2, 4\)"):
+        F.cross_entropy(tg.randn(2, 4), np.array([0, 1, 2]))
+    with pytest.raises(TypeError, match="integers"):
+        F.cross_entropy(tg.randn(2, 4), np.array([0.0, 1.0]))
+
+
+# ====================================================================== dropout
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
+def test_dropout_statistics(kernel_impl, p):
+    x = tg.ones(200_000)
+    y = F.dropout(x, p).numpy()
+    scale = 1.0 / (1.0 - p)
+    kept = y != 0
+    np.testing.assert_allclose(y[kept], scale, rtol=1e-6)  # inverted scaling of the kept elements
+    # the dropped fraction is Binomial(n, p)/n with std sqrt(p(1-p)/n) <= 0.0012: allow 5 std
+    assert abs((~kept).mean() - p) < 0.006
+    assert abs(y.mean() - 1.0) < 5 * math.sqrt(p / (1 - p) / x.size)  # mean preserved
+
+
+def test_dropout_seed_reproducible(kernel_impl):
+    x = tg.randn(64, 33)
+    tg.manual_seed(11)
+    a = F.dropout(x, 0.5).numpy()
+    b = F.dropout(x, 0.5).numpy()
+    tg.manual_seed(11)
+    c = F.dropout(x, 0.5).numpy()
+    np.testing.assert_array_equal(a, c)
+    assert not np.array_equal(a, b)  # each call draws a new mask
+
+
+def test_dropout_identity_cases():
+    x = tg.randn(5, 4, requires_grad=True)
+    assert F.dropout(x, 0.7, training=False) is x
+    assert F.dropout(x, 0.0) is x
+    np.testing.assert_array_equal(F.dropout(x, 1.0).numpy(), np.zeros((5, 4)))
+    for p in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="dropout"):
+            F.dropout(x, p)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dropout_gradient_is_mask_times_scale(kernel_impl, dtype):
+    x = tg.Tensor(np.random.default_rng(0).uniform(0.5, 1.5, (7, 9)).astype(dtype), requires_grad=True)
+    y = F.dropout(x, 0.3)
+    assert y.dtype == dtype
+    w = np.random.default_rng(1).standard_normal((7, 9)).astype(dtype)
+    y.backward(w)
+    mask = y.numpy() != 0  # x has no zeros, so zeros in y are exactly the dropped elements
+    np.testing.assert_allclose(x.grad.numpy(), w * mask / 0.7, rtol=1e-6)
+    np.testing.assert_allclose(y.numpy(), x.numpy() * mask / 0.7, rtol=1e-6)
+    assert x.grad.dtype == dtype
+
+
+def test_dropout_finite_differences():
+    """With the seed fixed before each call the mask is fixed, so dropout is linear in x."""
+    (x,) = rng_arrays(0, (4, 5))
+
+    def fn(t):
+        tg.manual_seed(5)
+        return F.dropout(t, 0.4)
+
+    check_grads(fn, x)
+
+
+# ====================================================================== attention
+@st.composite
+def attention_case(draw):
+    B, nh, hs = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 4))
+    t_q = draw(st.integers(1, 5))
+    t_k = draw(st.integers(t_q, 6))  # Tq <= Tk: queries are the last positions (a KV cache)
+    causal = draw(st.booleans())
+    window = draw(st.one_of(st.none(), st.integers(1, 4)))
+    return (B, nh, t_q, hs), (B, nh, t_k, hs), causal, window
+
+
+@given(case=attention_case(), seed=seeds)
+def test_attention(case, seed):
+    sq, sk, causal, window = case
+    q, k, v = rng_arrays(seed, sq, sk, sk, lo=-1.5, hi=1.5)
+    out = check_grads(lambda q_, k_, v_: F.scaled_dot_product_attention(q_, k_, v_, causal=causal, window=window),
+                      q, k, v)
+    np.testing.assert_allclose(out, np_attention(q, k, v, causal, window), rtol=1e-10, atol=1e-12)
+
+
+def test_attention_explicit_scale_and_non_causal_longer_queries():
+    q, k, v = rng_arrays(0, (2, 5, 3), (2, 3, 3), (2, 3, 4))  # no head dim, Tq > Tk, hs_v != hs
+    out = check_grads(lambda a, b, c: F.scaled_dot_product_attention(a, b, c, causal=False, scale=0.3), q, k, v)
+    np.testing.assert_allclose(out, np_attention(q, k, v, False, None, scale=0.3), rtol=1e-10, atol=1e-12)
+
+
+ATTN_CASES = [(True, None, 6, 6), (False, None, 6, 6), (True, 2, 6, 6), (False, 2, 6, 6), (True, 3, 2, 7),
+              (True, None, 1, 5), (False, 3, 3, 7), (True, 1, 4, 4)]
+
+
+@pytest.mark.parametrize("causal, window, t_q, t_k", ATTN_CASES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_attention_torch(kernel_impl, dtype, causal, window, t_q, t_k):
+    torch = pytest.importorskip("torch")
+    q, k, v = rng_arrays(5, (2, 3, t_q, 4), (2, 3, t_k, 4), (2, 3, t_k, 4))
+    mask = torch.from_numpy(visible(t_q, t_k, causal, window))  # explicit: torch's is_causal aligns top-left
+    tol = T64 if dtype == np.float64 else F32_GRAD
+    out = compare_with_torch(
+        lambda a, b, c: F.scaled_dot_product_attention(a, b, c, causal=causal, window=window),
+        lambda a, b, c: tf().scaled_dot_product_attention(a, b, c, attn_mask=mask),
+        q, k, v, dtype=dtype, **tol)
+    np.testing.assert_allclose(out, np_attention(q, k, v, causal, window), **(T64 if dtype == np.float64 else F32))
+
+
+@pytest.mark.parametrize("causal, window, t_q, t_k", ATTN_CASES)
+def test_attention_cannot_see_outside_its_band(kernel_impl, causal, window, t_q, t_k):
+    """Changing k/v at a key a query must not see leaves that query's output row unchanged;
+    changing a key it does see changes it (so the test can fail)."""
+    rng = np.random.default_rng(7)
+    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in [(1, 2, t_q, 4), (1, 2, t_k, 4), (1, 2, t_k, 4)])
+
+    def attend(k_, v_):
+        return F.scaled_dot_product_attention(tg.Tensor(q), tg.Tensor(k_), tg.Tensor(v_), causal=causal,
+                                              window=window).numpy()
+
+    base = attend(k, v)
+    seen = visible(t_q, t_k, causal, window)
+    for j in range(t_k):
+        k2, v2 = k.copy(), v.copy()
+        k2[..., j, :] += rng.standard_normal(4).astype(np.float32) * 3
+        v2[..., j, :] += rng.standard_normal(4).astype(np.float32) * 3
+        out = attend(k2, v2)
+        for i in range(t_q):
+            change = np.abs(out[..., i, :] - base[..., i, :]).max()
+            if seen[i, j]:
+                assert change > 1e-3, f"query {i} ignores visible key {j}"
+            else:
+                assert change <= 1e-6, f"query {i} sees masked key {j} (change {change})"
+
+
+def test_attention_single_token_returns_v(kernel_impl):
+    q, k, v = rng_arrays(0, (2, 3, 1, 4), (2, 3, 1, 4), (2, 3, 1, 4))
+    for causal in (True, False):
+        out = F.scaled_dot_product_attention(tg.Tensor(q), tg.Tensor(k), tg.Tensor(v), causal=causal, window=1)
+        np.testing.assert_allclose(out.numpy(), v, rtol=1e-12)
+
+
+def test_attention_dropout_reproducible_and_unbiased(kernel_impl):
+    q, k, v = (a.astype(np.float32) for a in rng_arrays(0, (1, 1, 4, 3), (1, 1, 4, 3), (1, 1, 4, 3)))
+    args = [tg.Tensor(a) for a in (q, k, v)]
+    tg.manual_seed(3)
+    a = F.scaled_dot_product_attention(*args, dropout_p=0.2).numpy()
+    tg.manual_seed(3)
+    b = F.scaled_dot_product_attention(*args, dropout_p=0.2).numpy()
+    np.testing.assert_array_equal(a, b)
+    plain = np_attention(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64), True, None)
+    assert np.abs(a - plain).max() > 1e-3  # dropout did something
+    # inverted dropout keeps the expectation: the mean over many masks approaches the plain output
+    # (per-draw std < 0.5 here, so the std of a 4000-draw mean is < 0.008)
+    mean = np.mean([F.scaled_dot_product_attention(*args, dropout_p=0.2).numpy() for _ in range(4000)], axis=0)
+    np.testing.assert_allclose(mean, plain, atol=0.05)
+
+
+def test_attention_dropout_finite_differences():
+    q, k, v = rng_arrays(1, (1, 2, 3, 2), (1, 2, 3, 2), (1, 2, 3, 2))
+
+    def fn(a, b, c):
+        tg.manual_seed(9)
+        return F.scaled_dot_product_attention(a, b, c, dropout_p=0.3)
+
+    check_grads(fn, q, k, v)
+
+
+def test_attention_errors():
+    q = tg.randn(1, 2, 4, 8)
+    with pytest.raises(ValueError, match="Tq <= Tk"):
+        F.scaled_dot_product_attention(q, tg.randn(1, 2, 3, 8), tg.randn(1, 2, 3, 8))
+    with pytest.raises(ValueError, match="do not match"):
+        F.scaled_dot_product_attention(q, tg.randn(1, 2, 4, 7), tg.randn(1, 2, 4, 8))
+    with pytest.raises(ValueError, match="window"):
+        F.scaled_dot_product_attention(q, q, q, window=0)
+    with pytest.raises(ValueError, match="dropout_p"):
+        F.scaled_dot_product_attention(q, q, q, dropout_p=1.0)
