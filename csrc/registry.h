@@ -17,6 +17,8 @@ using KernelFamilies = std::vector<std::string>;
 
 // csrc/cpu/registry.cpp: fills the submodule tinygpt._C.cpu.
 void register_cpu_kernels(pybind11::module_& m, KernelFamilies& families);
+void bind_attention(pybind11::module_& m);  // csrc/cpu/attention.cpp
+void bind_dropout(pybind11::module_& m);    // csrc/cpu/dropout.cpp
 
 #ifdef TINYGPT_WITH_CUDA
 // csrc/cuda/registry.cpp: fills the submodule tinygpt._C.cuda.

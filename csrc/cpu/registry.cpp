@@ -23,7 +23,7 @@
 
 namespace tinygpt {
 
-void register_cpu_kernels(py::module_& m, KernelFamilies& /*families*/) {
+void register_cpu_kernels(py::module_& m, KernelFamilies& families) {
   m.def(
       "get_num_threads",
       [] {
@@ -44,6 +44,10 @@ void register_cpu_kernels(py::module_& m, KernelFamilies& /*families*/) {
       },
       py::arg("n"),
       "Sets the number of threads the CPU kernels use (no effect when built without OpenMP).");
+  bind_attention(m);
+  families.push_back("cpu.attention");
+  bind_dropout(m);
+  families.push_back("cpu.dropout");
 }
 
 }  // namespace tinygpt

@@ -186,11 +186,50 @@ def cross_entropy_backward(grad, logits, targets, saved):
 
 
 # ----------------------------------------------------------------------------- dropout
+_GOLDEN = 0x9E3779B97F4A7C15  # 2^64 / golden ratio: splitmix64's counter increment
+_MIX1 = 0xBF58476D1CE4E5B9
+_MIX2 = 0x94D049BB133111EB
+_MASK_CHUNK = 1 << 20  # elements hashed per step (bounds the uint64 temporaries to ~8 MiB each)
+
+
+def keep_threshold(p):
+    """The integer t with (r >= t) == (r * 2^-24 >= p) for every 24-bit r: t = ceil(p * 2^24)."""
+    return min(max(math.ceil(float(p) * 16777216.0), 0), 16777216)
+
+
 def dropout_mask(shape, p, seed, xp):
-    """Keep-mask (bool) from a per-call seed: the same seed always gives the same mask."""
-    if xp is np:
-        return np.random.default_rng(seed).random(shape, dtype=np.float32) >= p
-    return xp.random.default_rng(seed).random(shape, dtype=np.float32) >= p
+    """Keep-mask (bool) of `shape` from a per-call seed; counter-based, so any element can be made alone.
+
+    Element i of the mask (flat C-order index, as uint64) hashes its own counter with
+    splitmix64 (Steele, Lea & Flood 2014), all arithmetic mod 2^64:
+        z = seed + (i + 1) * 0x9E3779B97F4A7C15
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EB
+        z = z ^ (z >> 31)
+        u = (z >> 40) * 2^-24        # 24 random bits: a float32-exact uniform in [0, 1)
+        keep = u >= p                # evaluated exactly, as (z >> 40) >= ceil(p * 2^24)
+    The native kernels (csrc/cpu/rng.h) compute the same bits, so native and reference masks
+    are identical, and a kernel can regenerate any part of a mask in backward (dropout saves
+    only the seed; attention tiles regenerate their block of the (B, nh, Tq, Tk) mask).
+    The seed is taken mod 2^64.
+    """
+    n = math.prod(shape)
+    keep = xp.empty(n, dtype=bool)
+    s = xp.uint64(int(seed) % (1 << 64))
+    golden, mix1, mix2 = xp.uint64(_GOLDEN), xp.uint64(_MIX1), xp.uint64(_MIX2)
+    threshold = xp.uint64(keep_threshold(p))
+    for start in range(0, n, _MASK_CHUNK):
+        stop = min(n, start + _MASK_CHUNK)
+        z = xp.arange(start + 1, stop + 1, dtype=xp.uint64)  # the counter i + 1
+        z *= golden  # uint64 array arithmetic wraps mod 2^64 (no overflow checks on arrays)
+        z += s
+        z ^= z >> xp.uint64(30)
+        z *= mix1
+        z ^= z >> xp.uint64(27)
+        z *= mix2
+        z ^= z >> xp.uint64(31)
+        keep[start:stop] = (z >> xp.uint64(40)) >= threshold
+    return keep.reshape(shape)
 
 
 def dropout_forward(x, p, seed):

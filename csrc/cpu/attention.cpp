@@ -1,0 +1,508 @@
+// Scaled-dot-product attention, forward and backward, flash-attention style on the CPU.
+//
+//   out = softmax(q k^T * scale + mask) (dropout) v    for q (..., Tq, hs), k (..., Tk, hs),
+//                                                       v (..., Tk, hv); leading dims flattened to BH
+//
+// Same arguments and gradients as tinygpt/kernels/reference.py: attention_forward/_backward.
+// Queries sit at the last Tq key positions (query i at Tk - Tq + i); `causal` hides later keys,
+// `window` w keeps only keys with position > query - w (and < query + w when not causal). Every
+// query therefore sees one contiguous key span [lo_i, hi_i), monotone in i: tiles outside a
+// tile's span are skipped, tiles inside every row's span are not masked at all.
+//
+// Forward (per (head, query tile) task, OpenMP over tasks): for key blocks of Bc, S = q k^T,
+// online softmax (running max m and sum l per query), O += P v; the Tq x Tk matrix never exists.
+// Saved: (out, m, l, causal, window, seed). Keeping the row max and sum (not only their
+// logsumexp m + log l) lets backward rebuild P = exp(S - m) / l to float32 rounding even for
+// logits of 1e4, where a float32 logsumexp would already be off by ~1e-3 in absolute terms.
+// Backward (FlashAttention-2): D = rowsum(dO * O) first; per (head, key-block set) task, key
+// blocks outer, query tiles inner: rebuild P, dV += P^T dO, dP = dO v^T, dS = P (dP - D),
+// dK += dS^T q, dQ += dS k. dK/dV of a key block belong to one task (no races); dQ goes to a
+// per-task buffer, summed afterwards only when a head's key blocks were split across tasks
+// (few heads, many threads).
+// Dropout on the attention weights uses the counter-based mask of rng.h with the flat index of
+// the (..., Tq, Tk) matrix, so it equals reference.dropout_mask(att.shape, p, seed) exactly and
+// both passes regenerate it per tile.
+//
+// SIMD: attention_impl.h is compiled three times (AVX-512F+DQ, AVX2+FMA, portable) and the
+// best one the CPU supports is picked at run time (attention_isa() reports or forces it).
+// Tile sizes: attention_tiles().
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <string>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define TG_ATTN_X86 1
+#else
+#define TG_ATTN_X86 0
+#endif
+
+#ifdef TINYGPT_WITH_OPENMP
+#include <omp.h>
+#endif
+
+#include "py_common.h"
+#include "registry.h"
+#include "rng.h"
+
+namespace tinygpt {
+namespace attn {
+
+constexpr int64_t kAlign = 16;  // floats: buffers, tiles and padded rows are multiples of 64 bytes
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+struct Problem {
+  const float* q;
+  const float* k;
+  const float* v;
+  int64_t BH, Tq, Tk, D, Dv;
+  int64_t Dp, Dvp;       // D, Dv rounded up to kAlign (row length of padded natural-layout copies)
+  const int* lo;         // (Tq,) first visible key of each query
+  const int* hi;         // (Tq,) one past the last visible key
+  float scale;
+  bool dropout;
+  uint64_t seed;
+  uint32_t threshold;    // rng::keep_threshold(p)
+  float drop_scale;      // float32(1 / (1 - p))
+  int Br, Bc;            // query tile (multiple of kAlign), key block
+};
+
+struct FwdLayout {
+  int64_t qT, sT, oT, m, l, alpha, lo, hi, total;
+};
+
+inline FwdLayout fwd_layout(const Problem& P) {
+  const int64_t Brp = P.Br;
+  FwdLayout L{};
+  int64_t at = 0;
+  auto take = [&](int64_t n) { const int64_t o = at; at += round_up(n, kAlign); return o; };
+  L.qT = take(P.D * Brp);
+  L.sT = take(int64_t(P.Bc) * Brp);
+  L.oT = take(P.Dv * Brp);
+  L.m = take(Brp);
+  L.l = take(Brp);
+  L.alpha = take(Brp);
+  L.lo = take(Brp);
+  L.hi = take(Brp);
+  L.total = at;
+  return L;
+}
+
+struct BwdLayout {
+  int64_t qT, doT, m, linv, Drow, lo, hi, qn, kn, gn, dq, sT, dpT, dk, dv, total;
+};
+
+inline BwdLayout bwd_layout(const Problem& P) {
+  const int64_t Br = P.Br, nqt = (P.Tq + Br - 1) / Br, rows = nqt * Br;
+  BwdLayout L{};
+  int64_t at = 0;
+  auto take = [&](int64_t n) { const int64_t o = at; at += round_up(n, kAlign); return o; };
+  L.qT = take(nqt * P.D * Br);
+  L.doT = take(nqt * P.Dv * Br);
+  L.m = take(rows);
+  L.linv = take(rows);
+  L.Drow = take(rows);
+  L.lo = take(rows);
+  L.hi = take(rows);
+  L.qn = take(P.Dp != P.D ? P.Tq * P.Dp : 0);
+  L.kn = take(P.Dp != P.D ? P.Tk * P.Dp : 0);
+  L.gn = take(P.Dvp != P.Dv ? P.Tq * P.Dvp : 0);
+  L.dq = take(P.Tq * P.Dp);
+  L.sT = take(int64_t(P.Bc) * Br);
+  L.dpT = take(int64_t(P.Bc) * Br);
+  L.dk = take(int64_t(P.Bc) * P.Dp);
+  L.dv = take(int64_t(P.Bc) * P.Dvp);
+  L.total = at;
+  return L;
+}
+
+using FwdTileFn = void (*)(const Problem&, int64_t, int64_t, int, float*, float*, float*, float*);
+using BwdTaskFn = void (*)(const Problem&, int64_t, int, int, float*, const float*, const float*, const float*,
+                           const float*, float*, float*, float*);
+
+// ------------------------------------------------------------------ the ISA-specific kernels
+#if TG_ATTN_X86 && defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,avx2,fma")
+namespace avx512 {
+#define TG_ISA 3
+#include "attention_impl.h"
+#undef TG_ISA
+}  // namespace avx512
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+#define TG_ISA 2
+#include "attention_impl.h"
+#undef TG_ISA
+}  // namespace avx2
+#pragma GCC pop_options
+#endif
+
+namespace portable {
+#define TG_ISA 1
+#include "attention_impl.h"
+#undef TG_ISA
+}  // namespace portable
+
+struct Isa {
+  const char* name;
+  FwdTileFn forward;
+  BwdTaskFn backward;
+};
+
+const Isa kPortable{"portable", portable::forward_tile, portable::backward_task};
+#if TG_ATTN_X86 && defined(__GNUC__)
+const Isa kAvx512{"avx512", avx512::forward_tile, avx512::backward_task};
+const Isa kAvx2{"avx2", avx2::forward_tile, avx2::backward_task};
+#endif
+
+bool supported(const std::string& name) {
+  if (name == "portable") return true;
+#if TG_ATTN_X86 && defined(__GNUC__)
+  __builtin_cpu_init();
+  if (name == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (name == "avx512")
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && supported("avx2");
+#endif
+  return false;
+}
+
+const Isa* isa_by_name(const std::string& name) {
+#if TG_ATTN_X86 && defined(__GNUC__)
+  if (name == "avx512") return &kAvx512;
+  if (name == "avx2") return &kAvx2;
+#endif
+  if (name == "portable") return &kPortable;
+  return nullptr;
+}
+
+const Isa* best_isa() {
+  for (const char* name : {"avx512", "avx2", "portable"})
+    if (supported(name)) return isa_by_name(name);
+  return &kPortable;
+}
+
+const Isa* g_isa = nullptr;  // set with the GIL held (bindings), read by the kernels
+int g_fwd_br = 64, g_fwd_bc = 64, g_bwd_br = 64, g_bwd_bc = 64;
+
+const Isa& current_isa() {
+  if (g_isa == nullptr) g_isa = best_isa();
+  return *g_isa;
+}
+
+int max_threads() {
+#ifdef TINYGPT_WITH_OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+int thread_id() {
+#ifdef TINYGPT_WITH_OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+// One workspace per thread, 64-byte aligned, allocated before the parallel region.
+struct Workspace {
+  std::vector<float> storage;
+  int64_t per_thread = 0;
+  Workspace(int threads, int64_t floats) : storage(threads * round_up(floats, kAlign) + kAlign), per_thread(round_up(floats, kAlign)) {}
+  float* get(int t) {
+    const auto base = reinterpret_cast<std::uintptr_t>(storage.data());
+    const std::uintptr_t aligned = (base + 63) & ~std::uintptr_t(63);
+    return reinterpret_cast<float*>(aligned) + t * per_thread;
+  }
+};
+
+void run_forward(const Isa& isa, const Problem& P, float* out, float* m, float* l) {
+  const int64_t nqt = (P.Tq + P.Br - 1) / P.Br, tasks = P.BH * nqt;
+  if (tasks == 0) return;
+  const int threads = max_threads();
+  Workspace ws(threads, fwd_layout(P).total);
+#pragma omp parallel for schedule(dynamic, 1) if (tasks > 1)
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t bh = t % P.BH, qt = nqt - 1 - t / P.BH;  // last query tiles (most keys) first
+    const int64_t i0 = qt * P.Br;
+    isa.forward(P, bh, i0, static_cast<int>(std::min<int64_t>(P.Br, P.Tq - i0)), ws.get(thread_id()), out, m, l);
+  }
+}
+
+void run_backward(const Isa& isa, const Problem& P, const float* grad, const float* out, const float* m,
+                  const float* l, float* dq, float* dk, float* dv) {
+  if (P.BH == 0) return;
+  const int threads = max_threads();
+  const int64_t nkt = (P.Tk + P.Bc - 1) / P.Bc;
+  // split a head's key blocks over several tasks only when heads alone cannot keep threads busy
+  int nsplit = static_cast<int>(std::min<int64_t>(std::max<int64_t>(1, (4 * threads + P.BH - 1) / P.BH), std::max<int64_t>(nkt, 1)));
+  if (P.Tq == 0) nsplit = 1;
+  const int64_t tasks = P.BH * nsplit, head = P.Tq * P.D;
+  std::vector<float> partial(nsplit > 1 ? nsplit * P.BH * head : 0);
+  Workspace ws(threads, bwd_layout(P).total);
+#pragma omp parallel for schedule(dynamic, 1) if (tasks > 1)
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t bh = t / nsplit;
+    const int s = static_cast<int>(t % nsplit);
+    float* dst = nsplit > 1 ? partial.data() + (s * P.BH + bh) * head : dq + bh * head;
+    isa.backward(P, bh, s, nsplit, ws.get(thread_id()), grad, out, m, l, dst, dk, dv);
+  }
+  if (nsplit > 1) {
+    const int64_t n = P.BH * head;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      float acc = 0.0f;
+      for (int s = 0; s < nsplit; ++s) acc += partial[s * n + i];
+      dq[i] = acc;
+    }
+  }
+}
+
+// ------------------------------------------------------------------ bindings
+uint64_t seed_from_py(const py::handle& seed, const char* what) {
+  PyObject* index = PyNumber_Index(seed.ptr());
+  if (index == nullptr) {
+    PyErr_Clear();
+    TG_CHECK(false, what, " must be an int, got ", std::string(py::str(py::type::of(seed))));
+  }
+  const unsigned long long value = PyLong_AsUnsignedLongLongMask(index);  // mod 2^64
+  Py_DECREF(index);
+  return static_cast<uint64_t>(value);
+}
+
+struct Shapes {
+  std::vector<py::ssize_t> lead;  // leading (batch, head, ...) dims
+  int64_t BH = 1, Tq = 0, Tk = 0, D = 0, Dv = 0;
+};
+
+Shapes check_qkv(const char* op, const py::array& q, const py::array& k, const py::array& v) {
+  const std::string o(op);
+  check_array<float>(q, (o + ": q").c_str());
+  check_array<float>(k, (o + ": k").c_str());
+  check_array<float>(v, (o + ": v").c_str());
+  TG_CHECK(q.ndim() >= 2, op, ": q must be (..., Tq, hs), got shape ", shape_str(q));
+  TG_CHECK(k.ndim() == q.ndim(), op, ": k must have q's number of dimensions ", q.ndim(), ", got shape ", shape_str(k));
+  TG_CHECK(v.ndim() == q.ndim(), op, ": v must have q's number of dimensions ", q.ndim(), ", got shape ", shape_str(v));
+  const py::ssize_t nd = q.ndim();
+  Shapes s;
+  for (py::ssize_t i = 0; i < nd - 2; ++i) {
+    TG_CHECK(k.shape(i) == q.shape(i), op, ": k must have q's leading dims ", shape_str(q), ", got shape ", shape_str(k));
+    s.lead.push_back(q.shape(i));
+    s.BH *= q.shape(i);
+  }
+  s.Tq = q.shape(nd - 2);
+  s.D = q.shape(nd - 1);
+  s.Tk = k.shape(nd - 2);
+  TG_CHECK(k.shape(nd - 1) == s.D, op, ": k must have q's head size ", s.D, ", got shape ", shape_str(k));
+  for (py::ssize_t i = 0; i < nd - 1; ++i)
+    TG_CHECK(v.shape(i) == k.shape(i), op, ": v must match k ", shape_str(k), " except in the last dim, got shape ",
+             shape_str(v));
+  s.Dv = v.shape(nd - 1);
+  TG_CHECK(s.Tk < (int64_t(1) << 30) && s.Tq < (int64_t(1) << 30), op, ": sequence lengths must be < 2^30");
+  return s;
+}
+
+std::optional<int64_t> window_from_py(const py::object& window, const char* op) {
+  if (window.is_none()) return std::nullopt;
+  TG_CHECK(py::isinstance<py::int_>(window) || py::hasattr(window, "__index__"), op,
+           ": window must be None or a positive int, got ", std::string(py::str(window)));
+  const int64_t w = window.cast<int64_t>();
+  TG_CHECK(w >= 1, op, ": window must be None or a positive int, got ", w);
+  return w;
+}
+
+// The visible key span [lo_i, hi_i) of every query (see reference.attention_mask).
+void key_spans(const char* op, int64_t Tq, int64_t Tk, bool causal, std::optional<int64_t> window,
+               std::vector<int>& lo, std::vector<int>& hi) {
+  lo.resize(Tq);
+  hi.resize(Tq);
+  for (int64_t i = 0; i < Tq; ++i) {
+    const int64_t pos = Tk - Tq + i;
+    int64_t a = 0, b = Tk;
+    if (causal) b = std::min(b, pos + 1);
+    if (window) {
+      a = std::max(a, pos - *window + 1);
+      if (!causal) b = std::min(b, pos + *window);
+    }
+    TG_CHECK(a < b, op, ": query ", i, " (position ", pos, " of ", Tk, " keys) sees no key",
+             causal ? " (causal attention needs Tq <= Tk)" : "", "; its softmax would be undefined");
+    lo[i] = static_cast<int>(a);
+    hi[i] = static_cast<int>(b);
+  }
+}
+
+std::vector<py::ssize_t> with_tail(const std::vector<py::ssize_t>& lead, std::initializer_list<py::ssize_t> tail) {
+  std::vector<py::ssize_t> s(lead);
+  s.insert(s.end(), tail);
+  return s;
+}
+
+void check_dropout_p(double p, const char* op) {
+  TG_CHECK(p >= 0.0 && p < 1.0, op, ": dropout_p must be in [0, 1), got ", p);
+}
+
+Problem make_problem(const Shapes& s, const py::array& q, const py::array& k, const py::array& v,
+                     const std::vector<int>& lo, const std::vector<int>& hi, double scale, double p,
+                     uint64_t seed, bool backward) {
+  Problem P{};
+  P.q = static_cast<const float*>(q.data());
+  P.k = static_cast<const float*>(k.data());
+  P.v = static_cast<const float*>(v.data());
+  P.BH = s.BH;
+  P.Tq = s.Tq;
+  P.Tk = s.Tk;
+  P.D = s.D;
+  P.Dv = s.Dv;
+  P.Dp = round_up(std::max<int64_t>(s.D, 1), kAlign);
+  P.Dvp = round_up(std::max<int64_t>(s.Dv, 1), kAlign);
+  P.lo = lo.data();
+  P.hi = hi.data();
+  P.scale = static_cast<float>(scale);
+  P.dropout = p > 0.0;
+  P.seed = seed;
+  P.threshold = rng::keep_threshold(p);
+  P.drop_scale = static_cast<float>(1.0 / (1.0 - p));
+  const int br = backward ? g_bwd_br : g_fwd_br;
+  P.Br = static_cast<int>(std::min<int64_t>(br, round_up(std::max<int64_t>(s.Tq, 1), kAlign)));
+  P.Bc = backward ? g_bwd_bc : g_fwd_bc;
+  return P;
+}
+
+}  // namespace attn
+
+void bind_attention(py::module_& m) {
+  using namespace attn;
+  m.def(
+      "attention_forward",
+      [](const py::array& q, const py::array& k, const py::array& v, bool causal, const py::object& window,
+         double dropout_p, const py::object& seed, double scale) {
+        const char* op = "attention_forward";
+        const Shapes s = check_qkv(op, q, k, v);
+        const std::optional<int64_t> w = window_from_py(window, op);
+        check_dropout_p(dropout_p, op);
+        const uint64_t sd = seed_from_py(seed, "attention_forward: seed");
+        std::vector<int> lo, hi;
+        key_spans(op, s.Tq, s.Tk, causal, w, lo, hi);
+        py::array_t<float> out(with_tail(s.lead, {s.Tq, s.Dv}));
+        py::array_t<float> mx(with_tail(s.lead, {s.Tq}));
+        py::array_t<float> sum(with_tail(s.lead, {s.Tq}));
+        const Problem P = make_problem(s, q, k, v, lo, hi, scale, dropout_p, sd, false);
+        const Isa& isa = current_isa();
+        float* op_ = out.mutable_data();
+        float* mp = mx.mutable_data();
+        float* lp = sum.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          run_forward(isa, P, op_, mp, lp);
+        }
+        py::object win = w ? py::object(py::int_(*w)) : py::object(py::none());
+        return py::make_tuple(out, py::make_tuple(out, mx, sum, causal, win, py::int_(sd)));
+      },
+      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("causal"), py::arg("window"), py::arg("dropout_p"),
+      py::arg("seed"), py::arg("scale"),
+      "Flash attention forward: returns (out, saved), saved = (out, row max, row sum, causal, window, seed).");
+
+  m.def(
+      "attention_backward",
+      [](const py::array& grad, const py::array& q, const py::array& k, const py::array& v, double dropout_p,
+         double scale, const py::tuple& saved) {
+        const char* op = "attention_backward";
+        const Shapes s = check_qkv(op, q, k, v);
+        TG_CHECK(saved.size() == 6, op, ": saved must be the 6-tuple returned by attention_forward, got ",
+                 saved.size(), " items");
+        check_dropout_p(dropout_p, op);
+        const py::array out = saved[0].cast<py::array>();
+        const py::array mx = saved[1].cast<py::array>();
+        const py::array sum = saved[2].cast<py::array>();
+        const bool causal = saved[3].cast<bool>();
+        const std::optional<int64_t> w = window_from_py(saved[4], op);
+        const uint64_t sd = seed_from_py(saved[5], "attention_backward: saved seed");
+        const std::vector<py::ssize_t> oshape = with_tail(s.lead, {s.Tq, s.Dv});
+        const std::vector<py::ssize_t> rshape = with_tail(s.lead, {s.Tq});
+        auto check_exact = [&](const py::array& a, const char* what, const std::vector<py::ssize_t>& shape) {
+          check_array<float>(a, what);
+          TG_CHECK(a.ndim() == static_cast<py::ssize_t>(shape.size()) && std::equal(shape.begin(), shape.end(), a.shape()),
+                   what, " must have shape ", tuple_str(shape.begin(), shape.end()), ", got ", shape_str(a));
+        };
+        check_exact(grad, "attention_backward: grad", oshape);
+        check_exact(out, "attention_backward: saved out", oshape);
+        check_exact(mx, "attention_backward: saved row max", rshape);
+        check_exact(sum, "attention_backward: saved row sum", rshape);
+        std::vector<int> lo, hi;
+        key_spans(op, s.Tq, s.Tk, causal, w, lo, hi);
+        py::array_t<float> dq(with_tail(s.lead, {s.Tq, s.D}));
+        py::array_t<float> dk(with_tail(s.lead, {s.Tk, s.D}));
+        py::array_t<float> dv(with_tail(s.lead, {s.Tk, s.Dv}));
+        const Problem P = make_problem(s, q, k, v, lo, hi, scale, dropout_p, sd, true);
+        const Isa& isa = current_isa();
+        const float* gp = static_cast<const float*>(grad.data());
+        const float* outp = static_cast<const float*>(out.data());
+        const float* mp = static_cast<const float*>(mx.data());
+        const float* lp = static_cast<const float*>(sum.data());
+        float* dqp = dq.mutable_data();
+        float* dkp = dk.mutable_data();
+        float* dvp = dv.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          if (s.Tq == 0) {  // no query: nothing flows back
+            std::fill(dkp, dkp + s.BH * s.Tk * s.D, 0.0f);
+            std::fill(dvp, dvp + s.BH * s.Tk * s.Dv, 0.0f);
+          } else {
+            run_backward(isa, P, gp, outp, mp, lp, dqp, dkp, dvp);
+          }
+        }
+        return py::make_tuple(dq, dk, dv);
+      },
+      py::arg("grad"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("dropout_p"), py::arg("scale"),
+      py::arg("saved"), "Flash attention backward: returns (dq, dk, dv).");
+
+  m.def(
+      "attention_isa",
+      [](const py::object& name) {
+        if (!name.is_none()) {
+          const std::string n = name.cast<std::string>();
+          TG_CHECK(isa_by_name(n) != nullptr, "attention_isa: name must be 'avx512', 'avx2' or 'portable', got '", n, "'");
+          TG_CHECK(supported(n), "attention_isa: this CPU (or build) does not support '", n, "'");
+          g_isa = isa_by_name(n);
+        }
+        return std::string(current_isa().name);
+      },
+      py::arg("name") = py::none(),
+      "The SIMD code path the attention kernels use ('avx512', 'avx2' or 'portable'); pass a name to "
+      "force one (tests use this to check every path the CPU supports).");
+
+  m.def(
+      "attention_tiles",
+      [](const py::object& fwd_br, const py::object& fwd_bc, const py::object& bwd_br, const py::object& bwd_bc) {
+        auto set = [](int& slot, const py::object& value, const char* what, bool query) {
+          if (value.is_none()) return;
+          const int x = value.cast<int>();
+          TG_CHECK(x >= 1 && x <= 1024 && (!query || x % kAlign == 0), "attention_tiles: ", what,
+                   query ? " must be a multiple of 16 in [16, 1024], got " : " must be in [1, 1024], got ", x);
+          slot = x;
+        };
+        set(g_fwd_br, fwd_br, "fwd_br", true);
+        set(g_fwd_bc, fwd_bc, "fwd_bc", false);
+        set(g_bwd_br, bwd_br, "bwd_br", true);
+        set(g_bwd_bc, bwd_bc, "bwd_bc", false);
+        return py::make_tuple(g_fwd_br, g_fwd_bc, g_bwd_br, g_bwd_bc);
+      },
+      py::arg("fwd_br") = py::none(), py::arg("fwd_bc") = py::none(), py::arg("bwd_br") = py::none(),
+      py::arg("bwd_bc") = py::none(),
+      "Tile sizes (query tile, key block) of forward and backward; pass values to change them. "
+      "Returns (fwd_br, fwd_bc, bwd_br, bwd_bc).");
+}
+
+}  // namespace tinygpt

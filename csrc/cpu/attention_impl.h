@@ -1,0 +1,451 @@
+// Flash-attention tile kernels for one instruction set. NOT a normal header: attention.cpp
+// includes it once per ISA, inside `namespace tinygpt::attn::<isa>` and under the matching
+// `#pragma GCC target`, with TG_ISA set to 3 (AVX-512F+DQ), 2 (AVX2+FMA) or 1 (portable
+// GCC vector extensions). Everything ISA-independent (Problem, layouts, the OpenMP drivers)
+// lives in attention.cpp; this file holds the SIMD layer, a register-blocked GEMM micro-kernel
+// and the two tile routines the drivers call through function pointers.
+//
+// Orientation: every score tile is kept TRANSPOSED, S^T (keys x queries), so queries run along
+// SIMD lanes. Then the online-softmax statistics (row max, row sum) are lane-wise max/add over
+// the tile's rows, the per-query logsumexp pieces load as vectors, and no GEMM needs a packed
+// transpose of k or v: k and v are read in place as the broadcast ("A") operand. Only q (and
+// dO in backward) are transposed, once per query tile.
+
+// ============================================================================ SIMD layer
+#if TG_ISA == 3  // ------------------------------------------------------------ AVX-512
+constexpr int W = 16;     // floats per vector
+constexpr int NVMAX = 4;  // vectors per micro-kernel row (64 columns): 6 x 4 accumulators
+using vf = __m512;
+static inline vf vload(const float* p) { return _mm512_loadu_ps(p); }
+static inline void vstore(float* p, vf v) { _mm512_storeu_ps(p, v); }
+static inline vf vset1(float x) { return _mm512_set1_ps(x); }
+static inline vf vzero() { return _mm512_setzero_ps(); }
+static inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+static inline vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
+static inline vf vsub(vf a, vf b) { return _mm512_sub_ps(a, b); }
+static inline vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+// max/min(c, x) with x second: x86 returns the second operand when either is NaN, so NaN propagates
+static inline vf vmax(vf a, vf b) { return _mm512_max_ps(a, b); }
+static inline vf vmin(vf a, vf b) { return _mm512_min_ps(a, b); }
+static inline vf vround(vf x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline vf vpow2i(vf n) {  // 2^n for integral n in [-126, 127]
+  const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
+}
+static inline vf vzero_below(vf r, vf x, float t) {  // x < t ? 0 : r
+  return _mm512_maskz_mov_ps(~_mm512_cmp_ps_mask(x, _mm512_set1_ps(t), _CMP_LT_OQ), r);
+}
+// v where lo[c] <= j < hi[c] (lane c), else fill
+static inline vf vmask_range(vf v, float fill, int j, const int* lo, const int* hi) {
+  const __m512i jv = _mm512_set1_epi32(j);
+  const __mmask16 m = _mm512_cmple_epi32_mask(_mm512_loadu_si512(lo), jv) &
+                      _mm512_cmplt_epi32_mask(jv, _mm512_loadu_si512(hi));
+  return _mm512_mask_blend_ps(m, _mm512_set1_ps(fill), v);
+}
+static inline __m512i vmix64(__m512i z) {
+  z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)), _mm512_set1_epi64((long long)rng::kMix1));
+  z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)), _mm512_set1_epi64((long long)rng::kMix2));
+  return _mm512_xor_si512(z, _mm512_srli_epi64(z, 31));
+}
+// Dropout multiplier for W consecutive queries: lane c holds `s` if mask element with counter
+// z0 + off(c) is kept, else 0. off holds the even lanes' offsets, then the odd lanes'.
+static inline vf vkeep(uint64_t z0, const uint64_t* off, uint32_t threshold, float s) {
+  const __m512i base = _mm512_set1_epi64((long long)z0);
+  const __m512i ze = vmix64(_mm512_add_epi64(base, _mm512_loadu_si512(off)));
+  const __m512i zo = vmix64(_mm512_add_epi64(base, _mm512_loadu_si512(off + W / 2)));
+  // the 24-bit draws, even lanes in the low halves and odd lanes in the high halves -> lane order
+  const __m512i r = _mm512_or_si512(_mm512_srli_epi64(ze, 40), _mm512_slli_epi64(_mm512_srli_epi64(zo, 40), 32));
+  const __mmask16 keep = _mm512_cmpge_epu32_mask(r, _mm512_set1_epi32((int)threshold));
+  return _mm512_maskz_mov_ps(keep, _mm512_set1_ps(s));
+}
+
+#elif TG_ISA == 2  // ---------------------------------------------------------- AVX2 + FMA
+constexpr int W = 8;
+constexpr int NVMAX = 2;  // 6 x 2 accumulators + 2 loads + 1 broadcast = 15 of 16 registers
+using vf = __m256;
+static inline vf vload(const float* p) { return _mm256_loadu_ps(p); }
+static inline void vstore(float* p, vf v) { _mm256_storeu_ps(p, v); }
+static inline vf vset1(float x) { return _mm256_set1_ps(x); }
+static inline vf vzero() { return _mm256_setzero_ps(); }
+static inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+static inline vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
+static inline vf vsub(vf a, vf b) { return _mm256_sub_ps(a, b); }
+static inline vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+static inline vf vmax(vf a, vf b) { return _mm256_max_ps(a, b); }
+static inline vf vmin(vf a, vf b) { return _mm256_min_ps(a, b); }
+static inline vf vround(vf x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline vf vpow2i(vf n) {
+  const __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
+}
+static inline vf vzero_below(vf r, vf x, float t) {
+  return _mm256_andnot_ps(_mm256_cmp_ps(x, _mm256_set1_ps(t), _CMP_LT_OQ), r);
+}
+static inline vf vmask_range(vf v, float fill, int j, const int* lo, const int* hi) {
+  const __m256i jv = _mm256_set1_epi32(j);
+  const __m256i lov = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lo));
+  const __m256i hiv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(hi));
+  const __m256i vis = _mm256_andnot_si256(_mm256_cmpgt_epi32(lov, jv), _mm256_cmpgt_epi32(hiv, jv));
+  return _mm256_blendv_ps(_mm256_set1_ps(fill), v, _mm256_castsi256_ps(vis));
+}
+static inline __m256i vmul64(__m256i a, uint64_t c) {  // a * c mod 2^64 per lane (no vpmullq in AVX2)
+  const __m256i clo = _mm256_set1_epi64x((long long)(c & 0xffffffffu));
+  const __m256i chi = _mm256_set1_epi64x((long long)(c >> 32));
+  const __m256i lo = _mm256_mul_epu32(a, clo);
+  const __m256i cross = _mm256_add_epi64(_mm256_mul_epu32(_mm256_srli_epi64(a, 32), clo), _mm256_mul_epu32(a, chi));
+  return _mm256_add_epi64(lo, _mm256_slli_epi64(cross, 32));
+}
+static inline __m256i vmix64(__m256i z) {
+  z = vmul64(_mm256_xor_si256(z, _mm256_srli_epi64(z, 30)), rng::kMix1);
+  z = vmul64(_mm256_xor_si256(z, _mm256_srli_epi64(z, 27)), rng::kMix2);
+  return _mm256_xor_si256(z, _mm256_srli_epi64(z, 31));
+}
+static inline vf vkeep(uint64_t z0, const uint64_t* off, uint32_t threshold, float s) {
+  const __m256i base = _mm256_set1_epi64x((long long)z0);
+  const __m256i ze = vmix64(_mm256_add_epi64(base, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(off))));
+  const __m256i zo = vmix64(_mm256_add_epi64(base, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(off + W / 2))));
+  const __m256i r = _mm256_or_si256(_mm256_srli_epi64(ze, 40), _mm256_slli_epi64(_mm256_srli_epi64(zo, 40), 32));
+  // r < 2^24 and threshold <= 2^24, so the signed compare r > threshold - 1 is r >= threshold
+  const __m256i keep = _mm256_cmpgt_epi32(r, _mm256_set1_epi32((int)threshold - 1));
+  return _mm256_and_ps(_mm256_castsi256_ps(keep), _mm256_set1_ps(s));
+}
+
+#else  // ------------------------------------------------------------------------- portable
+constexpr int W = 4;  // 16-byte vectors: SSE2 on any x86-64, NEON elsewhere
+constexpr int NVMAX = 2;
+typedef float vf __attribute__((vector_size(16)));
+static inline vf vload(const float* p) { vf v; __builtin_memcpy(&v, p, sizeof v); return v; }
+static inline void vstore(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
+static inline vf vset1(float x) { vf v = {x, x, x, x}; return v; }
+static inline vf vzero() { return vset1(0.0f); }
+static inline vf vfma(vf a, vf b, vf c) { return a * b + c; }
+static inline vf vadd(vf a, vf b) { return a + b; }
+static inline vf vsub(vf a, vf b) { return a - b; }
+static inline vf vmul(vf a, vf b) { return a * b; }
+static inline vf vmax(vf a, vf b) { vf r; for (int c = 0; c < W; ++c) r[c] = a[c] > b[c] ? a[c] : b[c]; return r; }
+static inline vf vexp_lanes(vf x) { vf r; for (int c = 0; c < W; ++c) r[c] = std::exp(x[c]); return r; }
+static inline vf vmask_range(vf v, float fill, int j, const int* lo, const int* hi) {
+  for (int c = 0; c < W; ++c) v[c] = (lo[c] <= j && j < hi[c]) ? v[c] : fill;
+  return v;
+}
+static inline vf vkeep(uint64_t z0, const uint64_t* off, uint32_t threshold, float s) {
+  vf r;
+  for (int c = 0; c < W; ++c) {
+    const uint64_t o = (c % 2 == 0) ? off[c / 2] : off[W / 2 + c / 2];
+    r[c] = static_cast<uint32_t>(rng::mix64(z0 + o) >> 40) >= threshold ? s : 0.0f;
+  }
+  return r;
+}
+#endif
+
+#if TG_ISA >= 2
+// exp(x) to ~2 ulp: x = n ln2 + r, |r| <= ln2/2, e^r by Cephes' degree-6 polynomial, times 2^n.
+// exp(-inf) and anything below -87 (would be subnormal) give 0; NaN stays NaN.
+static inline vf vexp(vf x) {
+  const vf xc = vmax(vset1(-87.0f), vmin(vset1(88.0f), x));
+  const vf n = vround(vmul(xc, vset1(1.44269504088896341f)));
+  vf r = vfma(n, vset1(-0.693359375f), xc);
+  r = vfma(n, vset1(2.12194440e-4f), r);
+  vf p = vset1(1.9875691500e-4f);
+  p = vfma(p, r, vset1(1.3981999507e-3f));
+  p = vfma(p, r, vset1(8.3334519073e-3f));
+  p = vfma(p, r, vset1(4.1665795894e-2f));
+  p = vfma(p, r, vset1(1.6666665459e-1f));
+  p = vfma(p, r, vset1(5.0000001201e-1f));
+  const vf y = vadd(vfma(p, vmul(r, r), r), vset1(1.0f));
+  return vzero_below(vmul(y, vpow2i(n)), x, -87.0f);
+}
+#else
+static inline vf vexp(vf x) { return vexp_lanes(x); }
+#endif
+
+static inline uint64_t z_of(uint64_t seed, uint64_t index) { return seed + (index + 1) * rng::kGolden; }
+
+// Lane offsets of the dropout counters for W queries `stride` apart (stride = Tk, one row of the
+// attention matrix): even lanes' offsets first, then the odd lanes', as vkeep expects.
+static inline void lane_offsets(uint64_t* off, uint64_t stride) {
+  for (int c = 0; c < W; ++c) off[(c % 2) * (W / 2) + c / 2] = static_cast<uint64_t>(c) * stride * rng::kGolden;
+}
+
+// ============================================================================ GEMM
+// C[r][0:NV*W] (+)= sum_k A[r*sr + k*sk] * B[k*ldb + 0:NV*W] for r < R. A is broadcast one
+// element at a time, so it may be any strided view (a transpose costs nothing); B rows are
+// loaded as vectors. R x NV accumulators stay in registers across the whole K loop.
+template <int R, int NV>
+static inline void micro(float* C, int64_t ldc, const float* A, int64_t sr, int64_t sk, const float* B,
+                         int64_t ldb, int K, bool accumulate) {
+  vf c[R][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) c[r][v] = accumulate ? vload(C + r * ldc + v * W) : vzero();
+  for (int k = 0; k < K; ++k) {
+    vf b[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) b[v] = vload(B + v * W);
+    const float* a = A + k * sk;
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const vf ar = vset1(a[r * sr]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) c[r][v] = vfma(ar, b[v], c[r][v]);
+    }
+    B += ldb;
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) vstore(C + r * ldc + v * W, c[r][v]);
+}
+
+constexpr int RMAX = 6;
+
+template <int NV>
+static void gemm_panel(float* C, int64_t ldc, const float* A, int64_t sr, int64_t sk, const float* B, int64_t ldb,
+                       int M, int K, bool acc) {
+  int m = 0;
+  for (; m + RMAX <= M; m += RMAX) micro<RMAX, NV>(C + m * ldc, ldc, A + m * sr, sr, sk, B, ldb, K, acc);
+  C += m * ldc;
+  A += m * sr;
+  switch (M - m) {
+    case 1: micro<1, NV>(C, ldc, A, sr, sk, B, ldb, K, acc); break;
+    case 2: micro<2, NV>(C, ldc, A, sr, sk, B, ldb, K, acc); break;
+    case 3: micro<3, NV>(C, ldc, A, sr, sk, B, ldb, K, acc); break;
+    case 4: micro<4, NV>(C, ldc, A, sr, sk, B, ldb, K, acc); break;
+    case 5: micro<5, NV>(C, ldc, A, sr, sk, B, ldb, K, acc); break;
+    default: break;
+  }
+}
+
+// C (M x N, row stride ldc) (+)= A (M x K, strides sr/sk) @ B (K x N, row stride ldb); N is a
+// multiple of W (callers pad), M and K are anything (K = 0 just zeroes or keeps C).
+static void gemm(float* C, int64_t ldc, const float* A, int64_t sr, int64_t sk, const float* B, int64_t ldb,
+                 int M, int N, int K, bool acc) {
+  for (int n = 0; n < N;) {
+    const int left = (N - n) / W;
+    if (left >= NVMAX) {
+      gemm_panel<NVMAX>(C + n, ldc, A, sr, sk, B + n, ldb, M, K, acc);
+      n += NVMAX * W;
+    } else if (left >= 2) {
+      gemm_panel<2>(C + n, ldc, A, sr, sk, B + n, ldb, M, K, acc);
+      n += 2 * W;
+    } else {
+      gemm_panel<1>(C + n, ldc, A, sr, sk, B + n, ldb, M, K, acc);
+      n += W;
+    }
+  }
+}
+
+// ============================================================================ forward tile
+// Output rows [i0, i0 + nq) of head bh: online softmax over key blocks of Bc, only over the key
+// span [lo(i0), hi(i0 + nq - 1)) that some query of the tile can see. Writes out rows, and the
+// row max m and row sum l (of the undropped exponentials) for backward.
+static void forward_tile(const Problem& P, int64_t bh, int64_t i0, int nq, float* ws, float* out, float* m_out,
+                         float* l_out) {
+  const int64_t D = P.D, Dv = P.Dv, Tq = P.Tq, Tk = P.Tk;
+  const int Brp = static_cast<int>(round_up(nq, W));
+  const FwdLayout L = fwd_layout(P);
+  float* qT = ws + L.qT;      // (D, Brp): q rows transposed, times scale
+  float* sT = ws + L.sT;      // (Bc, Brp): scores, then probabilities
+  float* oT = ws + L.oT;      // (Dv, Brp): output accumulator
+  float* m = ws + L.m;        // (Brp,) running max
+  float* l = ws + L.l;        // (Brp,) running sum
+  float* alpha = ws + L.alpha;
+  int* lo = reinterpret_cast<int*>(ws + L.lo);
+  int* hi = reinterpret_cast<int*>(ws + L.hi);
+
+  const float* q = P.q + (bh * Tq + i0) * D;
+  const float* k = P.k + bh * Tk * D;
+  const float* v = P.v + bh * Tk * Dv;
+  for (int d = 0; d < D; ++d) {
+    float* row = qT + d * Brp;
+    for (int c = 0; c < nq; ++c) row[c] = q[c * D + d] * P.scale;
+    for (int c = nq; c < Brp; ++c) row[c] = 0.0f;
+  }
+  for (int c = 0; c < Brp; ++c) {
+    lo[c] = c < nq ? P.lo[i0 + c] : 1;  // padding columns see nothing (lo > hi)
+    hi[c] = c < nq ? P.hi[i0 + c] : 0;
+    m[c] = -INFINITY;
+    l[c] = 0.0f;
+  }
+  std::memset(oT, 0, sizeof(float) * Dv * Brp);
+  uint64_t off[W];
+  if (P.dropout) lane_offsets(off, static_cast<uint64_t>(Tk));
+
+  const int jlo = lo[0], jhi = hi[nq - 1];      // the tile's key span (lo, hi are monotone)
+  const int lo_max = lo[nq - 1], hi_min = hi[0];  // keys in [lo_max, hi_min) are visible to every row
+  for (int j0 = jlo; j0 < jhi; j0 += P.Bc) {
+    const int nk = std::min<int>(P.Bc, jhi - j0);
+    gemm(sT, Brp, k + j0 * D, D, 1, qT, Brp, nk, Brp, static_cast<int>(D), false);  // S^T = K Q^T
+    const bool full = lo_max <= j0 && j0 + nk <= hi_min;
+    for (int cc = 0; cc < Brp; cc += W) {
+      vf mx = vset1(-INFINITY);
+      if (full) {
+        for (int j = 0; j < nk; ++j) mx = vmax(mx, vload(sT + j * Brp + cc));
+      } else {
+        for (int j = 0; j < nk; ++j) {
+          const vf s = vmask_range(vload(sT + j * Brp + cc), -INFINITY, j0 + j, lo + cc, hi + cc);
+          vstore(sT + j * Brp + cc, s);
+          mx = vmax(mx, s);
+        }
+      }
+      const vf mold = vload(m + cc);
+      const vf mnew = vmax(mx, mold);
+      const vf msafe = vmax(vset1(-FLT_MAX), mnew);  // a column with nothing visible yet: exp(-inf) = 0
+      const vf a = vexp(vsub(mold, msafe));
+      vf lsum = vzero();
+      for (int j = 0; j < nk; ++j) {
+        vf p = vexp(vsub(vload(sT + j * Brp + cc), msafe));
+        lsum = vadd(lsum, p);
+        if (P.dropout) {
+          const uint64_t idx = static_cast<uint64_t>((bh * Tq + i0 + cc) * Tk + j0 + j);
+          p = vmul(p, vkeep(z_of(P.seed, idx), off, P.threshold, 1.0f));
+        }
+        vstore(sT + j * Brp + cc, p);
+      }
+      vstore(l + cc, vfma(vload(l + cc), a, lsum));
+      vstore(m + cc, mnew);
+      vstore(alpha + cc, a);
+    }
+    if (j0 != jlo) {
+      for (int d = 0; d < Dv; ++d)
+        for (int cc = 0; cc < Brp; cc += W) vstore(oT + d * Brp + cc, vmul(vload(oT + d * Brp + cc), vload(alpha + cc)));
+    }
+    gemm(oT, Brp, v + j0 * Dv, 1, Dv, sT, Brp, static_cast<int>(Dv), Brp, nk, true);  // O^T += V^T P^T
+  }
+  float* o = out + (bh * Tq + i0) * Dv;
+  for (int c = 0; c < nq; ++c) {
+    const float inv = P.drop_scale / l[c];
+    for (int d = 0; d < Dv; ++d) o[c * Dv + d] = oT[d * Brp + c] * inv;
+    m_out[bh * Tq + i0 + c] = m[c];
+    l_out[bh * Tq + i0 + c] = l[c];
+  }
+}
+
+// ============================================================================ backward task
+// Key blocks kt = split, split + nsplit, ... of head bh (FlashAttention-2's loop order: key block
+// outer, so dK and dV of a block accumulate in registers/L1 and are written once; dQ accumulates
+// in a per-task buffer). Probabilities are rebuilt as exp(S - m) / l from the saved row stats.
+static void backward_task(const Problem& P, int64_t bh, int split, int nsplit, float* ws, const float* grad,
+                          const float* out, const float* m_saved, const float* l_saved, float* dq_dst,
+                          float* dk, float* dv) {
+  const int64_t D = P.D, Dv = P.Dv, Tq = P.Tq, Tk = P.Tk;
+  const int Br = P.Br, Bc = P.Bc;
+  const BwdLayout L = bwd_layout(P);
+  const int64_t nqt = (Tq + Br - 1) / Br;
+  const int64_t Dp = P.Dp, Dvp = P.Dvp;
+  float* qT = ws + L.qT;    // (nqt, D, Br): q^T * scale per query tile
+  float* doT = ws + L.doT;  // (nqt, Dv, Br): dO^T per query tile
+  float* mrow = ws + L.m;   // (nqt * Br,) row max
+  float* linv = ws + L.linv;
+  float* Drow = ws + L.Drow;  // rowsum(dO * O)
+  int* lo = reinterpret_cast<int*>(ws + L.lo);
+  int* hi = reinterpret_cast<int*>(ws + L.hi);
+  float* dqa = ws + L.dq;    // (Tq, Dp)
+  float* sT = ws + L.sT;     // (Bc, Br): S^T, then P^T (dropped)
+  float* dpT = ws + L.dpT;   // (Bc, Br): dP^T, then dS^T
+  float* dka = ws + L.dk;    // (Bc, Dp)
+  float* dva = ws + L.dv;    // (Bc, Dvp)
+
+  const float* q = P.q + bh * Tq * D;
+  const float* k = P.k + bh * Tk * D;
+  const float* v = P.v + bh * Tk * Dv;
+  const float* g = grad + bh * Tq * Dv;
+  const float* o = out + bh * Tq * Dv;
+  // B operands in natural layout need rows padded to a multiple of 16 floats
+  const float* qn = q;
+  const float* gn = g;
+  const float* kn = k;
+  if (P.Dp != D) {
+    float* qpad = ws + L.qn;
+    float* kpad = ws + L.kn;
+    for (int64_t i = 0; i < Tq; ++i) {
+      std::memcpy(qpad + i * Dp, q + i * D, sizeof(float) * D);
+      std::memset(qpad + i * Dp + D, 0, sizeof(float) * (Dp - D));
+    }
+    for (int64_t j = 0; j < Tk; ++j) {
+      std::memcpy(kpad + j * Dp, k + j * D, sizeof(float) * D);
+      std::memset(kpad + j * Dp + D, 0, sizeof(float) * (Dp - D));
+    }
+    qn = qpad;
+    kn = kpad;
+  }
+  if (P.Dvp != Dv) {
+    float* gpad = ws + L.gn;
+    for (int64_t i = 0; i < Tq; ++i) {
+      std::memcpy(gpad + i * Dvp, g + i * Dv, sizeof(float) * Dv);
+      std::memset(gpad + i * Dvp + Dv, 0, sizeof(float) * (Dvp - Dv));
+    }
+    gn = gpad;
+  }
+  for (int64_t t = 0; t < nqt; ++t) {
+    float* qt = qT + t * D * Br;
+    float* gt = doT + t * Dv * Br;
+    for (int c = 0; c < Br; ++c) {
+      const int64_t i = t * Br + c;
+      const bool valid = i < Tq;
+      for (int64_t d = 0; d < D; ++d) qt[d * Br + c] = valid ? q[i * D + d] * P.scale : 0.0f;
+      float dot = 0.0f;
+      for (int64_t d = 0; d < Dv; ++d) {
+        const float gv = valid ? g[i * Dv + d] : 0.0f;
+        gt[d * Br + c] = gv;
+        dot += valid ? gv * o[i * Dv + d] : 0.0f;
+      }
+      Drow[i] = dot;
+      mrow[i] = valid ? m_saved[bh * Tq + i] : 0.0f;
+      linv[i] = valid ? 1.0f / l_saved[bh * Tq + i] : 0.0f;  // padding rows: P = 0
+      lo[i] = valid ? P.lo[i] : 1;
+      hi[i] = valid ? P.hi[i] : 0;
+    }
+  }
+  std::memset(dqa, 0, sizeof(float) * Tq * Dp);
+  uint64_t off[W];
+  if (P.dropout) lane_offsets(off, static_cast<uint64_t>(Tk));
+  const vf vscale = vset1(P.scale);
+
+  const int64_t nkt = (Tk + Bc - 1) / Bc;
+  for (int64_t kt = split; kt < nkt; kt += nsplit) {
+    const int j0 = static_cast<int>(kt * Bc);
+    const int nk = static_cast<int>(std::min<int64_t>(Bc, Tk - j0));
+    const int j1 = j0 + nk;
+    std::memset(dka, 0, sizeof(float) * nk * Dp);
+    std::memset(dva, 0, sizeof(float) * nk * Dvp);
+    // queries that see some key of [j0, j1): hi > j0 and lo < j1 (both monotone in the query)
+    const int64_t ia = std::upper_bound(P.hi, P.hi + Tq, j0) - P.hi;
+    const int64_t ib = std::lower_bound(P.lo, P.lo + Tq, j1) - P.lo;
+    for (int64_t t = ia / Br; t * Br < ib; ++t) {
+      const int64_t c0 = t * Br;
+      const int nq = static_cast<int>(std::min<int64_t>(Br, Tq - c0));
+      gemm(sT, Br, k + j0 * D, D, 1, qT + t * D * Br, Br, nk, Br, static_cast<int>(D), false);      // S^T
+      gemm(dpT, Br, v + j0 * Dv, Dv, 1, doT + t * Dv * Br, Br, nk, Br, static_cast<int>(Dv), false);  // dP^T = V dO^T
+      const bool full = P.lo[c0 + nq - 1] <= j0 && j1 <= P.hi[c0];
+      for (int j = 0; j < nk; ++j) {
+        for (int cc = 0; cc < Br; cc += W) {
+          vf s = vload(sT + j * Br + cc);
+          if (!full) s = vmask_range(s, -INFINITY, j0 + j, lo + c0 + cc, hi + c0 + cc);
+          vf p = vmul(vexp(vsub(s, vload(mrow + c0 + cc))), vload(linv + c0 + cc));
+          vf dp = vload(dpT + j * Br + cc);
+          vf pd = p;
+          if (P.dropout) {
+            const uint64_t idx = static_cast<uint64_t>((bh * Tq + c0 + cc) * Tk + j0 + j);
+            const vf kp = vkeep(z_of(P.seed, idx), off, P.threshold, P.drop_scale);
+            pd = vmul(p, kp);
+            dp = vmul(dp, kp);
+          }
+          vstore(sT + j * Br + cc, pd);                                                   // P^T (dropped)
+          vstore(dpT + j * Br + cc, vmul(vmul(p, vsub(dp, vload(Drow + c0 + cc))), vscale));  // dS^T * scale
+        }
+      }
+      const float* gB = gn + c0 * Dvp;
+      const float* qB = qn + c0 * Dp;
+      gemm(dva, Dvp, sT, Br, 1, gB, Dvp, nk, static_cast<int>(Dvp), nq, true);    // dV += P^T dO
+      gemm(dka, Dp, dpT, Br, 1, qB, Dp, nk, static_cast<int>(Dp), nq, true);      // dK += dS^T Q
+      gemm(dqa + c0 * Dp, Dp, dpT, 1, Br, kn + j0 * Dp, Dp, nq, static_cast<int>(Dp), nk, true);  // dQ += dS K
+    }
+    for (int j = 0; j < nk; ++j) {
+      std::memcpy(dk + (bh * Tk + j0 + j) * D, dka + j * Dp, sizeof(float) * D);
+      std::memcpy(dv + (bh * Tk + j0 + j) * Dv, dva + j * Dvp, sizeof(float) * Dv);
+    }
+  }
+  for (int64_t i = 0; i < Tq; ++i) std::memcpy(dq_dst + i * D, dqa + i * Dp, sizeof(float) * D);
+}
