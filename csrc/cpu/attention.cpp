@@ -228,12 +228,16 @@ struct Workspace {
   }
 };
 
+// Tiny problems (a few microseconds of work, e.g. one decoding step of a small model) run on
+// the calling thread: waking a thread team would cost more than it saves.
+bool worth_threads(const Problem& P) { return P.BH * P.Tq * P.Tk * (P.D + P.Dv) >= (int64_t(1) << 20); }
+
 void run_forward(const Isa& isa, const Problem& P, float* out, float* m, float* l) {
   const int64_t nqt = (P.Tq + P.Br - 1) / P.Br, tasks = P.BH * nqt;
   if (tasks == 0) return;
   const int threads = max_threads();
   Workspace ws(threads, fwd_layout(P).total);
-#pragma omp parallel for schedule(dynamic, 1) if (tasks > 1)
+#pragma omp parallel for schedule(dynamic, 1) if (tasks > 1 && worth_threads(P))
   for (int64_t t = 0; t < tasks; ++t) {
     const int64_t bh = t % P.BH, qt = nqt - 1 - t / P.BH;  // last query tiles (most keys) first
     const int64_t i0 = qt * P.Br;
@@ -252,7 +256,7 @@ void run_backward(const Isa& isa, const Problem& P, const float* grad, const flo
   const int64_t tasks = P.BH * nsplit, head = P.Tq * P.D;
   std::vector<float> partial(nsplit > 1 ? nsplit * P.BH * head : 0);
   Workspace ws(threads, bwd_layout(P).total);
-#pragma omp parallel for schedule(dynamic, 1) if (tasks > 1)
+#pragma omp parallel for schedule(dynamic, 1) if (tasks > 1 && worth_threads(P))
   for (int64_t t = 0; t < tasks; ++t) {
     const int64_t bh = t / nsplit;
     const int s = static_cast<int>(t % nsplit);

@@ -201,45 +201,73 @@ static inline void micro(float* C, int64_t ldc, const float* A, int64_t sr, int6
 constexpr int RMAX = 6;
 
 template <int NV>
-static void gemm_panel(float* C, int64_t ldc, const float* A, int64_t sr, int64_t sk, const float* B, int64_t ldb,
-                       int M, int K, bool acc) {
-  int m = 0;
-  for (; m + RMAX <= M; m += RMAX) micro<RMAX, NV>(C + m * ldc, ldc, A + m * sr, sr, sk, B, ldb, K, acc);
-  C += m * ldc;
-  A += m * sr;
-  switch (M - m) {
+static inline void micro_rows(int r, float* C, int64_t ldc, const float* A, int64_t sr, int64_t sk, const float* B,
+                              int64_t ldb, int K, bool acc) {
+  switch (r) {
     case 1: micro<1, NV>(C, ldc, A, sr, sk, B, ldb, K, acc); break;
     case 2: micro<2, NV>(C, ldc, A, sr, sk, B, ldb, K, acc); break;
     case 3: micro<3, NV>(C, ldc, A, sr, sk, B, ldb, K, acc); break;
     case 4: micro<4, NV>(C, ldc, A, sr, sk, B, ldb, K, acc); break;
     case 5: micro<5, NV>(C, ldc, A, sr, sk, B, ldb, K, acc); break;
-    default: break;
+    default: micro<RMAX, NV>(C, ldc, A, sr, sk, B, ldb, K, acc); break;
   }
 }
 
-// C (M x N, row stride ldc) (+)= A (M x K, strides sr/sk) @ B (K x N, row stride ldb); N is a
-// multiple of W (callers pad), M and K are anything (K = 0 just zeroes or keeps C).
-static void gemm(float* C, int64_t ldc, const float* A, int64_t sr, int64_t sk, const float* B, int64_t ldb,
-                 int M, int N, int K, bool acc) {
+// All of it: the default ranges of gemm_ex.
+struct AllRows {
+  int M;
+  void operator()(int, int, int& b, int& e) const { b = 0; e = M; }
+};
+struct AllKs {
+  int K;
+  void operator()(int, int, int, int, int& b, int& e) const { b = 0; e = K; }
+};
+
+// C (M x N, row stride ldc) (+)= A (M x K, strides sr/sk) @ B (K x N, row stride ldb), where N is a
+// multiple of W (callers pad) and M, K are anything. Banded version for masked tiles: the column
+// panel [n0, n1) only needs rows [b, e) = rows(n0, n1) (others are left untouched), and the
+// row block [m0, m1) of that panel only needs k in ks(n0, n1, m0, m1) (the rest of A is zero
+// there). Panels are at most nvcap vectors wide (narrow panels skip more of a triangle).
+template <class Rows, class Ks>
+static void gemm_ex(float* C, int64_t ldc, const float* A, int64_t sr, int64_t sk, const float* B, int64_t ldb,
+                    int M, int N, int K, bool acc, int nvcap, const Rows& rows, const Ks& ks) {
   for (int n = 0; n < N;) {
     const int left = (N - n) / W;
-    if (left >= NVMAX) {
-      gemm_panel<NVMAX>(C + n, ldc, A, sr, sk, B + n, ldb, M, K, acc);
-      n += NVMAX * W;
-    } else if (left >= 2) {
-      gemm_panel<2>(C + n, ldc, A, sr, sk, B + n, ldb, M, K, acc);
-      n += 2 * W;
-    } else {
-      gemm_panel<1>(C + n, ldc, A, sr, sk, B + n, ldb, M, K, acc);
-      n += W;
+    const int nv = (left >= NVMAX && nvcap >= NVMAX) ? NVMAX : (left >= 2 && nvcap >= 2) ? 2 : 1;
+    const int n1 = n + nv * W;
+    int mb, me;
+    rows(n, n1, mb, me);
+    mb = std::max(mb, 0);
+    me = std::min(me, M);
+    for (int m = mb; m < me; m += RMAX) {
+      const int r = std::min(RMAX, me - m);
+      int kb, ke;
+      ks(n, n1, m, m + r, kb, ke);
+      kb = std::max(kb, 0);
+      ke = std::max(std::min(ke, K), kb);
+      if (acc && ke == kb) continue;
+      float* c = C + m * ldc + n;
+      const float* a = A + m * sr + kb * sk;
+      const float* b = B + kb * ldb + n;
+      if (nv == NVMAX) micro_rows<NVMAX>(r, c, ldc, a, sr, sk, b, ldb, ke - kb, acc);
+      else if (nv == 2) micro_rows<2>(r, c, ldc, a, sr, sk, b, ldb, ke - kb, acc);
+      else micro_rows<1>(r, c, ldc, a, sr, sk, b, ldb, ke - kb, acc);
     }
+    n = n1;
   }
+}
+
+static void gemm(float* C, int64_t ldc, const float* A, int64_t sr, int64_t sk, const float* B, int64_t ldb,
+                 int M, int N, int K, bool acc) {
+  gemm_ex(C, ldc, A, sr, sk, B, ldb, M, N, K, acc, NVMAX, AllRows{M}, AllKs{K});
 }
 
 // ============================================================================ forward tile
 // Output rows [i0, i0 + nq) of head bh: online softmax over key blocks of Bc, only over the key
-// span [lo(i0), hi(i0 + nq - 1)) that some query of the tile can see. Writes out rows, and the
-// row max m and row sum l (of the undropped exponentials) for backward.
+// span [lo(i0), hi(i0 + nq - 1)) that some query of the tile can see. Blocks every query sees
+// whole ("full") run unmasked GEMMs; the others (the causal diagonal, window edges) run banded
+// GEMMs over W-query panels that skip the keys no query of the panel sees. Writes out rows, and
+// the row max m and row sum l (of the undropped exponentials) for backward.
 static void forward_tile(const Problem& P, int64_t bh, int64_t i0, int nq, float* ws, float* out, float* m_out,
                          float* l_out) {
   const int64_t D = P.D, Dv = P.Dv, Tq = P.Tq, Tk = P.Tk;
@@ -272,18 +300,32 @@ static void forward_tile(const Problem& P, int64_t bh, int64_t i0, int nq, float
   uint64_t off[W];
   if (P.dropout) lane_offsets(off, static_cast<uint64_t>(Tk));
 
-  const int jlo = lo[0], jhi = hi[nq - 1];      // the tile's key span (lo, hi are monotone)
+  const int jlo = lo[0], jhi = hi[nq - 1];        // the tile's key span (lo, hi are monotone)
   const int lo_max = lo[nq - 1], hi_min = hi[0];  // keys in [lo_max, hi_min) are visible to every row
   for (int j0 = jlo; j0 < jhi; j0 += P.Bc) {
     const int nk = std::min<int>(P.Bc, jhi - j0);
-    gemm(sT, Brp, k + j0 * D, D, 1, qT, Brp, nk, Brp, static_cast<int>(D), false);  // S^T = K Q^T
     const bool full = lo_max <= j0 && j0 + nk <= hi_min;
+    // rows (keys - j0) that some query among columns [n0, n1) of the tile sees
+    auto band = [&](int n0, int n1, int& b, int& e) {
+      n1 = std::min(n1, nq);
+      if (n0 >= n1) { b = e = 0; return; }
+      b = std::min(std::max(lo[n0] - j0, 0), nk);
+      e = std::max(std::min(hi[n1 - 1] - j0, nk), b);
+    };
+    if (full) {
+      gemm(sT, Brp, k + j0 * D, D, 1, qT, Brp, nk, Brp, static_cast<int>(D), false);  // S^T = K Q^T
+    } else {
+      gemm_ex(sT, Brp, k + j0 * D, D, 1, qT, Brp, nk, Brp, static_cast<int>(D), false, 1, band,
+              AllKs{static_cast<int>(D)});
+    }
     for (int cc = 0; cc < Brp; cc += W) {
+      int rb = 0, re = nk;
+      if (!full) band(cc, cc + W, rb, re);
       vf mx = vset1(-INFINITY);
       if (full) {
         for (int j = 0; j < nk; ++j) mx = vmax(mx, vload(sT + j * Brp + cc));
       } else {
-        for (int j = 0; j < nk; ++j) {
+        for (int j = rb; j < re; ++j) {
           const vf s = vmask_range(vload(sT + j * Brp + cc), -INFINITY, j0 + j, lo + cc, hi + cc);
           vstore(sT + j * Brp + cc, s);
           mx = vmax(mx, s);
@@ -294,7 +336,9 @@ static void forward_tile(const Problem& P, int64_t bh, int64_t i0, int nq, float
       const vf msafe = vmax(vset1(-FLT_MAX), mnew);  // a column with nothing visible yet: exp(-inf) = 0
       const vf a = vexp(vsub(mold, msafe));
       vf lsum = vzero();
-      for (int j = 0; j < nk; ++j) {
+      for (int j = 0; j < rb; ++j) vstore(sT + j * Brp + cc, vzero());
+      for (int j = re; j < nk; ++j) vstore(sT + j * Brp + cc, vzero());
+      for (int j = rb; j < re; ++j) {
         vf p = vexp(vsub(vload(sT + j * Brp + cc), msafe));
         lsum = vadd(lsum, p);
         if (P.dropout) {
@@ -311,7 +355,12 @@ static void forward_tile(const Problem& P, int64_t bh, int64_t i0, int nq, float
       for (int d = 0; d < Dv; ++d)
         for (int cc = 0; cc < Brp; cc += W) vstore(oT + d * Brp + cc, vmul(vload(oT + d * Brp + cc), vload(alpha + cc)));
     }
-    gemm(oT, Brp, v + j0 * Dv, 1, Dv, sT, Brp, static_cast<int>(Dv), Brp, nk, true);  // O^T += V^T P^T
+    if (full) {
+      gemm(oT, Brp, v + j0 * Dv, 1, Dv, sT, Brp, static_cast<int>(Dv), Brp, nk, true);  // O^T += V^T P^T
+    } else {
+      gemm_ex(oT, Brp, v + j0 * Dv, 1, Dv, sT, Brp, static_cast<int>(Dv), Brp, nk, true, 1,
+              AllRows{static_cast<int>(Dv)}, [&](int n0, int n1, int, int, int& b, int& e) { band(n0, n1, b, e); });
+    }
   }
   float* o = out + (bh * Tq + i0) * Dv;
   for (int c = 0; c < nq; ++c) {
@@ -324,8 +373,9 @@ static void forward_tile(const Problem& P, int64_t bh, int64_t i0, int nq, float
 
 // ============================================================================ backward task
 // Key blocks kt = split, split + nsplit, ... of head bh (FlashAttention-2's loop order: key block
-// outer, so dK and dV of a block accumulate in registers/L1 and are written once; dQ accumulates
+// outer, so dK and dV of a block accumulate in a small buffer and are written once; dQ accumulates
 // in a per-task buffer). Probabilities are rebuilt as exp(S - m) / l from the saved row stats.
+// Masked (key block, query tile) pairs run banded GEMMs, as in forward.
 static void backward_task(const Problem& P, int64_t bh, int split, int nsplit, float* ws, const float* grad,
                           const float* out, const float* m_saved, const float* l_saved, float* dq_dst,
                           float* dk, float* dv) {
@@ -414,16 +464,51 @@ static void backward_task(const Problem& P, int64_t bh, int split, int nsplit, f
     const int64_t ia = std::upper_bound(P.hi, P.hi + Tq, j0) - P.hi;
     const int64_t ib = std::lower_bound(P.lo, P.lo + Tq, j1) - P.lo;
     for (int64_t t = ia / Br; t * Br < ib; ++t) {
-      const int64_t c0 = t * Br;
+      const int c0 = static_cast<int>(t * Br);
       const int nq = static_cast<int>(std::min<int64_t>(Br, Tq - c0));
-      gemm(sT, Br, k + j0 * D, D, 1, qT + t * D * Br, Br, nk, Br, static_cast<int>(D), false);      // S^T
-      gemm(dpT, Br, v + j0 * Dv, Dv, 1, doT + t * Dv * Br, Br, nk, Br, static_cast<int>(Dv), false);  // dP^T = V dO^T
       const bool full = P.lo[c0 + nq - 1] <= j0 && j1 <= P.hi[c0];
-      for (int j = 0; j < nk; ++j) {
-        for (int cc = 0; cc < Br; cc += W) {
-          vf s = vload(sT + j * Br + cc);
-          if (!full) s = vmask_range(s, -INFINITY, j0 + j, lo + c0 + cc, hi + c0 + cc);
-          vf p = vmul(vexp(vsub(s, vload(mrow + c0 + cc))), vload(linv + c0 + cc));
+      // rows (keys - j0) that some query among columns [n0, n1) of the tile sees
+      auto band = [&](int n0, int n1, int& b, int& e) {
+        n1 = std::min(n1, nq);
+        if (n0 >= n1) { b = e = 0; return; }
+        b = std::min(std::max(P.lo[c0 + n0] - j0, 0), nk);
+        e = std::max(std::min(P.hi[c0 + n1 - 1] - j0, nk), b);
+      };
+      // queries (- c0) that see some key among rows [m0, m1) of the block
+      auto queries = [&](int, int, int m0, int m1, int& b, int& e) {
+        b = static_cast<int>(std::upper_bound(P.hi + c0, P.hi + c0 + nq, j0 + m0) - P.hi) - c0;
+        e = static_cast<int>(std::lower_bound(P.lo + c0, P.lo + c0 + nq, j0 + m1) - P.lo) - c0;
+      };
+      // keys (- j0) that some query among rows [m0, m1) of the tile sees
+      auto keys = [&](int, int, int m0, int m1, int& b, int& e) {
+        b = P.lo[c0 + m0] - j0;
+        e = P.hi[c0 + m1 - 1] - j0;
+      };
+      const float* qB = qT + t * D * Br;
+      const float* gB = doT + t * Dv * Br;
+      if (full) {
+        gemm(sT, Br, k + j0 * D, D, 1, qB, Br, nk, Br, static_cast<int>(D), false);      // S^T = K Q^T
+        gemm(dpT, Br, v + j0 * Dv, Dv, 1, gB, Br, nk, Br, static_cast<int>(Dv), false);  // dP^T = V dO^T
+      } else {
+        gemm_ex(sT, Br, k + j0 * D, D, 1, qB, Br, nk, Br, static_cast<int>(D), false, 1, band, AllKs{static_cast<int>(D)});
+        gemm_ex(dpT, Br, v + j0 * Dv, Dv, 1, gB, Br, nk, Br, static_cast<int>(Dv), false, 1, band,
+                AllKs{static_cast<int>(Dv)});
+      }
+      for (int cc = 0; cc < Br; cc += W) {
+        int rb = 0, re = nk;
+        if (!full) band(cc, cc + W, rb, re);  // 0 <= rb <= re <= nk
+        for (int j = 0; j < rb; ++j) {
+          vstore(sT + j * Br + cc, vzero());
+          vstore(dpT + j * Br + cc, vzero());
+        }
+        for (int j = re; j < nk; ++j) {
+          vstore(sT + j * Br + cc, vzero());
+          vstore(dpT + j * Br + cc, vzero());
+        }
+        const vf mr = vload(mrow + c0 + cc), li = vload(linv + c0 + cc), dr = vload(Drow + c0 + cc);
+        for (int j = rb; j < re; ++j) {
+          vf p = vmul(vexp(vsub(vload(sT + j * Br + cc), mr)), li);
+          if (!full) p = vmask_range(p, 0.0f, j0 + j, lo + c0 + cc, hi + c0 + cc);
           vf dp = vload(dpT + j * Br + cc);
           vf pd = p;
           if (P.dropout) {
@@ -432,15 +517,22 @@ static void backward_task(const Problem& P, int64_t bh, int split, int nsplit, f
             pd = vmul(p, kp);
             dp = vmul(dp, kp);
           }
-          vstore(sT + j * Br + cc, pd);                                                   // P^T (dropped)
-          vstore(dpT + j * Br + cc, vmul(vmul(p, vsub(dp, vload(Drow + c0 + cc))), vscale));  // dS^T * scale
+          vstore(sT + j * Br + cc, pd);                                      // P^T (dropped)
+          vstore(dpT + j * Br + cc, vmul(vmul(p, vsub(dp, dr)), vscale));  // dS^T * scale
         }
       }
-      const float* gB = gn + c0 * Dvp;
-      const float* qB = qn + c0 * Dp;
-      gemm(dva, Dvp, sT, Br, 1, gB, Dvp, nk, static_cast<int>(Dvp), nq, true);    // dV += P^T dO
-      gemm(dka, Dp, dpT, Br, 1, qB, Dp, nk, static_cast<int>(Dp), nq, true);      // dK += dS^T Q
-      gemm(dqa + c0 * Dp, Dp, dpT, 1, Br, kn + j0 * Dp, Dp, nq, static_cast<int>(Dp), nk, true);  // dQ += dS K
+      const float* gN = gn + int64_t(c0) * Dvp;
+      const float* qN = qn + int64_t(c0) * Dp;
+      const float* kN = kn + int64_t(j0) * Dp;
+      if (full) {
+        gemm(dva, Dvp, sT, Br, 1, gN, Dvp, nk, static_cast<int>(Dvp), nq, true);           // dV += P^T dO
+        gemm(dka, Dp, dpT, Br, 1, qN, Dp, nk, static_cast<int>(Dp), nq, true);             // dK += dS^T Q
+        gemm(dqa + c0 * Dp, Dp, dpT, 1, Br, kN, Dp, nq, static_cast<int>(Dp), nk, true);   // dQ += dS K
+      } else {
+        gemm_ex(dva, Dvp, sT, Br, 1, gN, Dvp, nk, static_cast<int>(Dvp), nq, true, NVMAX, AllRows{nk}, queries);
+        gemm_ex(dka, Dp, dpT, Br, 1, qN, Dp, nk, static_cast<int>(Dp), nq, true, NVMAX, AllRows{nk}, queries);
+        gemm_ex(dqa + c0 * Dp, Dp, dpT, 1, Br, kN, Dp, nq, static_cast<int>(Dp), nk, true, NVMAX, AllRows{nq}, keys);
+      }
     }
     for (int j = 0; j < nk; ++j) {
       std::memcpy(dk + (bh * Tk + j0 + j) * D, dka + j * Dp, sizeof(float) * D);

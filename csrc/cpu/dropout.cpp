@@ -35,8 +35,9 @@ void dropout_apply(float* y, const float* x, int64_t n, uint64_t seed, double p)
   const uint32_t threshold = rng::keep_threshold(p);
   const float scale = static_cast<float>(1.0 / (1.0 - p));  // as NumPy: float32(python float)
   constexpr int64_t kChunk = 1 << 15;
+  constexpr int64_t kParallelMin = 1 << 18;  // below ~0.1 ms of work a thread team costs more than it saves
   const int64_t chunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) if (chunks > 1)
+#pragma omp parallel for schedule(static) if (n >= kParallelMin)
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t begin = c * kChunk, end = begin + kChunk < n ? begin + kChunk : n;
     dropout_span(y, x, begin, end, seed, threshold, scale);

@@ -1,0 +1,121 @@
+"""Causal attention at GPT shapes: native flash kernel vs NumPy reference vs PyTorch CPU, one run.
+
+`rows(quick)` returns one dict per (shape, impl, pass) with the median over interleaved runs.
+FLOP convention (compute-bound, so gflops, not gbps): forward = 4 * B * nh * T^2 * hs / 2 (two
+T x T x hs matmuls, halved for the causal mask), backward = 2.5 x forward (five matmuls), so
+'fwd+bwd' = 3.5 x forward. Every implementation is credited with the same FLOPs whatever it
+actually computes (the reference and the masked parts of tiles do more).
+  native:    tinygpt._C.cpu.attention_forward / _backward called directly (float32)
+  reference: tinygpt.kernels.reference.attention_forward / _backward (NumPy, float32)
+  torch:     torch.nn.functional.scaled_dot_product_attention(is_causal=True) (+ autograd backward)
+Threads: torch.set_num_threads(os.cpu_count()); OpenMP (native) left at its default.
+Run directly for a table: python benchmarks/kernels/attention.py [--quick]
+"""
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import sys
+import time
+
+SHAPES = [(12, 4, 64, 32), (16, 6, 256, 64), (4, 12, 1024, 64)]  # (B, nh, T, hs)
+DROPOUT_SHAPE = (16, 6, 256, 64)
+
+
+def _time(contenders: dict, steps: int, warmup: int, budget_s: float) -> dict:
+    """Median seconds per contender; rounds interleave them (alternating order). A contender
+    stops early once it has used budget_s (the slow NumPy reference at T=1024), after >= 3 runs."""
+    names = list(contenders)
+    for _ in range(warmup):
+        for n in names:
+            contenders[n]()
+    times = {n: [] for n in names}
+    for r in range(steps):
+        for n in (names if r % 2 == 0 else names[::-1]):
+            if len(times[n]) >= 3 and sum(times[n]) > budget_s:
+                continue
+            t0 = time.perf_counter()
+            contenders[n]()
+            times[n].append(time.perf_counter() - t0)
+    return {n: statistics.median(t) for n, t in times.items()}
+
+
+def rows(quick: bool = False) -> list[dict]:
+    import numpy as np
+
+    from tinygpt import kernels
+    from tinygpt.kernels import reference as R
+
+    cpu = getattr(kernels._native, "cpu", None)
+    if not hasattr(cpu, "attention_forward"):
+        raise RuntimeError("tinygpt._C.cpu.attention_forward is not built")
+    try:
+        import torch
+
+        torch.set_num_threads(os.cpu_count())
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+    except ImportError:
+        torch = None
+    steps, warmup, budget = (5, 1, 1.5) if quick else (21, 2, 6.0)
+    out = []
+    cases = [(s, 0.0) for s in SHAPES] + [(DROPOUT_SHAPE, 0.1)]
+    for (B, nh, T, hs), p in cases:
+        rng = np.random.default_rng(0)
+        q, k, v, g = (rng.standard_normal((B, nh, T, hs)).astype(np.float32) for _ in range(4))
+        scale = 1.0 / math.sqrt(hs)
+        fwd = {
+            "native": lambda: cpu.attention_forward(q, k, v, True, None, p, 1, scale),
+            "reference": lambda: R.attention_forward(q, k, v, True, None, p, 1, scale),
+        }
+
+        def native_fb():
+            o, saved = cpu.attention_forward(q, k, v, True, None, p, 1, scale)
+            cpu.attention_backward(g, q, k, v, p, scale, saved)
+
+        def reference_fb():
+            o, saved = R.attention_forward(q, k, v, True, None, p, 1, scale)
+            R.attention_backward(g, q, k, v, p, scale, saved)
+
+        fb = {"native": native_fb, "reference": reference_fb}
+        if torch is not None:
+            tq, tk, tv = (torch.from_numpy(a) for a in (q, k, v))
+            gq, gk, gv = (torch.from_numpy(a.copy()).requires_grad_() for a in (q, k, v))
+            tg_ = torch.from_numpy(g)
+
+            def torch_f():
+                with torch.no_grad():
+                    sdpa(tq, tk, tv, is_causal=True, dropout_p=p)
+
+            def torch_fb():
+                gq.grad = gk.grad = gv.grad = None
+                sdpa(gq, gk, gv, is_causal=True, dropout_p=p).backward(tg_)
+
+            fwd["torch"], fb["torch"] = torch_f, torch_fb
+        flops_f = 4.0 * B * nh * T * T * hs / 2
+        kernel = "attention" if p == 0.0 else f"attention_dropout{p}"
+        for pass_, contenders, flops in (("fwd", fwd, flops_f), ("fwd+bwd", fb, 3.5 * flops_f)):
+            med = _time(contenders, steps, warmup, budget)
+            for impl, s in med.items():
+                out.append(dict(kernel=kernel, shape=f"B={B} nh={nh} T={T} hs={hs}", impl=impl, pass_=pass_,
+                                median_ms=s * 1e3, gflops=flops / s / 1e9))
+    for r in out:
+        r["pass"] = r.pop("pass_")
+    return out
+
+
+def _print(rs):
+    print(f"{'kernel':<20} {'shape':<26} {'pass':<8} {'impl':<10} {'median_ms':>10} {'GFLOP/s':>8} {'vs torch':>8}")
+    by = {(r["kernel"], r["shape"], r["pass"], r["impl"]): r for r in rs}
+    for r in rs:
+        t = by.get((r["kernel"], r["shape"], r["pass"], "torch"))
+        rel = f"{t['median_ms'] / r['median_ms']:.2f}x" if t else "-"
+        print(f"{r['kernel']:<20} {r['shape']:<26} {r['pass']:<8} {r['impl']:<10} {r['median_ms']:>10.3f} "
+              f"{r['gflops']:>8.1f} {rel:>8}")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+    print(f"load average {os.getloadavg()}, cpu_count {os.cpu_count()}")
+    _print(rows(quick="--quick" in sys.argv))
+    print(f"load average {os.getloadavg()}")
