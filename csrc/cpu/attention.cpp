@@ -38,13 +38,16 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
-#define TG_ATTN_X86 1
+#define TG_ATTN_X86 1  // GCC only below: the per-ISA copies rely on #pragma GCC target
 #else
 #define TG_ATTN_X86 0
 #endif
 
 #ifdef TINYGPT_WITH_OPENMP
 #include <omp.h>
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #endif
 
 #include "py_common.h"
@@ -74,52 +77,76 @@ struct Problem {
   int Br, Bc;            // query tile (multiple of kAlign), key block
 };
 
+// Carves one thread's workspace into regions (offsets in floats, each 64-byte aligned). Under
+// AddressSanitizer every region is followed by a poisoned guard, so a tile index that strays out
+// of its buffer is reported even though all buffers of a thread share one allocation.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr int64_t kGuard = kAlign;
+#else
+constexpr int64_t kGuard = 0;
+#endif
+
+struct Carver {
+  static constexpr int kMax = 20;
+  int64_t at = 0;
+  int n = 0;
+  int64_t end[kMax] = {};   // one past each region's last float
+  int64_t next[kMax] = {};  // where the following region starts
+  int64_t take(int64_t len) {
+    const int64_t o = at;
+    at += round_up(len, kAlign) + kGuard;
+    end[n] = o + len;
+    next[n++] = at;
+    return o;
+  }
+};
+
 struct FwdLayout {
   int64_t qT, sT, oT, m, l, alpha, lo, hi, total;
+  Carver carver;
 };
 
 inline FwdLayout fwd_layout(const Problem& P) {
   const int64_t Brp = P.Br;
   FwdLayout L{};
-  int64_t at = 0;
-  auto take = [&](int64_t n) { const int64_t o = at; at += round_up(n, kAlign); return o; };
-  L.qT = take(P.D * Brp);
-  L.sT = take(int64_t(P.Bc) * Brp);
-  L.oT = take(P.Dv * Brp);
-  L.m = take(Brp);
-  L.l = take(Brp);
-  L.alpha = take(Brp);
-  L.lo = take(Brp);
-  L.hi = take(Brp);
-  L.total = at;
+  Carver& c = L.carver;
+  L.qT = c.take(P.D * Brp);
+  L.sT = c.take(int64_t(P.Bc) * Brp);
+  L.oT = c.take(P.Dv * Brp);
+  L.m = c.take(Brp);
+  L.l = c.take(Brp);
+  L.alpha = c.take(Brp);
+  L.lo = c.take(Brp);
+  L.hi = c.take(Brp);
+  L.total = c.at;
   return L;
 }
 
 struct BwdLayout {
   int64_t qT, doT, m, linv, Drow, lo, hi, qn, kn, gn, dq, sT, dpT, dk, dv, total;
+  Carver carver;
 };
 
 inline BwdLayout bwd_layout(const Problem& P) {
   const int64_t Br = P.Br, nqt = (P.Tq + Br - 1) / Br, rows = nqt * Br;
   BwdLayout L{};
-  int64_t at = 0;
-  auto take = [&](int64_t n) { const int64_t o = at; at += round_up(n, kAlign); return o; };
-  L.qT = take(nqt * P.D * Br);
-  L.doT = take(nqt * P.Dv * Br);
-  L.m = take(rows);
-  L.linv = take(rows);
-  L.Drow = take(rows);
-  L.lo = take(rows);
-  L.hi = take(rows);
-  L.qn = take(P.Dp != P.D ? P.Tq * P.Dp : 0);
-  L.kn = take(P.Dp != P.D ? P.Tk * P.Dp : 0);
-  L.gn = take(P.Dvp != P.Dv ? P.Tq * P.Dvp : 0);
-  L.dq = take(P.Tq * P.Dp);
-  L.sT = take(int64_t(P.Bc) * Br);
-  L.dpT = take(int64_t(P.Bc) * Br);
-  L.dk = take(int64_t(P.Bc) * P.Dp);
-  L.dv = take(int64_t(P.Bc) * P.Dvp);
-  L.total = at;
+  Carver& c = L.carver;
+  L.qT = c.take(nqt * P.D * Br);
+  L.doT = c.take(nqt * P.Dv * Br);
+  L.m = c.take(rows);
+  L.linv = c.take(rows);
+  L.Drow = c.take(rows);
+  L.lo = c.take(rows);
+  L.hi = c.take(rows);
+  L.qn = c.take(P.Dp != P.D ? P.Tq * P.Dp : 0);
+  L.kn = c.take(P.Dp != P.D ? P.Tk * P.Dp : 0);
+  L.gn = c.take(P.Dvp != P.Dv ? P.Tq * P.Dvp : 0);
+  L.dq = c.take(P.Tq * P.Dp);
+  L.sT = c.take(int64_t(P.Bc) * Br);
+  L.dpT = c.take(int64_t(P.Bc) * Br);
+  L.dk = c.take(int64_t(P.Bc) * P.Dp);
+  L.dv = c.take(int64_t(P.Bc) * P.Dvp);
+  L.total = c.at;
   return L;
 }
 
@@ -128,7 +155,7 @@ using BwdTaskFn = void (*)(const Problem&, int64_t, int, int, float*, const floa
                            const float*, float*, float*, float*);
 
 // ------------------------------------------------------------------ the ISA-specific kernels
-#if TG_ATTN_X86 && defined(__GNUC__)
+#if TG_ATTN_X86 && defined(__GNUC__) && !defined(__clang__)
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512dq,avx2,fma")
 namespace avx512 {
@@ -161,14 +188,14 @@ struct Isa {
 };
 
 const Isa kPortable{"portable", portable::forward_tile, portable::backward_task};
-#if TG_ATTN_X86 && defined(__GNUC__)
+#if TG_ATTN_X86 && defined(__GNUC__) && !defined(__clang__)
 const Isa kAvx512{"avx512", avx512::forward_tile, avx512::backward_task};
 const Isa kAvx2{"avx2", avx2::forward_tile, avx2::backward_task};
 #endif
 
 bool supported(const std::string& name) {
   if (name == "portable") return true;
-#if TG_ATTN_X86 && defined(__GNUC__)
+#if TG_ATTN_X86 && defined(__GNUC__) && !defined(__clang__)
   __builtin_cpu_init();
   if (name == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (name == "avx512")
@@ -178,7 +205,7 @@ bool supported(const std::string& name) {
 }
 
 const Isa* isa_by_name(const std::string& name) {
-#if TG_ATTN_X86 && defined(__GNUC__)
+#if TG_ATTN_X86 && defined(__GNUC__) && !defined(__clang__)
   if (name == "avx512") return &kAvx512;
   if (name == "avx2") return &kAvx2;
 #endif
@@ -220,7 +247,19 @@ int thread_id() {
 struct Workspace {
   std::vector<float> storage;
   int64_t per_thread = 0;
-  Workspace(int threads, int64_t floats) : storage(threads * round_up(floats, kAlign) + kAlign), per_thread(round_up(floats, kAlign)) {}
+  Workspace(int threads, const Carver& layout)
+      : storage(threads * round_up(layout.at, kAlign) + kAlign), per_thread(round_up(layout.at, kAlign)) {
+#if defined(__SANITIZE_ADDRESS__)
+    for (int t = 0; t < threads; ++t)
+      for (int i = 0; i < layout.n; ++i)
+        ASAN_POISON_MEMORY_REGION(get(t) + layout.end[i], sizeof(float) * (layout.next[i] - layout.end[i]));
+#endif
+  }
+  ~Workspace() {
+#if defined(__SANITIZE_ADDRESS__)
+    ASAN_UNPOISON_MEMORY_REGION(storage.data(), sizeof(float) * storage.size());
+#endif
+  }
   float* get(int t) {
     const auto base = reinterpret_cast<std::uintptr_t>(storage.data());
     const std::uintptr_t aligned = (base + 63) & ~std::uintptr_t(63);
@@ -236,7 +275,7 @@ void run_forward(const Isa& isa, const Problem& P, float* out, float* m, float* 
   const int64_t nqt = (P.Tq + P.Br - 1) / P.Br, tasks = P.BH * nqt;
   if (tasks == 0) return;
   const int threads = max_threads();
-  Workspace ws(threads, fwd_layout(P).total);
+  Workspace ws(threads, fwd_layout(P).carver);
 #pragma omp parallel for schedule(dynamic, 1) if (tasks > 1 && worth_threads(P))
   for (int64_t t = 0; t < tasks; ++t) {
     const int64_t bh = t % P.BH, qt = nqt - 1 - t / P.BH;  // last query tiles (most keys) first
@@ -255,7 +294,7 @@ void run_backward(const Isa& isa, const Problem& P, const float* grad, const flo
   if (P.Tq == 0) nsplit = 1;
   const int64_t tasks = P.BH * nsplit, head = P.Tq * P.D;
   std::vector<float> partial(nsplit > 1 ? nsplit * P.BH * head : 0);
-  Workspace ws(threads, bwd_layout(P).total);
+  Workspace ws(threads, bwd_layout(P).carver);
 #pragma omp parallel for schedule(dynamic, 1) if (tasks > 1 && worth_threads(P))
   for (int64_t t = 0; t < tasks; ++t) {
     const int64_t bh = t / nsplit;
