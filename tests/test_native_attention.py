@@ -238,6 +238,19 @@ def test_masked_keys_have_no_effect(isa, causal, window, t_q, t_k):
             assert np.abs(out2[..., vis[:, j], :] - out[..., vis[:, j], :]).max(initial=1.0) > 1e-4
 
 
+@pytest.mark.parametrize("sq, sk, causal", [((0, 2, 5, 8), (0, 2, 5, 8), True), ((1, 2, 0, 8), (1, 2, 5, 8), True),
+                                            ((2, 3, 4, 0), (2, 3, 4, 0), False)])
+def test_empty_shapes(sq, sk, causal):
+    q, k, v, g = _arrays(0, [sq, sk, sk, sq], (1.0,) * 4)
+    out, saved = _cpu.attention_forward(q, k, v, causal, None, 0.0, 0, 1.0)
+    grads = _cpu.attention_backward(g, q, k, v, 0.0, 1.0, saved)
+    ref_out, ref_saved = R.attention_forward(q, k, v, causal, None, 0.0, 0, 1.0)
+    ref_grads = R.attention_backward(g, q, k, v, 0.0, 1.0, ref_saved)
+    for a, b in zip((out,) + tuple(grads), (ref_out,) + tuple(ref_grads)):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_thread_count_does_not_change_results():
     q, k, v, g = _arrays(5, [(1, 2, 150, 32)] * 4, (1.0,) * 4)  # 2 heads: backward splits key blocks
     n = _cpu.get_num_threads()
