@@ -8,7 +8,8 @@ actually computes (the reference and the masked parts of tiles do more).
   native:    tinygpt._C.cpu.attention_forward / _backward called directly (float32)
   reference: tinygpt.kernels.reference.attention_forward / _backward (NumPy, float32)
   torch:     torch.nn.functional.scaled_dot_product_attention(is_causal=True) (+ autograd backward)
-Threads: torch.set_num_threads(os.cpu_count()); OpenMP (native) left at its default.
+Threads: torch.set_num_threads(os.cpu_count()) and OpenMP (native) at its default, both overridden
+by OMP_NUM_THREADS when it is set (OMP_NUM_THREADS=1 gives a single-core comparison).
 Run directly for a table: python benchmarks/kernels/attention.py [--quick]
 """
 from __future__ import annotations
@@ -41,6 +42,11 @@ def _time(contenders: dict, steps: int, warmup: int, budget_s: float) -> dict:
     return {n: statistics.median(t) for n, t in times.items()}
 
 
+def _threads() -> int:
+    """os.cpu_count(), or OMP_NUM_THREADS when set (then the native kernels use that many too)."""
+    return int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count())
+
+
 def rows(quick: bool = False) -> list[dict]:
     import numpy as np
 
@@ -53,7 +59,7 @@ def rows(quick: bool = False) -> list[dict]:
     try:
         import torch
 
-        torch.set_num_threads(os.cpu_count())
+        torch.set_num_threads(_threads())
         sdpa = torch.nn.functional.scaled_dot_product_attention
     except ImportError:
         torch = None
@@ -116,6 +122,7 @@ def _print(rs):
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-    print(f"load average {os.getloadavg()}, cpu_count {os.cpu_count()}")
+    print(f"load average {os.getloadavg()}, cpu_count {os.cpu_count()}, threads {_threads()} "
+          "(set OMP_NUM_THREADS to change)")
     _print(rows(quick="--quick" in sys.argv))
     print(f"load average {os.getloadavg()}")

@@ -35,6 +35,11 @@ def _time(contenders: dict, steps: int, warmup: int) -> dict:
     return {n: statistics.median(t) for n, t in times.items()}
 
 
+def _threads() -> int:
+    """os.cpu_count(), or OMP_NUM_THREADS when set (then the native kernels use that many too)."""
+    return int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count())
+
+
 def rows(quick: bool = False) -> list[dict]:
     import numpy as np
 
@@ -47,7 +52,7 @@ def rows(quick: bool = False) -> list[dict]:
     try:
         import torch
 
-        torch.set_num_threads(os.cpu_count())
+        torch.set_num_threads(_threads())
     except ImportError:
         torch = None
     out = []
@@ -99,6 +104,7 @@ def _print(rs):
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-    print(f"load average {os.getloadavg()}, cpu_count {os.cpu_count()}")
+    print(f"load average {os.getloadavg()}, cpu_count {os.cpu_count()}, threads {_threads()} "
+          "(set OMP_NUM_THREADS to change)")
     _print(rows(quick="--quick" in sys.argv))
     print(f"load average {os.getloadavg()}")
