@@ -19,6 +19,9 @@ using KernelFamilies = std::vector<std::string>;
 void register_cpu_kernels(pybind11::module_& m, KernelFamilies& families);
 void bind_attention(pybind11::module_& m);  // csrc/cpu/attention.cpp
 void bind_dropout(pybind11::module_& m);    // csrc/cpu/dropout.cpp
+void bind_softmax(pybind11::module_& m);        // csrc/cpu/softmax.cpp (last axis)
+void bind_cross_entropy(pybind11::module_& m);  // csrc/cpu/cross_entropy.cpp
+void bind_adamw(pybind11::module_& m);          // csrc/cpu/adamw.cpp
 
 #ifdef TINYGPT_WITH_CUDA
 // csrc/cuda/registry.cpp: fills the submodule tinygpt._C.cuda.

@@ -131,10 +131,15 @@ def gelu(x: Tensor, approximate: str = "tanh") -> Tensor:
 
 
 # ----------------------------------------------------------------------------- softmax
+def _last_axis(x, axis):
+    """Whether `axis` is x's last axis: the only one the native (log_)softmax kernels handle."""
+    return x.ndim > 0 and axis in (-1, x.ndim - 1)
+
+
 class Softmax(Function):
     @staticmethod
     def forward(ctx, x, axis=-1):
-        ctx.kernel = kernels.select("softmax", x)
+        ctx.kernel = kernels.select("softmax", x, native_ok=_last_axis(x, axis))
         y, saved = ctx.kernel.forward(x, axis)
         ctx.save_for_backward(y, saved)
         ctx.axis = axis
@@ -143,13 +148,13 @@ class Softmax(Function):
     @staticmethod
     def backward(ctx, g):
         y, saved = ctx.saved
-        return ctx.kernel.backward(g, y, ctx.axis, saved)
+        return ctx.kernel.backward(_contiguous(g), y, ctx.axis, saved)
 
 
 class LogSoftmax(Function):
     @staticmethod
     def forward(ctx, x, axis=-1):
-        ctx.kernel = kernels.select("log_softmax", x)
+        ctx.kernel = kernels.select("log_softmax", x, native_ok=_last_axis(x, axis))
         y, saved = ctx.kernel.forward(x, axis)
         ctx.save_for_backward(y, saved)
         ctx.axis = axis
@@ -158,7 +163,7 @@ class LogSoftmax(Function):
     @staticmethod
     def backward(ctx, g):
         y, saved = ctx.saved
-        return ctx.kernel.backward(g, y, ctx.axis, saved)
+        return ctx.kernel.backward(_contiguous(g), y, ctx.axis, saved)
 
 
 def softmax(x: Tensor, axis: int = -1) -> Tensor:

@@ -48,6 +48,12 @@ void register_cpu_kernels(py::module_& m, KernelFamilies& families) {
   families.push_back("cpu.attention");
   bind_dropout(m);
   families.push_back("cpu.dropout");
+  bind_softmax(m);
+  families.push_back("cpu.softmax");
+  bind_cross_entropy(m);
+  families.push_back("cpu.cross_entropy");
+  bind_adamw(m);
+  families.push_back("cpu.adamw");
 }
 
 }  // namespace tinygpt

@@ -75,9 +75,13 @@ def _qualifies(arrays):
     return device
 
 
-def select(op: str, *arrays) -> Kernel:
-    """The kernel to run fused op `op` on these arrays (native when possible)."""
-    if _enabled and _native is not None:
+def select(op: str, *arrays, native_ok: bool = True) -> Kernel:
+    """The kernel to run fused op `op` on these arrays (native when possible).
+
+    `native_ok=False` is the caller's veto for arguments that are not arrays and that the native
+    kernel does not cover (softmax over an axis other than the last, say): the reference runs.
+    """
+    if native_ok and _enabled and _native is not None:
         device = _qualifies(arrays)
         if device is not None:
             kernel = _native_kernel(op, device)

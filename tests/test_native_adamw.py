@@ -1,0 +1,215 @@
+"""Native CPU fused AdamW step (csrc/cpu/adamw.cpp) against the reference and torch.optim.AdamW.
+
+Tolerance (eps = 2^-24 ~ 6e-8, float32's unit roundoff). The kernel does reference.adamw_step's
+float32 operations in the same order on the same float32 scalars; GCC may fuse a*b + c into one
+FMA where the CPU has it, which only removes roundings. Against the float64 reference on the
+same inputs, each operation rounds at eps times its operands' magnitude, and errors from earlier
+steps are damped (by beta1 for m, beta2 for v) or carried (p), so after k steps
+  m:  |err| <= 4 eps * sum_j (|m_{j-1}| + |g_j|)         (the lerp can cancel: no relative bound)
+  v:  |err| <= 4 eps * k * |v_k|                          (a sum of positive terms)
+  p:  |err| <= 8 eps * sum_j (|p_{j-1}| + s_j |r_j|) + sum_j s_j (err_m_j / d_j + |r_j| err_v_j / v_j)
+with r = m / d, d = sqrt(v) / bc2 + eps, s = lr / bc1 (all float64 values). The float32
+reference must meet the same bound, which shows it is fair rather than loose.
+"""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tinygpt
+from tinygpt import kernels
+from tinygpt.kernels import reference as R
+
+cpu = getattr(tinygpt.kernels._native, "cpu", None)
+pytestmark = pytest.mark.skipif(not hasattr(cpu, "adamw_step"),
+                                reason="tinygpt._C is not built or has no native adamw_step")
+
+EPS = float(np.finfo(np.float32).eps) / 2  # 2^-24
+
+
+def _state(seed, shape, gscale):
+    rng = np.random.default_rng(seed)
+    f32 = lambda a: np.asarray(a, dtype=np.float32)  # noqa: E731 - keeps shape () an array
+    p = f32(rng.standard_normal(shape))
+    m = f32(rng.standard_normal(shape) * 0.1 * gscale)
+    v = f32(rng.random(shape) * 0.01 * gscale**2)
+    grads = [f32(rng.standard_normal(shape) * gscale) for _ in range(4)]
+    return p, m, v, grads
+
+
+class Bounds:
+    """Float64 reference state plus the error bounds of the module doc, step by step."""
+
+    def __init__(self, p, m, v):
+        self.p, self.m, self.v = (a.astype(np.float64) for a in (p, m, v))
+        self.sum_m = np.zeros_like(self.p)
+        self.sum_p = np.zeros_like(self.p)
+        self.carry_p = np.zeros_like(self.p)
+        self.k = 0
+
+    def step(self, g, step, lr, beta1, beta2, eps, weight_decay):
+        g = g.astype(np.float64)
+        self.k += 1
+        self.sum_m += np.abs(self.m) + np.abs(g)
+        p_prev = np.abs(self.p)
+        R.adamw_step(self.p, g, self.m, self.v, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+                     weight_decay=weight_decay, step=step)
+        s = lr / (1.0 - beta1**step)
+        d = np.sqrt(self.v) / np.sqrt(1.0 - beta2**step) + eps
+        r = np.abs(self.m) / d
+        self.sum_p += p_prev + s * r
+        v_rel = 4 * EPS * self.k
+        self.carry_p += s * (self.err_m() / d + r * v_rel)
+
+    def err_m(self):
+        return 4 * EPS * self.sum_m + 1e-38
+
+    def err_v(self):
+        return 4 * EPS * self.k * np.abs(self.v) + 1e-38
+
+    def err_p(self):
+        return 8 * EPS * self.sum_p + self.carry_p + 1e-38
+
+    def check(self, p, m, v, what):
+        for name, a, ref, bound in (("param", p, self.p, self.err_p()), ("exp_avg", m, self.m, self.err_m()),
+                                    ("exp_avg_sq", v, self.v, self.err_v())):
+            assert a.dtype == np.float32 and a.shape == ref.shape
+            ratio = np.abs(a - ref) / bound
+            assert np.all(ratio <= 1.0), f"{what} {name} after {self.k} steps: error/bound {ratio.max():.3g}"
+
+
+hyper = st.fixed_dictionaries({
+    "lr": st.sampled_from([1e-3, 3e-4, 0.1]),
+    "beta1": st.sampled_from([0.9, 0.8, 0.0]),
+    "beta2": st.sampled_from([0.999, 0.95]),
+    "eps": st.sampled_from([1e-8, 1e-6]),
+    "weight_decay": st.sampled_from([0.0, 0.01, 0.1]),
+})
+shapes = st.lists(st.integers(1, 33), min_size=0, max_size=3).map(tuple)  # up to 35937 elements
+
+
+@given(shape=shapes, h=hyper, gscale=st.sampled_from([1e-4, 1.0, 1e3]), step0=st.sampled_from([0, 9, 999]),
+       seed=st.integers(0, 2**31))
+def test_steps_match_reference(shape, h, gscale, step0, seed):
+    p, m, v, grads = _state(seed, shape, gscale)
+    if step0 == 0:  # a fresh optimizer state
+        m[...] = 0.0
+        v[...] = 0.0
+    nat = [a.copy() for a in (p, m, v)]
+    f32 = [a.copy() for a in (p, m, v)]
+    ref = Bounds(p, m, v)
+    for k, g in enumerate(grads, start=1):
+        cpu.adamw_step(*nat[:1], g, *nat[1:], step=step0 + k, **h)
+        R.adamw_step(*f32[:1], g, *f32[1:], step=step0 + k, **h)
+        ref.step(g, step0 + k, **h)
+        ref.check(*nat, "native")
+        ref.check(*f32, "float32 reference")
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_matches_torch_adamw(foreach):
+    """Several steps of torch.optim.AdamW (its own arithmetic) over GPT-like parameter shapes."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    shapes = [(65, 64), (64,), (192, 64), (256, 64), (1,)]
+    params = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    tparams = [torch.nn.Parameter(torch.tensor(p)) for p in params]
+    opt = torch.optim.AdamW(tparams, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1,
+                            foreach=foreach)
+    state = [(np.zeros_like(p), np.zeros_like(p)) for p in params]
+    for step in range(1, 6):
+        grads = [rng.standard_normal(p.shape).astype(np.float32) for p in params]
+        for tp, g in zip(tparams, grads):
+            tp.grad = torch.tensor(g)
+        opt.step()
+        for p, g, (m, v) in zip(params, grads, state):
+            cpu.adamw_step(p, g, m, v, lr=1e-2, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, step=step)
+    for p, tp, (m, v) in zip(params, tparams, state):
+        np.testing.assert_allclose(p, tp.detach().numpy(), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(m, opt.state[tp]["exp_avg"].numpy(), rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(v, opt.state[tp]["exp_avg_sq"].numpy(), rtol=1e-6, atol=1e-10)
+
+
+def test_large_parameter_multithreaded():
+    """A 1M-element parameter (split across threads): two steps within the bounds."""
+    p, m, v, grads = _state(3, (1024, 1000), 1.0)
+    ref = Bounds(p, m, v)
+    for step, g in ((7, grads[0]), (8, grads[1])):
+        h = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1)
+        cpu.adamw_step(p, g, m, v, step=step, **h)
+        ref.step(g, step, **h)
+        ref.check(p, m, v, "native")
+
+
+def test_errors_name_the_argument():
+    p, m, v = (np.zeros((3, 4), np.float32) for _ in range(3))
+    g = np.ones((3, 4), np.float32)
+    h = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, step=1)
+    with pytest.raises(ValueError, match="adamw_step: param must be float32"):
+        cpu.adamw_step(p.astype(np.float64), g, m, v, **h)
+    with pytest.raises(ValueError, match="adamw_step: grad must be C-contiguous"):
+        cpu.adamw_step(p, np.ones((4, 3), np.float32).T, m, v, **h)
+    with pytest.raises(ValueError, match=r"adamw_step: grad must have param's size 12, got shape \(11,\)"):
+        cpu.adamw_step(p, np.ones(11, np.float32), m, v, **h)
+    with pytest.raises(ValueError, match="adamw_step: exp_avg must have param's size 12"):
+        cpu.adamw_step(p, g, np.zeros(13, np.float32), v, **h)
+    with pytest.raises(ValueError, match="adamw_step: exp_avg_sq must be float32"):
+        cpu.adamw_step(p, g, m, v.astype(np.float16), **h)
+    ro = p.copy()
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="adamw_step: param must be writeable"):
+        cpu.adamw_step(ro, g, m, v, **h)
+    with pytest.raises(ValueError, match="adamw_step: step must be >= 1"):
+        cpu.adamw_step(p, g, m, v, **{**h, "step": 0})
+    with pytest.raises(TypeError):  # keyword-only hyperparameters
+        cpu.adamw_step(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1)
+    with pytest.raises(TypeError):  # no silent conversion of a list (the update would be lost)
+        cpu.adamw_step([0.0] * 12, g, m, v, **h)
+    # same size, other shape: treated as flat
+    cpu.adamw_step(p, g.reshape(12), m.reshape(2, 6), v, **h)
+    assert np.all(p < 0)
+
+
+def test_dispatch(monkeypatch):
+    """kernels.adamw_step runs the native kernel on float32 contiguous arrays, else the reference."""
+    calls = []
+    real = R.adamw_step
+
+    def spy(*args, **kwargs):
+        calls.append(args[0].dtype)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(R, "adamw_step", spy)
+    h = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, step=1)
+    arrays = lambda dt: [np.ones(5, dt), np.ones(5, dt), np.zeros(5, dt), np.zeros(5, dt)]  # noqa: E731
+    kernels.adamw_step(*arrays(np.float32), **h)
+    assert calls == []
+    kernels.adamw_step(*arrays(np.float64), **h)
+    assert calls == [np.float64]
+    p, g, m, v = arrays(np.float32)
+    kernels.adamw_step(p, np.ones((5, 2), np.float32)[:, 0], m, v, **h)  # strided grad
+    assert len(calls) == 2
+    with kernels.use_native(False):
+        kernels.adamw_step(*arrays(np.float32), **h)
+    assert len(calls) == 3
+
+
+def test_optimizer_native_matches_reference():
+    """tinygpt.optim.AdamW over a small GPT's parameters, native on vs off, three steps."""
+    from tinygpt.models import GPT, GPTConfig
+
+    cfg = GPTConfig(vocab_size=65, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+    results = []
+    for native in (True, False):
+        tinygpt.manual_seed(0)
+        model = GPT(cfg)
+        opt = tinygpt.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+        rng = np.random.default_rng(0)
+        with kernels.use_native(native):
+            for _ in range(3):
+                for p in model.parameters():
+                    p.grad = tinygpt.Tensor(rng.standard_normal(p.shape).astype(np.float32))
+                opt.step()
+        results.append([p.numpy().copy() for p in model.parameters()])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
