@@ -7,6 +7,7 @@ to float64. Error sources in the kernel (eps = 2^-24 ~ 6e-8, float32's unit roun
     512-term blocks, float64 across) <= 128 eps relative in the worst case. Terms with
     x - m < -87.7 are flushed to 0 (each < 1e-38, far below s >= 1). So log s is off by
     <= (130 + max over the terms that matter of |x - m|) eps, and those |x - m| are < 88.
+  - log s is rounded to float32 (logf): eps |log s| <= 11 eps more at V = 50257.
   - loss_row = (m - x_t) + log s is formed in float64 from float32 m, x_t: exact apart from
     log s; the mean is float64, rounded to float32 once (eps |loss|).
   - backward: p = exp((x - m) - log s) rounds the exponent at eps (|x - m| + |log s|) and
@@ -49,9 +50,9 @@ def _check_against_reference(logits, targets, ignore_index, grad=1.0):
     valid = targets != ignore_index
     m = x64.max(axis=-1, keepdims=True)
     log_s = saved64[0] - m  # reference lse - m = log sum exp(x - m), (N, 1)
-    # Forward: each row's log s is off by <= (130 + 88) eps (module doc), the float32 result by
-    # eps |loss| more.
-    bound = 218 * EPS + 2 * EPS * abs(float(loss64))
+    # Forward: each row's log s is off by <= (130 + 88 + 11) eps (module doc), the float32
+    # result by eps |loss| more.
+    bound = 229 * EPS + 2 * EPS * abs(float(loss64))
     assert abs(float(loss) - float(loss64)) <= bound, (float(loss), float(loss64), bound)
 
     g = np.float32(grad)

@@ -4,8 +4,9 @@
 //
 // forward   per row, in one read of the row from memory (it then stays in L1/L2, 200 KB at
 //           V = 50257): m = max x, s = sum exp(x - m) (blocked: float in 512-term blocks,
-//           float64 across them), and
-//           loss_row = (m - x[t]) + log s in float64. loss = sum(valid rows) / count.
+//           float64 across them), log s in float32 (logf: 1 ulp <= 1e-6 for s <= V, and
+//           3x cheaper than log, which showed at V = 65), and loss_row = (m - x[t]) + log s
+//           in float64 (m - x[t] exact). loss = sum(valid rows) / count, in float64.
 //           No probability matrix is kept: saved = (row_max (N,), row_logsum (N,) = log s,
 //           ignore_index, count), 8 bytes per row.
 // backward  per row, one pass: dlogits = exp((x - m) - log s) * g/count, minus g/count at the
@@ -38,7 +39,7 @@ double forward_rows(float* __restrict rmax, float* __restrict rlogsum,
     const float* x = logits + r * V;
     const float m = row_max(x, V);
     const double s = blocked_sum(V, [&](int64_t c) { return exp_approx(x[c] - m); });
-    const double ls = std::log(s);
+    const double ls = std::log(static_cast<float>(s));  // logf (see top)
     rmax[r] = m;
     rlogsum[r] = static_cast<float>(ls);
     const int64_t t = targets[r];

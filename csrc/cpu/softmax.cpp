@@ -66,7 +66,7 @@ void log_softmax_forward_rows(float* __restrict y, const float* __restrict x, in
     float* yr = y + r * C;
     const float m = row_max(xr, C);
     const double s = blocked_sum(C, [&](int64_t c) { return exp_approx(xr[c] - m); });
-    const float ls = static_cast<float>(std::log(s));
+    const float ls = std::log(static_cast<float>(s));  // s in [1, C]
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - m) - ls;
   }

@@ -1,0 +1,167 @@
+"""Benchmark: one AdamW step over a GPT's parameters (native vs NumPy reference vs PyTorch).
+
+    python benchmarks/kernels/adamw.py [--quick]
+
+`rows(quick)` returns one dict per (kernel, shape, impl, pass='step'): median_ms over many
+steps with the implementations interleaved round by round (so background load hits them
+alike), and gbps = the bytes the update must move at the least / time (28 bytes per parameter:
+read p, g, m, v, write p, m, v), to compare with this machine's copy bandwidth (the row with
+kernel 'copy': numpy.copyto of 256 MB, bytes read + written).
+
+Parameter sets: the shapes of tinygpt.GPT's parameters for the character-level configs
+(vocab 65, block 256) with 4 layers / 128 wide and 6 layers / 384 wide.
+kernel 'adamw': the update of every parameter, one call each, no optimizer bookkeeping:
+  native     tinygpt._C.cpu.adamw_step per parameter
+  reference  tinygpt.kernels.reference.adamw_step per parameter (NumPy, float32)
+  torch      torch.optim.AdamW(foreach=False).step()  (per-parameter kernels, as ours)
+kernel 'adamw[torch foreach]': torch.optim.AdamW's default step (multi-tensor foreach kernels)
+kernel 'AdamW.step': the whole optimizer step, tinygpt.optim.AdamW with native on (impl
+  'native') or off ('reference'), against torch's default ('torch').
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+CONFIGS = [(4, 128), (6, 384)]  # (n_layer, n_embd)
+HYPER = dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+
+
+def _interleaved(fns: dict, reps: int, warmup: int = 1) -> dict:
+    """Median seconds per implementation over `reps` rounds, the order alternating each round.
+
+    In a round each implementation runs once untimed, then once timed: torch and tinygpt._C
+    each have their own OpenMP pool, and the untimed call lets the previous contender's
+    spinning workers go quiet and wakes this one's, so the timed call sees the steady state
+    of back-to-back use (as in a training loop) rather than the other library's leftovers.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    names = list(fns)
+    times = {name: [] for name in names}
+    for r in range(reps):
+        for name in names if r % 2 == 0 else names[::-1]:
+            fns[name]()
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def copy_bandwidth_gbps(reps: int = 15) -> float:
+    """numpy.copyto of a 256 MB float32 array: (bytes read + written) / median time."""
+    src = np.ones(64 * 2**20, dtype=np.float32)
+    dst = np.empty_like(src)
+    t = _interleaved({"copy": lambda: np.copyto(dst, src)}, reps)["copy"]
+    return 2 * src.nbytes / t / 1e9
+
+
+def gpt_shapes(n_layer: int, n_embd: int) -> list[tuple]:
+    import tinygpt  # noqa: PLC0415
+
+    cfg = tinygpt.GPTConfig(vocab_size=65, block_size=256, n_layer=n_layer, n_head=4, n_embd=n_embd)
+    return [tuple(p.shape) for p in tinygpt.GPT(cfg).parameters()]
+
+
+def rows(quick: bool = False) -> list[dict]:
+    import torch  # noqa: PLC0415
+
+    import tinygpt  # noqa: PLC0415
+    from tinygpt import kernels  # noqa: PLC0415
+    from tinygpt.kernels import reference as ref  # noqa: PLC0415
+
+    # the same cores for both: OMP_NUM_THREADS when set (it also sizes our OpenMP pool)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count()))
+    cpu = getattr(kernels._native, "cpu", None)
+    copy = copy_bandwidth_gbps()
+    out = [dict(kernel="copy", shape="256 MB", impl="numpy", **{"pass": "step"}, median_ms=float("nan"),
+                gbps=copy, pct_copy=100.0)]
+    rng = np.random.default_rng(0)
+    b1, b2 = HYPER["betas"]
+    for n_layer, n_embd in CONFIGS[:1] if quick else CONFIGS:
+        shapes = gpt_shapes(n_layer, n_embd)
+        n = sum(int(np.prod(s)) for s in shapes)
+        shape = f"{n_layer}L/{n_embd}: {len(shapes)} tensors, {n / 1e6:.2f}M params"
+        nbytes = 28 * n
+        reps = 9 if quick else max(21, min(200, int(21 * 100e6 / nbytes)))
+
+        def make_state():
+            ps = [rng.standard_normal(s, dtype=np.float32) * 0.02 for s in shapes]
+            gs = [rng.standard_normal(s, dtype=np.float32) * 1e-3 for s in shapes]
+            ms = [np.zeros(s, np.float32) for s in shapes]
+            vs = [np.zeros(s, np.float32) for s in shapes]
+            return ps, gs, ms, vs, [0]
+
+        def kernel_loop(fn, state):
+            ps, gs, ms, vs, step = state
+
+            def run():
+                step[0] += 1
+                for p, g, m, v in zip(ps, gs, ms, vs):
+                    fn(p, g, m, v, lr=HYPER["lr"], beta1=b1, beta2=b2, eps=HYPER["eps"],
+                       weight_decay=HYPER["weight_decay"], step=step[0])
+            return run
+
+        def torch_opt(foreach):
+            params = [torch.nn.Parameter(torch.randn(s) * 0.02) for s in shapes]
+            for p in params:
+                p.grad = torch.randn(p.shape) * 1e-3
+            opt = torch.optim.AdamW(params, lr=HYPER["lr"], betas=HYPER["betas"], eps=HYPER["eps"],
+                                    weight_decay=HYPER["weight_decay"], foreach=foreach)
+            return opt.step
+
+        def tinygpt_opt(native):
+            params = [tinygpt.nn.Parameter(rng.standard_normal(s, dtype=np.float32) * 0.02) for s in shapes]
+            for p in params:
+                p.grad = tinygpt.Tensor(rng.standard_normal(p.shape, dtype=np.float32) * 1e-3)
+            opt = tinygpt.optim.AdamW(params, lr=HYPER["lr"], betas=HYPER["betas"], eps=HYPER["eps"],
+                                      weight_decay=HYPER["weight_decay"])
+
+            def run():
+                with kernels.use_native(native):
+                    opt.step()
+            return run
+
+        groups = {
+            "adamw": {"reference": kernel_loop(ref.adamw_step, make_state()), "torch": torch_opt(False)},
+            "adamw[torch foreach]": {"torch": torch_opt(None)},
+            "AdamW.step": {"reference": tinygpt_opt(False), "torch": torch_opt(None)},
+        }
+        if hasattr(cpu, "adamw_step"):
+            groups["adamw"]["native"] = kernel_loop(cpu.adamw_step, make_state())
+            groups["adamw[torch foreach]"]["native"] = groups["adamw"]["native"]
+            groups["AdamW.step"]["native"] = tinygpt_opt(True)
+        # one interleaved run over all contenders, so they share the same background load
+        fns = {(k, impl): fn for k, d in groups.items() for impl, fn in d.items()}
+        times = _interleaved({f"{k}|{impl}": fn for (k, impl), fn in fns.items()}, reps)
+        for key, t in times.items():
+            k, impl = key.split("|")
+            gbps = nbytes / t / 1e9
+            out.append(dict(kernel=k, shape=shape, impl=impl, **{"pass": "step"}, median_ms=t * 1e3,
+                            gbps=gbps, pct_copy=100 * gbps / copy))
+    return out
+
+
+def print_rows(rs: list[dict]) -> None:
+    print(f"{'kernel':<22} {'shape':<36} {'impl':<10} {'median ms':>10} {'GB/s':>7} "
+          f"{'% copy':>7} {'vs ref':>7} {'vs torch':>8}")
+    base = {(r["kernel"], r["shape"], r["impl"]): r["median_ms"] for r in rs}
+    for r in rs:
+        key = (r["kernel"], r["shape"])
+        vs_ref = base.get(("adamw" if r["kernel"] == "adamw[torch foreach]" else r["kernel"], r["shape"], "reference"),
+                          float("nan")) / r["median_ms"]
+        vs_torch = base.get(key + ("torch",), float("nan")) / r["median_ms"]
+        print(f"{r['kernel']:<22} {r['shape']:<36} {r['impl']:<10} {r['median_ms']:>10.3f} "
+              f"{r['gbps']:>7.2f} {r['pct_copy']:>6.0f}% {vs_ref:>6.2f}x {vs_torch:>7.2f}x")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+    print(f"load average {os.getloadavg()}, {os.cpu_count()} logical cores, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+    print_rows(rows(quick="--quick" in sys.argv))

@@ -1,0 +1,137 @@
+"""Benchmark: fused cross-entropy over the vocabulary (native vs NumPy reference vs PyTorch).
+
+    python benchmarks/kernels/cross_entropy.py [--quick]
+
+`rows(quick)` returns one dict per (kernel, shape, impl, pass): median_ms over many runs with
+the implementations interleaved round by round (so background load hits them alike), and
+gbps = the bytes the op must move at the least / time, to compare with this machine's copy
+bandwidth (the row with kernel 'copy': numpy.copyto of 256 MB, bytes read + written).
+
+Implementations, at the kernel level (no tinygpt autograd graph):
+  native     tinygpt._C.cpu.cross_entropy_forward / _backward
+  reference  tinygpt.kernels.reference.cross_entropy_* (NumPy, float32)
+  torch      torch.nn.functional.cross_entropy (fwd under no_grad; fwd+bwd = loss.backward()
+             on a leaf whose .grad is reset each run, so dlogits is written, not accumulated)
+Bytes: fwd reads the logits once (4NV; targets and row statistics are negligible); fwd+bwd
+reads them twice and writes dlogits (12NV).
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+# (B*T, V): character-level (V = 65) and GPT-2 (V = 50257) vocabularies.
+SHAPES = [(768, 65), (4096, 65), (16384, 65), (768, 50257), (2048, 50257)]
+QUICK_SHAPES = [(16384, 65), (768, 50257)]
+
+
+def _interleaved(fns: dict, reps: int, warmup: int = 1) -> dict:
+    """Median seconds per implementation over `reps` rounds, the order alternating each round.
+
+    In a round each implementation runs once untimed, then once timed: torch and tinygpt._C
+    each have their own OpenMP pool, and the untimed call lets the previous contender's
+    spinning workers go quiet and wakes this one's, so the timed call sees the steady state
+    of back-to-back use (as in a training loop) rather than the other library's leftovers.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    names = list(fns)
+    times = {name: [] for name in names}
+    for r in range(reps):
+        for name in names if r % 2 == 0 else names[::-1]:
+            fns[name]()
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def copy_bandwidth_gbps(reps: int = 15) -> float:
+    """numpy.copyto of a 256 MB float32 array: (bytes read + written) / median time."""
+    src = np.ones(64 * 2**20, dtype=np.float32)
+    dst = np.empty_like(src)
+    t = _interleaved({"copy": lambda: np.copyto(dst, src)}, reps)["copy"]
+    return 2 * src.nbytes / t / 1e9
+
+
+def _reps(nbytes: int, quick: bool) -> int:
+    base = 7 if quick else 21
+    return max(base, min(200, int(base * 64e6 / max(nbytes, 1))))
+
+
+def rows(quick: bool = False) -> list[dict]:
+    import torch  # noqa: PLC0415
+
+    from tinygpt import kernels  # noqa: PLC0415
+    from tinygpt.kernels import reference as ref  # noqa: PLC0415
+
+    # the same cores for both: OMP_NUM_THREADS when set (it also sizes our OpenMP pool)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count()))
+    cpu = getattr(kernels._native, "cpu", None)
+    has_native = hasattr(cpu, "cross_entropy_forward")
+    copy = copy_bandwidth_gbps()
+    out = [dict(kernel="copy", shape="256 MB", impl="numpy", **{"pass": "copy"}, median_ms=float("nan"),
+                gbps=copy, pct_copy=100.0)]
+    rng = np.random.default_rng(0)
+    for N, V in QUICK_SHAPES if quick else SHAPES:
+        logits = rng.standard_normal((N, V), dtype=np.float32) * 2
+        targets = rng.integers(0, V, N)
+        targets[::17] = -1  # some ignored rows, as padding would give
+        g = np.array(1.0, np.float32)
+        tx = torch.from_numpy(logits)
+        tt = torch.from_numpy(targets)
+        leaf = tx.clone().requires_grad_(True)
+
+        def torch_fwd():
+            with torch.no_grad():
+                torch.nn.functional.cross_entropy(tx, tt, ignore_index=-1)
+
+        def torch_fwd_bwd():
+            leaf.grad = None
+            torch.nn.functional.cross_entropy(leaf, tt, ignore_index=-1).backward()
+
+        def ref_fwd_bwd():
+            loss, saved = ref.cross_entropy_forward(logits, targets, -1)
+            ref.cross_entropy_backward(g, logits, targets, saved)
+
+        fwd = {"reference": lambda: ref.cross_entropy_forward(logits, targets, -1), "torch": torch_fwd}
+        both = {"reference": ref_fwd_bwd, "torch": torch_fwd_bwd}
+        if has_native:
+            def native_fwd_bwd():
+                loss, saved = cpu.cross_entropy_forward(logits, targets, -1)
+                cpu.cross_entropy_backward(g, logits, targets, saved)
+
+            fwd["native"] = lambda: cpu.cross_entropy_forward(logits, targets, -1)
+            both["native"] = native_fwd_bwd
+        shape = f"({N}, {V})"
+        for pas, fns, nbytes in (("fwd", fwd, 4 * N * V), ("fwd+bwd", both, 12 * N * V)):
+            for impl, t in _interleaved(fns, _reps(nbytes, quick)).items():
+                gbps = nbytes / t / 1e9
+                out.append(dict(kernel="cross_entropy", shape=shape, impl=impl, **{"pass": pas},
+                                median_ms=t * 1e3, gbps=gbps, pct_copy=100 * gbps / copy))
+        del leaf, tx, logits
+    return out
+
+
+def print_rows(rs: list[dict]) -> None:
+    print(f"{'kernel':<16} {'shape':<16} {'pass':<8} {'impl':<10} {'median ms':>10} {'GB/s':>7} "
+          f"{'% copy':>7} {'vs ref':>7} {'vs torch':>8}")
+    base = {(r["kernel"], r["shape"], r["pass"], r["impl"]): r["median_ms"] for r in rs}
+    for r in rs:
+        key = (r["kernel"], r["shape"], r["pass"])
+        vs_ref = base.get(key + ("reference",), float("nan")) / r["median_ms"]
+        vs_torch = base.get(key + ("torch",), float("nan")) / r["median_ms"]
+        print(f"{r['kernel']:<16} {r['shape']:<16} {r['pass']:<8} {r['impl']:<10} {r['median_ms']:>10.3f} "
+              f"{r['gbps']:>7.2f} {r['pct_copy']:>6.0f}% {vs_ref:>6.2f}x {vs_torch:>7.2f}x")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+    print(f"load average {os.getloadavg()}, {os.cpu_count()} logical cores, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+    print_rows(rows(quick="--quick" in sys.argv))

@@ -1,0 +1,133 @@
+"""Benchmark: softmax and log_softmax over the last axis (native vs NumPy reference vs PyTorch).
+
+    python benchmarks/kernels/softmax.py [--quick]
+
+`rows(quick)` returns one dict per (kernel, shape, impl, pass): median_ms over many runs with
+the implementations interleaved round by round (so background load hits them alike), and
+gbps = the bytes the op must move at the least / time, to compare with this machine's copy
+bandwidth (the row with kernel 'copy': numpy.copyto of 256 MB, bytes read + written).
+
+Implementations, at the kernel level (no autograd graph on either side):
+  native     tinygpt._C.cpu.(log_)softmax_forward / _backward
+  reference  tinygpt.kernels.reference.(log_)softmax_* (NumPy, float32)
+  torch      torch.softmax / torch.log_softmax and aten._(log_)softmax_backward_data
+Bytes: fwd reads x and writes y (8 bytes per element); bwd reads grad and y and writes dx
+(12), so fwd+bwd moves 20 bytes per element.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+# (rows, C): activations (B*T, C) at GPT widths; attention scores (B*nh*T, T) for T = 256 and
+# 1024 (B*nh = 48 and 12); a GPT-2 vocabulary row block as sampling would use.
+SHAPES = [(768, 128), (16384, 768), (12288, 256), (12288, 1024), (64, 50257)]
+QUICK_SHAPES = [(16384, 768), (12288, 1024)]
+
+
+def _interleaved(fns: dict, reps: int, warmup: int = 1) -> dict:
+    """Median seconds per implementation over `reps` rounds, the order alternating each round.
+
+    In a round each implementation runs once untimed, then once timed: torch and tinygpt._C
+    each have their own OpenMP pool, and the untimed call lets the previous contender's
+    spinning workers go quiet and wakes this one's, so the timed call sees the steady state
+    of back-to-back use (as in a training loop) rather than the other library's leftovers.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    names = list(fns)
+    times = {name: [] for name in names}
+    for r in range(reps):
+        for name in names if r % 2 == 0 else names[::-1]:
+            fns[name]()
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def copy_bandwidth_gbps(reps: int = 15) -> float:
+    """numpy.copyto of a 256 MB float32 array: (bytes read + written) / median time."""
+    src = np.ones(64 * 2**20, dtype=np.float32)
+    dst = np.empty_like(src)
+    t = _interleaved({"copy": lambda: np.copyto(dst, src)}, reps)["copy"]
+    return 2 * src.nbytes / t / 1e9
+
+
+def _reps(nbytes: int, quick: bool) -> int:
+    base = 7 if quick else 21
+    return max(base, min(200, int(base * 64e6 / max(nbytes, 1))))
+
+
+def rows(quick: bool = False) -> list[dict]:
+    import torch  # noqa: PLC0415
+
+    from tinygpt import kernels  # noqa: PLC0415
+    from tinygpt.kernels import reference as ref  # noqa: PLC0415
+
+    # the same cores for both: OMP_NUM_THREADS when set (it also sizes our OpenMP pool)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count()))
+    cpu = getattr(kernels._native, "cpu", None)
+    aten = torch.ops.aten
+    copy = copy_bandwidth_gbps()
+    out = [dict(kernel="copy", shape="256 MB", impl="numpy", **{"pass": "copy"}, median_ms=float("nan"),
+                gbps=copy, pct_copy=100.0)]
+    rng = np.random.default_rng(0)
+    torch_ops = {"softmax": (torch.softmax, aten._softmax_backward_data),
+                 "log_softmax": (torch.log_softmax, aten._log_softmax_backward_data)}
+    for N, C in QUICK_SHAPES if quick else SHAPES:
+        x = rng.standard_normal((N, C), dtype=np.float32) * 3
+        g = rng.standard_normal((N, C), dtype=np.float32)
+        tx, tg = torch.from_numpy(x), torch.from_numpy(g)
+        for op in ("softmax", "log_softmax"):
+            r_fwd, r_bwd = getattr(ref, f"{op}_forward"), getattr(ref, f"{op}_backward")
+            t_fwd, t_bwd = torch_ops[op]
+            fwd = {"reference": lambda: r_fwd(x, -1), "torch": lambda: t_fwd(tx, -1)}
+
+            def ref_both(r_fwd=r_fwd, r_bwd=r_bwd):
+                y, saved = r_fwd(x, -1)
+                r_bwd(g, y, -1, saved)
+
+            def torch_both(t_fwd=t_fwd, t_bwd=t_bwd):
+                t_bwd(tg, t_fwd(tx, -1), -1, torch.float32)
+
+            both = {"reference": ref_both, "torch": torch_both}
+            if hasattr(cpu, f"{op}_forward"):
+                n_fwd, n_bwd = getattr(cpu, f"{op}_forward"), getattr(cpu, f"{op}_backward")
+
+                def native_both(n_fwd=n_fwd, n_bwd=n_bwd):
+                    y, saved = n_fwd(x, -1)
+                    n_bwd(g, y, -1, saved)
+
+                fwd["native"] = lambda n_fwd=n_fwd: n_fwd(x, -1)
+                both["native"] = native_both
+            for pas, fns, nbytes in (("fwd", fwd, 8 * N * C), ("fwd+bwd", both, 20 * N * C)):
+                for impl, t in _interleaved(fns, _reps(nbytes, quick)).items():
+                    gbps = nbytes / t / 1e9
+                    out.append(dict(kernel=op, shape=f"({N}, {C})", impl=impl, **{"pass": pas},
+                                    median_ms=t * 1e3, gbps=gbps, pct_copy=100 * gbps / copy))
+    return out
+
+
+def print_rows(rs: list[dict]) -> None:
+    print(f"{'kernel':<16} {'shape':<16} {'pass':<8} {'impl':<10} {'median ms':>10} {'GB/s':>7} "
+          f"{'% copy':>7} {'vs ref':>7} {'vs torch':>8}")
+    base = {(r["kernel"], r["shape"], r["pass"], r["impl"]): r["median_ms"] for r in rs}
+    for r in rs:
+        key = (r["kernel"], r["shape"], r["pass"])
+        vs_ref = base.get(key + ("reference",), float("nan")) / r["median_ms"]
+        vs_torch = base.get(key + ("torch",), float("nan")) / r["median_ms"]
+        print(f"{r['kernel']:<16} {r['shape']:<16} {r['pass']:<8} {r['impl']:<10} {r['median_ms']:>10.3f} "
+              f"{r['gbps']:>7.2f} {r['pct_copy']:>6.0f}% {vs_ref:>6.2f}x {vs_torch:>7.2f}x")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+    print(f"load average {os.getloadavg()}, {os.cpu_count()} logical cores, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+    print_rows(rows(quick="--quick" in sys.argv))
