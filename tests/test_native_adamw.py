@@ -182,13 +182,14 @@ def test_dispatch(monkeypatch):
     monkeypatch.setattr(R, "adamw_step", spy)
     h = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, step=1)
     arrays = lambda dt: [np.ones(5, dt), np.ones(5, dt), np.zeros(5, dt), np.zeros(5, dt)]  # noqa: E731
-    kernels.adamw_step(*arrays(np.float32), **h)
-    assert calls == []
-    kernels.adamw_step(*arrays(np.float64), **h)
-    assert calls == [np.float64]
-    p, g, m, v = arrays(np.float32)
-    kernels.adamw_step(p, np.ones((5, 2), np.float32)[:, 0], m, v, **h)  # strided grad
-    assert len(calls) == 2
+    with kernels.use_native(True):  # also under TINYGPT_NATIVE=0
+        kernels.adamw_step(*arrays(np.float32), **h)
+        assert calls == []
+        kernels.adamw_step(*arrays(np.float64), **h)
+        assert calls == [np.float64]
+        p, g, m, v = arrays(np.float32)
+        kernels.adamw_step(p, np.ones((5, 2), np.float32)[:, 0], m, v, **h)  # strided grad
+        assert len(calls) == 2
     with kernels.use_native(False):
         kernels.adamw_step(*arrays(np.float32), **h)
     assert len(calls) == 3
