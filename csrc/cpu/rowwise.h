@@ -6,7 +6,8 @@
 // several times with TG_SIMD_CLONES: GCC emits an AVX-512 (x86-64-v4), an AVX2+FMA
 // (x86-64-v3) and a baseline SSE2 copy and picks one at load time from the CPU's features
 // (an ifunc, resolved once). Everything inlined into such a function is vectorised for that
-// target, which is why exp_approx below is branch-free scalar code rather than intrinsics.
+// target, which is why exp_approx below is branch-free scalar code rather than intrinsics;
+// the row reductions use GCC's generic 16-float vectors (vfloat), lowered the same way.
 // Such files also need -fno-math-errno -fno-trapping-math (set per file in CMakeLists.txt).
 #pragma once
 
@@ -22,11 +23,15 @@
 #include <omp.h>
 #endif
 
+// A build may predefine it (e.g. -DTG_SIMD_CLONES= -march=x86-64-v3) to compile one path only,
+// which is how the AVX2 and SSE2 copies get tested on an AVX-512 machine.
+#ifndef TG_SIMD_CLONES
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
 #define TG_SIMD_CLONES \
   __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define TG_SIMD_CLONES
+#endif
 #endif
 
 // For small helpers with simd loops called from TG_SIMD_CLONES functions: inlined, they are
