@@ -17,6 +17,11 @@ kernel 'adamw': the update of every parameter, one call each, no optimizer bookk
 kernel 'adamw[torch foreach]': torch.optim.AdamW's default step (multi-tensor foreach kernels)
 kernel 'AdamW.step': the whole optimizer step, tinygpt.optim.AdamW with native on (impl
   'native') or off ('reference'), against torch's default ('torch').
+
+Shared machines: with more runnable processes than cores, libgomp's spinning barrier (the
+default OMP_WAIT_POLICY) makes every 2-thread call wait a scheduler tick or two (8-16 ms,
+seen here at load 3-8 on 2 cores, for torch and tinygpt._C alike); run with
+OMP_WAIT_POLICY=passive or OMP_NUM_THREADS=1 there, or at a quiet time.
 """
 from __future__ import annotations
 

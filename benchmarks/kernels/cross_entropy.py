@@ -14,6 +14,11 @@ Implementations, at the kernel level (no tinygpt autograd graph):
              on a leaf whose .grad is reset each run, so dlogits is written, not accumulated)
 Bytes: fwd reads the logits once (4NV; targets and row statistics are negligible); fwd+bwd
 reads them twice and writes dlogits (12NV).
+
+Shared machines: with more runnable processes than cores, libgomp's spinning barrier (the
+default OMP_WAIT_POLICY) makes every 2-thread call wait a scheduler tick or two (8-16 ms,
+seen here at load 3-8 on 2 cores, for torch and tinygpt._C alike); run with
+OMP_WAIT_POLICY=passive or OMP_NUM_THREADS=1 there, or at a quiet time.
 """
 from __future__ import annotations
 

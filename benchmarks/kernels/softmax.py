@@ -13,6 +13,11 @@ Implementations, at the kernel level (no autograd graph on either side):
   torch      torch.softmax / torch.log_softmax and aten._(log_)softmax_backward_data
 Bytes: fwd reads x and writes y (8 bytes per element); bwd reads grad and y and writes dx
 (12), so fwd+bwd moves 20 bytes per element.
+
+Shared machines: with more runnable processes than cores, libgomp's spinning barrier (the
+default OMP_WAIT_POLICY) makes every 2-thread call wait a scheduler tick or two (8-16 ms,
+seen here at load 3-8 on 2 cores, for torch and tinygpt._C alike); run with
+OMP_WAIT_POLICY=passive or OMP_NUM_THREADS=1 there, or at a quiet time.
 """
 from __future__ import annotations
 
