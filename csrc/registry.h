@@ -22,6 +22,8 @@ void bind_dropout(pybind11::module_& m);    // csrc/cpu/dropout.cpp
 void bind_softmax(pybind11::module_& m);        // csrc/cpu/softmax.cpp (last axis)
 void bind_cross_entropy(pybind11::module_& m);  // csrc/cpu/cross_entropy.cpp
 void bind_adamw(pybind11::module_& m);          // csrc/cpu/adamw.cpp
+void bind_layernorm(pybind11::module_& m);      // csrc/cpu/layernorm.cpp (+ add_layernorm)
+void bind_gelu(pybind11::module_& m);           // csrc/cpu/gelu.cpp
 
 #ifdef TINYGPT_WITH_CUDA
 // csrc/cuda/registry.cpp: fills the submodule tinygpt._C.cuda.

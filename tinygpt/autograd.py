@@ -4,6 +4,15 @@ A `Function` computes on raw arrays (numpy or cupy, via `backend.xp`). `Function
 is the one place that unwraps Tensors, runs `forward`, wraps the result and records the
 graph edge. `backward` walks the graph in reverse topological order, found iteratively so
 a 48-layer GPT (tens of thousands of nodes) never touches the recursion limit.
+
+Multi-output Functions: a `forward` may return a tuple of arrays (a fused op with two
+results, e.g. F.add_layer_norm's (x + residual, layer_norm(x + residual))). `apply` then
+returns a tuple of Tensors, each with its own Node (sharing the Function, ctx and inputs,
+and knowing its output index), and `backward(ctx, *grads)` is called ONCE with one gradient
+per output (None for an output no gradient reached), after every output's gradient is
+complete: the walker holds the gradients of a multi-output call until the last of its
+outputs that the root depends on has been visited. In reverse topological order every
+output of a call comes before any of its inputs, so nothing waits on a call's inputs early.
 """
 from __future__ import annotations
 
@@ -51,12 +60,16 @@ class Context:
 
 
 class Node:
-    """One recorded call: the Function, its context and the input Tensors (None for non-tensors)."""
+    """One recorded call: the Function, its context and the input Tensors (None for non-tensors).
 
-    __slots__ = ("fn", "ctx", "inputs")
+    For a multi-output call each output Tensor has its own Node with the same fn, ctx and
+    inputs; `index` is that output's position and `n_outputs` how many there are (else 0, 1).
+    """
 
-    def __init__(self, fn, ctx, inputs):
-        self.fn, self.ctx, self.inputs = fn, ctx, inputs
+    __slots__ = ("fn", "ctx", "inputs", "index", "n_outputs")
+
+    def __init__(self, fn, ctx, inputs, index=0, n_outputs=1):
+        self.fn, self.ctx, self.inputs, self.index, self.n_outputs = fn, ctx, inputs, index, n_outputs
 
 
 class Function:
@@ -64,6 +77,8 @@ class Function:
 
     `backward` returns one gradient per positional argument of `forward` (a tuple, or a
     single array when there is one argument); None where no gradient flows.
+    A `forward` that returns a tuple of k arrays makes `apply` return k Tensors and gets
+    `backward(ctx, grad_0, ..., grad_{k-1})`, where a grad is None if that output got none.
     """
 
     @staticmethod
@@ -97,9 +112,16 @@ class Function:
         record = any(needs) and is_grad_enabled()
         ctx = Context(tuple(needs))
         out = cls.forward(ctx, *raw, **kwargs)
+        inputs = tuple(a if isinstance(a, Tensor) else None for a in args) if record else None
+        if isinstance(out, tuple):  # multi-output: one Tensor (and Node) per output
+            results = tuple(Tensor._wrap(o, requires_grad=record) for o in out)
+            if record:
+                for i, r in enumerate(results):
+                    r._node = Node(cls, ctx, inputs, i, len(results))
+            return results
         result = Tensor._wrap(out, requires_grad=record)
         if record:
-            result._node = Node(cls, ctx, tuple(a if isinstance(a, Tensor) else None for a in args))
+            result._node = Node(cls, ctx, inputs)
         return result
 
 
@@ -142,15 +164,34 @@ def backward(root, grad=None):
         root._accumulate(grad)
         return
 
+    order = _topological_order(root)
+    # Multi-output calls (keyed by their shared ctx): how many of their outputs are still to
+    # be visited, and the gradients gathered so far.
+    waiting, held = {}, {}
+    for tensor in order:
+        if tensor._node.n_outputs > 1:
+            key = id(tensor._node.ctx)
+            waiting[key] = waiting.get(key, 0) + 1
     grads = {id(root): grad}
-    for tensor in reversed(_topological_order(root)):
+    for tensor in reversed(order):
         g = grads.pop(id(tensor), None)
-        if g is None:
-            continue
-        if tensor._retain_grad:
+        if g is not None and tensor._retain_grad:
             tensor._accumulate(g)
         node = tensor._node
-        in_grads = node.fn.backward(node.ctx, g)
+        if node.n_outputs > 1:
+            key = id(node.ctx)
+            held.setdefault(key, [None] * node.n_outputs)[node.index] = g
+            waiting[key] -= 1
+            if waiting[key]:
+                continue  # other outputs of this call still get gradient
+            out_grads = held.pop(key)
+            if all(og is None for og in out_grads):
+                continue
+            in_grads = node.fn.backward(node.ctx, *out_grads)
+        elif g is None:
+            continue
+        else:
+            in_grads = node.fn.backward(node.ctx, g)
         if not isinstance(in_grads, tuple):
             in_grads = (in_grads,)
         if len(in_grads) != len(node.inputs):

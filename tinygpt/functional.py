@@ -106,6 +106,47 @@ def layer_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = No
     return LayerNorm.apply(x, weight, bias, eps=eps)
 
 
+class AddLayerNorm(Function):
+    """s = x + residual and y = layer_norm(s) in one pass; a two-output Function.
+
+    `forward` returns the tuple (s, y), so `apply` returns two Tensors and `backward` gets
+    (grad_s, grad_y) once both are complete (see the multi-output note in autograd.py).
+    Either may be None: no gradient reached that output.
+    """
+
+    @staticmethod
+    def forward(ctx, x, residual, weight, bias, eps=1e-5):
+        if x.shape != residual.shape:
+            raise ValueError(f"add_layer_norm: x {x.shape} and residual {residual.shape} must have the same shape")
+        C = x.shape[-1]
+        for name, p in (("weight", weight), ("bias", bias)):
+            if p is not None and p.shape != (C,):
+                raise ValueError(f"add_layer_norm: {name} must have shape ({C},) for input {x.shape}, got {p.shape}")
+        x, residual = _contiguous(x), _contiguous(residual)
+        ctx.kernel = kernels.select("add_layernorm", x, residual, weight, bias)
+        (s, y), saved = ctx.kernel.forward(x, residual, weight, bias, eps)
+        ctx.save_for_backward(x, residual, weight, saved)
+        return s, y
+
+    @staticmethod
+    def backward(ctx, grad_s, grad_y):
+        x, residual, weight, saved = ctx.saved
+        if grad_y is None:  # only the sum was used: d(x + residual) passes grad_s through
+            return grad_s, grad_s, None, None
+        gs = None if grad_s is None else _contiguous(grad_s)
+        dx, dres, gw, gb = ctx.kernel.backward(gs, _contiguous(grad_y), x, residual, weight, saved)
+        return dx, dres, gw, gb if ctx.needs_input_grad[3] else None
+
+
+def add_layer_norm(x: Tensor, residual: Tensor, weight: Tensor | None = None, bias: Tensor | None = None,
+                   eps: float = 1e-5) -> tuple[Tensor, Tensor]:
+    """(x + residual, layer_norm(x + residual, weight, bias, eps)) as one fused op.
+
+    The pre-norm block's `x = x + attn(...); h = ln_2(x)` in one pass over memory.
+    """
+    return AddLayerNorm.apply(x, residual, weight, bias, eps=eps)
+
+
 # ----------------------------------------------------------------------------- gelu
 class GELU(Function):
     @staticmethod

@@ -54,6 +54,10 @@ void register_cpu_kernels(py::module_& m, KernelFamilies& families) {
   families.push_back("cpu.cross_entropy");
   bind_adamw(m);
   families.push_back("cpu.adamw");
+  bind_layernorm(m);
+  families.push_back("cpu.layernorm");
+  bind_gelu(m);
+  families.push_back("cpu.gelu");
 }
 
 }  // namespace tinygpt

@@ -80,6 +80,27 @@ def layernorm_backward(grad, x, weight, saved):
     return dx, gw, gb
 
 
+def add_layernorm_forward(x, residual, weight, bias, eps):
+    """Fused residual add + layernorm: s = x + residual, y = layernorm(s). Returns ((s, y), saved).
+
+    saved is (mean, rstd) of s; backward rebuilds s from x and residual.
+    """
+    s = x + residual
+    y, saved = layernorm_forward(s, weight, bias, eps)
+    return (s, y), saved
+
+
+def add_layernorm_backward(grad_s, grad_y, x, residual, weight, saved):
+    """Returns (dx, dresidual, dweight, dbias); dx is dresidual (the same array).
+
+    grad_s may be None (s itself fed nothing that needs a gradient): it then counts as zero.
+    """
+    dx, gw, gb = layernorm_backward(grad_y, x + residual, weight, saved)
+    if grad_s is not None:
+        dx = dx + grad_s
+    return dx, dx, gw, gb
+
+
 # ----------------------------------------------------------------------------- gelu
 def erf(x):
     """Vectorised error function, accurate to ~1e-15 relative in float64 (no SciPy needed).

@@ -65,7 +65,8 @@ class Block(Module):
 
     def forward(self, x):
         if self.norm == "pre":
-            x = x + self.attn(self.ln_1(x))
-            return x + self.mlp(self.ln_2(x))
+            # x = x + attn(ln_1(x)); h = ln_2(x), the add and ln_2 fused into one op
+            x, h = F.add_layer_norm(x, self.attn(self.ln_1(x)), self.ln_2.weight, self.ln_2.bias, self.ln_2.eps)
+            return x + self.mlp(h)
         x = self.ln_1(x + self.attn(x))
         return self.ln_2(x + self.mlp(x))

@@ -1,0 +1,259 @@
+// GELU, elementwise, forward and backward, on float32 arrays of any shape.
+//
+//   gelu_forward(x, approximate) -> (y, ())          approximate: 'tanh' | 'none'
+//   gelu_backward(grad, x, approximate, saved) -> dx  (saved: the () forward returned)
+//
+// Same arguments and results as tinygpt/kernels/reference.py; nothing is saved (backward
+// recomputes from x, which costs arithmetic but no memory traffic).
+//
+// 'tanh' (GPT-2): y = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3). We use
+//   0.5 (1 + tanh(u)) = 1 / (1 + e), e = exp(-2u), so y = x / (1 + e): no cancellation in
+//   the negative tail, and exp's argument is clamped so |x| -> inf gives the right limits.
+//   dy/dx = sig (1 + 2 x u' (e sig)), sig = 1 / (1 + e), 1 - sig = e sig, u' = du/dx.
+// 'none' (exact): y = x Phi(x), Phi(x) = erfc(-x / sqrt 2) / 2, with
+//   |z| < 1:  erf(z) = z P(z^2)                        (P: degree-5 fit, 9e-8 relative)
+//   |z| >= 1: erfc(t) = k exp(-t^2 + R(k)), k = 1/(1 + t/2)  (R: degree-9 fit, the form of
+//             Numerical Recipes' erfcc; 1e-7 in R, i.e. relative in erfc, before rounding)
+//   so Phi is accurate relative to itself in the negative tail too.
+//   dy/dx = Phi(x) + x exp(-x^2/2) / sqrt(2 pi).
+// exp: Cody-Waite reduction + Cephes' degree-6 polynomial (about 1 ulp), written as plain
+// float code so the loops vectorise.
+// Measured max error vs the float64 reference on float32 inputs: see tests/test_native_layernorm.py.
+//
+// SIMD: `#pragma omp simd` loops compiled for AVX-512, AVX2+FMA and baseline x86-64, picked
+// once at run time with __builtin_cpu_supports; OpenMP threads split the array.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+#include "py_common.h"
+#include "registry.h"
+
+#ifdef TINYGPT_WITH_OPENMP
+#include <omp.h>
+#endif
+
+namespace tinygpt {
+namespace {
+
+using index_t = std::int64_t;
+
+#define TG_INLINE inline __attribute__((always_inline))
+#define TG_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,bmi2")))
+#define TG_AVX2 __attribute__((target("avx2,fma,bmi2")))
+
+template <bool kFma>
+TG_INLINE float madd(float a, float b, float c) {
+  if constexpr (kFma) {
+    return __builtin_fmaf(a, b, c);
+  } else {
+    return a * b + c;
+  }
+}
+
+// exp(x) for float x, about 1 ulp; x is clamped to [-87, 88] (so exp(-inf) gives 1.6e-38 and
+// exp(+inf) 1.7e38: the callers only need "tiny" and "huge"); NaN stays NaN.
+template <bool kFma>
+TG_INLINE float exp_f(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float n = madd<kFma>(x, 1.44269504088896341f, shifter) - shifter;  // round(x / ln 2)
+  float r = madd<kFma>(n, -0.693359375f, x);  // x - n ln2, ln2 split in two (Cody-Waite)
+  r = madd<kFma>(n, 2.12194440e-4f, r);
+  float p = 1.9875691500e-4f;
+  p = madd<kFma>(p, r, 1.3981999507e-3f);
+  p = madd<kFma>(p, r, 8.3334519073e-3f);
+  p = madd<kFma>(p, r, 4.1665795894e-2f);
+  p = madd<kFma>(p, r, 1.6666665459e-1f);
+  p = madd<kFma>(p, r, 5.0000001201e-1f);
+  p = madd<kFma>(p, r * r, r) + 1.0f;
+  const std::int32_t bits = (static_cast<std::int32_t>(n) + 127) << 23;  // 2^n
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+constexpr float kSqrt2OverPi = 0.7978845608028654f;
+constexpr float kTanhC = 0.044715f;
+constexpr float kInvSqrt2 = 0.7071067811865476f;
+constexpr float kInvSqrt2Pi = 0.3989422804014327f;
+
+// tanh form: returns y, and with kGrad the derivative instead.
+// Beyond |x| = 10 (2|u| > 87) every result is its float limit: y = x or 0 (below 1e-36),
+// dy/dx = 1 or 0; x is clamped to [-10, 10] there, so x^3 never overflows.
+template <bool kFma, bool kGrad>
+TG_INLINE float gelu_tanh(float v) {
+  float c = v < -10.0f ? -10.0f : v;
+  c = c > 10.0f ? 10.0f : c;
+  const float c2 = c * c;
+  const float u = c * madd<kFma>(kSqrt2OverPi * kTanhC, c2, kSqrt2OverPi);
+  const float e = exp_f<kFma>(-2.0f * u);
+  const float sig = 1.0f / (1.0f + e);
+  if constexpr (!kGrad) {
+    return (v > 0.0f ? v : c) * sig;
+  } else {
+    const float du = madd<kFma>(3.0f * kSqrt2OverPi * kTanhC, c2, kSqrt2OverPi);
+    return sig * madd<kFma>(2.0f * c * du, e * sig, 1.0f);
+  }
+}
+
+// Phi(x) = P(X <= x) for X ~ N(0, 1).
+template <bool kFma>
+TG_INLINE float normal_cdf(float v) {
+  const float z = v * kInvSqrt2;
+  const float t = z < 0.0f ? -z : z;
+  // near: erf(z) = z P(z^2) on |z| < 1
+  const float z2 = z * z;
+  float p = -5.6679954e-4f;
+  p = madd<kFma>(p, z2, 4.92742e-3f);
+  p = madd<kFma>(p, z2, -2.6720895e-2f);
+  p = madd<kFma>(p, z2, 0.11280579f);
+  p = madd<kFma>(p, z2, -0.3761239f);
+  p = madd<kFma>(p, z2, 1.1283791f);
+  const float near = madd<kFma>(0.5f * z, p, 0.5f);
+  // far: erfc(t) = k exp(-t^2 + R(k)), k = 1 / (1 + t / 2)
+  const float k = 1.0f / madd<kFma>(0.5f, t, 1.0f);
+  float q = 0.16882742941379547f;
+  q = madd<kFma>(q, k, -0.813630998134613f);
+  q = madd<kFma>(q, k, 1.4738433361053467f);
+  q = madd<kFma>(q, k, -1.1217151880264282f);
+  q = madd<kFma>(q, k, 0.27173206210136414f);
+  q = madd<kFma>(q, k, -0.1841074824333191f);
+  q = madd<kFma>(q, k, 0.09641876816749573f);
+  q = madd<kFma>(q, k, 0.37412145733833313f);
+  q = madd<kFma>(q, k, 1.0000228881835938f);
+  q = madd<kFma>(q, k, -1.265512228012085f);
+  const float half_erfc = 0.5f * k * exp_f<kFma>(madd<kFma>(-t, t, q));
+  const float far = z < 0.0f ? half_erfc : 1.0f - half_erfc;
+  return t < 1.0f ? near : far;
+}
+
+template <bool kFma, bool kGrad>
+TG_INLINE float gelu_erf(float v) {
+  const float cdf = normal_cdf<kFma>(v);
+  if constexpr (!kGrad) {
+    return v * cdf;
+  } else {
+    float c = v < -20.0f ? -20.0f : v;  // x pdf(x) is 0 in float beyond |x| = 14
+    c = c > 20.0f ? 20.0f : c;
+    const float pdf = kInvSqrt2Pi * exp_f<kFma>(-0.5f * c * c);
+    return madd<kFma>(c, pdf, cdf);
+  }
+}
+
+// One chunk [0, n): y = f(x) (forward) or dx = g * f'(x) (backward, g != null).
+template <bool kFma, bool kTanh>
+TG_INLINE void chunk(const float* __restrict x, const float* __restrict g, float* __restrict out,
+                     index_t n) {
+  if (g == nullptr) {
+#pragma omp simd
+    for (index_t i = 0; i < n; ++i)
+      out[i] = kTanh ? gelu_tanh<kFma, false>(x[i]) : gelu_erf<kFma, false>(x[i]);
+  } else {
+#pragma omp simd
+    for (index_t i = 0; i < n; ++i)
+      out[i] = g[i] * (kTanh ? gelu_tanh<kFma, true>(x[i]) : gelu_erf<kFma, true>(x[i]));
+  }
+}
+
+#define TG_CHUNK_ARGS const float *x, const float *g, float *out, index_t n
+TG_AVX512 void tanh_avx512(TG_CHUNK_ARGS) { chunk<true, true>(x, g, out, n); }
+TG_AVX512 void erf_avx512(TG_CHUNK_ARGS) { chunk<true, false>(x, g, out, n); }
+TG_AVX2 void tanh_avx2(TG_CHUNK_ARGS) { chunk<true, true>(x, g, out, n); }
+TG_AVX2 void erf_avx2(TG_CHUNK_ARGS) { chunk<true, false>(x, g, out, n); }
+void tanh_base(TG_CHUNK_ARGS) { chunk<false, true>(x, g, out, n); }
+void erf_base(TG_CHUNK_ARGS) { chunk<false, false>(x, g, out, n); }
+
+using ChunkFn = void (*)(TG_CHUNK_ARGS);
+
+struct Impl {
+  ChunkFn tanh, erf;
+  const char* isa;
+};
+
+const Impl& impl() {
+  static const Impl chosen = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("fma")) {
+      return Impl{tanh_avx512, erf_avx512, "avx512"};
+    }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+      return Impl{tanh_avx2, erf_avx2, "avx2"};
+    }
+    return Impl{tanh_base, erf_base, "baseline"};
+  }();
+  return chosen;
+}
+
+constexpr index_t kParallelMinElems = 1 << 15;
+constexpr index_t kBlock = 1 << 12;  // elements per scheduling unit (16 KiB: cache-line aligned)
+
+void run(bool tanh, const float* x, const float* g, float* out, index_t n) {
+  const ChunkFn fn = tanh ? impl().tanh : impl().erf;
+  const index_t nblocks = (n + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static) if (n >= kParallelMinElems)
+  for (index_t b = 0; b < nblocks; ++b) {
+    const index_t lo = b * kBlock;
+    fn(x + lo, g != nullptr ? g + lo : nullptr, out + lo, std::min(n, lo + kBlock) - lo);
+  }
+}
+
+bool is_tanh(const std::string& approximate, const char* op) {
+  TG_CHECK(approximate == "tanh" || approximate == "none", op,
+           ": approximate must be 'tanh' or 'none', got '", approximate, "'");
+  return approximate == "tanh";
+}
+
+std::vector<py::ssize_t> shape_of(const py::array& a) {
+  return std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim());
+}
+
+py::tuple gelu_forward_py(const py::array& x, const std::string& approximate) {
+  const bool tanh = is_tanh(approximate, "gelu_forward");
+  check_array<float>(x, "gelu_forward: x");
+  const float* xp = static_cast<const float*>(x.data());
+  py::array_t<float> y(shape_of(x));
+  float* yp = y.mutable_data();
+  const index_t n = static_cast<index_t>(x.size());
+  {
+    py::gil_scoped_release nogil;
+    run(tanh, xp, nullptr, yp, n);
+  }
+  return py::make_tuple(y, py::tuple());
+}
+
+py::array gelu_backward_py(const py::array& grad, const py::array& x,
+                           const std::string& approximate, const py::object& /*saved*/) {
+  const bool tanh = is_tanh(approximate, "gelu_backward");
+  check_array<float>(x, "gelu_backward: x");
+  check_array<float>(grad, "gelu_backward: grad");
+  const bool same = grad.ndim() == x.ndim() && std::equal(x.shape(), x.shape() + x.ndim(), grad.shape());
+  TG_CHECK(same, "gelu_backward: grad must have shape ", shape_str(x), ", got ", shape_str(grad));
+  const float* xp = static_cast<const float*>(x.data());
+  const float* gp = static_cast<const float*>(grad.data());
+  py::array_t<float> dx(shape_of(x));
+  float* dxp = dx.mutable_data();
+  const index_t n = static_cast<index_t>(x.size());
+  {
+    py::gil_scoped_release nogil;
+    run(tanh, xp, gp, dxp, n);
+  }
+  return std::move(dx);
+}
+
+}  // namespace
+
+void bind_gelu(py::module_& m) {
+  m.def("gelu_forward", &gelu_forward_py, py::arg("x"), py::arg("approximate"),
+        "GELU of float32 x (any shape): (y, ()); approximate 'tanh' or 'none' (exact, erf).");
+  m.def("gelu_backward", &gelu_backward_py, py::arg("grad"), py::arg("x"), py::arg("approximate"),
+        py::arg("saved"), "Gradient grad * gelu'(x) of gelu_forward.");
+  m.def("gelu_isa", [] { return std::string(impl().isa); },
+        "Which compiled variant the gelu kernels run: avx512, avx2 or baseline.");
+}
+
+}  // namespace tinygpt

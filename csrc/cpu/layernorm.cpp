@@ -1,0 +1,423 @@
+// LayerNorm over the last axis, and the fused residual add + LayerNorm of the pre-norm block.
+//
+//   layernorm_forward(x, weight, bias, eps) -> (y, (mean, rstd))
+//   layernorm_backward(grad, x, weight, (mean, rstd)) -> (dx, dweight | None, dbias)
+//   add_layernorm_forward(x, residual, weight, bias, eps) -> ((s, y), (s, mean, rstd))
+//   add_layernorm_backward(grad_s | None, grad_y, x, residual, weight, (s, mean, rstd))
+//       -> (dx, dx, dweight | None, dbias)               (dx is dresidual: the same array)
+//
+// Same arguments and results as tinygpt/kernels/reference.py; x is (..., C), weight and bias
+// (C,) or None; mean and rstd are (N,) float32 with N = x.size / C (the reference keeps them
+// as (..., 1); `saved` is opaque to the caller).
+//
+// Per row (a row of C floats stays in L1 between passes):
+//   forward:  sum -> mean; sum (v - mean), sum (v - mean)^2 -> corrected mean and variance
+//             (the corrected two-pass algorithm: robust to a large common offset); then y.
+//   backward: one pass for sum(dxhat) and sum(dxhat * xhat) while accumulating
+//             dweight += g * xhat and dbias += g, then one pass writing dx.
+// dweight/dbias: rows are split into a fixed number of chunks (a function of N only); each
+// chunk accumulates in double, and the chunks are added in chunk order, so the result is
+// bitwise the same for any thread count (no atomics).
+//
+// SIMD: plain loops with `#pragma omp simd`, compiled three times (AVX-512, AVX2+FMA and the
+// baseline x86-64) and picked once at run time with __builtin_cpu_supports.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include <pybind11/stl.h>
+
+#include "py_common.h"
+#include "registry.h"
+
+#ifdef TINYGPT_WITH_OPENMP
+#include <omp.h>
+#endif
+
+namespace tinygpt {
+namespace {
+
+using index_t = std::int64_t;
+
+#define TG_INLINE inline __attribute__((always_inline))
+#define TG_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,bmi2")))
+#define TG_AVX2 __attribute__((target("avx2,fma,bmi2")))
+
+template <bool kFma>
+TG_INLINE float madd(float a, float b, float c) {
+  if constexpr (kFma) {
+    return __builtin_fmaf(a, b, c);
+  } else {
+    return a * b + c;
+  }
+}
+
+// ------------------------------------------------------------------------ row kernels
+// Mean and 1/sqrt(var + eps) of one row v[0..C).
+template <bool kFma>
+TG_INLINE void row_stats(const float* v, index_t C, float eps, float* mean_out, float* rstd_out) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (index_t i = 0; i < C; ++i) sum += v[i];
+  const float m0 = sum / static_cast<float>(C);
+  float s1 = 0.0f, s2 = 0.0f;
+#pragma omp simd reduction(+ : s1, s2)
+  for (index_t i = 0; i < C; ++i) {
+    const float d = v[i] - m0;
+    s1 += d;
+    s2 = madd<kFma>(d, d, s2);
+  }
+  const double dm = static_cast<double>(s1) / static_cast<double>(C);
+  const double var = std::max(0.0, (static_cast<double>(s2) - static_cast<double>(s1) * dm) / C);
+  *mean_out = static_cast<float>(m0 + dm);
+  *rstd_out = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(eps)));
+}
+
+// y = (v - mean) * rstd * w + b for one row; w, b may be null. (v - mean is formed first,
+// not v * rstd - mean * rstd: it is exact when v is near mean, so an ill-conditioned row,
+// large offset and small spread, keeps its accuracy.)
+template <bool kFma>
+TG_INLINE void row_normalize(const float* v, const float* w, const float* b, float* y, index_t C,
+                             float mean, float rstd) {
+  if (w != nullptr && b != nullptr) {
+#pragma omp simd
+    for (index_t i = 0; i < C; ++i) y[i] = madd<kFma>((v[i] - mean) * rstd, w[i], b[i]);
+  } else if (w != nullptr) {
+#pragma omp simd
+    for (index_t i = 0; i < C; ++i) y[i] = (v[i] - mean) * rstd * w[i];
+  } else if (b != nullptr) {
+#pragma omp simd
+    for (index_t i = 0; i < C; ++i) y[i] = (v[i] - mean) * rstd + b[i];
+  } else {
+#pragma omp simd
+    for (index_t i = 0; i < C; ++i) y[i] = (v[i] - mean) * rstd;
+  }
+}
+
+// Forward over rows [r0, r1). With r != null the row is s = x + r (stored to s) first.
+template <bool kFma>
+TG_INLINE void forward_rows(const float* x, const float* r, float* s, const float* w,
+                            const float* b, float* y, float* mean, float* rstd, index_t r0,
+                            index_t r1, index_t C, float eps) {
+  for (index_t row = r0; row < r1; ++row) {
+    const float* v = x + row * C;
+    if (r != nullptr) {
+      const float* rr = r + row * C;
+      float* ss = s + row * C;
+#pragma omp simd
+      for (index_t i = 0; i < C; ++i) ss[i] = v[i] + rr[i];
+      v = ss;
+    }
+    row_stats<kFma>(v, C, eps, mean + row, rstd + row);
+    row_normalize<kFma>(v, w, b, y + row * C, C, mean[row], rstd[row]);
+  }
+}
+
+// Backward over rows [r0, r1) of v (the normalised input: x, or s for the fused op):
+//   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) (+ gs when gs != null)
+// with dxhat = g * w (or g); accumulates dw += g * xhat (when dw != null) and db += g.
+template <bool kFma, bool kWeight>
+TG_INLINE void backward_rows_impl(const float* g, const float* gs, const float* v, const float* w,
+                                  const float* mean, const float* rstd, float* dx, double* dw,
+                                  double* db, index_t r0, index_t r1, index_t C) {
+  const float inv_c = 1.0f / static_cast<float>(C);
+  for (index_t row = r0; row < r1; ++row) {
+    const float* gr = g + row * C;
+    const float* vr = v + row * C;
+    const float rs = rstd[row];
+    const float mu = mean[row];
+    float sum_dxhat = 0.0f, sum_dxhat_xhat = 0.0f;
+#pragma omp simd reduction(+ : sum_dxhat, sum_dxhat_xhat)
+    for (index_t i = 0; i < C; ++i) {
+      const float xhat = (vr[i] - mu) * rs;
+      const float dxhat = kWeight ? gr[i] * w[i] : gr[i];
+      sum_dxhat += dxhat;
+      sum_dxhat_xhat = madd<kFma>(dxhat, xhat, sum_dxhat_xhat);
+      if constexpr (kWeight) dw[i] += static_cast<double>(gr[i] * xhat);
+      db[i] += static_cast<double>(gr[i]);
+    }
+    const float a = sum_dxhat * inv_c;
+    const float c = sum_dxhat_xhat * inv_c;
+    float* dr = dx + row * C;
+    const float* gsr = gs != nullptr ? gs + row * C : nullptr;
+    if (gsr != nullptr) {
+#pragma omp simd
+      for (index_t i = 0; i < C; ++i) {
+        const float xhat = (vr[i] - mu) * rs;
+        const float dxhat = kWeight ? gr[i] * w[i] : gr[i];
+        dr[i] = madd<kFma>(rs, dxhat - a - xhat * c, gsr[i]);
+      }
+    } else {
+#pragma omp simd
+      for (index_t i = 0; i < C; ++i) {
+        const float xhat = (vr[i] - mu) * rs;
+        const float dxhat = kWeight ? gr[i] * w[i] : gr[i];
+        dr[i] = rs * (dxhat - a - xhat * c);
+      }
+    }
+  }
+}
+
+template <bool kFma>
+TG_INLINE void backward_rows(const float* g, const float* gs, const float* v, const float* w,
+                             const float* mean, const float* rstd, float* dx, double* dw,
+                             double* db, index_t r0, index_t r1, index_t C) {
+  if (w != nullptr) {
+    backward_rows_impl<kFma, true>(g, gs, v, w, mean, rstd, dx, dw, db, r0, r1, C);
+  } else {
+    backward_rows_impl<kFma, false>(g, gs, v, w, mean, rstd, dx, dw, db, r0, r1, C);
+  }
+}
+
+// ------------------------------------------------------------------------ ISA dispatch
+#define TG_FORWARD_ARGS                                                                   \
+  const float *x, const float *r, float *s, const float *w, const float *b, float *y,      \
+      float *mean, float *rstd, index_t r0, index_t r1, index_t C, float eps
+#define TG_BACKWARD_ARGS                                                                  \
+  const float *g, const float *gs, const float *v, const float *w, const float *mean,      \
+      const float *rstd, float *dx, double *dw, double *db, index_t r0, index_t r1, index_t C
+
+TG_AVX512 void forward_avx512(TG_FORWARD_ARGS) {
+  forward_rows<true>(x, r, s, w, b, y, mean, rstd, r0, r1, C, eps);
+}
+TG_AVX2 void forward_avx2(TG_FORWARD_ARGS) {
+  forward_rows<true>(x, r, s, w, b, y, mean, rstd, r0, r1, C, eps);
+}
+void forward_base(TG_FORWARD_ARGS) {
+  forward_rows<false>(x, r, s, w, b, y, mean, rstd, r0, r1, C, eps);
+}
+TG_AVX512 void backward_avx512(TG_BACKWARD_ARGS) {
+  backward_rows<true>(g, gs, v, w, mean, rstd, dx, dw, db, r0, r1, C);
+}
+TG_AVX2 void backward_avx2(TG_BACKWARD_ARGS) {
+  backward_rows<true>(g, gs, v, w, mean, rstd, dx, dw, db, r0, r1, C);
+}
+void backward_base(TG_BACKWARD_ARGS) {
+  backward_rows<false>(g, gs, v, w, mean, rstd, dx, dw, db, r0, r1, C);
+}
+
+using ForwardFn = void (*)(TG_FORWARD_ARGS);
+using BackwardFn = void (*)(TG_BACKWARD_ARGS);
+
+struct Impl {
+  ForwardFn forward;
+  BackwardFn backward;
+  const char* isa;
+};
+
+const Impl& impl() {
+  static const Impl chosen = [] {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("fma")) {
+      return Impl{forward_avx512, backward_avx512, "avx512"};
+    }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+      return Impl{forward_avx2, backward_avx2, "avx2"};
+    }
+    return Impl{forward_base, backward_base, "baseline"};
+  }();
+  return chosen;
+}
+
+// ------------------------------------------------------------------------ drivers
+// Parallel only when there is enough work to pay for waking the threads.
+constexpr index_t kParallelMinElems = 1 << 15;
+
+void forward(const float* x, const float* r, float* s, const float* w, const float* b, float* y,
+             float* mean, float* rstd, index_t N, index_t C, float eps) {
+  const ForwardFn fn = impl().forward;
+  const index_t block = 16;  // rows per scheduling unit
+  const index_t nblocks = (N + block - 1) / block;
+#pragma omp parallel for schedule(static) if (N * C >= kParallelMinElems)
+  for (index_t blk = 0; blk < nblocks; ++blk) {
+    fn(x, r, s, w, b, y, mean, rstd, blk * block, std::min(N, (blk + 1) * block), C, eps);
+  }
+}
+
+// Fills dx (N, C) and, when non-null, dw and db (C,).
+void backward(const float* g, const float* gs, const float* v, const float* w, const float* mean,
+              const float* rstd, float* dx, float* dw, float* db, index_t N, index_t C) {
+  const BackwardFn fn = impl().backward;
+  // Fixed chunking (depends on N only): at most 64 chunks of at least 16 rows.
+  const index_t chunk_rows = std::max<index_t>(16, (N + 63) / 64);
+  const index_t nchunks = std::max<index_t>(1, (N + chunk_rows - 1) / chunk_rows);
+  std::vector<double> acc(static_cast<size_t>(nchunks) * 2 * C, 0.0);  // per chunk: dw, db
+#pragma omp parallel for schedule(static) if (N * C >= kParallelMinElems)
+  for (index_t k = 0; k < nchunks; ++k) {
+    double* dwk = acc.data() + k * 2 * C;
+    fn(g, gs, v, w, mean, rstd, dx, dwk, dwk + C, k * chunk_rows, std::min(N, (k + 1) * chunk_rows),
+       C);
+  }
+  for (index_t i = 0; i < C; ++i) {
+    double sw = 0.0, sb = 0.0;
+    for (index_t k = 0; k < nchunks; ++k) {
+      sw += acc[k * 2 * C + i];
+      sb += acc[k * 2 * C + C + i];
+    }
+    if (dw != nullptr) dw[i] = static_cast<float>(sw);
+    db[i] = static_cast<float>(sb);
+  }
+}
+
+// ------------------------------------------------------------------------ bindings
+std::vector<py::ssize_t> shape_of(const py::array& a) {
+  return std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim());
+}
+
+// x: float32, C-contiguous, at least 1-D with a non-empty last axis. Returns (N, C).
+std::pair<index_t, index_t> rows_of(const py::array& x, const char* what) {
+  check_array<float>(x, what);
+  TG_CHECK(x.ndim() >= 1, what, " must have at least 1 dimension, got shape ", shape_str(x));
+  const index_t C = x.shape(x.ndim() - 1);
+  TG_CHECK(C >= 1, what, " must have a non-empty last axis, got shape ", shape_str(x));
+  return {static_cast<index_t>(x.size()) / C, C};
+}
+
+// `a` must be float32, C-contiguous and shaped like `ref`.
+const float* like(const py::array& a, const char* what, const py::array& ref) {
+  check_array<float>(a, what);
+  const bool same = a.ndim() == ref.ndim() && std::equal(a.shape(), a.shape() + a.ndim(), ref.shape());
+  TG_CHECK(same, what, " must have shape ", shape_str(ref), ", got ", shape_str(a));
+  return static_cast<const float*>(a.data());
+}
+
+const float* optional_vector(const std::optional<py::array>& a, const char* what, index_t C) {
+  return a ? input_ptr<float>(*a, what, {static_cast<py::ssize_t>(C)}) : nullptr;
+}
+
+// saved[i] as an array (never converted: it must be what forward returned).
+py::array saved_item(const py::tuple& saved, size_t i, const char* what) {
+  TG_CHECK(py::isinstance<py::array>(saved[i]), what, " must be a numpy array, got ",
+           std::string(py::str(py::type::of(saved[i]))));
+  return py::reinterpret_borrow<py::array>(saved[i]);
+}
+
+// The (mean, rstd) tail of a saved tuple, starting at `first`.
+std::pair<const float*, const float*> row_stats_of(const py::tuple& saved, size_t first,
+                                                   const char* op, index_t N) {
+  TG_CHECK(saved.size() == first + 2, op, ": saved must be the tuple its forward returned (",
+           first + 2, " items), got ", saved.size(), " items");
+  const std::string m = std::string(op) + ": saved mean";
+  const std::string r = std::string(op) + ": saved rstd";
+  const py::ssize_t n = static_cast<py::ssize_t>(N);
+  return {input_ptr<float>(saved_item(saved, first, m.c_str()), m.c_str(), {n}),
+          input_ptr<float>(saved_item(saved, first + 1, r.c_str()), r.c_str(), {n})};
+}
+
+py::tuple layernorm_forward_py(const py::array& x, const std::optional<py::array>& weight,
+                               const std::optional<py::array>& bias, double eps) {
+  const auto [N, C] = rows_of(x, "layernorm_forward: x");
+  const float* xp = static_cast<const float*>(x.data());
+  const float* wp = optional_vector(weight, "layernorm_forward: weight", C);
+  const float* bp = optional_vector(bias, "layernorm_forward: bias", C);
+  py::array_t<float> y(shape_of(x));
+  py::array_t<float> mean(static_cast<py::ssize_t>(N)), rstd(static_cast<py::ssize_t>(N));
+  float *yp = y.mutable_data(), *mp = mean.mutable_data(), *rp = rstd.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    forward(xp, nullptr, nullptr, wp, bp, yp, mp, rp, N, C, static_cast<float>(eps));
+  }
+  return py::make_tuple(y, py::make_tuple(mean, rstd));
+}
+
+py::tuple layernorm_backward_py(const py::array& grad, const py::array& x,
+                                const std::optional<py::array>& weight, const py::tuple& saved) {
+  const auto [N, C] = rows_of(x, "layernorm_backward: x");
+  const float* xp = static_cast<const float*>(x.data());
+  const float* gp = like(grad, "layernorm_backward: grad", x);
+  const float* wp = optional_vector(weight, "layernorm_backward: weight", C);
+  const auto [mp, rp] = row_stats_of(saved, 0, "layernorm_backward", N);
+  py::array_t<float> dx(shape_of(x));
+  py::array_t<float> db(static_cast<py::ssize_t>(C));
+  py::object dw_obj = py::none();
+  float* dwp = nullptr;
+  if (wp != nullptr) {
+    py::array_t<float> dw(static_cast<py::ssize_t>(C));
+    dwp = dw.mutable_data();
+    dw_obj = dw;
+  }
+  float *dxp = dx.mutable_data(), *dbp = db.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    backward(gp, nullptr, xp, wp, mp, rp, dxp, dwp, dbp, N, C);
+  }
+  return py::make_tuple(dx, dw_obj, db);
+}
+
+py::tuple add_layernorm_forward_py(const py::array& x, const py::array& residual,
+                                   const std::optional<py::array>& weight,
+                                   const std::optional<py::array>& bias, double eps) {
+  const auto [N, C] = rows_of(x, "add_layernorm_forward: x");
+  const float* xp = static_cast<const float*>(x.data());
+  const float* rp_in = like(residual, "add_layernorm_forward: residual", x);
+  const float* wp = optional_vector(weight, "add_layernorm_forward: weight", C);
+  const float* bp = optional_vector(bias, "add_layernorm_forward: bias", C);
+  py::array_t<float> s(shape_of(x)), y(shape_of(x));
+  py::array_t<float> mean(static_cast<py::ssize_t>(N)), rstd(static_cast<py::ssize_t>(N));
+  float *sp = s.mutable_data(), *yp = y.mutable_data();
+  float *mp = mean.mutable_data(), *rp = rstd.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    forward(xp, rp_in, sp, wp, bp, yp, mp, rp, N, C, static_cast<float>(eps));
+  }
+  return py::make_tuple(py::make_tuple(s, y), py::make_tuple(s, mean, rstd));
+}
+
+py::tuple add_layernorm_backward_py(const std::optional<py::array>& grad_s,
+                                    const py::array& grad_y, const py::array& x,
+                                    const py::array& residual,
+                                    const std::optional<py::array>& weight,
+                                    const py::tuple& saved) {
+  const auto [N, C] = rows_of(x, "add_layernorm_backward: x");
+  like(residual, "add_layernorm_backward: residual", x);
+  const float* gyp = like(grad_y, "add_layernorm_backward: grad_y", x);
+  const float* gsp = grad_s ? like(*grad_s, "add_layernorm_backward: grad_s", x) : nullptr;
+  const float* wp = optional_vector(weight, "add_layernorm_backward: weight", C);
+  TG_CHECK(saved.size() == 3, "add_layernorm_backward: saved must be the tuple its forward "
+           "returned (3 items), got ", saved.size(), " items");
+  const float* sp = like(saved_item(saved, 0, "add_layernorm_backward: saved s"),
+                         "add_layernorm_backward: saved s", x);
+  const auto [mp, rp] = row_stats_of(saved, 1, "add_layernorm_backward", N);
+  py::array_t<float> dx(shape_of(x));
+  py::array_t<float> db(static_cast<py::ssize_t>(C));
+  py::object dw_obj = py::none();
+  float* dwp = nullptr;
+  if (wp != nullptr) {
+    py::array_t<float> dw(static_cast<py::ssize_t>(C));
+    dwp = dw.mutable_data();
+    dw_obj = dw;
+  }
+  float *dxp = dx.mutable_data(), *dbp = db.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    backward(gyp, gsp, sp, wp, mp, rp, dxp, dwp, dbp, N, C);
+  }
+  return py::make_tuple(dx, dx, dw_obj, db);
+}
+
+}  // namespace
+
+void bind_layernorm(py::module_& m) {
+  m.def("layernorm_forward", &layernorm_forward_py, py::arg("x"), py::arg("weight").none(true),
+        py::arg("bias").none(true), py::arg("eps"),
+        "LayerNorm over the last axis of float32 x (..., C): (y, (mean, rstd)).");
+  m.def("layernorm_backward", &layernorm_backward_py, py::arg("grad"), py::arg("x"),
+        py::arg("weight").none(true), py::arg("saved"),
+        "Gradients (dx, dweight or None, dbias) of layernorm_forward.");
+  m.def("add_layernorm_forward", &add_layernorm_forward_py, py::arg("x"), py::arg("residual"),
+        py::arg("weight").none(true), py::arg("bias").none(true), py::arg("eps"),
+        "s = x + residual and y = layernorm(s) in one pass: ((s, y), (s, mean, rstd)).");
+  m.def("add_layernorm_backward", &add_layernorm_backward_py, py::arg("grad_s").none(true),
+        py::arg("grad_y"), py::arg("x"), py::arg("residual"), py::arg("weight").none(true),
+        py::arg("saved"),
+        "Gradients (dx, dresidual, dweight or None, dbias) of add_layernorm_forward; "
+        "grad_s None counts as zero; dx and dresidual are the same array.");
+  m.def("layernorm_isa", [] { return std::string(impl().isa); },
+        "Which compiled variant the layernorm kernels run: avx512, avx2 or baseline.");
+}
+
+}  // namespace tinygpt
