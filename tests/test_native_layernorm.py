@@ -1,0 +1,303 @@
+"""Native CPU layernorm and fused add + layernorm (csrc/cpu/layernorm.cpp) against the reference.
+
+The reference runs in float64 on the float32 inputs cast up; the native kernel in float32.
+Tolerances (why they have this form): the native kernel rounds each x - mean to float32, so
+an element's error is ~eps32 * max|x_row| * rstd (the row's condition number `cond`: a row
+with a large common offset and a small spread loses the offset's low bits, as any float32
+layernorm does) plus sums of C float32 terms (error ~ sqrt(C) * eps32 in practice, kept in 16
+SIMD lanes). So every check is |native - ref| <= K * eps32 * sqrt(C) * scale, with `scale` the
+magnitude the result is built from (below, per output). dweight/dbias are accumulated in
+double, so their error is the per-element error of g * xhat summed: K * eps32 * sum|g| (1 + cond).
+With K = 1, over 6000 draws of these strategies the worst err / tolerance was 0.67 (y),
+0.72 (dx), 1.25 (dweight), 0.48 (dbias); K = 4 leaves a 3x margin and still catches any
+real bug (those are O(1) relative errors).
+"""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tinygpt as tg
+import tinygpt.functional as F
+from tinygpt import kernels
+from tinygpt.kernels import reference as ref
+
+CPU = getattr(kernels._native, "cpu", None)
+pytestmark = pytest.mark.skipif(
+    not (hasattr(CPU, "layernorm_forward") and hasattr(CPU, "add_layernorm_forward")),
+    reason="tinygpt._C.cpu has no layernorm kernels (extension not built)",
+)
+
+EPS32 = float(np.finfo(np.float32).eps)
+K = 4.0
+
+LEADING = st.sampled_from([(1,), (2,), (3,), (7,), (13,), (31,), (64,), (97,), (2, 3), (3, 17), (2, 2, 5)])
+WIDTHS = st.sampled_from([1, 2, 3, 5, 7, 8, 13, 16, 17, 31, 61, 64, 127, 128, 131, 257, 768])
+SCALES = st.sampled_from([1e-3, 1.0, 30.0, 1e4])
+OFFSETS = st.sampled_from([0.0, 1.0, 10.0, 300.0])  # in units of the scale: conditioning
+
+
+def _draw(seed, lead, C, scale, offset, affine):
+    rng = np.random.default_rng(seed)
+    shape = lead + (C,)
+    x = ((rng.standard_normal(shape) + offset * rng.standard_normal(lead + (1,))) * scale).astype(np.float32)
+    g = (rng.standard_normal(shape) * rng.choice([1e-2, 1.0, 1e3])).astype(np.float32)
+    w = (rng.standard_normal(C) * 2).astype(np.float32) if affine in ("wb", "w") else None
+    b = rng.standard_normal(C).astype(np.float32) if affine in ("wb", "b") else None
+    return rng, x, g, w, b
+
+
+def _f64(a):
+    return None if a is None else a.astype(np.float64)
+
+
+def _row_terms(s64, eps):
+    """rstd and cond = max|x| * rstd per row, shaped (..., 1), from the float64 input."""
+    mean = s64.mean(axis=-1, keepdims=True)
+    rstd = 1.0 / np.sqrt(((s64 - mean) ** 2).mean(axis=-1, keepdims=True) + eps)
+    return rstd, np.abs(s64).max(axis=-1, keepdims=True) * rstd
+
+
+def _check(name, got, want, tol):
+    got = np.asarray(got, dtype=np.float64)
+    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
+    assert np.isfinite(got).all(), f"{name}: non-finite values"
+    err = np.abs(got - want)
+    bad = err > tol
+    assert not bad.any(), (
+        f"{name}: {bad.sum()} of {bad.size} outside tolerance; worst err {err.max():.3e}, "
+        f"err/tol {np.max(err / tol):.3g}")
+
+
+def _check_forward(y, y_ref, s64, w, b, eps):
+    C = s64.shape[-1]
+    rstd, cond = _row_terms(s64, eps)
+    wmag = 1.0 if w is None else np.abs(w.astype(np.float64))
+    bmag = 0.0 if b is None else np.abs(b.astype(np.float64))
+    _check("y", y, y_ref, K * EPS32 * np.sqrt(C) * ((1 + cond) * wmag + bmag))
+
+
+def _check_backward(dx, dw, db, ref_grads, s64, g, w, eps, extra_dx=None):
+    dx_ref, dw_ref, db_ref = ref_grads
+    C = s64.shape[-1]
+    rstd, cond = _row_terms(s64, eps)
+    g64 = g.astype(np.float64)
+    dxhat = np.abs(g64 * (1.0 if w is None else w.astype(np.float64)))
+    dx_scale = rstd * dxhat.max(axis=-1, keepdims=True) * (1 + cond)
+    if extra_dx is not None:
+        dx_scale = dx_scale + np.abs(extra_dx)
+    _check("dx", dx, dx_ref, K * EPS32 * np.sqrt(C) * dx_scale)
+    g2, c2 = np.abs(g64).reshape(-1, C), (1 + cond).reshape(-1, 1)
+    if w is None:
+        assert dw is None
+    else:
+        _check("dweight", dw, dw_ref, K * EPS32 * (g2 * c2).sum(axis=0) + 1e-30)
+    _check("dbias", db, db_ref, K * EPS32 * g2.sum(axis=0) + 1e-30)
+
+
+# ----------------------------------------------------------------------------- layernorm
+@given(seed=st.integers(0, 2**32 - 1), lead=LEADING, C=WIDTHS, scale=SCALES, offset=OFFSETS,
+       affine=st.sampled_from(["wb", "w", "b", "none"]), eps=st.sampled_from([1e-5, 1e-6]))
+def test_layernorm_matches_reference(seed, lead, C, scale, offset, affine, eps):
+    _, x, g, w, b = _draw(seed, lead, C, scale, offset, affine)
+    y, saved = CPU.layernorm_forward(x, w, b, eps)
+    y_ref, saved_ref = ref.layernorm_forward(_f64(x), _f64(w), _f64(b), eps)
+    assert y.dtype == np.float32
+    _check_forward(y, y_ref, _f64(x), w, b, eps)
+    dx, dw, db = CPU.layernorm_backward(g, x, w, saved)
+    ref_grads = ref.layernorm_backward(_f64(g), _f64(x), _f64(w), saved_ref)
+    _check_backward(dx, dw, db, ref_grads, _f64(x), g, w, eps)
+
+
+# ----------------------------------------------------------------------------- add + layernorm
+@given(seed=st.integers(0, 2**32 - 1), lead=LEADING, C=WIDTHS, scale=SCALES, offset=OFFSETS,
+       affine=st.sampled_from(["wb", "w", "b", "none"]), with_grad_s=st.booleans())
+def test_add_layernorm_matches_reference(seed, lead, C, scale, offset, affine, with_grad_s):
+    eps = 1e-5
+    rng, x, g, w, b = _draw(seed, lead, C, scale, offset, affine)
+    r = (rng.standard_normal(x.shape) * scale).astype(np.float32)
+    gs = (rng.standard_normal(x.shape) * rng.choice([1e-2, 1.0, 1e3])).astype(np.float32) if with_grad_s else None
+    (s, y), saved = CPU.add_layernorm_forward(x, r, w, b, eps)
+    (s_ref, y_ref), saved_ref = ref.add_layernorm_forward(_f64(x), _f64(r), _f64(w), _f64(b), eps)
+    # s = x + r: one float32 rounding of the exact sum.
+    _check("s", s, s_ref, 0.5 * EPS32 * np.abs(s_ref) + 1e-45)
+    # y is layernorm of the float32 s; compare to the float64 layernorm of the exact sum, so
+    # the rounding of s (relative eps32 of |s| <= max|s|, i.e. <= eps32 * cond in y) is inside
+    # the same (1 + cond) term.
+    _check_forward(y, y_ref, s_ref, w, b, eps)
+    dx, dres, dw, db = CPU.add_layernorm_backward(gs, g, x, r, w, saved)
+    assert dx is dres
+    dx_ref, dres_ref, dw_ref, db_ref = ref.add_layernorm_backward(_f64(gs), _f64(g), _f64(x), _f64(r), _f64(w),
+                                                                  saved_ref)
+    _check_backward(dx, dw, db, (dx_ref, dw_ref, db_ref), s_ref, g, w, eps,
+                    extra_dx=None if gs is None else gs.astype(np.float64))
+    assert dres_ref is dx_ref  # d(x + r)/dx == d(x + r)/dr: both return the one array
+
+
+def test_large_offset_rows_stay_accurate():
+    """Rows 1e4 + N(0, 1): a naive float32 E[x^2] - E[x]^2 variance would be garbage here."""
+    rng = np.random.default_rng(0)
+    x = (1e4 + rng.standard_normal((64, 768))).astype(np.float32)
+    y, (mean, rstd) = CPU.layernorm_forward(x, None, None, 1e-5)
+    y_ref, (mean_ref, rstd_ref) = ref.layernorm_forward(x.astype(np.float64), None, None, 1e-5)
+    np.testing.assert_allclose(rstd, rstd_ref[:, 0], rtol=1e-4)
+    # cond ~ 1e4: y may lose ~log2(1e4) bits, the inherent float32 limit (ulp(1e4) = 1e-3).
+    assert np.abs(y - y_ref).max() < 2e-3
+
+
+def test_backward_is_deterministic_and_independent_of_threads():
+    rng = np.random.default_rng(1)
+    x, g = (rng.standard_normal((1000, 96)).astype(np.float32) for _ in range(2))
+    w = rng.standard_normal(96).astype(np.float32)
+    _, saved = CPU.layernorm_forward(x, w, None, 1e-5)
+    before = CPU.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3):
+            CPU.set_num_threads(threads)
+            results.append(CPU.layernorm_backward(g, x, w, saved))
+    finally:
+        CPU.set_num_threads(before)
+    for dx, dw, db in results[1:]:
+        assert np.array_equal(dx, results[0][0])
+        assert np.array_equal(dw, results[0][1]) and np.array_equal(db, results[0][2])
+
+
+def test_empty_rows():
+    x = np.zeros((0, 8), np.float32)
+    w = np.ones(8, np.float32)
+    y, saved = CPU.layernorm_forward(x, w, w, 1e-5)
+    assert y.shape == (0, 8)
+    dx, dw, db = CPU.layernorm_backward(x, x, w, saved)
+    assert dx.shape == (0, 8) and not dw.any() and not db.any()
+
+
+# ----------------------------------------------------------------------------- error paths
+def _ln_args(N=4, C=8):
+    x = np.ones((N, C), np.float32)
+    x[:, 0] = 2
+    return x, np.ones(C, np.float32), np.zeros(C, np.float32)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda x, w, b: (x.astype(np.float64), w, b), "layernorm_forward: x must be float32"),
+    (lambda x, w, b: (np.ones((4, 16), np.float32)[:, ::2], w, b), "layernorm_forward: x must be C-contiguous"),
+    (lambda x, w, b: (x, np.ones(7, np.float32), b), r"layernorm_forward: weight must have shape \(8,\), got \(7,\)"),
+    (lambda x, w, b: (x, w, np.ones((1, 8), np.float32)), r"layernorm_forward: bias must have shape \(8,\)"),
+    (lambda x, w, b: (x, w.astype(np.float16), b), "layernorm_forward: weight must be float32"),
+    (lambda x, w, b: (np.ones((3, 0), np.float32), w, b), "layernorm_forward: x must have a non-empty last axis"),
+    (lambda x, w, b: (np.ones((), np.float32), w, b), "layernorm_forward: x must have at least 1"),
+])
+def test_layernorm_forward_errors(bad, match):
+    with pytest.raises(ValueError, match=match):
+        CPU.layernorm_forward(*bad(*_ln_args()), 1e-5)
+
+
+def test_layernorm_backward_errors():
+    x, w, b = _ln_args()
+    _, saved = CPU.layernorm_forward(x, w, b, 1e-5)
+    with pytest.raises(ValueError, match=r"layernorm_backward: grad must have shape \(4, 8\), got \(4, 7\)"):
+        CPU.layernorm_backward(np.ones((4, 7), np.float32), x, w, saved)
+    with pytest.raises(ValueError, match="layernorm_backward: grad must be float32"):
+        CPU.layernorm_backward(x.astype(np.float64), x, w, saved)
+    with pytest.raises(ValueError, match="layernorm_backward: saved must be the tuple"):
+        CPU.layernorm_backward(x, x, w, saved[:1])
+    with pytest.raises(ValueError, match=r"layernorm_backward: saved mean must have shape \(4,\)"):
+        CPU.layernorm_backward(x, x, w, (saved[0][:3], saved[1]))
+    with pytest.raises(ValueError, match="layernorm_backward: saved rstd must be a numpy array"):
+        CPU.layernorm_backward(x, x, w, (saved[0], [1.0, 2.0, 3.0, 4.0]))
+
+
+def test_add_layernorm_errors():
+    x, w, b = _ln_args()
+    with pytest.raises(ValueError, match=r"add_layernorm_forward: residual must have shape \(4, 8\), got \(1, 8\)"):
+        CPU.add_layernorm_forward(x, x[:1], w, b, 1e-5)
+    with pytest.raises(ValueError, match="add_layernorm_forward: residual must be float32"):
+        CPU.add_layernorm_forward(x, x.astype(np.float64), w, b, 1e-5)
+    (s, y), saved = CPU.add_layernorm_forward(x, x, w, b, 1e-5)
+    with pytest.raises(ValueError, match=r"add_layernorm_backward: grad_s must have shape \(4, 8\)"):
+        CPU.add_layernorm_backward(x[:2], x, x, x, w, saved)
+    with pytest.raises(ValueError, match="add_layernorm_backward: grad_y must be C-contiguous"):
+        CPU.add_layernorm_backward(None, np.ones((8, 4), np.float32).T, x, x, w, saved)
+    with pytest.raises(ValueError, match="add_layernorm_backward: saved must be the tuple its forward returned"):
+        CPU.add_layernorm_backward(None, x, x, x, w, saved[1:])
+
+
+# ----------------------------------------------------------------------------- dispatch
+def test_dispatch_picks_native_only_for_float32_contiguous():
+    x, w, b = _ln_args()
+    assert kernels.select("layernorm", x, w, b).name == "native-cpu"
+    assert kernels.select("add_layernorm", x, x, w, None).name == "native-cpu"
+    assert kernels.select("layernorm", x.astype(np.float64), w, b).name == "reference"
+    assert kernels.select("layernorm", np.ones((4, 16), np.float32)[:, ::2], w, b).name == "reference"
+    with kernels.use_native(False):
+        assert kernels.select("layernorm", x, w, b).name == "reference"
+        assert kernels.select("add_layernorm", x, x, w, b).name == "reference"
+
+
+def test_float64_and_noncontiguous_inputs_fall_back_to_reference():
+    rng = np.random.default_rng(2)
+    x64 = rng.standard_normal((5, 12))
+    w = tg.Tensor(np.ones(12, np.float32))
+    y = F.layer_norm(tg.Tensor(x64), w, None)  # float64 input: the reference runs (float64 out)
+    assert y.dtype == np.float64
+    y_ref, _ = ref.layernorm_forward(x64, np.ones(12, np.float32), None, 1e-5)
+    np.testing.assert_array_equal(y.numpy(), y_ref)
+    big = rng.standard_normal((5, 24)).astype(np.float32)
+    xt = tg.Tensor(big[:, ::2])  # non-contiguous: functional makes it contiguous, native runs
+    np.testing.assert_allclose(F.layer_norm(xt, w, None).numpy(),
+                               ref.layernorm_forward(np.ascontiguousarray(big[:, ::2]), np.ones(12, np.float32),
+                                                     None, 1e-5)[0], rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- autograd level
+def _run(fn, arrays, native):
+    with kernels.use_native(native):
+        ts = [None if a is None else tg.Tensor(a.copy(), requires_grad=True) for a in arrays]
+        outs = fn(*ts)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        rng = np.random.default_rng(5)
+        loss = sum((o * tg.Tensor(rng.standard_normal(o.shape).astype(np.float32))).sum() for o in outs)
+        loss.backward()
+        return [o.numpy() for o in outs], [None if t is None else t.grad.numpy() for t in ts]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_functional_layer_norm_native_matches_reference(bias):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 7, 48)).astype(np.float32)
+    w = rng.standard_normal(48).astype(np.float32)
+    b = rng.standard_normal(48).astype(np.float32) if bias else None
+    outs_n, grads_n = _run(lambda x, w, b: F.layer_norm(x, w, b), [x, w, b], True)
+    outs_r, grads_r = _run(lambda x, w, b: F.layer_norm(x, w, b), [x, w, b], False)
+    for a, c in zip(outs_n + grads_n, outs_r + grads_r):
+        if c is not None:
+            np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-5)
+
+
+def test_functional_add_layer_norm_native_matches_reference():
+    rng = np.random.default_rng(4)
+    x, r = (rng.standard_normal((3, 5, 40)).astype(np.float32) for _ in range(2))
+    w, b = (rng.standard_normal(40).astype(np.float32) for _ in range(2))
+    fn = lambda x, r, w, b: F.add_layer_norm(x, r, w, b)  # noqa: E731
+    outs_n, grads_n = _run(fn, [x, r, w, b], True)
+    outs_r, grads_r = _run(fn, [x, r, w, b], False)
+    for a, c in zip(outs_n + grads_n, outs_r + grads_r):
+        np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-5)
+
+
+def test_gpt_block_native_matches_reference():
+    """A pre-norm GPT forward + backward gives the same loss and grads on both paths."""
+    cfg = tg.GPTConfig(vocab_size=17, block_size=8, n_layer=2, n_head=2, n_embd=16)
+    idx = np.random.default_rng(6).integers(0, 17, (2, 8))
+    results = []
+    for native in (True, False):
+        tg.manual_seed(0)
+        model = tg.GPT(cfg)
+        with kernels.use_native(native):
+            _, loss = model(idx, idx)
+            loss.backward()
+        results.append((loss.item(), {n: p.grad.numpy() for n, p in model.named_parameters()}))
+    assert abs(results[0][0] - results[1][0]) < 1e-5
+    for name, g in results[0][1].items():
+        np.testing.assert_allclose(g, results[1][1][name], rtol=1e-3, atol=1e-5, err_msg=name)
