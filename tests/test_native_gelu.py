@@ -129,3 +129,36 @@ def test_functional_gelu_native_matches_reference(approximate):
             results.append((y.numpy(), xt.grad.numpy()))
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5, atol=2e-6)
+
+
+_ISA_SCRIPT = r"""
+import numpy as np
+from tinygpt import kernels
+from tinygpt.kernels import reference as ref
+cpu = kernels._native.cpu
+x = np.concatenate([np.linspace(-12, 12, 20001), [1e4, -1e4, 3e38, -3e38]]).astype(np.float32)
+g = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
+for approximate in ("tanh", "none"):
+    y, saved = cpu.gelu_forward(x, approximate)
+    dx = cpu.gelu_backward(g, x, approximate, saved)
+    y_ref, saved_ref = ref.gelu_forward(x.astype(np.float64), approximate)
+    dx_ref = ref.gelu_backward(g.astype(np.float64), x.astype(np.float64), approximate, saved_ref)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-6 * np.abs(g).max())
+print(cpu.gelu_isa())
+"""
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+def test_every_compiled_variant(isa):
+    """The AVX2 and baseline builds of the kernels (picked with TINYGPT_CPU_ISA) also match."""
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(tg.__file__)))  # this tinygpt, wherever it is
+    env = dict(os.environ, TINYGPT_CPU_ISA=isa,
+               PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    out = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] in (isa, "baseline")  # a CPU without AVX2 runs the baseline

@@ -301,3 +301,42 @@ def test_gpt_block_native_matches_reference():
     assert abs(results[0][0] - results[1][0]) < 1e-5
     for name, g in results[0][1].items():
         np.testing.assert_allclose(g, results[1][1][name], rtol=1e-3, atol=1e-5, err_msg=name)
+
+
+_ISA_SCRIPT = r"""
+import numpy as np
+from tinygpt import kernels
+from tinygpt.kernels import reference as ref
+cpu = kernels._native.cpu
+rng = np.random.default_rng(0)
+for N, C in [(1, 1), (3, 17), (33, 768), (70, 131)]:
+    x, r, g, gs = (rng.standard_normal((N, C)).astype(np.float32) for _ in range(4))
+    w, b = (rng.standard_normal(C).astype(np.float32) for _ in range(2))
+    f = lambda a: a.astype(np.float64)
+    y, saved = cpu.layernorm_forward(x, w, b, 1e-5)
+    y_ref, saved_ref = ref.layernorm_forward(f(x), f(w), f(b), 1e-5)
+    got = (y,) + cpu.layernorm_backward(g, x, w, saved)
+    want = (y_ref,) + ref.layernorm_backward(f(g), f(x), f(w), saved_ref)
+    (s, y), saved = cpu.add_layernorm_forward(x, r, w, b, 1e-5)
+    (s_ref, y_ref), saved_ref = ref.add_layernorm_forward(f(x), f(r), f(w), f(b), 1e-5)
+    got += (s, y) + cpu.add_layernorm_backward(gs, g, x, r, w, saved)
+    want += (s_ref, y_ref) + ref.add_layernorm_backward(f(gs), f(g), f(x), f(r), f(w), saved_ref)
+    for a, c in zip(got, want):
+        np.testing.assert_allclose(a, c, rtol=2e-4, atol=2e-4 * max(1.0, np.abs(c).max()))
+print(cpu.layernorm_isa())
+"""
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+def test_every_compiled_variant(isa):
+    """The AVX2 and baseline builds of the kernels (picked with TINYGPT_CPU_ISA) also match."""
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(tg.__file__)))  # this tinygpt, wherever it is
+    env = dict(os.environ, TINYGPT_CPU_ISA=isa,
+               PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    out = subprocess.run([sys.executable, "-c", _ISA_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] in (isa, "baseline")  # a CPU without AVX2 runs the baseline

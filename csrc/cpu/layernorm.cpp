@@ -24,7 +24,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include <pybind11/stl.h>
@@ -32,18 +34,19 @@
 #include "py_common.h"
 #include "registry.h"
 
-#ifdef TINYGPT_WITH_OPENMP
-#include <omp.h>
-#endif
-
 namespace tinygpt {
 namespace {
 
 using index_t = std::int64_t;
 
-#define TG_INLINE inline __attribute__((always_inline))
+#if defined(__x86_64__) || defined(__i386__)
+#define TG_X86 1
 #define TG_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,bmi2")))
 #define TG_AVX2 __attribute__((target("avx2,fma,bmi2")))
+#else
+#define TG_X86 0
+#endif
+#define TG_INLINE inline __attribute__((always_inline))
 
 template <bool kFma>
 TG_INLINE float madd(float a, float b, float c) {
@@ -179,21 +182,25 @@ TG_INLINE void backward_rows(const float* g, const float* gs, const float* v, co
   const float *g, const float *gs, const float *v, const float *w, const float *mean,      \
       const float *rstd, float *dx, double *dw, double *db, index_t r0, index_t r1, index_t C
 
+#if TG_X86
 TG_AVX512 void forward_avx512(TG_FORWARD_ARGS) {
   forward_rows<true>(x, r, s, w, b, y, mean, rstd, r0, r1, C, eps);
 }
 TG_AVX2 void forward_avx2(TG_FORWARD_ARGS) {
   forward_rows<true>(x, r, s, w, b, y, mean, rstd, r0, r1, C, eps);
 }
+#endif
 void forward_base(TG_FORWARD_ARGS) {
   forward_rows<false>(x, r, s, w, b, y, mean, rstd, r0, r1, C, eps);
 }
+#if TG_X86
 TG_AVX512 void backward_avx512(TG_BACKWARD_ARGS) {
   backward_rows<true>(g, gs, v, w, mean, rstd, dx, dw, db, r0, r1, C);
 }
 TG_AVX2 void backward_avx2(TG_BACKWARD_ARGS) {
   backward_rows<true>(g, gs, v, w, mean, rstd, dx, dw, db, r0, r1, C);
 }
+#endif
 void backward_base(TG_BACKWARD_ARGS) {
   backward_rows<false>(g, gs, v, w, mean, rstd, dx, dw, db, r0, r1, C);
 }
@@ -207,17 +214,23 @@ struct Impl {
   const char* isa;
 };
 
+// TINYGPT_CPU_ISA=avx2 or =baseline caps the variant picked (so tests can run each one on
+// a machine that has them all); unset, the widest the CPU supports runs.
 const Impl& impl() {
   static const Impl chosen = [] {
+#if TG_X86
+    const char* cap_env = std::getenv("TINYGPT_CPU_ISA");
+    const std::string cap = cap_env != nullptr ? cap_env : "";
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+    if (cap != "avx2" && cap != "baseline" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("fma")) {
       return Impl{forward_avx512, backward_avx512, "avx512"};
     }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    if (cap != "baseline" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
       return Impl{forward_avx2, backward_avx2, "avx2"};
     }
+#endif
     return Impl{forward_base, backward_base, "baseline"};
   }();
   return chosen;
