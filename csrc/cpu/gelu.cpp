@@ -18,7 +18,8 @@
 // see tests/test_native_gelu.py (relative <= 2e-6, absolute <= 5e-7).
 //
 // SIMD: `#pragma omp simd` loops compiled for AVX-512, AVX2+FMA and baseline x86-64, picked
-// once at run time with __builtin_cpu_supports; OpenMP threads split the array.
+// once at run time with __builtin_cpu_supports (TINYGPT_CPU_ISA=avx2|baseline caps the
+// choice); OpenMP threads split the array.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>

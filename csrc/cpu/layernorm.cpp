@@ -10,17 +10,21 @@
 // (C,) or None; mean and rstd are (N,) float32 with N = x.size / C (the reference keeps them
 // as (..., 1); `saved` is opaque to the caller).
 //
-// Per row (a row of C floats stays in L1 between passes):
+// Per row (a row of C floats stays in L1 between passes; one read of x from memory):
 //   forward:  sum -> mean; sum (v - mean), sum (v - mean)^2 -> corrected mean and variance
-//             (the corrected two-pass algorithm: robust to a large common offset); then y.
+//             (the corrected two-pass algorithm: robust to a large common offset); then
+//             y = (v - mean) * rstd * w + b. The fused op first writes s = x + residual and
+//             normalises s from L1.
 //   backward: one pass for sum(dxhat) and sum(dxhat * xhat) while accumulating
-//             dweight += g * xhat and dbias += g, then one pass writing dx.
+//             dweight += g * xhat and dbias += g, then one pass writing dx (+ grad_s for the
+//             fused op, whose saved s replaces re-reading x and residual).
 // dweight/dbias: rows are split into a fixed number of chunks (a function of N only); each
 // chunk accumulates in double, and the chunks are added in chunk order, so the result is
 // bitwise the same for any thread count (no atomics).
 //
 // SIMD: plain loops with `#pragma omp simd`, compiled three times (AVX-512, AVX2+FMA and the
-// baseline x86-64) and picked once at run time with __builtin_cpu_supports.
+// baseline x86-64) and picked once at run time with __builtin_cpu_supports
+// (TINYGPT_CPU_ISA=avx2|baseline caps the choice). OpenMP splits rows over threads.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>

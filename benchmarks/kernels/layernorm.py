@@ -1,0 +1,155 @@
+"""Benchmark: LayerNorm and the fused residual add + LayerNorm (native vs NumPy reference vs PyTorch).
+
+    python benchmarks/kernels/layernorm.py [--quick]
+
+`rows(quick)` returns one dict per (kernel, shape, impl, pass): median_ms over many runs with
+the implementations interleaved round by round (and min_ms, the best run: on a loaded
+machine the closer to the uncontended speed), and gbps = the bytes the op must move at the
+least (read + written) / time, to compare with this machine's copy bandwidth (a row with
+kernel 'copy': numpy.copyto of 256 MB, read + written); pct_copy = gbps / that.
+
+Implementations, each called at the kernel level (no autograd, so no graph overhead):
+  native     tinygpt._C.cpu.layernorm_forward / _backward (add_layernorm_*)
+  reference  tinygpt.kernels.reference (NumPy, float32)
+  torch      torch.ops.aten.native_layer_norm / native_layer_norm_backward; for the fused op
+             (no PyTorch equivalent) s = x + r, native_layer_norm(s), and dx = dln + grad_s.
+Bytes: layernorm fwd 2NC floats (x, y), bwd 3NC (g, x, dx); add_layernorm fwd 4NC (x, r, s, y),
+bwd 4NC (grad_s, grad_y, s, dx); weights and row statistics are negligible.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+SHAPES = [(768, 128), (4096, 384), (8192, 768), (16384, 768)]  # (B*T, C)
+QUICK_SHAPES = [(768, 128), (16384, 768)]
+EPS = 1e-5
+
+
+def _interleaved(fns: dict, reps: int, budget_s: float = 3.0) -> dict:
+    """Median seconds per implementation, run round by round (one call each per round) so
+    background load hits them alike; a slow implementation stops after budget_s (>= 3 runs)."""
+    first = {}
+    for name, fn in fns.items():  # warm-up call, also sizes the repetitions
+        t0 = time.perf_counter()
+        fn()
+        first[name] = time.perf_counter() - t0
+    want = {name: max(3, min(reps, int(budget_s / max(t, 1e-9)))) for name, t in first.items()}
+    times = {name: [] for name in fns}
+    for _ in range(max(want.values())):
+        for name, fn in fns.items():
+            if len(times[name]) < want[name]:
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    return {name: (statistics.median(ts), min(ts)) for name, ts in times.items()}
+
+
+def copy_bandwidth_gbps(reps: int = 15) -> float:
+    """numpy.copyto of a 256 MB float32 array: (bytes read + written) / median time."""
+    src = np.ones(64 * 2**20, dtype=np.float32)
+    dst = np.empty_like(src)
+    t = _interleaved({"copy": lambda: np.copyto(dst, src)}, reps)["copy"][0]
+    return 2 * src.nbytes / t / 1e9
+
+
+def _reps(nbytes: int, quick: bool) -> int:
+    base = 7 if quick else 25
+    return max(base, min(200, int(base * 64e6 / max(nbytes, 1))))
+
+
+def rows(quick: bool = False) -> list[dict]:
+    import torch  # noqa: PLC0415
+
+    from tinygpt import kernels  # noqa: PLC0415
+    from tinygpt.kernels import reference as ref  # noqa: PLC0415
+
+    torch.set_num_threads(os.cpu_count())
+    cpu = getattr(kernels._native, "cpu", None)
+    has_native = hasattr(cpu, "layernorm_forward") and hasattr(cpu, "add_layernorm_forward")
+    aten = torch.ops.aten
+    copy = copy_bandwidth_gbps()
+    out = [dict(kernel="copy", shape="256 MB", impl="numpy", **{"pass": "copy"}, median_ms=float("nan"),
+                min_ms=float("nan"), gbps=copy, pct_copy=100.0)]
+    rng = np.random.default_rng(0)
+    for N, C in QUICK_SHAPES if quick else SHAPES:
+        x, r, g, gs = (rng.standard_normal((N, C), dtype=np.float32) for _ in range(4))
+        w = (1 + 0.1 * rng.standard_normal(C)).astype(np.float32)
+        b = (0.1 * rng.standard_normal(C)).astype(np.float32)
+        tx, tr, tg, tgs, tw, tb = (torch.from_numpy(a) for a in (x, r, g, gs, w, b))
+        mask = [True, True, True]
+
+        def t_ln():
+            return aten.native_layer_norm(tx, [C], tw, tb, EPS)
+
+        def t_ln_fb():
+            y, mean, rstd = aten.native_layer_norm(tx, [C], tw, tb, EPS)
+            return aten.native_layer_norm_backward(tg, tx, [C], mean, rstd, tw, tb, mask)
+
+        def t_add():
+            s = tx + tr
+            return s, aten.native_layer_norm(s, [C], tw, tb, EPS)
+
+        def t_add_fb():
+            s = tx + tr
+            y, mean, rstd = aten.native_layer_norm(s, [C], tw, tb, EPS)
+            dx, dw, db = aten.native_layer_norm_backward(tg, s, [C], mean, rstd, tw, tb, mask)
+            return dx + tgs, dw, db
+
+        def fwd_bwd(mod, name):
+            def ln():
+                y, saved = getattr(mod, f"{name}_forward")(x, w, b, EPS)
+                return getattr(mod, f"{name}_backward")(g, x, w, saved)
+
+            def add():
+                (s, y), saved = getattr(mod, f"{name}_forward")(x, r, w, b, EPS)
+                return getattr(mod, f"{name}_backward")(gs, g, x, r, w, saved)
+
+            return ln if name == "layernorm" else add
+
+        cases = {
+            ("layernorm", "fwd"): ({"reference": lambda: ref.layernorm_forward(x, w, b, EPS), "torch": t_ln},
+                                   (lambda: cpu.layernorm_forward(x, w, b, EPS)) if has_native else None, 2),
+            ("layernorm", "fwd+bwd"): ({"reference": fwd_bwd(ref, "layernorm"), "torch": t_ln_fb},
+                                       fwd_bwd(cpu, "layernorm") if has_native else None, 5),
+            ("add_layernorm", "fwd"): ({"reference": lambda: ref.add_layernorm_forward(x, r, w, b, EPS),
+                                        "torch": t_add},
+                                       (lambda: cpu.add_layernorm_forward(x, r, w, b, EPS)) if has_native else None, 4),
+            ("add_layernorm", "fwd+bwd"): ({"reference": fwd_bwd(ref, "add_layernorm"), "torch": t_add_fb},
+                                           fwd_bwd(cpu, "add_layernorm") if has_native else None, 8),
+        }
+        for (kernel, pas), (fns, native, floats) in cases.items():
+            if native is not None:
+                fns = {"native": native, **fns}
+            nbytes = floats * N * C * 4
+            with torch.inference_mode():
+                med = _interleaved(fns, _reps(nbytes, quick))
+            for impl, (t, t_min) in med.items():
+                gbps = nbytes / t / 1e9
+                out.append({"kernel": kernel, "shape": f"({N}, {C})", "impl": impl, "pass": pas,
+                            "median_ms": t * 1e3, "min_ms": t_min * 1e3, "gbps": gbps,
+                            "pct_copy": 100 * gbps / copy})
+    return out
+
+
+def _print(table):
+    print(f"{'kernel':14} {'shape':14} {'pass':8} {'impl':10} {'median_ms':>10} {'min_ms':>9} {'GB/s':>7} {'%copy':>6} "
+          f"{'vs ref':>7} {'vs torch':>8}")
+    base = {(r["kernel"], r["shape"], r["pass"], r["impl"]): r["median_ms"] for r in table}
+    for r in table:
+        key = (r["kernel"], r["shape"], r["pass"])
+        vs_ref = base.get(key + ("reference",), float("nan")) / r["median_ms"]
+        vs_torch = base.get(key + ("torch",), float("nan")) / r["median_ms"]
+        print(f"{r['kernel']:14} {r['shape']:14} {r['pass']:8} {r['impl']:10} {r['median_ms']:10.3f} "
+              f"{r['min_ms']:9.3f} {r['gbps']:7.2f} {r['pct_copy']:6.1f} {vs_ref:7.2f} {vs_torch:8.2f}")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+    print(f"load average {os.getloadavg()}, cpus {os.cpu_count()}")
+    _print(rows(quick="--quick" in sys.argv))
+    print(f"load average {os.getloadavg()}")
