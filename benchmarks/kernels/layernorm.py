@@ -1,6 +1,6 @@
 """Benchmark: LayerNorm and the fused residual add + LayerNorm (native vs NumPy reference vs PyTorch).
 
-    python benchmarks/kernels/layernorm.py [--quick]
+    python benchmarks/kernels/layernorm.py [--quick] [--threads N]
 
 `rows(quick)` returns one dict per (kernel, shape, impl, pass): median_ms over many runs with
 the implementations interleaved round by round (and min_ms, the best run: on a loaded
@@ -62,14 +62,19 @@ def _reps(nbytes: int, quick: bool) -> int:
     return max(base, min(200, int(base * 64e6 / max(nbytes, 1))))
 
 
-def rows(quick: bool = False) -> list[dict]:
+def rows(quick: bool = False, threads: int | None = None) -> list[dict]:
+    """The table; threads=None uses every core (torch.set_num_threads(os.cpu_count()), OpenMP
+    at its default), threads=k pins both torch and the native kernels to k threads."""
     import torch  # noqa: PLC0415
 
     from tinygpt import kernels  # noqa: PLC0415
     from tinygpt.kernels import reference as ref  # noqa: PLC0415
 
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(threads or os.cpu_count())
     cpu = getattr(kernels._native, "cpu", None)
+    native_threads = cpu.get_num_threads() if cpu is not None else None
+    if threads and cpu is not None:
+        cpu.set_num_threads(threads)
     has_native = hasattr(cpu, "layernorm_forward") and hasattr(cpu, "add_layernorm_forward")
     aten = torch.ops.aten
     copy = copy_bandwidth_gbps()
@@ -132,7 +137,9 @@ def rows(quick: bool = False) -> list[dict]:
                 gbps = nbytes / t / 1e9
                 out.append({"kernel": kernel, "shape": f"({N}, {C})", "impl": impl, "pass": pas,
                             "median_ms": t * 1e3, "min_ms": t_min * 1e3, "gbps": gbps,
-                            "pct_copy": 100 * gbps / copy})
+                            "pct_copy": 100 * gbps / copy, "threads": threads or os.cpu_count()})
+    if native_threads is not None:
+        cpu.set_num_threads(native_threads)
     return out
 
 
@@ -150,6 +157,7 @@ def _print(table):
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-    print(f"load average {os.getloadavg()}, cpus {os.cpu_count()}")
-    _print(rows(quick="--quick" in sys.argv))
+    threads = int(sys.argv[sys.argv.index("--threads") + 1]) if "--threads" in sys.argv else None
+    print(f"load average {os.getloadavg()}, cpus {os.cpu_count()}, threads {threads or os.cpu_count()}")
+    _print(rows(quick="--quick" in sys.argv, threads=threads))
     print(f"load average {os.getloadavg()}")

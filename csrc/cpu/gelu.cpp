@@ -57,12 +57,12 @@ TG_INLINE float madd(float a, float b, float c) {
   }
 }
 
-// exp(x) for float x, about 1 ulp; x is clamped to [-87, 88] (so exp(-inf) gives 1.6e-38 and
-// exp(+inf) 1.7e38: the callers only need "tiny" and "huge"); NaN stays NaN.
+// exp(x) for x <= 0, about 1 ulp; x is clamped below at -87 (exp(-inf) gives 1.6e-38: the
+// callers only need "tiny" there); NaN stays NaN. (One-sided: a two-sided clamp costs the
+// vectorised loop several mask instructions per vector.)
 template <bool kFma>
-TG_INLINE float exp_f(float x) {
+TG_INLINE float exp_nonpositive(float x) {
   x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
   const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
   const float n = madd<kFma>(x, 1.44269504088896341f, shifter) - shifter;  // round(x / ln 2)
   float r = madd<kFma>(n, -0.693359375f, x);  // x - n ln2, ln2 split in two (Cody-Waite)
@@ -85,22 +85,27 @@ constexpr float kTanhC = 0.044715f;
 constexpr float kInvSqrt2 = 0.7071067811865476f;
 constexpr float kInvSqrt2Pi = 0.3989422804014327f;
 
-// tanh form: y = x / (1 + e), e = exp(a), a = -2u = x (-2 sqrt(2/pi)) (1 + 0.044715 x^2).
-// Outside |a| <= 87 (|x| >~ 9.95) every result is its float limit: y = x or 0 (below 1e-36)
-// and dy/dx = 1 or 0, chosen explicitly (x^3 may overflow there, e is clamped).
+// tanh form: 0.5 (1 + tanh(u)) = sigmoid(-a), a = -2u = x (-2 sqrt(2/pi)) (1 + 0.044715 x^2).
+// With e = exp(-|a|) <= 1 and r = 1 / (1 + e): sigmoid(-a) = r (a <= 0) or e r (a > 0), and
+// 1 - sigmoid(-a) is the other one; nothing overflows, no cancellation in either tail.
+// Beyond |a| = 87 (|x| >~ 9.95) y is 0 or x and dy/dx 0 or 1 in float, set explicitly where
+// x^3 may overflow.
 template <bool kFma, bool kGrad>
 TG_INLINE float gelu_tanh(float v) {
   const float v2 = v * v;
   const float a = v * madd<kFma>(-2.0f * kSqrt2OverPi * kTanhC, v2, -2.0f * kSqrt2OverPi);
-  const float e = exp_f<kFma>(a);
-  const float sig = 1.0f / (1.0f + e);
+  const float e = exp_nonpositive<kFma>(-std::fabs(a));
+  const float r = 1.0f / (1.0f + e);
+  const float er = e * r;
+  const bool neg = a > 0.0f;
+  const float sig = neg ? er : r;
   if constexpr (!kGrad) {
-    const float y = v * sig;
-    return a > 87.0f ? 0.0f : (a < -87.0f ? v : y);
+    return a > 87.0f ? 0.0f : v * sig;
   } else {
-    // dy/dx = sig + x sig (1 - sig) da', 1 - sig = e sig, da' = -da/dx = 2 sqrt(2/pi) (1 + 3c x^2)
+    // dy/dx = sig + x sig (1 - sig) da', da' = -da/dx = 2 sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+    const float one_minus_sig = neg ? r : er;
     const float du2 = madd<kFma>(6.0f * kSqrt2OverPi * kTanhC, v2, 2.0f * kSqrt2OverPi);
-    const float d = sig * madd<kFma>(v * du2, e * sig, 1.0f);
+    const float d = sig * madd<kFma>(v * du2, one_minus_sig, 1.0f);
     return a > 87.0f ? 0.0f : (a < -87.0f ? 1.0f : d);
   }
 }
@@ -126,7 +131,7 @@ TG_INLINE float gelu_erf(float v) {
   p = madd<kFma>(p, k, 0.2820938527584076f);
   p = madd<kFma>(p, k, 0.282094806432724f);
   const float neg_t2 = -t * t;
-  const float e = exp_f<kFma>(neg_t2);  // clamped: neg_t2 < -87 gives 1.6e-38
+  const float e = exp_nonpositive<kFma>(neg_t2);  // clamped: neg_t2 < -87 gives 1.6e-38
   const float half_erfc = 0.5f * k * e * p;
   const float cdf = v < 0.0f ? half_erfc : 1.0f - half_erfc;
   if constexpr (!kGrad) {
