@@ -196,7 +196,11 @@ const Impl& impl() {
   return chosen;
 }
 
-constexpr index_t kParallelMinElems = 1 << 15;
+// Parallel only from 2^18 elements (1 MiB per float array): below that the op takes tens of
+// microseconds on one thread; waking a second one costs a few microseconds on an idle machine
+// but a whole scheduler time slice (~10 ms) when another process holds the other core, and
+// every OpenMP region ends in a barrier that waits for it.
+constexpr index_t kParallelMinElems = index_t{1} << 18;
 constexpr index_t kBlock = 1 << 12;  // elements per scheduling unit (16 KiB: cache-line aligned)
 
 void run(bool tanh, const float* x, const float* g, float* out, index_t n) {

@@ -241,8 +241,11 @@ const Impl& impl() {
 }
 
 // ------------------------------------------------------------------------ drivers
-// Parallel only when there is enough work to pay for waking the threads.
-constexpr index_t kParallelMinElems = 1 << 15;
+// Parallel only from 2^18 elements (1 MiB per float array): below that the op takes tens of
+// microseconds on one thread; waking a second one costs a few microseconds on an idle machine
+// but a whole scheduler time slice (~10 ms) when another process holds the other core, and
+// every OpenMP region ends in a barrier that waits for it.
+constexpr index_t kParallelMinElems = index_t{1} << 18;
 
 void forward(const float* x, const float* r, float* s, const float* w, const float* b, float* y,
              float* mean, float* rstd, index_t N, index_t C, float eps) {
