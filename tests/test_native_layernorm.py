@@ -163,6 +163,26 @@ def test_backward_is_deterministic_and_independent_of_threads():
         assert np.array_equal(dw, results[0][1]) and np.array_equal(db, results[0][2])
 
 
+@pytest.mark.parametrize("shape", [(3000, 100), (2, 347, 769)])
+def test_parallel_path_matches_reference(shape):
+    """Above 2^18 elements the kernels split rows over OpenMP threads (the strategies above stay below)."""
+    eps = 1e-5
+    rng, x, g, w, b = _draw(7, shape[:-1], shape[-1], 1.0, 1.0, "wb")
+    r = rng.standard_normal(shape).astype(np.float32)
+    gs = rng.standard_normal(shape).astype(np.float32)
+    y, saved = CPU.layernorm_forward(x, w, b, eps)
+    y_ref, saved_ref = ref.layernorm_forward(_f64(x), _f64(w), _f64(b), eps)
+    _check_forward(y, y_ref, _f64(x), w, b, eps)
+    _check_backward(*CPU.layernorm_backward(g, x, w, saved),
+                    ref.layernorm_backward(_f64(g), _f64(x), _f64(w), saved_ref), _f64(x), g, w, eps)
+    (s, y), saved = CPU.add_layernorm_forward(x, r, w, b, eps)
+    (s_ref, y_ref), saved_ref = ref.add_layernorm_forward(_f64(x), _f64(r), _f64(w), _f64(b), eps)
+    _check_forward(y, y_ref, s_ref, w, b, eps)
+    dx, _, dw, db = CPU.add_layernorm_backward(gs, g, x, r, w, saved)
+    dx_ref, _, dw_ref, db_ref = ref.add_layernorm_backward(_f64(gs), _f64(g), _f64(x), _f64(r), _f64(w), saved_ref)
+    _check_backward(dx, dw, db, (dx_ref, dw_ref, db_ref), s_ref, g, w, eps, extra_dx=_f64(gs))
+
+
 def test_empty_rows():
     x = np.zeros((0, 8), np.float32)
     w = np.ones(8, np.float32)
