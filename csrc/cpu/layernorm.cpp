@@ -241,11 +241,11 @@ const Impl& impl() {
 }
 
 // ------------------------------------------------------------------------ drivers
-// Parallel only from 2^18 elements (1 MiB per float array): below that the op takes tens of
-// microseconds on one thread; waking a second one costs a few microseconds on an idle machine
-// but a whole scheduler time slice (~10 ms) when another process holds the other core, and
-// every OpenMP region ends in a barrier that waits for it.
-constexpr index_t kParallelMinElems = index_t{1} << 18;
+// Parallel only from 2^20 elements (4 MiB per float array, ~0.3-0.5 ms on one thread): waking
+// a second thread costs a few microseconds on an idle machine but a whole scheduler time slice
+// (~10 ms) when another process holds the other core, and every OpenMP region ends in a
+// barrier that waits for it; below this size that risk is not worth the at most 2x.
+constexpr index_t kParallelMinElems = index_t{1} << 20;
 
 void forward(const float* x, const float* r, float* s, const float* w, const float* b, float* y,
              float* mean, float* rstd, index_t N, index_t C, float eps) {
