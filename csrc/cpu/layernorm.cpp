@@ -62,12 +62,10 @@ TG_INLINE float madd(float a, float b, float c) {
 }
 
 // ------------------------------------------------------------------------ row kernels
-// Mean and 1/sqrt(var + eps) of one row v[0..C).
+// Mean and 1/sqrt(var + eps) of one row v[0..C), given sum = sum(v) (the caller's first pass).
 template <bool kFma>
-TG_INLINE void row_stats(const float* v, index_t C, float eps, float* mean_out, float* rstd_out) {
-  float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-  for (index_t i = 0; i < C; ++i) sum += v[i];
+TG_INLINE void row_stats(const float* v, float sum, index_t C, float eps, float* mean_out,
+                         float* rstd_out) {
   const float m0 = sum / static_cast<float>(C);
   float s1 = 0.0f, s2 = 0.0f;
 #pragma omp simd reduction(+ : s1, s2)
@@ -103,21 +101,29 @@ TG_INLINE void row_normalize(const float* v, const float* w, const float* b, flo
   }
 }
 
-// Forward over rows [r0, r1). With r != null the row is s = x + r (stored to s) first.
+// Forward over rows [r0, r1). With r != null the row is s = x + r (stored to s, and summed
+// in the same pass) first.
 template <bool kFma>
 TG_INLINE void forward_rows(const float* x, const float* r, float* s, const float* w,
                             const float* b, float* y, float* mean, float* rstd, index_t r0,
                             index_t r1, index_t C, float eps) {
   for (index_t row = r0; row < r1; ++row) {
     const float* v = x + row * C;
+    float sum = 0.0f;
     if (r != nullptr) {
       const float* rr = r + row * C;
       float* ss = s + row * C;
-#pragma omp simd
-      for (index_t i = 0; i < C; ++i) ss[i] = v[i] + rr[i];
+#pragma omp simd reduction(+ : sum)
+      for (index_t i = 0; i < C; ++i) {
+        ss[i] = v[i] + rr[i];
+        sum += ss[i];
+      }
       v = ss;
+    } else {
+#pragma omp simd reduction(+ : sum)
+      for (index_t i = 0; i < C; ++i) sum += v[i];
     }
-    row_stats<kFma>(v, C, eps, mean + row, rstd + row);
+    row_stats<kFma>(v, sum, C, eps, mean + row, rstd + row);
     row_normalize<kFma>(v, w, b, y + row * C, C, mean[row], rstd[row]);
   }
 }
