@@ -31,8 +31,8 @@ EPS = 1e-5
 
 
 def _interleaved(fns: dict, reps: int, budget_s: float = 3.0) -> dict:
-    """Median seconds per implementation, run round by round (one call each per round) so
-    background load hits them alike; a slow implementation stops after budget_s (>= 3 runs)."""
+    """(median, min) seconds per implementation, run round by round (one call each per round,
+    order rotated) so background load hits them alike; a slow one stops after budget_s (>= 3 runs)."""
     first = {}
     for name, fn in fns.items():  # warm-up call, also sizes the repetitions
         t0 = time.perf_counter()
@@ -40,8 +40,12 @@ def _interleaved(fns: dict, reps: int, budget_s: float = 3.0) -> dict:
         first[name] = time.perf_counter() - t0
     want = {name: max(3, min(reps, int(budget_s / max(t, 1e-9)))) for name, t in first.items()}
     times = {name: [] for name in fns}
-    for _ in range(max(want.values())):
-        for name, fn in fns.items():
+    names = list(fns)
+    for k in range(max(want.values())):
+        # rotate the order each round: what ran just before (its frees, malloc trimming, cache
+        # contents) then affects every implementation alike
+        for name in names[k % len(names):] + names[:k % len(names)]:
+            fn = fns[name]
             if len(times[name]) < want[name]:
                 t0 = time.perf_counter()
                 fn()
