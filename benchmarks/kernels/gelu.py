@@ -64,15 +64,20 @@ def _reps(nbytes: int, quick: bool) -> int:
     return max(base, min(200, int(base * 64e6 / max(nbytes, 1))))
 
 
+def _threads() -> int:
+    """os.cpu_count(), or OMP_NUM_THREADS when set (then the native kernels use that many too)."""
+    return int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count())
+
+
 def rows(quick: bool = False, threads: int | None = None) -> list[dict]:
-    """The table; threads=None uses every core (torch.set_num_threads(os.cpu_count()), OpenMP
-    at its default), threads=k pins both torch and the native kernels to k threads."""
+    """The table. threads=None: torch.set_num_threads(os.cpu_count()) and OpenMP (native) at its
+    default, both overridden by OMP_NUM_THREADS when it is set; threads=k pins both to k."""
     import torch  # noqa: PLC0415
 
     from tinygpt import kernels  # noqa: PLC0415
     from tinygpt.kernels import reference as ref  # noqa: PLC0415
 
-    torch.set_num_threads(threads or os.cpu_count())
+    torch.set_num_threads(threads or _threads())
     cpu = getattr(kernels._native, "cpu", None)
     native_threads = cpu.get_num_threads() if cpu is not None else None
     if threads and cpu is not None:
@@ -114,7 +119,7 @@ def rows(quick: bool = False, threads: int | None = None) -> list[dict]:
                 for impl, (t, t_min) in med.items():
                     gbps = nbytes / t / 1e9
                     out.append({"kernel": f"gelu_{approx}", "shape": f"({N}, {H})", "impl": impl, "pass": pas,
-                                "median_ms": t * 1e3, "min_ms": t_min * 1e3, "gbps": gbps, "pct_copy": 100 * gbps / copy, "threads": threads or os.cpu_count()})
+                                "median_ms": t * 1e3, "min_ms": t_min * 1e3, "gbps": gbps, "pct_copy": 100 * gbps / copy, "threads": threads or _threads()})
     if native_threads is not None:
         cpu.set_num_threads(native_threads)
     return out
@@ -135,6 +140,7 @@ def _print(table):
 if __name__ == "__main__":
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
     threads = int(sys.argv[sys.argv.index("--threads") + 1]) if "--threads" in sys.argv else None
-    print(f"load average {os.getloadavg()}, cpus {os.cpu_count()}, threads {threads or os.cpu_count()}")
+    print(f"load average {os.getloadavg()}, cpus {os.cpu_count()}, threads {threads or _threads()} "
+          "(--threads N or OMP_NUM_THREADS to change)")
     _print(rows(quick="--quick" in sys.argv, threads=threads))
     print(f"load average {os.getloadavg()}")
