@@ -22,6 +22,7 @@ void bind_dropout(pybind11::module_& m);    // csrc/cpu/dropout.cpp
 void bind_softmax(pybind11::module_& m);        // csrc/cpu/softmax.cpp (last axis)
 void bind_cross_entropy(pybind11::module_& m);  // csrc/cpu/cross_entropy.cpp
 void bind_adamw(pybind11::module_& m);          // csrc/cpu/adamw.cpp
+void bind_matmul(pybind11::module_& m);         // csrc/cpu/matmul.cpp (linear, linear_gelu, sgemm)
 
 #ifdef TINYGPT_WITH_CUDA
 // csrc/cuda/registry.cpp: fills the submodule tinygpt._C.cuda.

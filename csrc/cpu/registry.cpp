@@ -54,6 +54,8 @@ void register_cpu_kernels(py::module_& m, KernelFamilies& families) {
   families.push_back("cpu.cross_entropy");
   bind_adamw(m);
   families.push_back("cpu.adamw");
+  bind_matmul(m);
+  families.push_back("cpu.matmul");
 }
 
 }  // namespace tinygpt
