@@ -631,12 +631,16 @@ void sgemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t rsa, int64_t
 
   int nt = max_threads();
   if (2.0 * M * N * K < kParallelFlops) nt = 1;
-  // Work is handed out dynamically in tasks of (MC rows) x (a chunk of NR-column tiles), a few per
-  // thread so that a thread the OS preempts (a busy machine) delays little: the others take its
+  // Work is handed out dynamically in tasks of (a row block) x (a chunk of NR-column tiles), a few
+  // per thread so that a thread the OS preempts (a busy machine) delays little: the others take its
   // share. Rows are split first (each task packs its A block once); columns only when M is short.
-  int64_t mc = isa.mc;
-  if (nt > 1) mc = std::min(mc, std::max<int64_t>(2 * MR, round_up(ceil_div(M, 3 * nt), MR)));
-  const int64_t mblocks = ceil_div(M, mc);
+  // Row blocks: at most MC rows (the A block stays in L2), at least 3 per thread, split evenly in
+  // whole MR tiles (768 rows = 55 tiles -> 9,9,9,9,9,10, not 5 x 140 + 68).
+  const int64_t mtiles = ceil_div(M, MR);
+  int64_t mblocks = ceil_div(M, isa.mc);
+  if (nt > 1) mblocks = std::max<int64_t>(mblocks, 3 * nt);
+  mblocks = std::min(mblocks, mtiles);
+  const int64_t mc = ceil_div(mtiles, mblocks) * MR;  // the largest block
   int64_t nchunks = 1;
   if (nt > 1 && mblocks < 3 * nt) nchunks = std::min(ntiles_max, ceil_div(3 * nt, mblocks));
   const int64_t ntasks = mblocks * nchunks;
@@ -672,10 +676,12 @@ void sgemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t rsa, int64_t
         // (implicit barrier: block q of B is packed)
 #pragma omp for schedule(dynamic, 1) nowait
         for (int64_t t = 0; t < ntasks; ++t) {
-          const int64_t ic = (t / nchunks) * mc, m = std::min(mc, M - ic);
+          const int64_t blk = t / nchunks;
+          const int64_t ic = mtiles * blk / mblocks * MR;
+          const int64_t m = std::min(M, mtiles * (blk + 1) / mblocks * MR) - ic;
           const int64_t p0 = (t % nchunks) * chunk, p1 = std::min(npanels, p0 + chunk);
           if (p0 >= p1) continue;
-          if (packed_ic != ic || packed_pc != pc || q == 0) {
+          if (packed_ic != ic || packed_pc != pc) {  // (A does not depend on jc)
             isa.pack_a(m, kc, a + ic * rsa + pc * csa, rsa, csa, ap);
             packed_ic = ic, packed_pc = pc;
           }

@@ -75,17 +75,37 @@ def _qualifies(arrays):
     return device
 
 
+# ----------------------------------------------------------------------------- shape-class policy
+# Where a native CPU kernel is not faster than the reference on every shape, _CPU_POLICY[op](*arrays)
+# says whether to use it (ops not listed always take the native kernel when it qualifies).
+def linear_policy(rows: int, n_in: int, n_out: int) -> bool:
+    """Whether the native SGEMM beats NumPy's matmul (OpenBLAS) for a linear op's shape class.
+
+    Measured by benchmarks/kernels/matmul.py (every GEMM of a GPT training step, native vs
+    numpy.matmul, forward and both backward products; table in BENCHMARKS.md).
+    """
+    return True
+
+
+def _linear_arrays_policy(x, weight, *rest):
+    return linear_policy(x.size // x.shape[-1] if x.shape[-1] else 0, weight.shape[1], weight.shape[0])
+
+
+_CPU_POLICY = {"linear": _linear_arrays_policy, "linear_gelu": _linear_arrays_policy}
+
+
 def select(op: str, *arrays, native_ok: bool = True) -> Kernel:
     """The kernel to run fused op `op` on these arrays (native when possible).
 
     `native_ok=False` is the caller's veto for arguments that are not arrays and that the native
     kernel does not cover (softmax over an axis other than the last, say): the reference runs.
+    On the CPU an op listed in _CPU_POLICY also asks its shape-class policy (native only where faster).
     """
     if native_ok and _enabled and _native is not None:
         device = _qualifies(arrays)
         if device is not None:
             kernel = _native_kernel(op, device)
-            if kernel is not None:
+            if kernel is not None and (device != "cpu" or op not in _CPU_POLICY or _CPU_POLICY[op](*arrays)):
                 return kernel
     return _reference_kernel(op)
 
