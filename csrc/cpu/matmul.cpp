@@ -155,9 +155,11 @@ void ukr(int64_t kc, const float* __restrict a, const float* __restrict b, float
          int64_t ldc, int nr, const float* __restrict bias, bool acc) {
   __m256 r[M][NV];
 #pragma GCC unroll 8
-  for (int i = 0; i < M; ++i)
+  for (int i = 0; i < M; ++i) {
+    __builtin_prefetch(c + i * ldc, 1, 3);  // the C tile's misses overlap the k loop
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) r[i][v] = _mm256_setzero_ps();
+  }
 #pragma GCC unroll 2
   for (int64_t k = 0; k < kc; ++k) {
     __m256 bv[NV];
@@ -328,9 +330,13 @@ void ukr(int64_t kc, const float* __restrict a, const float* __restrict b, float
          int64_t ldc, int nr, const float* __restrict bias, bool acc) {
   __m512 r[M][NV];
 #pragma GCC unroll 16
-  for (int i = 0; i < M; ++i)
+  for (int i = 0; i < M; ++i) {
+    // Start fetching the C tile now: its (write-allocate) misses then overlap the k loop.
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) __builtin_prefetch(c + i * ldc + 16 * v, 1, 3);
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) r[i][v] = _mm512_setzero_ps();
+  }
 #pragma GCC unroll 2
   for (int64_t k = 0; k < kc; ++k) {
     __m512 bv[NV];
@@ -351,6 +357,19 @@ void ukr(int64_t kc, const float* __restrict a, const float* __restrict b, float
   for (int v = 0; v < NV; ++v) {
     mk[v] = lane_mask(nr - 16 * v);
     bb[v] = bias != nullptr ? _mm512_maskz_loadu_ps(mk[v], bias + 16 * v) : _mm512_setzero_ps();
+  }
+  if (nr == 16 * NV) {  // a full tile: plain loads and stores
+#pragma GCC unroll 16
+    for (int i = 0; i < M; ++i) {
+      float* ci = c + i * ldc;
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) {
+        __m512 x = _mm512_add_ps(r[i][v], bb[v]);
+        if (acc) x = _mm512_add_ps(x, _mm512_loadu_ps(ci + 16 * v));
+        _mm512_storeu_ps(ci + 16 * v, x);
+      }
+    }
+    return;
   }
 #pragma GCC unroll 16
   for (int i = 0; i < M; ++i) {
@@ -779,7 +798,16 @@ void check_grad_shape(const char* what, const py::array& g, const py::array& x, 
   TG_CHECK(same, what, " must have shape ", tuple_str(want.begin(), want.end()), ", got ", shape_str(g));
 }
 
-py::array_t<float> new_array(std::vector<py::ssize_t> shape) { return py::array_t<float>(shape); }
+// A new C-contiguous float32 array whose data is 64-byte aligned (NumPy's allocator gives 16): every
+// full-vector store of a GEMM tile then covers whole cache lines instead of straddling two.
+py::array_t<float> new_array(const std::vector<py::ssize_t>& shape) {
+  size_t n = 1;
+  for (py::ssize_t d : shape) n *= static_cast<size_t>(d);
+  void* p = std::aligned_alloc(64, std::max<size_t>(64, (n * sizeof(float) + 63) / 64 * 64));
+  if (p == nullptr) throw std::bad_alloc();
+  py::capsule owner(p, [](void* q) { std::free(q); });
+  return py::array_t<float>(shape, static_cast<float*>(p), owner);
+}
 
 py::tuple linear_forward_impl(const char* op, const py::array& x, const py::array& weight, const py::object& bias,
                               bool gelu) {
