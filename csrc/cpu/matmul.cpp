@@ -93,8 +93,16 @@ namespace scalar {
 
 constexpr int MR = 4, NR = 16;
 
+inline float sigmoid_2u(float h) {  // 0.5 * (1 + tanh(u(h))) = 1 / (1 + exp(-2u))
+  const float x = std::min(std::max(h, -kGeluClamp), kGeluClamp);
+  const float u = kSqrt2OverPi * x * (1.0f + kGeluC * x * x);
+  return 1.0f / (1.0f + std::exp(-2.0f * u));
+}
+
+// C tile (mr x nr at c) = A panel @ B panel (+ bias) (+ C if acc); if y: y tile = gelu(C tile).
 void tile(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict c,
-          int64_t ldc, int mr, int nr, const float* __restrict bias, bool acc) {
+          int64_t ldc, int mr, int nr, const float* __restrict bias, bool acc, float* __restrict y,
+          int64_t ldy) {
   float t[MR][NR] = {};
   for (int64_t k = 0; k < kc; ++k, a += MR, b += NR) {
     for (int i = 0; i < MR; ++i) {
@@ -109,16 +117,9 @@ void tile(int64_t kc, const float* __restrict a, const float* __restrict b, floa
       if (bias != nullptr) v += bias[j];
       if (acc) v += ci[j];
       ci[j] = v;
+      if (y != nullptr) y[i * ldy + j] = v * sigmoid_2u(v);
     }
   }
-}
-
-inline float sigmoid_2u(float h, float* q_out = nullptr) {
-  const float x = std::min(std::max(h, -kGeluClamp), kGeluClamp);
-  const float u = kSqrt2OverPi * x * (1.0f + kGeluC * x * x);
-  const float q = std::exp(-2.0f * u);
-  if (q_out != nullptr) *q_out = std::exp(std::min(-2.0f * u, 88.0f));
-  return 1.0f / (1.0f + q);  // 0.5 * (1 + tanh(u))
 }
 
 void gelu_rows(const float* h, float* y, int64_t n) {
@@ -148,60 +149,6 @@ constexpr int MR = 6, NR = 16;
 
 inline __m256i lane_mask(int n) {  // lanes [0, n) set, n in [0, 8]
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
-template <int M, int NV>
-void ukr(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict c,
-         int64_t ldc, int nr, const float* __restrict bias, bool acc) {
-  __m256 r[M][NV];
-#pragma GCC unroll 8
-  for (int i = 0; i < M; ++i) {
-    __builtin_prefetch(c + i * ldc, 1, 3);  // the C tile's misses overlap the k loop
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) r[i][v] = _mm256_setzero_ps();
-  }
-#pragma GCC unroll 2
-  for (int64_t k = 0; k < kc; ++k) {
-    __m256 bv[NV];
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) bv[v] = _mm256_load_ps(b + 8 * v);
-#pragma GCC unroll 8
-    for (int i = 0; i < M; ++i) {
-      const __m256 ai = _mm256_broadcast_ss(a + i);
-#pragma GCC unroll 2
-      for (int v = 0; v < NV; ++v) r[i][v] = _mm256_fmadd_ps(ai, bv[v], r[i][v]);
-    }
-    a += MR;
-    b += NR;
-  }
-  __m256i mk[NV];
-  __m256 bb[NV];
-#pragma GCC unroll 2
-  for (int v = 0; v < NV; ++v) {
-    mk[v] = lane_mask(std::min(8, nr - 8 * v));
-    bb[v] = bias != nullptr ? _mm256_maskload_ps(bias + 8 * v, mk[v]) : _mm256_setzero_ps();
-  }
-#pragma GCC unroll 8
-  for (int i = 0; i < M; ++i) {
-    float* ci = c + i * ldc;
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) {
-      __m256 x = _mm256_add_ps(r[i][v], bb[v]);
-      if (acc) x = _mm256_add_ps(x, _mm256_maskload_ps(ci + 8 * v, mk[v]));
-      _mm256_maskstore_ps(ci + 8 * v, mk[v], x);
-    }
-  }
-}
-
-using Ukr = void (*)(int64_t, const float*, const float*, float*, int64_t, int, const float*, bool);
-const Ukr kTable[MR][2] = {
-    {ukr<1, 1>, ukr<1, 2>}, {ukr<2, 1>, ukr<2, 2>}, {ukr<3, 1>, ukr<3, 2>},
-    {ukr<4, 1>, ukr<4, 2>}, {ukr<5, 1>, ukr<5, 2>}, {ukr<6, 1>, ukr<6, 2>},
-};
-
-void tile(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int mr, int nr,
-          const float* bias, bool acc) {
-  kTable[mr - 1][nr > 8](kc, a, b, c, ldc, nr, bias, acc);
 }
 
 // exp(x) for the whole float range: Cephes' polynomial on [-ln2/2, ln2/2] times 2^n, with
@@ -251,6 +198,63 @@ inline __m256 gelu_grad_ps(__m256 g, __m256 h) {
   // s + 2 x u'/sqrt... : s + x * (2 sqrt(2/pi) (1 + 3c x^2)) * (q s) * s
   const __m256 t = _mm256_mul_ps(_mm256_mul_ps(x, du), _mm256_mul_ps(_mm256_mul_ps(q, s), s));
   return _mm256_mul_ps(g, _mm256_add_ps(s, t));
+}
+
+template <int M, int NV>
+void ukr(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict c,
+         int64_t ldc, int nr, const float* __restrict bias, bool acc, float* __restrict y, int64_t ldy) {
+  __m256 r[M][NV];
+#pragma GCC unroll 8
+  for (int i = 0; i < M; ++i) {
+    __builtin_prefetch(c + i * ldc, 1, 3);  // the C (and y) tile's misses overlap the k loop
+    if (y != nullptr) __builtin_prefetch(y + i * ldy, 1, 3);
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) r[i][v] = _mm256_setzero_ps();
+  }
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < kc; ++k) {
+    __m256 bv[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) bv[v] = _mm256_load_ps(b + 8 * v);
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) {
+      const __m256 ai = _mm256_broadcast_ss(a + i);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) r[i][v] = _mm256_fmadd_ps(ai, bv[v], r[i][v]);
+    }
+    a += MR;
+    b += NR;
+  }
+  __m256i mk[NV];
+  __m256 bb[NV];
+#pragma GCC unroll 2
+  for (int v = 0; v < NV; ++v) {
+    mk[v] = lane_mask(std::min(8, nr - 8 * v));
+    bb[v] = bias != nullptr ? _mm256_maskload_ps(bias + 8 * v, mk[v]) : _mm256_setzero_ps();
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < M; ++i) {
+    float* ci = c + i * ldc;
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) {
+      __m256 x = _mm256_add_ps(r[i][v], bb[v]);
+      if (acc) x = _mm256_add_ps(x, _mm256_maskload_ps(ci + 8 * v, mk[v]));
+      _mm256_maskstore_ps(ci + 8 * v, mk[v], x);
+      if (y != nullptr) _mm256_maskstore_ps(y + i * ldy + 8 * v, mk[v], gelu_ps(x));  // fused GELU
+    }
+  }
+}
+
+using Ukr = void (*)(int64_t, const float*, const float*, float*, int64_t, int, const float*, bool, float*,
+                    int64_t);
+const Ukr kTable[MR][2] = {
+    {ukr<1, 1>, ukr<1, 2>}, {ukr<2, 1>, ukr<2, 2>}, {ukr<3, 1>, ukr<3, 2>},
+    {ukr<4, 1>, ukr<4, 2>}, {ukr<5, 1>, ukr<5, 2>}, {ukr<6, 1>, ukr<6, 2>},
+};
+
+void tile(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int mr, int nr,
+          const float* bias, bool acc, float* y, int64_t ldy) {
+  kTable[mr - 1][nr > 8](kc, a, b, c, ldc, nr, bias, acc, y, ldy);
 }
 
 void gelu_rows(const float* h, float* y, int64_t n) {
@@ -325,78 +329,6 @@ inline __mmask16 lane_mask(int n) {  // lanes [0, n), n in [0, 16]
   return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << std::max(n, 0)) - 1u);
 }
 
-template <int M, int NV>
-void ukr(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict c,
-         int64_t ldc, int nr, const float* __restrict bias, bool acc) {
-  __m512 r[M][NV];
-#pragma GCC unroll 16
-  for (int i = 0; i < M; ++i) {
-    // Start fetching the C tile now: its (write-allocate) misses then overlap the k loop.
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) __builtin_prefetch(c + i * ldc + 16 * v, 1, 3);
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) r[i][v] = _mm512_setzero_ps();
-  }
-#pragma GCC unroll 2
-  for (int64_t k = 0; k < kc; ++k) {
-    __m512 bv[NV];
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) bv[v] = _mm512_load_ps(b + 16 * v);
-#pragma GCC unroll 16
-    for (int i = 0; i < M; ++i) {
-      const __m512 ai = _mm512_set1_ps(a[i]);
-#pragma GCC unroll 2
-      for (int v = 0; v < NV; ++v) r[i][v] = _mm512_fmadd_ps(ai, bv[v], r[i][v]);
-    }
-    a += MR;
-    b += NR;
-  }
-  __mmask16 mk[NV];
-  __m512 bb[NV];
-#pragma GCC unroll 2
-  for (int v = 0; v < NV; ++v) {
-    mk[v] = lane_mask(nr - 16 * v);
-    bb[v] = bias != nullptr ? _mm512_maskz_loadu_ps(mk[v], bias + 16 * v) : _mm512_setzero_ps();
-  }
-  if (nr == 16 * NV) {  // a full tile: plain loads and stores
-#pragma GCC unroll 16
-    for (int i = 0; i < M; ++i) {
-      float* ci = c + i * ldc;
-#pragma GCC unroll 2
-      for (int v = 0; v < NV; ++v) {
-        __m512 x = _mm512_add_ps(r[i][v], bb[v]);
-        if (acc) x = _mm512_add_ps(x, _mm512_loadu_ps(ci + 16 * v));
-        _mm512_storeu_ps(ci + 16 * v, x);
-      }
-    }
-    return;
-  }
-#pragma GCC unroll 16
-  for (int i = 0; i < M; ++i) {
-    float* ci = c + i * ldc;
-#pragma GCC unroll 2
-    for (int v = 0; v < NV; ++v) {
-      __m512 x = _mm512_add_ps(r[i][v], bb[v]);
-      if (acc) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mk[v], ci + 16 * v));
-      _mm512_mask_storeu_ps(ci + 16 * v, mk[v], x);
-    }
-  }
-}
-
-using Ukr = void (*)(int64_t, const float*, const float*, float*, int64_t, int, const float*, bool);
-const Ukr kTable[MR][2] = {
-    {ukr<1, 1>, ukr<1, 2>},   {ukr<2, 1>, ukr<2, 2>},   {ukr<3, 1>, ukr<3, 2>},
-    {ukr<4, 1>, ukr<4, 2>},   {ukr<5, 1>, ukr<5, 2>},   {ukr<6, 1>, ukr<6, 2>},
-    {ukr<7, 1>, ukr<7, 2>},   {ukr<8, 1>, ukr<8, 2>},   {ukr<9, 1>, ukr<9, 2>},
-    {ukr<10, 1>, ukr<10, 2>}, {ukr<11, 1>, ukr<11, 2>}, {ukr<12, 1>, ukr<12, 2>},
-    {ukr<13, 1>, ukr<13, 2>}, {ukr<14, 1>, ukr<14, 2>},
-};
-
-void tile(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int mr, int nr,
-          const float* bias, bool acc) {
-  kTable[mr - 1][nr > 16](kc, a, b, c, ldc, nr, bias, acc);
-}
-
 // exp(x): Cephes' polynomial on [-ln2/2, ln2/2], scaled by 2^n with scalef (which underflows to 0
 // and overflows to inf by itself).
 inline __m512 exp_ps(__m512 x) {
@@ -439,6 +371,84 @@ inline __m512 gelu_grad_ps(__m512 g, __m512 h) {
                                   _mm512_fmadd_ps(_mm512_set1_ps(3.0f * kGeluC), x2, _mm512_set1_ps(1.0f)));
   const __m512 t = _mm512_mul_ps(_mm512_mul_ps(x, du), _mm512_mul_ps(_mm512_mul_ps(q, s), s));
   return _mm512_mul_ps(g, _mm512_add_ps(s, t));
+}
+
+template <int M, int NV>
+void ukr(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict c,
+         int64_t ldc, int nr, const float* __restrict bias, bool acc, float* __restrict y, int64_t ldy) {
+  __m512 r[M][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < M; ++i) {
+    // Start fetching the C tile now: its (write-allocate) misses then overlap the k loop.
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) {
+      __builtin_prefetch(c + i * ldc + 16 * v, 1, 3);
+      if (y != nullptr) __builtin_prefetch(y + i * ldy + 16 * v, 1, 3);
+    }
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) r[i][v] = _mm512_setzero_ps();
+  }
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < kc; ++k) {
+    __m512 bv[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) bv[v] = _mm512_load_ps(b + 16 * v);
+#pragma GCC unroll 16
+    for (int i = 0; i < M; ++i) {
+      const __m512 ai = _mm512_set1_ps(a[i]);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) r[i][v] = _mm512_fmadd_ps(ai, bv[v], r[i][v]);
+    }
+    a += MR;
+    b += NR;
+  }
+  __mmask16 mk[NV];
+  __m512 bb[NV];
+#pragma GCC unroll 2
+  for (int v = 0; v < NV; ++v) {
+    mk[v] = lane_mask(nr - 16 * v);
+    bb[v] = bias != nullptr ? _mm512_maskz_loadu_ps(mk[v], bias + 16 * v) : _mm512_setzero_ps();
+  }
+  if (nr == 16 * NV) {  // a full tile: plain loads and stores
+#pragma GCC unroll 16
+    for (int i = 0; i < M; ++i) {
+      float* ci = c + i * ldc;
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) {
+        __m512 x = _mm512_add_ps(r[i][v], bb[v]);
+        if (acc) x = _mm512_add_ps(x, _mm512_loadu_ps(ci + 16 * v));
+        _mm512_storeu_ps(ci + 16 * v, x);
+        if (y != nullptr) _mm512_storeu_ps(y + i * ldy + 16 * v, gelu_ps(x));  // fused GELU
+      }
+    }
+    return;
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < M; ++i) {
+    float* ci = c + i * ldc;
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) {
+      __m512 x = _mm512_add_ps(r[i][v], bb[v]);
+      if (acc) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mk[v], ci + 16 * v));
+      _mm512_mask_storeu_ps(ci + 16 * v, mk[v], x);
+      if (y != nullptr) _mm512_mask_storeu_ps(y + i * ldy + 16 * v, mk[v], gelu_ps(x));
+    }
+  }
+}
+
+using Ukr = void (*)(int64_t, const float*, const float*, float*, int64_t, int, const float*, bool, float*,
+                    int64_t);
+const Ukr kTable[MR][2] = {
+    {ukr<1, 1>, ukr<1, 2>},   {ukr<2, 1>, ukr<2, 2>},   {ukr<3, 1>, ukr<3, 2>},
+    {ukr<4, 1>, ukr<4, 2>},   {ukr<5, 1>, ukr<5, 2>},   {ukr<6, 1>, ukr<6, 2>},
+    {ukr<7, 1>, ukr<7, 2>},   {ukr<8, 1>, ukr<8, 2>},   {ukr<9, 1>, ukr<9, 2>},
+    {ukr<10, 1>, ukr<10, 2>}, {ukr<11, 1>, ukr<11, 2>}, {ukr<12, 1>, ukr<12, 2>},
+    {ukr<13, 1>, ukr<13, 2>}, {ukr<14, 1>, ukr<14, 2>},
+};
+
+void tile(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int mr, int nr,
+          const float* bias, bool acc, float* y, int64_t ldy) {
+  kTable[mr - 1][nr > 16](kc, a, b, c, ldc, nr, bias, acc, y, ldy);
 }
 
 void gelu_rows(const float* h, float* y, int64_t n) {
@@ -552,7 +562,8 @@ void pack_b_panel(int64_t kc, int nr, const float* b, int64_t rsb, int64_t csb, 
 }
 
 // ------------------------------------------------------------------------------------ driver
-using TileFn = void (*)(int64_t, const float*, const float*, float*, int64_t, int, int, const float*, bool);
+using TileFn = void (*)(int64_t, const float*, const float*, float*, int64_t, int, int, const float*, bool, float*,
+                       int64_t);
 using PackAFn = void (*)(int64_t, int64_t, const float*, int64_t, int64_t, float*);
 using PackBFn = void (*)(int64_t, int, const float*, int64_t, int64_t, float*);
 using RowsFn = void (*)(const float*, float*, int64_t);
@@ -712,11 +723,8 @@ void sgemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t rsa, int64_t
             for (int64_t ir = 0; ir < m; ir += MR) {
               const int mr = static_cast<int>(std::min<int64_t>(MR, m - ir));
               float* ct = c + (ic + ir) * ldc + jr;
-              isa.tile(kc, ap + ir * kc, bpanel, ct, ldc, mr, nr, bias, accumulate || !first);
-              if (last && ep.gelu_out != nullptr) {
-                float* yt = ep.gelu_out + (ic + ir) * ep.ld_gelu + jr;
-                for (int r = 0; r < mr; ++r) isa.gelu(ct + r * ldc, yt + r * ep.ld_gelu, nr);
-              }
+              float* yt = (last && ep.gelu_out != nullptr) ? ep.gelu_out + (ic + ir) * ep.ld_gelu + jr : nullptr;
+              isa.tile(kc, ap + ir * kc, bpanel, ct, ldc, mr, nr, bias, accumulate || !first, yt, ep.ld_gelu);
             }
           }
         }
@@ -799,14 +807,17 @@ void check_grad_shape(const char* what, const py::array& g, const py::array& x, 
 }
 
 // A new C-contiguous float32 array whose data is 64-byte aligned (NumPy's allocator gives 16): every
-// full-vector store of a GEMM tile then covers whole cache lines instead of straddling two.
+// full-vector store of a GEMM tile then covers whole cache lines instead of straddling two. The
+// memory still comes from NumPy (a view into a slightly larger array), so large outputs keep its
+// huge-page hint and allocation cache: fresh 4 KiB page faults would cost more than the GELU.
 py::array_t<float> new_array(const std::vector<py::ssize_t>& shape) {
-  size_t n = 1;
-  for (py::ssize_t d : shape) n *= static_cast<size_t>(d);
-  void* p = std::aligned_alloc(64, std::max<size_t>(64, (n * sizeof(float) + 63) / 64 * 64));
-  if (p == nullptr) throw std::bad_alloc();
-  py::capsule owner(p, [](void* q) { std::free(q); });
-  return py::array_t<float>(shape, static_cast<float*>(p), owner);
+  py::ssize_t n = 1;
+  for (py::ssize_t d : shape) n *= d;
+  py::array_t<float> buf(n + 16);
+  float* p = buf.mutable_data();
+  const size_t misalign = reinterpret_cast<uintptr_t>(p) % 64;
+  float* aligned = p + (misalign == 0 ? 0 : (64 - misalign) / sizeof(float));
+  return py::array_t<float>(shape, aligned, buf);
 }
 
 py::tuple linear_forward_impl(const char* op, const py::array& x, const py::array& weight, const py::object& bias,
