@@ -329,13 +329,20 @@ def test_dispatch(op):
         assert kernels.select(op, x, w, b).name == "reference"
 
 
-def test_policy_is_data_driven_and_consistent():
-    """The policy table covers the shape classes it was measured on and answers booleans."""
-    for rows, n_in, n_out in [(768, 128, 384), (4096, 384, 1152), (4096, 1536, 384), (4096, 384, 65), (7, 3, 5)]:
-        x = np.zeros((rows, n_in), np.float32)
-        w = np.zeros((n_out, n_in), np.float32)
-        assert kernels.select("linear", x, w, None).name in ("native-cpu", "reference")
-    assert kernels.linear_policy(1, 1, 1) in (True, False)
+@pytest.mark.parametrize("rows, n_in, n_out, native", [
+    (768, 128, 384, True), (4096, 384, 1152, True), (4096, 1536, 384, True), (4096, 384, 65, True),  # training
+    (1, 384, 1152, False), (1, 128, 65, False),   # one row (generation): a GEMV, OpenBLAS streams W once
+    (8, 384, 128, False), (12, 384, 128, True),   # few outputs: OpenBLAS's small-matrix path, then ours
+    (4, 1536, 128, False), (6, 1536, 128, True),  # long rows pack more per output: the threshold halves
+])
+def test_policy(rows, n_in, n_out, native):
+    """The shape-class policy (data from benchmarks/kernels/matmul.py) and that select() follows it."""
+    assert kernels.linear_policy(rows, n_in, n_out) is native
+    x = np.zeros((rows, n_in), np.float32)
+    w = np.zeros((n_out, n_in), np.float32)
+    for op in ("linear", "linear_gelu"):
+        assert kernels.select(op, x, w, None).name == ("native-cpu" if native else "reference")
+        assert kernels.select(op, x.reshape(1, rows, n_in), w, None).name == ("native-cpu" if native else "reference")
 
 
 # ------------------------------------------------------------------ autograd through tinygpt.functional

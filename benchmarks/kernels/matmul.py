@@ -1,21 +1,28 @@
 """Benchmark of the matmul family: the native packed SGEMM (tinygpt._C.cpu) vs NumPy's matmul
 (OpenBLAS, what the reference `linear` runs) vs PyTorch CPU, in one run, implementations interleaved.
 
-Three parts:
+Parts:
   * peak: a 2048^3 product, the machine's practical SGEMM peak (best of each implementation);
-  * products: every GEMM a GPT training step runs, per layer: the forward y = x W^T and the two
+  * products: every GEMM of a GPT training step, per layer: the forward y = x W^T and the two
     backward products dx = g W and dW = g^T x, for the two training configurations
-    (B*T = 768, C = 128 and B*T = 4096, C = 384, vocab 65) - the data behind the `linear` dispatch
-    policy in tinygpt/kernels/__init__.py;
+    (B*T = 768, C = 128 and B*T = 4096, C = 384, vocab 65);
   * ops: `linear` (forward with bias; forward+backward = y, dx, dW, db) and the fused `linear_gelu`
-    vs reference linear + gelu vs torch linear + gelu(approximate='tanh'), at those shapes and (not
-    quick) larger GPT ones, B*T up to 16384 and C up to 768.
+    vs reference linear + gelu vs torch linear + gelu(approximate='tanh') at those shapes and (not
+    quick) a larger GPT one, B*T 16384 and C 768;
+  * grid (--grid, or rows(grid=True)): `linear` forward for 1..32 rows, the few-row shapes
+    (generation) where OpenBLAS's GEMV / small-matrix paths win; the data behind
+    tinygpt.kernels.linear_policy.
 
 rows(quick) returns dicts with kernel, shape, impl ('native' | 'reference' | 'torch'), pass
 ('fwd' | 'fwd+bwd'; a backward product counts as 'fwd' of its own GEMM and says which in `role`),
-median_ms, best_ms, gflops (from the median; FLOPs = 2 M N K per product, plus nothing for bias or
-GELU), and pct_peak (median GFLOP/s over the measured peak). Run directly for the tables:
-    python benchmarks/kernels/matmul.py [--quick]
+median_ms, best_ms, gflops (from the median; 2 M N K per product, bias and GELU not counted) and
+pct_peak (median GFLOP/s over the measured peak).
+
+    python benchmarks/kernels/matmul.py [--quick] [--grid] [--threads N] [--cpu-time]
+
+--threads N pins OpenMP, OpenBLAS and torch to N threads (set before they load); --cpu-time (with
+--threads 1) times with the thread's CPU clock instead of the wall clock, which a busy machine
+(other processes time-slicing the cores) does not inflate.
 """
 from __future__ import annotations
 
@@ -24,13 +31,19 @@ import statistics
 import sys
 import time
 
-import numpy as np
+if __name__ == "__main__" and "--threads" in sys.argv:  # before numpy / torch / the extension load
+    _n = sys.argv[sys.argv.index("--threads") + 1]
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = _n
+
+import numpy as np  # noqa: E402
 
 VOCAB = 65
 # (B*T, C) of the two training configurations: n_layer 4, n_head 4, n_embd 128, block 64, batch 12;
 # n_layer 6, n_head 6, n_embd 384, block 256, batch 16.
 TRAIN_CONFIGS = ((768, 128), (4096, 384))
 LARGER = ((16384, 768),)  # GPT-2 small width at a long batch (not quick)
+_clock = time.perf_counter
 
 
 def _torch():
@@ -38,7 +51,8 @@ def _torch():
         import torch  # noqa: PLC0415
     except ImportError:
         return None
-    torch.set_num_threads(os.cpu_count() or 1)
+    threads = os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(int(threads) if threads else (os.cpu_count() or 1))
     return torch
 
 
@@ -73,19 +87,19 @@ def _time(fns, reps, min_s=2e-3):
     inner = {}
     for name, fn in fns.items():
         fn()  # warm-up (allocations, thread pools, packing buffers)
-        t = time.perf_counter()
+        t = _clock()
         fn()
-        dt = time.perf_counter() - t
+        dt = _clock() - t
         inner[name] = max(1, int(min_s / max(dt, 1e-7)))
     samples = {name: [] for name in fns}
     names = list(fns)
     for r in range(reps):
         for name in names[r % len(names):] + names[: r % len(names)]:
             n = inner[name]
-            t = time.perf_counter()
+            t = _clock()
             for _ in range(n):
                 fns[name]()
-            samples[name].append((time.perf_counter() - t) / n)
+            samples[name].append((_clock() - t) / n)
     return {name: (statistics.median(s), min(s)) for name, s in samples.items()}
 
 
@@ -108,14 +122,8 @@ def _product_fns(a, b, ta, tb, native, torch):
 
 def _row(kernel, shape, impl, pass_, med, best, flops, peak, **extra):
     gf = flops / med / 1e9
-    return dict(kernel=kernel, shape=shape, impl=impl, pass_=pass_, median_ms=med * 1e3, best_ms=best * 1e3,
-                gflops=gf, pct_peak=100.0 * gf / peak if peak else None, **extra)
-
-
-def _fix(rows):
-    for r in rows:
-        r["pass"] = r.pop("pass_")
-    return rows
+    return {"kernel": kernel, "shape": shape, "impl": impl, "pass": pass_, "median_ms": med * 1e3,
+            "best_ms": best * 1e3, "gflops": gf, "pct_peak": 100.0 * gf / peak if peak else None, **extra}
 
 
 def peak_rows(reps, native, torch, rng):
@@ -142,9 +150,34 @@ def product_rows(configs, reps, native, torch, rng, peak):
     return rows
 
 
-def op_rows(configs, reps, native, torch, rng, peak):
+def _linear_impls(kernel, x, w, bias, g, native, torch):
+    """{impl: (forward fn, forward+backward fn)} for `linear` or `linear_gelu` at these arrays."""
     from tinygpt.kernels import reference as ref  # noqa: PLC0415
 
+    rf, rb = getattr(ref, f"{kernel}_forward"), getattr(ref, f"{kernel}_backward")
+    impls = {"reference": (rf, rb)}
+    if native is not None:
+        impls["native"] = (getattr(native, f"{kernel}_forward"), getattr(native, f"{kernel}_backward"))
+    out = {}
+    for impl, (f, bwd) in impls.items():
+        out[impl] = (lambda f=f: f(x, w, bias),
+                     lambda f=f, bwd=bwd: bwd(g, x, w, bias is not None, f(x, w, bias)[1]))
+    if torch is not None:
+        tF = torch.nn.functional
+        act = (lambda y: tF.gelu(y, approximate="tanh")) if kernel == "linear_gelu" else (lambda y: y)
+        tx, tw, tg_ = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(g)
+        tb = None if bias is None else torch.from_numpy(bias)
+
+        def torch_both():
+            xx, ww = tx.detach().requires_grad_(), tw.detach().requires_grad_()
+            bb = None if tb is None else tb.detach().requires_grad_()
+            act(tF.linear(xx, ww, bb)).backward(tg_)
+
+        out["torch"] = (lambda: act(tF.linear(tx, tw, tb)), torch_both)
+    return out
+
+
+def op_rows(configs, reps, native, torch, rng, peak):
     rows = []
     for BT, C in configs:
         for name, fin, fout in layers(C):
@@ -152,94 +185,101 @@ def op_rows(configs, reps, native, torch, rng, peak):
             w = (rng.standard_normal((fout, fin), dtype=np.float32) * 0.02).astype(np.float32)
             bias = None if name == "lm_head" else rng.standard_normal(fout, dtype=np.float32)
             g = rng.standard_normal((BT, fout), dtype=np.float32)
-            fused = name == "mlp.c_fc"
-            ops = [("linear", ref.linear_forward, ref.linear_backward, "linear_forward", "linear_backward")]
-            if fused:
-                ops.append(("linear_gelu", ref.linear_gelu_forward, ref.linear_gelu_backward,
-                            "linear_gelu_forward", "linear_gelu_backward"))
-            for kernel, rf, rb, nf, nb in ops:
-                impls = {"reference": (rf, rb)}
-                if native is not None:
-                    impls["native"] = (getattr(native, nf), getattr(native, nb))
-                fwd, both = {}, {}
-                for impl, (f, bwd) in impls.items():
-                    fwd[impl] = lambda f=f: f(x, w, bias)
-                    both[impl] = lambda f=f, bwd=bwd: bwd(g, x, w, bias is not None, f(x, w, bias)[1])
-                if torch is not None:
-                    tF = torch.nn.functional
-                    act = (lambda y: tF.gelu(y, approximate="tanh")) if kernel == "linear_gelu" else (lambda y: y)
-                    tx, tw = torch.from_numpy(x), torch.from_numpy(w)
-                    tb = None if bias is None else torch.from_numpy(bias)
-                    tg_ = torch.from_numpy(g)
-                    fwd["torch"] = lambda: act(tF.linear(tx, tw, tb))
-
-                    def torch_both():
-                        xx = tx.detach().requires_grad_()
-                        ww = tw.detach().requires_grad_()
-                        bb = None if tb is None else tb.detach().requires_grad_()
-                        act(tF.linear(xx, ww, bb)).backward(tg_)
-
-                    both["torch"] = torch_both
+            kernels = ("linear", "linear_gelu") if name == "mlp.c_fc" else ("linear",)
+            for kernel in kernels:
+                impls = _linear_impls(kernel, x, w, bias, g, native, torch)
                 shape = f"({BT},{fin})->({BT},{fout}) {name}"
                 flops = 2.0 * BT * fin * fout
-                for pass_, fns, mult in (("fwd", fwd, 1), ("fwd+bwd", both, 3)):
+                for p, (pass_, mult) in enumerate((("fwd", 1), ("fwd+bwd", 3))):
+                    fns = {impl: fs[p] for impl, fs in impls.items()}
                     for impl, (med, best) in _time(fns, reps).items():
                         rows.append(_row(kernel, shape, impl, pass_, med, best, mult * flops, peak))
     return rows
 
 
-def rows(quick: bool = False) -> list[dict]:
+def grid_rows(reps, native, torch, rng, peak):
+    """`linear` forward at 1..32 rows (generation-sized), with what linear_policy picks."""
+    try:
+        from tinygpt.kernels import linear_policy  # noqa: PLC0415
+    except ImportError:
+        linear_policy = None
+    rows = []
+    for fin in (128, 384, 1536):
+        for fout in (65, 128, 384, 1152, 3072):
+            for n in (1, 2, 4, 8, 12, 16, 24, 32):
+                x = rng.standard_normal((n, fin), dtype=np.float32)
+                w = rng.standard_normal((fout, fin), dtype=np.float32)
+                b = rng.standard_normal(fout, dtype=np.float32)
+                impls = _linear_impls("linear", x, w, b, np.zeros((n, fout), np.float32), native, None)
+                t = _time({impl: fs[0] for impl, fs in impls.items()}, reps, min_s=5e-4)
+                pick = None if linear_policy is None else ("native" if linear_policy(n, fin, fout) else "reference")
+                for impl, (med, best) in t.items():
+                    rows.append(_row("linear", f"({n},{fin})->({n},{fout})", impl, "fwd", med, best,
+                                     2.0 * n * fin * fout, peak, role="grid", policy=pick))
+    return rows
+
+
+def rows(quick: bool = False, grid: bool = False) -> list[dict]:
     native, torch = _native(), _torch()
     rng = np.random.default_rng(0)
-    reps = 15 if quick else 41
-    peak_r, peak = peak_rows(7 if quick else 15, native, torch, rng)
-    out = peak_r
+    reps = 15 if quick else 31
+    out, peak = peak_rows(7 if quick else 11, native, torch, rng)
     out += product_rows(TRAIN_CONFIGS, reps, native, torch, rng, peak)
-    out += op_rows(TRAIN_CONFIGS if quick else TRAIN_CONFIGS + LARGER, reps if quick else 15, native, torch, rng,
-                   peak)
-    return _fix(out)
+    out += op_rows(TRAIN_CONFIGS if quick else TRAIN_CONFIGS + LARGER, 9 if quick else 15, native, torch, rng, peak)
+    if grid:
+        out += grid_rows(9, native, torch, rng, peak)
+    return out
 
 
 def _print(rs):
-    import platform  # noqa: PLC0415
-
-    print(f"# matmul benchmark: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    try:
-        from tinygpt._C import cpu  # noqa: PLC0415
-
-        print(f"# native micro-kernel: {cpu.gemm_isa()}, threads {cpu.get_num_threads()}")
-    except ImportError:
-        print("# native: not built")
+    print(f"# matmul benchmark: {os.cpu_count()} CPUs, load {' '.join(f'{x:.2f}' for x in os.getloadavg())}, "
+          f"clock {'thread CPU time' if _clock is time.thread_time else 'wall'}, "
+          f"threads {os.environ.get('OMP_NUM_THREADS', 'default')}")
+    native = _native()
+    print(f"# native micro-kernel: {native.gemm_isa() if native else 'not built'}, "
+          f"OpenMP threads {native.get_num_threads() if native else '-'}")
     by = {}
     for r in rs:
         by.setdefault((r["kernel"], r["shape"], r.get("role", ""), r["pass"]), {})[r["impl"]] = r
-    peak = [r for r in rs if r.get("role") == "peak"]
-    print("\n## peak (2048^3): best / median GFLOP/s")
-    for r in peak:
-        print(f"  {r['impl']:9s} best {2 * 2048**3 / r['best_ms'] / 1e6:7.1f}  median {r['gflops']:7.1f}")
-    hdr = f"{'role':44s} {'product':22s} {'native':>14s} {'numpy':>14s} {'torch':>14s}  {'winner':9s} {'nat/np':>6s}"
-    print("\n## GEMM products: median ms (GFLOP/s, % of peak)")
-    print(hdr)
-    for (kernel, shape, role, pass_), d in by.items():
+    print("\n## peak (2048^3 product): GFLOP/s best (median)")
+    for r in rs:
+        if r.get("role") == "peak":
+            print(f"  {r['impl']:9s} {2 * 2048**3 / r['best_ms'] / 1e6:7.1f} ({r['gflops']:6.1f})")
+
+    def cell(r):
+        return f"{r['median_ms']:8.3f} {r['gflops']:5.0f} {r['pct_peak']:3.0f}%" if r else "-"
+
+    print("\n## GEMM products: median ms, GFLOP/s, % of peak; nat/np = numpy time / native time")
+    print(f"{'role':42s} {'product':22s} {'native':>19s} {'numpy':>19s} {'torch':>19s}  winner  nat/np")
+    for (kernel, shape, role, _), d in by.items():
         if kernel != "sgemm" or role == "peak":
             continue
-        cells = []
-        for impl in ("native", "reference", "torch"):
-            r = d.get(impl)
-            cells.append(f"{r['median_ms']:6.3f} ({r['gflops']:5.0f},{r['pct_peak']:3.0f}%)" if r else "-")
         nat, ref = d.get("native"), d.get("reference")
         ratio = ref["median_ms"] / nat["median_ms"] if nat and ref else float("nan")
-        winner = "native" if ratio > 1 else "numpy"
-        print(f"{role:44s} {shape:22s} {cells[0]:>14s} {cells[1]:>14s} {cells[2]:>14s}  {winner:9s} {ratio:6.2f}")
-    print("\n## ops: median ms (GFLOP/s)")
+        print(f"{role:42s} {shape:22s} {cell(nat):>19s} {cell(ref):>19s} {cell(d.get('torch')):>19s}  "
+              f"{'native' if ratio > 1 else 'numpy':6s}  {ratio:5.2f}")
+    print("\n## ops: median ms (GFLOP/s; fwd+bwd counts the 3 products)")
     for (kernel, shape, role, pass_), d in by.items():
-        if kernel == "sgemm":
+        if kernel == "sgemm" or role == "grid":
             continue
-        cells = [f"{impl} {d[impl]['median_ms']:8.3f} ({d[impl]['gflops']:5.0f})" for impl in
-                 ("native", "reference", "torch") if impl in d]
-        print(f"{kernel:12s} {shape:38s} {pass_:8s} " + "  ".join(cells))
+        cells = "  ".join(f"{impl} {d[impl]['median_ms']:8.3f} ({d[impl]['gflops']:5.0f})"
+                          for impl in ("native", "reference", "torch") if impl in d)
+        print(f"{kernel:12s} {shape:38s} {pass_:8s} {cells}")
+    grid = [(k, d) for k, d in by.items() if k[2] == "grid"]
+    if grid:
+        print("\n## few-row linear forward: numpy time / native time (policy's pick)")
+        for (kernel, shape, role, pass_), d in grid:
+            nat, ref = d.get("native"), d.get("reference")
+            ratio = ref["median_ms"] / nat["median_ms"] if nat and ref else float("nan")
+            faster = "native" if ratio > 1 else "reference"
+            pick = nat.get("policy") if nat else None
+            flag = "" if pick is None or pick == faster or abs(ratio - 1) < 0.1 else "  (policy misses)"
+            print(f"  {shape:22s} {ratio:5.2f}  policy: {pick}{flag}")
 
 
 if __name__ == "__main__":
-    _print(rows(quick="--quick" in sys.argv))
+    if "--cpu-time" in sys.argv:
+        if os.environ.get("OMP_NUM_THREADS") != "1":
+            sys.exit("--cpu-time needs --threads 1 (the thread CPU clock sees only the calling thread)")
+        _clock = time.thread_time
+    _print(rows(quick="--quick" in sys.argv, grid="--grid" in sys.argv))

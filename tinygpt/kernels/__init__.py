@@ -77,18 +77,29 @@ def _qualifies(arrays):
 
 # ----------------------------------------------------------------------------- shape-class policy
 # Where a native CPU kernel is not faster than the reference on every shape, _CPU_POLICY[op](*arrays)
-# says whether to use it (ops not listed always take the native kernel when it qualifies).
-def linear_policy(rows: int, n_in: int, n_out: int) -> bool:
-    """Whether the native SGEMM beats NumPy's matmul (OpenBLAS) for a linear op's shape class.
+# says whether to use it; ops not listed always take the native kernel when it qualifies.
+#
+# linear / linear_gelu: the native packed SGEMM vs NumPy's matmul (OpenBLAS), measured with
+# benchmarks/kernels/matmul.py and its --grid on the 2-core Zen 4 (table in BENCHMARKS.md). The
+# SGEMM packs W (in x out floats) before computing, which a handful of rows cannot amortise, while
+# OpenBLAS has GEMV / small-matrix paths there: NumPy wins a 1-row product by 2-6x and a few-row
+# product with few outputs by up to 2x. From ~1300 outputs (rows x out) on - every training shape
+# (B*T >= 768) and any real batch - the native one is level or faster (up to 3x in the 4-32 row band,
+# where OpenBLAS's small paths give way to an unblocked GEMM).
+_LINEAR_SMALL = ((512, 1280), (None, 640))  # (in_features up to, rows * out below which NumPy wins)
 
-    Measured by benchmarks/kernels/matmul.py (every GEMM of a GPT training step, native vs
-    numpy.matmul, forward and both backward products; table in BENCHMARKS.md).
-    """
-    return True
+
+def linear_policy(rows: int, n_in: int, n_out: int) -> bool:
+    """True when the native SGEMM should run linear for x (rows, n_in) and weight (n_out, n_in)."""
+    if rows <= 1:  # a GEMV: OpenBLAS streams W once, the SGEMM would pack it first
+        return False
+    limit = next(lim for max_in, lim in _LINEAR_SMALL if max_in is None or n_in <= max_in)
+    return rows * n_out >= limit
 
 
 def _linear_arrays_policy(x, weight, *rest):
-    return linear_policy(x.size // x.shape[-1] if x.shape[-1] else 0, weight.shape[1], weight.shape[0])
+    rows = x.size // x.shape[-1] if x.shape[-1] else int(np.prod(x.shape[:-1]))
+    return linear_policy(rows, weight.shape[1], weight.shape[0])
 
 
 _CPU_POLICY = {"linear": _linear_arrays_policy, "linear_gelu": _linear_arrays_policy}
