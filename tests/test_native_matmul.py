@@ -320,11 +320,13 @@ def _gpt_linear_arrays():
 @pytest.mark.parametrize("op", ["linear", "linear_gelu"])
 def test_dispatch(op):
     x, w, b = _gpt_linear_arrays()
-    assert kernels.select(op, x, w, b).name == "native-cpu"
-    assert kernels.select(op, x, w, None).name == "native-cpu"
-    assert kernels.select(op, x.astype(np.float64), w, b).name == "reference"  # float64 -> reference
-    assert kernels.select(op, x, np.asfortranarray(w), b).name == "reference"  # non-contiguous -> reference
-    assert kernels.select(op, x[:, ::2], w, b).name == "reference"
+    with kernels.use_native(True):  # also under TINYGPT_NATIVE=0
+        assert kernels.select(op, x, w, b).name == "native-cpu"
+        assert kernels.select(op, x, w, None).name == "native-cpu"
+        assert kernels.select(op, x.astype(np.float64), w, b).name == "reference"  # float64 -> reference
+        assert kernels.select(op, x, np.asfortranarray(w), b).name == "reference"  # non-contiguous -> reference
+        assert kernels.select(op, x[:, ::2], w, b).name == "reference"
+        assert kernels.select(op, x, w, b, native_ok=False).name == "reference"
     with kernels.use_native(False):
         assert kernels.select(op, x, w, b).name == "reference"
 
@@ -340,9 +342,11 @@ def test_policy(rows, n_in, n_out, native):
     assert kernels.linear_policy(rows, n_in, n_out) is native
     x = np.zeros((rows, n_in), np.float32)
     w = np.zeros((n_out, n_in), np.float32)
-    for op in ("linear", "linear_gelu"):
-        assert kernels.select(op, x, w, None).name == ("native-cpu" if native else "reference")
-        assert kernels.select(op, x.reshape(1, rows, n_in), w, None).name == ("native-cpu" if native else "reference")
+    want = "native-cpu" if native else "reference"
+    with kernels.use_native(True):  # also under TINYGPT_NATIVE=0
+        for op in ("linear", "linear_gelu"):
+            assert kernels.select(op, x, w, None).name == want
+            assert kernels.select(op, x.reshape(1, rows, n_in), w, None).name == want
 
 
 # ------------------------------------------------------------------ autograd through tinygpt.functional
