@@ -24,6 +24,7 @@ void bind_cross_entropy(pybind11::module_& m);  // csrc/cpu/cross_entropy.cpp
 void bind_adamw(pybind11::module_& m);          // csrc/cpu/adamw.cpp
 void bind_layernorm(pybind11::module_& m);      // csrc/cpu/layernorm.cpp (+ add_layernorm)
 void bind_gelu(pybind11::module_& m);           // csrc/cpu/gelu.cpp
+void bind_matmul(pybind11::module_& m);         // csrc/cpu/matmul.cpp (linear, linear_gelu, sgemm)
 
 #ifdef TINYGPT_WITH_CUDA
 // csrc/cuda/registry.cpp: fills the submodule tinygpt._C.cuda.

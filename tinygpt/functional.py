@@ -21,13 +21,17 @@ def _contiguous(a):
 
 
 # ----------------------------------------------------------------------------- linear
+def _check_linear(op, x, weight, bias):
+    if weight.ndim != 2 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"{op}: input {x.shape} does not match weight (out, in) = {weight.shape}")
+    if bias is not None and bias.shape != (weight.shape[0],):
+        raise ValueError(f"{op}: bias must have shape ({weight.shape[0]},), got {bias.shape}")
+
+
 class Linear(Function):
     @staticmethod
     def forward(ctx, x, weight, bias=None):
-        if weight.ndim != 2 or x.shape[-1] != weight.shape[1]:
-            raise ValueError(f"linear: input {x.shape} does not match weight (out, in) = {weight.shape}")
-        if bias is not None and bias.shape != (weight.shape[0],):
-            raise ValueError(f"linear: bias must have shape ({weight.shape[0]},), got {bias.shape}")
+        _check_linear("linear", x, weight, bias)
         x = _contiguous(x)
         ctx.kernel = kernels.select("linear", x, weight, bias)
         y, saved = ctx.kernel.forward(x, weight, bias)
@@ -45,6 +49,29 @@ class Linear(Function):
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """y = x @ weight.T + bias, weight of shape (out, in) as PyTorch."""
     return Linear.apply(x, weight, bias)
+
+
+class LinearGELU(Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias=None):
+        _check_linear("linear_gelu", x, weight, bias)
+        x = _contiguous(x)
+        ctx.kernel = kernels.select("linear_gelu", x, weight, bias)
+        y, saved = ctx.kernel.forward(x, weight, bias)
+        ctx.save_for_backward(x, weight, saved)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight, saved = ctx.saved
+        gx, gw, gb = ctx.kernel.backward(_contiguous(g), x, weight, ctx.has_bias, saved)
+        return gx, gw, gb
+
+
+def linear_gelu(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """gelu(x @ weight.T + bias, approximate='tanh') in one fused op (the MLP's c_fc + GELU)."""
+    return LinearGELU.apply(x, weight, bias)
 
 
 # ----------------------------------------------------------------------------- embedding

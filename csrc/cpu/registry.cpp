@@ -58,6 +58,8 @@ void register_cpu_kernels(py::module_& m, KernelFamilies& families) {
   families.push_back("cpu.layernorm");
   bind_gelu(m);
   families.push_back("cpu.gelu");
+  bind_matmul(m);
+  families.push_back("cpu.matmul");
 }
 
 }  // namespace tinygpt

@@ -75,17 +75,48 @@ def _qualifies(arrays):
     return device
 
 
+# ----------------------------------------------------------------------------- shape-class policy
+# Where a native CPU kernel is not faster than the reference on every shape, _CPU_POLICY[op](*arrays)
+# says whether to use it; ops not listed always take the native kernel when it qualifies.
+#
+# linear / linear_gelu: the native packed SGEMM vs NumPy's matmul (OpenBLAS), measured with
+# benchmarks/kernels/matmul.py and its --grid on the 2-core Zen 4 (table in BENCHMARKS.md). The
+# SGEMM packs W (in x out floats) before computing, which a handful of rows cannot amortise, while
+# OpenBLAS has GEMV / small-matrix paths there: NumPy wins a 1-row product by 2-6x and a few-row
+# product with few outputs by up to 2x. From ~1300 outputs (rows x out) on - every training shape
+# (B*T >= 768) and any real batch - the native one is level or faster (up to 3x in the 4-32 row band,
+# where OpenBLAS's small paths give way to an unblocked GEMM).
+_LINEAR_SMALL = ((512, 1280), (None, 640))  # (in_features up to, rows * out below which NumPy wins)
+
+
+def linear_policy(rows: int, n_in: int, n_out: int) -> bool:
+    """True when the native SGEMM should run linear for x (rows, n_in) and weight (n_out, n_in)."""
+    if rows <= 1:  # a GEMV: OpenBLAS streams W once, the SGEMM would pack it first
+        return False
+    limit = next(lim for max_in, lim in _LINEAR_SMALL if max_in is None or n_in <= max_in)
+    return rows * n_out >= limit
+
+
+def _linear_arrays_policy(x, weight, *rest):
+    rows = x.size // x.shape[-1] if x.shape[-1] else int(np.prod(x.shape[:-1]))
+    return linear_policy(rows, weight.shape[1], weight.shape[0])
+
+
+_CPU_POLICY = {"linear": _linear_arrays_policy, "linear_gelu": _linear_arrays_policy}
+
+
 def select(op: str, *arrays, native_ok: bool = True) -> Kernel:
     """The kernel to run fused op `op` on these arrays (native when possible).
 
     `native_ok=False` is the caller's veto for arguments that are not arrays and that the native
     kernel does not cover (softmax over an axis other than the last, say): the reference runs.
+    On the CPU an op listed in _CPU_POLICY also asks its shape-class policy (native only where faster).
     """
     if native_ok and _enabled and _native is not None:
         device = _qualifies(arrays)
         if device is not None:
             kernel = _native_kernel(op, device)
-            if kernel is not None:
+            if kernel is not None and (device != "cpu" or op not in _CPU_POLICY or _CPU_POLICY[op](*arrays)):
                 return kernel
     return _reference_kernel(op)
 

@@ -34,6 +34,21 @@ def linear_backward(grad, x, weight, has_bias, saved):
     return gx, gw, gb
 
 
+def linear_gelu_forward(x, weight, bias):
+    """y = gelu_tanh(x @ weight.T + bias): the MLP's first projection and its activation, fused.
+
+    Saves the pre-activation h and tanh(u(h)) (what gelu_backward needs)."""
+    h, _ = linear_forward(x, weight, bias)
+    y, (t,) = gelu_forward(h, "tanh")
+    return y, (h, t)
+
+
+def linear_gelu_backward(grad, x, weight, has_bias, saved):
+    h, t = saved
+    dh = gelu_backward(grad, h, "tanh", (t,))
+    return linear_backward(dh, x, weight, has_bias, ())
+
+
 # ----------------------------------------------------------------------------- embedding
 def embedding_forward(ids, weight):
     return weight[ids], ()  # (...,) -> (..., C)

@@ -44,7 +44,11 @@ class MLP(Module):
         self.dropout = Dropout(dropout)
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        if self.gelu.approximate == "tanh":  # c_fc + GELU fused in one op (one kernel, no extra pass)
+            h = F.linear_gelu(x, self.c_fc.weight, self.c_fc.bias)
+        else:  # the exact erf GELU stays a separate op
+            h = self.gelu(self.c_fc(x))
+        return self.dropout(self.c_proj(h))
 
 
 class Block(Module):

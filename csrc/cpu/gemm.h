@@ -1,0 +1,46 @@
+// Packed, register-blocked, OpenMP-parallel single-precision GEMM (implemented in matmul.cpp).
+//
+//   C[i, j] (=|+=) sum_k A[i, k] * B[k, j]  (+ bias[j])   then optionally  Y[i, j] = gelu_tanh(C[i, j])
+//
+// for i < M, j < N, k < K, with A[i, k] = a[i * rsa + k * csa] and B[k, j] = b[k * rsb + j * csb]:
+// any strides, so a transposed operand is just swapped strides (it is repacked anyway). C is
+// row-major with leading dimension ldc. M, N, K may be anything >= 0 (K = 0 gives C = bias or 0).
+//
+// Structure (BLIS / GotoBLAS): loops jc (NC columns) -> pc (KC of the reduction) -> ic (MC rows),
+// B's KC x NC block packed once into NR-wide k-major panels shared by all threads, each thread's
+// MC x KC block of A packed into MR-tall panels, and an MR x NR register-tile micro-kernel
+// (AVX-512 14x32 or AVX2/FMA 6x16, picked at run time with __builtin_cpu_supports; a portable
+// scalar 4x16 otherwise). Threads split the MR x NR tile grid into rectangles (along M, or along N
+// when M has too few tiles). The epilogue (bias, GELU) runs on each tile while it is in L1.
+#pragma once
+
+#include <cstdint>
+
+namespace tinygpt {
+namespace cpu {
+
+struct GemmEpilogue {
+  const float* bias = nullptr;  // (N,) added to every row of C, or nullptr
+  float* gelu_out = nullptr;    // if set: gelu_out[i * ld_gelu + j] = gelu_tanh(C[i, j]) (C keeps the pre-activation)
+  int64_t ld_gelu = 0;
+};
+
+void sgemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t rsa, int64_t csa, const float* b,
+           int64_t rsb, int64_t csb, float* c, int64_t ldc, bool accumulate = false,
+           const GemmEpilogue& epilogue = GemmEpilogue());
+
+// Name of the micro-kernel sgemm uses: "avx512", "avx2" or "scalar".
+const char* gemm_isa();
+// Forces one ("avx512" / "avx2" / "scalar", or "auto" for the best the CPU supports); returns false
+// if the CPU lacks it. For tests and benchmarks; not thread-safe against concurrent sgemm calls.
+bool set_gemm_isa(const char* name);
+
+// Overrides the cache blocking of the current ISA (values <= 0 keep the current one); for tuning.
+void set_gemm_blocking(int64_t kc, int64_t mc, int64_t nc);
+
+// y = gelu_tanh(h) and dh = g * gelu_tanh'(h), elementwise over n floats, vectorised for the ISA.
+void gelu_tanh_rows(const float* h, float* y, int64_t n);
+void gelu_tanh_grad_rows(const float* g, const float* h, float* dh, int64_t n);
+
+}  // namespace cpu
+}  // namespace tinygpt

@@ -1,0 +1,994 @@
+// The matmul family: a packed, register-blocked, OpenMP-parallel SGEMM (declared in gemm.h) and
+// the ops built on it:
+//   linear_forward(x, weight, bias)                    -> (y, ())        y = x @ weight.T + bias
+//   linear_backward(grad, x, weight, has_bias, saved)  -> (dx, dweight, dbias | None)
+//   linear_gelu_forward(x, weight, bias)               -> (y, (h,))      h = x @ weight.T + bias, y = gelu_tanh(h)
+//   linear_gelu_backward(grad, x, weight, has_bias, saved)
+// plus sgemm(a, b, transpose_a, transpose_b) for raw products, and gemm_isa / set_gemm_isa.
+//
+// Backward products (g = grad as (N_rows, out)): dx = g @ W, dW = g^T @ x, db = column sums of g;
+// for linear_gelu, g is first replaced by dh = g * gelu'(h).
+//
+// GEMM layout (see gemm.h): C (M x N) = A (M x K) B (K x N). Packed A: MR-row panels, k-major
+// (panel[k * MR + r]); packed B: NR-column panels, k-major (panel[k * NR + c]). The micro-kernel
+// keeps an MR x NR tile of C in registers, per k loads NR floats of B (vectors) and broadcasts MR
+// floats of A, and writes the tile once (adding bias / the old C), with masks at the N edge and a
+// template instance per row count at the M edge, so nothing is computed for padding rows.
+#include "gemm.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "py_common.h"
+#include "registry.h"
+
+#ifdef TINYGPT_WITH_OPENMP
+#include <omp.h>
+#endif
+
+namespace tinygpt {
+namespace cpu {
+namespace {
+
+constexpr float kSqrt2OverPi = 0.7978845608028654f;
+constexpr float kGeluC = 0.044715f;
+// |h| beyond this: gelu(h) = h or 0 and gelu'(h) = 1 or 0 to float precision (tanh(u) = +-1 for
+// |u| > 9, and u(12) = 71). Clamping first keeps h^3 finite for huge inputs.
+constexpr float kGeluClamp = 12.0f;
+
+inline int max_threads() {
+#ifdef TINYGPT_WITH_OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+inline int thread_id() {
+#ifdef TINYGPT_WITH_OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+// A 64-byte aligned scratch buffer that only grows; thread_local instances are reused across calls
+// (the OpenMP pool keeps its threads), so steady-state GEMMs allocate nothing.
+class Scratch {
+ public:
+  Scratch() = default;
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  ~Scratch() { std::free(ptr_); }
+  float* get(int64_t n) {
+    if (n > cap_) {
+      std::free(ptr_);
+      cap_ = round_up(std::max<int64_t>(n, 1024), 16);
+      ptr_ = static_cast<float*>(std::aligned_alloc(64, static_cast<size_t>(cap_) * sizeof(float)));
+      if (ptr_ == nullptr) {
+        cap_ = 0;
+        throw std::bad_alloc();
+      }
+    }
+    return ptr_;
+  }
+
+ private:
+  float* ptr_ = nullptr;
+  int64_t cap_ = 0;
+};
+
+// ------------------------------------------------------------------------------------ scalar
+// Portable fallback (any x86-64 / any CPU): MR x NR = 4 x 16, plain loops the compiler
+// vectorises with the baseline ISA.
+namespace scalar {
+
+constexpr int MR = 4, NR = 16;
+
+inline float sigmoid_2u(float h) {  // 0.5 * (1 + tanh(u(h))) = 1 / (1 + exp(-2u))
+  const float x = std::min(std::max(h, -kGeluClamp), kGeluClamp);
+  const float u = kSqrt2OverPi * x * (1.0f + kGeluC * x * x);
+  return 1.0f / (1.0f + std::exp(-2.0f * u));
+}
+
+// C tile (mr x nr at c) = A panel @ B panel (+ bias) (+ C if acc); if y: y tile = gelu(C tile).
+void tile(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict c,
+          int64_t ldc, int mr, int nr, const float* __restrict bias, bool acc, float* __restrict y,
+          int64_t ldy) {
+  float t[MR][NR] = {};
+  for (int64_t k = 0; k < kc; ++k, a += MR, b += NR) {
+    for (int i = 0; i < MR; ++i) {
+      const float ai = a[i];
+      for (int j = 0; j < NR; ++j) t[i][j] += ai * b[j];
+    }
+  }
+  for (int i = 0; i < mr; ++i) {
+    float* ci = c + i * ldc;
+    for (int j = 0; j < nr; ++j) {
+      float v = t[i][j];
+      if (bias != nullptr) v += bias[j];
+      if (acc) v += ci[j];
+      ci[j] = v;
+      if (y != nullptr) y[i * ldy + j] = v * sigmoid_2u(v);
+    }
+  }
+}
+
+void gelu_rows(const float* h, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = h[i] * sigmoid_2u(h[i]);
+}
+
+void gelu_grad_rows(const float* g, const float* h, float* dh, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = std::min(std::max(h[i], -kGeluClamp), kGeluClamp);
+    const float u = kSqrt2OverPi * x * (1.0f + kGeluC * x * x);
+    const float q = std::exp(std::min(-2.0f * u, 88.0f));
+    const float s = 1.0f / (1.0f + q);
+    // d/dh [h * sigmoid(2u)] = s + h * 2 s (1 - s) u',  1 - s = q s,  u' = sqrt(2/pi) (1 + 3c h^2)
+    const float du = kSqrt2OverPi * (1.0f + 3.0f * kGeluC * x * x);
+    dh[i] = g[i] * (s + 2.0f * x * du * (q * s) * s);
+  }
+}
+
+}  // namespace scalar
+
+// ------------------------------------------------------------------------------------ AVX2
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+
+constexpr int MR = 6, NR = 16;
+
+inline __m256i lane_mask(int n) {  // lanes [0, n) set, n in [0, 8]
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// exp(x) for the whole float range: Cephes' polynomial on [-ln2/2, ln2/2] times 2^n, with
+// explicit underflow to 0 and overflow to inf outside [-87.3, 88.3].
+inline __m256 exp_ps(__m256 x0) {
+  const __m256 x = _mm256_min_ps(_mm256_max_ps(x0, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+  y = _mm256_blendv_ps(y, _mm256_setzero_ps(), _mm256_cmp_ps(x0, _mm256_set1_ps(-87.3f), _CMP_LT_OQ));
+  return _mm256_blendv_ps(y, _mm256_set1_ps(INFINITY), _mm256_cmp_ps(x0, _mm256_set1_ps(88.3f), _CMP_GT_OQ));
+}
+
+// u(h) = sqrt(2/pi) (h + c h^3) on h clamped to [-12, 12].
+inline __m256 clamp_h(__m256 h) {
+  return _mm256_min_ps(_mm256_max_ps(h, _mm256_set1_ps(-kGeluClamp)), _mm256_set1_ps(kGeluClamp));
+}
+
+inline __m256 gelu_ps(__m256 h) {  // h * sigmoid(2u) = 0.5 h (1 + tanh(u))
+  const __m256 x = clamp_h(h);
+  const __m256 x2 = _mm256_mul_ps(x, x);
+  const __m256 u = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(kSqrt2OverPi), x),
+                                 _mm256_fmadd_ps(_mm256_set1_ps(kGeluC), x2, _mm256_set1_ps(1.0f)));
+  const __m256 q = exp_ps(_mm256_mul_ps(_mm256_set1_ps(-2.0f), u));
+  return _mm256_div_ps(h, _mm256_add_ps(_mm256_set1_ps(1.0f), q));
+}
+
+inline __m256 gelu_grad_ps(__m256 g, __m256 h) {
+  const __m256 x = clamp_h(h);
+  const __m256 x2 = _mm256_mul_ps(x, x);
+  const __m256 u = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(kSqrt2OverPi), x),
+                                 _mm256_fmadd_ps(_mm256_set1_ps(kGeluC), x2, _mm256_set1_ps(1.0f)));
+  const __m256 q = exp_ps(_mm256_min_ps(_mm256_mul_ps(_mm256_set1_ps(-2.0f), u), _mm256_set1_ps(88.0f)));
+  const __m256 s = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), q));
+  const __m256 du = _mm256_mul_ps(_mm256_set1_ps(2.0f * kSqrt2OverPi),
+                                  _mm256_fmadd_ps(_mm256_set1_ps(3.0f * kGeluC), x2, _mm256_set1_ps(1.0f)));
+  // s + 2 x u'/sqrt... : s + x * (2 sqrt(2/pi) (1 + 3c x^2)) * (q s) * s
+  const __m256 t = _mm256_mul_ps(_mm256_mul_ps(x, du), _mm256_mul_ps(_mm256_mul_ps(q, s), s));
+  return _mm256_mul_ps(g, _mm256_add_ps(s, t));
+}
+
+template <int M, int NV>
+void ukr(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict c,
+         int64_t ldc, int nr, const float* __restrict bias, bool acc, float* __restrict y, int64_t ldy) {
+  __m256 r[M][NV];
+#pragma GCC unroll 8
+  for (int i = 0; i < M; ++i) {
+    __builtin_prefetch(c + i * ldc, 1, 3);  // the C (and y) tile's misses overlap the k loop
+    if (y != nullptr) __builtin_prefetch(y + i * ldy, 1, 3);
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) r[i][v] = _mm256_setzero_ps();
+  }
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < kc; ++k) {
+    __m256 bv[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) bv[v] = _mm256_load_ps(b + 8 * v);
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) {
+      const __m256 ai = _mm256_broadcast_ss(a + i);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) r[i][v] = _mm256_fmadd_ps(ai, bv[v], r[i][v]);
+    }
+    a += MR;
+    b += NR;
+  }
+  __m256i mk[NV];
+  __m256 bb[NV];
+#pragma GCC unroll 2
+  for (int v = 0; v < NV; ++v) {
+    mk[v] = lane_mask(std::min(8, nr - 8 * v));
+    bb[v] = bias != nullptr ? _mm256_maskload_ps(bias + 8 * v, mk[v]) : _mm256_setzero_ps();
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < M; ++i) {
+    float* ci = c + i * ldc;
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) {
+      __m256 x = _mm256_add_ps(r[i][v], bb[v]);
+      if (acc) x = _mm256_add_ps(x, _mm256_maskload_ps(ci + 8 * v, mk[v]));
+      _mm256_maskstore_ps(ci + 8 * v, mk[v], x);
+      if (y != nullptr) _mm256_maskstore_ps(y + i * ldy + 8 * v, mk[v], gelu_ps(x));  // fused GELU
+    }
+  }
+}
+
+using Ukr = void (*)(int64_t, const float*, const float*, float*, int64_t, int, const float*, bool, float*,
+                    int64_t);
+const Ukr kTable[MR][2] = {
+    {ukr<1, 1>, ukr<1, 2>}, {ukr<2, 1>, ukr<2, 2>}, {ukr<3, 1>, ukr<3, 2>},
+    {ukr<4, 1>, ukr<4, 2>}, {ukr<5, 1>, ukr<5, 2>}, {ukr<6, 1>, ukr<6, 2>},
+};
+
+void tile(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int mr, int nr,
+          const float* bias, bool acc, float* y, int64_t ldy) {
+  kTable[mr - 1][nr > 8](kc, a, b, c, ldc, nr, bias, acc, y, ldy);
+}
+
+void gelu_rows(const float* h, float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, gelu_ps(_mm256_loadu_ps(h + i)));
+  if (i < n) {
+    const __m256i m = lane_mask(static_cast<int>(n - i));
+    _mm256_maskstore_ps(y + i, m, gelu_ps(_mm256_maskload_ps(h + i, m)));
+  }
+}
+
+void gelu_grad_rows(const float* g, const float* h, float* dh, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dh + i, gelu_grad_ps(_mm256_loadu_ps(g + i), _mm256_loadu_ps(h + i)));
+  if (i < n) {
+    const __m256i m = lane_mask(static_cast<int>(n - i));
+    _mm256_maskstore_ps(dh + i, m, gelu_grad_ps(_mm256_maskload_ps(g + i, m), _mm256_maskload_ps(h + i, m)));
+  }
+}
+
+// dst[k * stride + r] = src[r * ld + k] for r < rows (rows <= width <= 8), zero for rows <= r < width,
+// k < kc: an MR- or NR-wide panel from `rows` rows that are contiguous in k, 8 x 8 blocks at a time.
+void transpose_pack(int rows, int64_t kc, const float* src, int64_t ld, float* dst, int stride, int width) {
+  const __m256i wmask = lane_mask(width);
+  int64_t k0 = 0;
+  for (; k0 < kc; k0 += 8) {
+    const int kn = static_cast<int>(std::min<int64_t>(8, kc - k0));
+    const __m256i kmask = lane_mask(kn);
+    __m256 r[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i)
+      r[i] = i < rows ? (kn == 8 ? _mm256_loadu_ps(src + i * ld + k0) : _mm256_maskload_ps(src + i * ld + k0, kmask))
+                      : _mm256_setzero_ps();
+    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    __m256 c[8];
+    c[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+    c[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+    c[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+    c[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+    c[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+    c[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    c[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+    c[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+    float* d = dst + k0 * stride;
+    if (width == 8) {
+      for (int j = 0; j < kn; ++j) _mm256_storeu_ps(d + j * stride, c[j]);
+    } else {
+      for (int j = 0; j < kn; ++j) _mm256_maskstore_ps(d + j * stride, wmask, c[j]);
+    }
+  }
+}
+
+}  // namespace avx2
+#pragma GCC pop_options
+
+// ------------------------------------------------------------------------------------ AVX-512
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512dq,avx2,fma")
+namespace avx512 {
+
+constexpr int MR = 14, NR = 32;
+
+inline __mmask16 lane_mask(int n) {  // lanes [0, n), n in [0, 16]
+  return n >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << std::max(n, 0)) - 1u);
+}
+
+// exp(x): Cephes' polynomial on [-ln2/2, ln2/2], scaled by 2^n with scalef (which underflows to 0
+// and overflows to inf by itself).
+inline __m512 exp_ps(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-150.0f)), _mm512_set1_ps(150.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+inline __m512 clamp_h(__m512 h) {
+  return _mm512_min_ps(_mm512_max_ps(h, _mm512_set1_ps(-kGeluClamp)), _mm512_set1_ps(kGeluClamp));
+}
+
+inline __m512 gelu_ps(__m512 h) {
+  const __m512 x = clamp_h(h);
+  const __m512 x2 = _mm512_mul_ps(x, x);
+  const __m512 u = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(kSqrt2OverPi), x),
+                                 _mm512_fmadd_ps(_mm512_set1_ps(kGeluC), x2, _mm512_set1_ps(1.0f)));
+  const __m512 q = exp_ps(_mm512_mul_ps(_mm512_set1_ps(-2.0f), u));
+  return _mm512_div_ps(h, _mm512_add_ps(_mm512_set1_ps(1.0f), q));
+}
+
+inline __m512 gelu_grad_ps(__m512 g, __m512 h) {
+  const __m512 x = clamp_h(h);
+  const __m512 x2 = _mm512_mul_ps(x, x);
+  const __m512 u = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(kSqrt2OverPi), x),
+                                 _mm512_fmadd_ps(_mm512_set1_ps(kGeluC), x2, _mm512_set1_ps(1.0f)));
+  const __m512 q = exp_ps(_mm512_min_ps(_mm512_mul_ps(_mm512_set1_ps(-2.0f), u), _mm512_set1_ps(88.0f)));
+  const __m512 s = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(_mm512_set1_ps(1.0f), q));
+  const __m512 du = _mm512_mul_ps(_mm512_set1_ps(2.0f * kSqrt2OverPi),
+                                  _mm512_fmadd_ps(_mm512_set1_ps(3.0f * kGeluC), x2, _mm512_set1_ps(1.0f)));
+  const __m512 t = _mm512_mul_ps(_mm512_mul_ps(x, du), _mm512_mul_ps(_mm512_mul_ps(q, s), s));
+  return _mm512_mul_ps(g, _mm512_add_ps(s, t));
+}
+
+template <int M, int NV>
+void ukr(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict c,
+         int64_t ldc, int nr, const float* __restrict bias, bool acc, float* __restrict y, int64_t ldy) {
+  __m512 r[M][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < M; ++i) {
+    // Start fetching the C tile now: its (write-allocate) misses then overlap the k loop.
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) {
+      __builtin_prefetch(c + i * ldc + 16 * v, 1, 3);
+      if (y != nullptr) __builtin_prefetch(y + i * ldy + 16 * v, 1, 3);
+    }
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) r[i][v] = _mm512_setzero_ps();
+  }
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < kc; ++k) {
+    __m512 bv[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) bv[v] = _mm512_load_ps(b + 16 * v);
+#pragma GCC unroll 16
+    for (int i = 0; i < M; ++i) {
+      const __m512 ai = _mm512_set1_ps(a[i]);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) r[i][v] = _mm512_fmadd_ps(ai, bv[v], r[i][v]);
+    }
+    a += MR;
+    b += NR;
+  }
+  __mmask16 mk[NV];
+  __m512 bb[NV];
+#pragma GCC unroll 2
+  for (int v = 0; v < NV; ++v) {
+    mk[v] = lane_mask(nr - 16 * v);
+    bb[v] = bias != nullptr ? _mm512_maskz_loadu_ps(mk[v], bias + 16 * v) : _mm512_setzero_ps();
+  }
+  if (nr == 16 * NV) {  // a full tile: plain loads and stores
+#pragma GCC unroll 16
+    for (int i = 0; i < M; ++i) {
+      float* ci = c + i * ldc;
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) {
+        __m512 x = _mm512_add_ps(r[i][v], bb[v]);
+        if (acc) x = _mm512_add_ps(x, _mm512_loadu_ps(ci + 16 * v));
+        _mm512_storeu_ps(ci + 16 * v, x);
+        if (y != nullptr) _mm512_storeu_ps(y + i * ldy + 16 * v, gelu_ps(x));  // fused GELU
+      }
+    }
+    return;
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < M; ++i) {
+    float* ci = c + i * ldc;
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) {
+      __m512 x = _mm512_add_ps(r[i][v], bb[v]);
+      if (acc) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mk[v], ci + 16 * v));
+      _mm512_mask_storeu_ps(ci + 16 * v, mk[v], x);
+      if (y != nullptr) _mm512_mask_storeu_ps(y + i * ldy + 16 * v, mk[v], gelu_ps(x));
+    }
+  }
+}
+
+using Ukr = void (*)(int64_t, const float*, const float*, float*, int64_t, int, const float*, bool, float*,
+                    int64_t);
+const Ukr kTable[MR][2] = {
+    {ukr<1, 1>, ukr<1, 2>},   {ukr<2, 1>, ukr<2, 2>},   {ukr<3, 1>, ukr<3, 2>},
+    {ukr<4, 1>, ukr<4, 2>},   {ukr<5, 1>, ukr<5, 2>},   {ukr<6, 1>, ukr<6, 2>},
+    {ukr<7, 1>, ukr<7, 2>},   {ukr<8, 1>, ukr<8, 2>},   {ukr<9, 1>, ukr<9, 2>},
+    {ukr<10, 1>, ukr<10, 2>}, {ukr<11, 1>, ukr<11, 2>}, {ukr<12, 1>, ukr<12, 2>},
+    {ukr<13, 1>, ukr<13, 2>}, {ukr<14, 1>, ukr<14, 2>},
+};
+
+// The N edge when it is narrow (N = 65: a last panel of one column): vectorise over the tile's rows
+// instead, one accumulator per column, so a 1-column edge costs 1 FMA per k, not 14.
+template <int NC>
+void ukr_cols(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict c, int64_t ldc,
+              int mr, const float* __restrict bias, bool acc, float* __restrict y, int64_t ldy) {
+  __m512 r[NC];
+#pragma GCC unroll 8
+  for (int j = 0; j < NC; ++j) r[j] = _mm512_setzero_ps();
+  const __mmask16 am = lane_mask(MR);
+  for (int64_t k = 0; k < kc; ++k, a += MR, b += NR) {
+    const __m512 av = _mm512_maskz_loadu_ps(am, a);  // rows 0..MR-1 of column k of A
+#pragma GCC unroll 8
+    for (int j = 0; j < NC; ++j) r[j] = _mm512_fmadd_ps(av, _mm512_set1_ps(b[j]), r[j]);
+  }
+  alignas(64) float t[16];
+  for (int j = 0; j < NC; ++j) {
+    __m512 x = r[j];
+    if (bias != nullptr) x = _mm512_add_ps(x, _mm512_set1_ps(bias[j]));
+    if (acc) {
+      for (int i = 0; i < mr; ++i) t[i] = c[i * ldc + j];
+      x = _mm512_add_ps(x, _mm512_maskz_load_ps(lane_mask(mr), t));
+    }
+    _mm512_store_ps(t, x);
+    for (int i = 0; i < mr; ++i) c[i * ldc + j] = t[i];
+    if (y != nullptr) {
+      _mm512_store_ps(t, gelu_ps(x));
+      for (int i = 0; i < mr; ++i) y[i * ldy + j] = t[i];
+    }
+  }
+}
+
+using ColUkr = void (*)(int64_t, const float*, const float*, float*, int64_t, int, const float*, bool, float*,
+                        int64_t);
+const ColUkr kColTable[8] = {ukr_cols<1>, ukr_cols<2>, ukr_cols<3>, ukr_cols<4>,
+                             ukr_cols<5>, ukr_cols<6>, ukr_cols<7>, ukr_cols<8>};
+
+void tile(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int mr, int nr,
+          const float* bias, bool acc, float* y, int64_t ldy) {
+  if (nr <= 8) {
+    kColTable[nr - 1](kc, a, b, c, ldc, mr, bias, acc, y, ldy);
+  } else {
+    kTable[mr - 1][nr > 16](kc, a, b, c, ldc, nr, bias, acc, y, ldy);
+  }
+}
+
+void gelu_rows(const float* h, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = lane_mask(static_cast<int>(std::min<int64_t>(16, n - i)));
+    _mm512_mask_storeu_ps(y + i, m, gelu_ps(_mm512_maskz_loadu_ps(m, h + i)));
+  }
+}
+
+void gelu_grad_rows(const float* g, const float* h, float* dh, int64_t n) {
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = lane_mask(static_cast<int>(std::min<int64_t>(16, n - i)));
+    _mm512_mask_storeu_ps(dh + i, m, gelu_grad_ps(_mm512_maskz_loadu_ps(m, g + i), _mm512_maskz_loadu_ps(m, h + i)));
+  }
+}
+
+// As avx2::transpose_pack with 16 x 16 blocks: rows <= width <= 16.
+void transpose_pack(int rows, int64_t kc, const float* src, int64_t ld, float* dst, int stride, int width) {
+  const __mmask16 wmask = lane_mask(width);
+  for (int64_t k0 = 0; k0 < kc; k0 += 16) {
+    const int kn = static_cast<int>(std::min<int64_t>(16, kc - k0));
+    const __mmask16 kmask = lane_mask(kn);
+    __m512 r[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i)
+      r[i] = i < rows ? _mm512_maskz_loadu_ps(kmask, src + i * ld + k0) : _mm512_setzero_ps();
+    __m512 t[16];
+#pragma GCC unroll 8
+    for (int i = 0; i < 16; i += 2) {
+      t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+      t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 16; i += 4) {
+      r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+      r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+      r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+      r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    // r[4q + j] holds, in 128-bit lane L, column (4L + j) of rows 4q..4q+3.
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+      // t[j] = [rows 0-3 | rows 0-3 | rows 4-7 | rows 4-7] of columns [j, 8+j, j, 8+j], etc.
+      t[j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x88);
+      t[4 + j] = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xDD);
+      t[8 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x88);
+      t[12 + j] = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xDD);
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+      r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);        // column j
+      r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD);    // column 8 + j
+      r[4 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0x88);  // column 4 + j
+      r[12 + j] = _mm512_shuffle_f32x4(t[4 + j], t[12 + j], 0xDD); // column 12 + j
+    }
+    float* d = dst + k0 * stride;
+    for (int j = 0; j < kn; ++j) _mm512_mask_storeu_ps(d + j * stride, wmask, r[j]);
+  }
+}
+
+}  // namespace avx512
+#pragma GCC pop_options
+
+// ------------------------------------------------------------------------------------ packing
+// Transposes `rows` rows contiguous in k (leading dimension ld) into dst[k * stride + r], writing
+// `width` lanes per k (zeros past rows); an ISA's SIMD version, or nullptr for plain loops.
+using TransposeFn = void (*)(int, int64_t, const float*, int64_t, float*, int, int);
+
+// A block (mc x kc at a, strides rsa, csa) -> MR-row panels, k-major: dst[p * MR * kc + k * MR + r].
+template <int MR, TransposeFn TP>
+void pack_a(int64_t mc, int64_t kc, const float* a, int64_t rsa, int64_t csa, float* dst) {
+  for (int64_t i0 = 0; i0 < mc; i0 += MR, dst += MR * kc) {
+    const int mr = static_cast<int>(std::min<int64_t>(MR, mc - i0));
+    const float* src = a + i0 * rsa;
+    if (rsa == 1) {  // A^T stored row-major (dW = g^T x): each k is a contiguous run of rows
+      if (mr == MR) {
+        for (int64_t k = 0; k < kc; ++k)
+          for (int r = 0; r < MR; ++r) dst[k * MR + r] = src[k * csa + r];
+      } else {
+        for (int64_t k = 0; k < kc; ++k)
+          for (int r = 0; r < MR; ++r) dst[k * MR + r] = r < mr ? src[k * csa + r] : 0.0f;
+      }
+    } else if (csa == 1 && TP != nullptr) {  // rows contiguous in k (x, g): a transpose
+      TP(mr, kc, src, rsa, dst, MR, MR);
+    } else {
+      for (int64_t k = 0; k < kc; ++k)
+        for (int r = 0; r < MR; ++r) dst[k * MR + r] = r < mr ? src[r * rsa + k * csa] : 0.0f;
+    }
+  }
+}
+
+// Columns [j, j + nr) of the kc x n block of B -> one NR-column panel, k-major, zero-padded to NR
+// (the kernel loads whole vectors of it). W: lanes per transpose block.
+template <int NR, TransposeFn TP, int W>
+void pack_b_panel(int64_t kc, int nr, const float* b, int64_t rsb, int64_t csb, float* dst) {
+  if (csb == 1) {  // rows of B contiguous (dx = g W, dW = g^T x)
+    if (nr == NR) {
+      for (int64_t k = 0; k < kc; ++k)
+        for (int c = 0; c < NR; ++c) dst[k * NR + c] = b[k * rsb + c];
+    } else {
+      for (int64_t k = 0; k < kc; ++k)
+        for (int c = 0; c < NR; ++c) dst[k * NR + c] = c < nr ? b[k * rsb + c] : 0.0f;
+    }
+  } else if (rsb == 1 && TP != nullptr) {  // B = W^T (forward): columns contiguous, a transpose
+    for (int h = 0; h < NR; h += W)
+      TP(std::max(0, std::min(W, nr - h)), kc, b + h * csb, csb, dst + h, NR, W);
+  } else {
+    for (int64_t k = 0; k < kc; ++k)
+      for (int c = 0; c < NR; ++c) dst[k * NR + c] = c < nr ? b[k * rsb + c * csb] : 0.0f;
+  }
+}
+
+// ------------------------------------------------------------------------------------ driver
+using TileFn = void (*)(int64_t, const float*, const float*, float*, int64_t, int, int, const float*, bool, float*,
+                       int64_t);
+using PackAFn = void (*)(int64_t, int64_t, const float*, int64_t, int64_t, float*);
+using PackBFn = void (*)(int64_t, int, const float*, int64_t, int64_t, float*);
+using RowsFn = void (*)(const float*, float*, int64_t);
+using GradRowsFn = void (*)(const float*, const float*, float*, int64_t);
+
+struct Isa {
+  const char* name;
+  int mr, nr;
+  int64_t kc, mc, nc;  // cache blocking: KC (reduction), MC (rows of A per L2 block), NC (columns of B)
+  TileFn tile;
+  PackAFn pack_a;
+  PackBFn pack_b;
+  RowsFn gelu;
+  GradRowsFn gelu_grad;
+};
+
+Isa kScalar{"scalar", scalar::MR, scalar::NR, 256, 128, 4096, scalar::tile, pack_a<scalar::MR, nullptr>,
+                  pack_b_panel<scalar::NR, nullptr, 1>, scalar::gelu_rows, scalar::gelu_grad_rows};
+Isa kAvx2{"avx2", avx2::MR, avx2::NR, 256, 144, 4096, avx2::tile, pack_a<avx2::MR, avx2::transpose_pack>,
+                pack_b_panel<avx2::NR, avx2::transpose_pack, 8>, avx2::gelu_rows, avx2::gelu_grad_rows};
+Isa kAvx512{"avx512", avx512::MR, avx512::NR, 512, 140, 4096, avx512::tile,
+                  pack_a<avx512::MR, avx512::transpose_pack>, pack_b_panel<avx512::NR, avx512::transpose_pack, 16>, avx512::gelu_rows, avx512::gelu_grad_rows};
+
+bool cpu_has(const char* name) {
+  __builtin_cpu_init();
+  if (std::strcmp(name, "avx512") == 0)
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (std::strcmp(name, "avx2") == 0) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return std::strcmp(name, "scalar") == 0;
+}
+
+Isa* best_isa() {
+  if (cpu_has("avx512")) return &kAvx512;
+  if (cpu_has("avx2")) return &kAvx2;
+  return &kScalar;
+}
+
+Isa* g_isa = best_isa();
+
+// Splits [0, n) into `parts` near-equal ranges; returns part p's [begin, end).
+[[maybe_unused]] inline void split(int64_t n, int parts, int p, int64_t* begin, int64_t* end) {
+  *begin = n * p / parts;
+  *end = n * (p + 1) / parts;
+}
+
+// Problems below this many flops run on one thread (the fork/join would cost more than it saves).
+constexpr double kParallelFlops = 1 << 21;
+
+void fill_rows(int64_t M, int64_t N, float* c, int64_t ldc, bool accumulate, const GemmEpilogue& ep,
+               const Isa& isa) {  // K = 0: C = (C +) bias, then the epilogue
+  for (int64_t i = 0; i < M; ++i) {
+    float* ci = c + i * ldc;
+    for (int64_t j = 0; j < N; ++j) ci[j] = (accumulate ? ci[j] : 0.0f) + (ep.bias ? ep.bias[j] : 0.0f);
+    if (ep.gelu_out != nullptr) isa.gelu(ci, ep.gelu_out + i * ep.ld_gelu, N);
+  }
+}
+
+}  // namespace
+
+const char* gemm_isa() { return g_isa->name; }
+
+bool set_gemm_isa(const char* name) {
+  if (std::strcmp(name, "auto") == 0) {
+    g_isa = best_isa();
+    return true;
+  }
+  if (!cpu_has(name)) return false;
+  g_isa = std::strcmp(name, "avx512") == 0 ? &kAvx512 : std::strcmp(name, "avx2") == 0 ? &kAvx2 : &kScalar;
+  return true;
+}
+
+void set_gemm_blocking(int64_t kc, int64_t mc, int64_t nc) {
+  if (kc > 0) g_isa->kc = kc;
+  if (mc > 0) g_isa->mc = round_up(mc, g_isa->mr);
+  if (nc > 0) g_isa->nc = round_up(nc, g_isa->nr);
+}
+
+void gelu_tanh_rows(const float* h, float* y, int64_t n) { g_isa->gelu(h, y, n); }
+void gelu_tanh_grad_rows(const float* g, const float* h, float* dh, int64_t n) { g_isa->gelu_grad(g, h, dh, n); }
+
+void sgemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t rsa, int64_t csa, const float* b,
+           int64_t rsb, int64_t csb, float* c, int64_t ldc, bool accumulate, const GemmEpilogue& ep) {
+  const Isa& isa = *g_isa;
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    fill_rows(M, N, c, ldc, accumulate, ep, isa);
+    return;
+  }
+  const int MR = isa.mr, NR = isa.nr;
+  // Balanced blocks: K = 300 with KC 256 gives two blocks of 150, not 256 + 44.
+  const int64_t kc_max = ceil_div(K, ceil_div(K, isa.kc));
+  const int64_t nc_max = round_up(ceil_div(N, ceil_div(N, isa.nc)), NR);
+  const int64_t ntiles_max = nc_max / NR;
+
+  int nt = max_threads();
+  if (2.0 * M * N * K < kParallelFlops) nt = 1;
+  // Work is handed out dynamically in tasks of (a row block) x (a chunk of NR-column tiles), a few
+  // per thread so that a thread the OS preempts (a busy machine) delays little: the others take its
+  // share. Rows are split first (each task packs its A block once); columns only when M is short.
+  // Row blocks: at most MC rows (the A block stays in L2), at least 3 per thread, split evenly in
+  // whole MR tiles (768 rows = 55 tiles -> 9,9,9,9,9,10, not 5 x 140 + 68).
+  const int64_t mtiles = ceil_div(M, MR);
+  int64_t mblocks = ceil_div(M, isa.mc);
+  if (nt > 1) mblocks = std::max<int64_t>(mblocks, 3 * nt);
+  mblocks = std::min(mblocks, mtiles);
+  const int64_t mc = ceil_div(mtiles, mblocks) * MR;  // the largest block
+  int64_t nchunks = 1;
+  if (nt > 1 && mblocks < 3 * nt) nchunks = std::min(ntiles_max, ceil_div(3 * nt, mblocks));
+  const int64_t ntasks = mblocks * nchunks;
+  if (ntasks < nt) nt = static_cast<int>(std::max<int64_t>(1, ntasks));
+
+  // B blocks are double-buffered: packing block q + 1 may start while slower threads still compute
+  // on block q, and the barrier that ends each packing loop (all of q + 1 packed) also proves that
+  // nobody still reads block q - 1, whose buffer q + 1 reuses. One barrier per KC block.
+  thread_local Scratch b_scratch;
+  const int64_t bsize = round_up(kc_max * nc_max, 16) + 64;
+  float* const bbuf = b_scratch.get(2 * bsize);
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    thread_local Scratch a_scratch;
+    float* const ap = a_scratch.get(mc * kc_max + 64);
+    int64_t packed_ic = -1, packed_pc = -1;  // which A block ap holds
+    int64_t q = 0;                           // B block counter (buffer q & 1)
+    for (int64_t jc = 0; jc < N; jc += nc_max) {
+      const int64_t nc = std::min(nc_max, N - jc);
+      const int64_t npanels = ceil_div(nc, NR);
+      const int64_t chunk = ceil_div(npanels, nchunks);  // tiles per column chunk
+      for (int64_t pc = 0; pc < K; pc += kc_max, ++q) {
+        const int64_t kc = std::min(kc_max, K - pc);
+        const bool first = pc == 0, last = pc + kc >= K;
+        float* const bp = bbuf + (q & 1) * bsize;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t p = 0; p < npanels; ++p) {
+          const int64_t j = jc + p * NR;
+          isa.pack_b(kc, static_cast<int>(std::min<int64_t>(NR, N - j)), b + pc * rsb + j * csb, rsb, csb,
+                     bp + p * NR * kc);
+        }
+        // (implicit barrier: block q of B is packed)
+#pragma omp for schedule(dynamic, 1) nowait
+        for (int64_t t = 0; t < ntasks; ++t) {
+          const int64_t blk = t / nchunks;
+          const int64_t ic = mtiles * blk / mblocks * MR;
+          const int64_t m = std::min(M, mtiles * (blk + 1) / mblocks * MR) - ic;
+          const int64_t p0 = (t % nchunks) * chunk, p1 = std::min(npanels, p0 + chunk);
+          if (p0 >= p1) continue;
+          if (packed_ic != ic || packed_pc != pc) {  // (A does not depend on jc)
+            isa.pack_a(m, kc, a + ic * rsa + pc * csa, rsa, csa, ap);
+            packed_ic = ic, packed_pc = pc;
+          }
+          for (int64_t p = p0; p < p1; ++p) {
+            const int64_t jr = jc + p * NR;
+            const int nr = static_cast<int>(std::min<int64_t>(NR, N - jr));
+            const float* bpanel = bp + p * NR * kc;
+            const float* bias = (first && ep.bias != nullptr) ? ep.bias + jr : nullptr;
+            for (int64_t ir = 0; ir < m; ir += MR) {
+              const int mr = static_cast<int>(std::min<int64_t>(MR, m - ir));
+              float* ct = c + (ic + ir) * ldc + jr;
+              float* yt = (last && ep.gelu_out != nullptr) ? ep.gelu_out + (ic + ir) * ep.ld_gelu + jr : nullptr;
+              isa.tile(kc, ap + ir * kc, bpanel, ct, ldc, mr, nr, bias, accumulate || !first, yt, ep.ld_gelu);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+namespace {
+
+// ------------------------------------------------------------------------------------ ops
+// Column sums of g (rows x n) into out (n,), accumulated in double per thread then combined.
+void column_sums(const float* g, int64_t rows, int64_t n, float* out) {
+  int nt = max_threads();
+  if (static_cast<double>(rows) * n < 65536.0) nt = 1;
+  std::vector<double> partial(static_cast<size_t>(nt) * n, 0.0);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    const int tid = thread_id();
+    int64_t r0, r1;
+    split(rows, nt, tid, &r0, &r1);
+    double* acc = partial.data() + static_cast<size_t>(tid) * n;
+    for (int64_t i = r0; i < r1; ++i) {
+      const float* gi = g + i * n;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) acc[j] += gi[j];
+    }
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    double s = 0.0;
+    for (int t = 0; t < nt; ++t) s += partial[static_cast<size_t>(t) * n + j];
+    out[j] = static_cast<float>(s);
+  }
+}
+
+// dh = g * gelu'(h) over rows x n, in parallel.
+void gelu_grad(const float* g, const float* h, float* dh, int64_t rows, int64_t n) {
+  int nt = max_threads();
+  if (static_cast<double>(rows) * n < 16384.0) nt = 1;
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+  for (int64_t i = 0; i < rows; ++i) gelu_tanh_grad_rows(g + i * n, h + i * n, dh + i * n, n);
+}
+
+struct LinearDims {
+  int64_t rows, in, out;  // x viewed as (rows, in), weight (out, in)
+};
+
+std::vector<py::ssize_t> shape_of(const py::array& a) { return {a.shape(), a.shape() + a.ndim()}; }
+
+// Checks x (..., in), weight (out, in) and bias (out,) or None; returns their sizes.
+LinearDims check_linear_inputs(const char* op, const py::array& x, const py::array& weight, const py::object& bias,
+                               const float** bias_ptr) {
+  const std::string o(op);
+  check_array<float>(x, (o + ": x").c_str());
+  TG_CHECK(x.ndim() >= 1, op, ": x must have at least 1 dimension (..., in), got shape ", shape_str(x));
+  check_array<float>(weight, (o + ": weight").c_str(), 2);
+  const int64_t in = x.shape(x.ndim() - 1);
+  TG_CHECK(weight.shape(1) == in, op, ": weight must have shape (out, ", in, ") to match x ", shape_str(x),
+           ", got ", shape_str(weight));
+  LinearDims d{1, in, weight.shape(0)};
+  for (py::ssize_t i = 0; i + 1 < x.ndim(); ++i) d.rows *= x.shape(i);  // rows = prod(x.shape[:-1])
+  if (bias_ptr != nullptr) {
+    *bias_ptr = nullptr;
+    if (!bias.is_none()) {
+      TG_CHECK(py::isinstance<py::array>(bias), op, ": bias must be a numpy array or None, got ",
+               std::string(py::str(py::type::of(bias))));
+      *bias_ptr = input_ptr<float>(py::reinterpret_borrow<py::array>(bias), (o + ": bias").c_str(), {d.out});
+    }
+  }
+  return d;
+}
+
+// grad (and saved h) must have shape x.shape[:-1] + (out,).
+void check_grad_shape(const char* what, const py::array& g, const py::array& x, int64_t out) {
+  std::vector<py::ssize_t> want = shape_of(x);
+  want.back() = out;
+  check_array<float>(g, what);
+  const bool same = g.ndim() == x.ndim() && std::equal(want.begin(), want.end(), g.shape());
+  TG_CHECK(same, what, " must have shape ", tuple_str(want.begin(), want.end()), ", got ", shape_str(g));
+}
+
+// A new C-contiguous float32 array whose data is 64-byte aligned (NumPy's allocator gives 16): every
+// full-vector store of a GEMM tile then covers whole cache lines instead of straddling two. The
+// memory still comes from NumPy (a view into a slightly larger array), so large outputs keep its
+// huge-page hint and allocation cache: fresh 4 KiB page faults would cost more than the GELU.
+py::array_t<float> new_array(const std::vector<py::ssize_t>& shape) {
+  py::ssize_t n = 1;
+  for (py::ssize_t d : shape) n *= d;
+  py::array_t<float> buf(n + 16);
+  float* p = buf.mutable_data();
+  const size_t misalign = reinterpret_cast<uintptr_t>(p) % 64;
+  float* aligned = p + (misalign == 0 ? 0 : (64 - misalign) / sizeof(float));
+  return py::array_t<float>(shape, aligned, buf);
+}
+
+py::tuple linear_forward_impl(const char* op, const py::array& x, const py::array& weight, const py::object& bias,
+                              bool gelu) {
+  const float* bp = nullptr;
+  const LinearDims d = check_linear_inputs(op, x, weight, bias, &bp);
+  std::vector<py::ssize_t> yshape = shape_of(x);
+  yshape.back() = d.out;
+  py::array_t<float> h = new_array(yshape);
+  py::array_t<float> y = gelu ? new_array(yshape) : h;
+  const float* xp = static_cast<const float*>(x.data());
+  const float* wp = static_cast<const float*>(weight.data());
+  float* hp = h.mutable_data();
+  float* yp = y.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    GemmEpilogue ep;
+    ep.bias = bp;
+    if (gelu) ep.gelu_out = yp, ep.ld_gelu = d.out;
+    // y (rows, out) = x (rows, in) @ W^T: B[k, j] = W[j, k] -> rsb = 1, csb = in.
+    sgemm(d.rows, d.out, d.in, xp, d.in, 1, wp, 1, d.in, hp, d.out, false, ep);
+  }
+  if (gelu) return py::make_tuple(y, py::make_tuple(h));
+  return py::make_tuple(y, py::tuple());
+}
+
+// dx = g @ W, dW = g^T @ x, db = column sums of g, for g (rows, out).
+py::tuple linear_grads(const float* g, const py::array& x, const py::array& weight, const LinearDims& d,
+                       bool has_bias) {
+  py::array_t<float> dx = new_array(shape_of(x));
+  py::array_t<float> dw = new_array({static_cast<py::ssize_t>(d.out), static_cast<py::ssize_t>(d.in)});
+  py::object db = py::none();
+  float* dbp = nullptr;
+  if (has_bias) {
+    py::array_t<float> dba = new_array({static_cast<py::ssize_t>(d.out)});
+    dbp = dba.mutable_data();
+    db = dba;
+  }
+  const float* xp = static_cast<const float*>(x.data());
+  const float* wp = static_cast<const float*>(weight.data());
+  float* dxp = dx.mutable_data();
+  float* dwp = dw.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    // dx (rows, in) = g (rows, out) @ W (out, in)
+    sgemm(d.rows, d.in, d.out, g, d.out, 1, wp, d.in, 1, dxp, d.in);
+    // dW (out, in) = g^T (out, rows) @ x (rows, in): A[i, k] = g[k, i] -> rsa = 1, csa = out.
+    sgemm(d.out, d.in, d.rows, g, 1, d.out, xp, d.in, 1, dwp, d.in);
+    if (dbp != nullptr) column_sums(g, d.rows, d.out, dbp);
+  }
+  return py::make_tuple(dx, dw, db);
+}
+
+py::tuple linear_forward(const py::array& x, const py::array& weight, const py::object& bias) {
+  return linear_forward_impl("linear_forward", x, weight, bias, false);
+}
+
+py::tuple linear_backward(const py::array& grad, const py::array& x, const py::array& weight, bool has_bias,
+                          const py::object& /*saved*/) {
+  const LinearDims d = check_linear_inputs("linear_backward", x, weight, py::none(), nullptr);
+  check_grad_shape("linear_backward: grad", grad, x, d.out);
+  return linear_grads(static_cast<const float*>(grad.data()), x, weight, d, has_bias);
+}
+
+py::tuple linear_gelu_forward(const py::array& x, const py::array& weight, const py::object& bias) {
+  return linear_forward_impl("linear_gelu_forward", x, weight, bias, true);
+}
+
+py::tuple linear_gelu_backward(const py::array& grad, const py::array& x, const py::array& weight, bool has_bias,
+                               const py::tuple& saved) {
+  const LinearDims d = check_linear_inputs("linear_gelu_backward", x, weight, py::none(), nullptr);
+  check_grad_shape("linear_gelu_backward: grad", grad, x, d.out);
+  TG_CHECK(saved.size() == 1 && py::isinstance<py::array>(saved[0]),
+           "linear_gelu_backward: saved must be the (h,) tuple linear_gelu_forward returned");
+  const py::array h = py::reinterpret_borrow<py::array>(saved[0]);
+  check_grad_shape("linear_gelu_backward: saved h", h, x, d.out);
+  py::array_t<float> dh = new_array(shape_of(h));
+  {
+    py::gil_scoped_release nogil;
+    gelu_grad(static_cast<const float*>(grad.data()), static_cast<const float*>(h.data()), dh.mutable_data(), d.rows,
+              d.out);
+  }
+  return linear_grads(dh.data(), x, weight, d, has_bias);
+}
+
+// C = op(a) @ op(b) for 2-D float32 arrays; op transposes when asked (no copy: strides).
+py::array_t<float> sgemm_py(const py::array& a, const py::array& b, bool transpose_a, bool transpose_b) {
+  check_array<float>(a, "sgemm: a", 2);
+  check_array<float>(b, "sgemm: b", 2);
+  const int64_t M = transpose_a ? a.shape(1) : a.shape(0), K = transpose_a ? a.shape(0) : a.shape(1);
+  const int64_t Kb = transpose_b ? b.shape(1) : b.shape(0), N = transpose_b ? b.shape(0) : b.shape(1);
+  TG_CHECK(K == Kb, "sgemm: b must have ", K, (transpose_b ? " columns" : " rows"), " to match a ",
+           shape_str(a), ", got shape ", shape_str(b));
+  py::array_t<float> c = new_array({static_cast<py::ssize_t>(M), static_cast<py::ssize_t>(N)});
+  const float* ap = static_cast<const float*>(a.data());
+  const float* bp = static_cast<const float*>(b.data());
+  float* cp = c.mutable_data();
+  const int64_t lda = a.shape(1), ldb = b.shape(1);
+  py::gil_scoped_release nogil;
+  sgemm(M, N, K, ap, transpose_a ? 1 : lda, transpose_a ? lda : 1, bp, transpose_b ? 1 : ldb, transpose_b ? ldb : 1,
+        cp, N);
+  return c;
+}
+
+}  // namespace
+}  // namespace cpu
+
+void bind_matmul(py::module_& m) {
+  m.def("linear_forward", &cpu::linear_forward, py::arg("x"), py::arg("weight"), py::arg("bias"),
+        "y = x @ weight.T + bias for x (..., in), weight (out, in), bias (out,) or None; returns (y, ()).");
+  m.def("linear_backward", &cpu::linear_backward, py::arg("grad"), py::arg("x"), py::arg("weight"),
+        py::arg("has_bias"), py::arg("saved"),
+        "(dx, dweight, dbias or None) = (grad @ weight, grad^T @ x, grad summed over rows).");
+  m.def("linear_gelu_forward", &cpu::linear_gelu_forward, py::arg("x"), py::arg("weight"), py::arg("bias"),
+        "y = gelu_tanh(x @ weight.T + bias), fused; returns (y, (h,)) with h the pre-activation.");
+  m.def("linear_gelu_backward", &cpu::linear_gelu_backward, py::arg("grad"), py::arg("x"), py::arg("weight"),
+        py::arg("has_bias"), py::arg("saved"),
+        "Gradients of linear_gelu_forward: dh = grad * gelu'(h), then as linear_backward with dh.");
+  m.def("sgemm", &cpu::sgemm_py, py::arg("a"), py::arg("b"), py::arg("transpose_a") = false,
+        py::arg("transpose_b") = false, "op(a) @ op(b) for 2-D float32 arrays (op = transpose when asked).");
+  m.def("_set_gemm_blocking", &cpu::set_gemm_blocking, py::arg("kc"), py::arg("mc"), py::arg("nc"));
+  m.def("gemm_isa", [] { return std::string(cpu::gemm_isa()); }, "The SGEMM micro-kernel in use.");
+  m.def(
+      "set_gemm_isa",
+      [](const std::string& name) {
+        TG_CHECK(name == "auto" || name == "avx512" || name == "avx2" || name == "scalar",
+                 "set_gemm_isa: name must be 'auto', 'avx512', 'avx2' or 'scalar', got '", name, "'");
+        TG_CHECK(cpu::set_gemm_isa(name.c_str()), "set_gemm_isa: this CPU does not support '", name, "'");
+        return std::string(cpu::gemm_isa());
+      },
+      py::arg("name"), "Forces the SGEMM micro-kernel (tests, benchmarks); 'auto' picks the best.");
+}
+
+}  // namespace tinygpt
