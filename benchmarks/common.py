@@ -1,0 +1,165 @@
+"""Shared helpers for the benchmarks: machine info, robust statistics, interleaved timing, tables.
+
+Nothing here imports numpy or torch at module level, so a benchmark can set the thread
+environment (OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, ...) before those libraries load.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import time
+
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def set_thread_env(threads: int) -> None:
+    """Pin OpenMP / OpenBLAS / MKL pools to `threads` (call before numpy and torch are imported)."""
+    for name in THREAD_ENV:
+        os.environ[name] = str(threads)
+
+
+def preparse_int(argv, flag: str, default: int) -> int:
+    """The value of `flag N` or `flag=N` in argv, read before argparse (and before numpy loads)."""
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return int(argv[i + 1])
+        if arg.startswith(flag + "="):
+            return int(arg.split("=", 1)[1])
+    return default
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> str:
+    """The widest SIMD extensions the CPU reports."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return " ".join(x for x in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if x in flags)
+    except OSError:
+        pass
+    return "?"
+
+
+def load_average() -> str:
+    try:
+        one, five, fifteen = os.getloadavg()
+        return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+    except OSError:
+        return "?"
+
+
+def numpy_blas() -> str:
+    import numpy as np  # noqa: PLC0415 - after the thread environment is set
+
+    try:
+        cfg = np.show_config(mode="dicts")
+        blas = cfg["Build Dependencies"]["blas"]
+        return f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
+    except Exception:  # older numpy: no mode='dicts'
+        return "?"
+
+
+def torch_blas() -> str:
+    try:
+        import torch  # noqa: PLC0415
+    except ImportError:
+        return "(torch not installed)"
+    cfg = torch.__config__.show()
+    for token in cfg.replace(",", "\n").splitlines():
+        if "BLAS_INFO=" in token:
+            return token[token.index("BLAS_INFO="):].strip()
+    return "?"
+
+
+def machine_info(threads: int) -> dict:
+    import numpy as np  # noqa: PLC0415
+
+    info = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": cpu_model(),
+        "simd": cpu_flags(),
+        "logical_cores": os.cpu_count(),
+        "load_average": load_average(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numpy_blas": numpy_blas(),
+        "threads": threads,
+        "thread_env": {k: os.environ.get(k) for k in THREAD_ENV},
+    }
+    try:
+        import torch  # noqa: PLC0415
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        info["torch_blas"] = torch_blas()
+    except ImportError:
+        info["torch"] = None
+    return info
+
+
+def print_machine(info: dict) -> None:
+    print(f"date        {info['date']}")
+    print(f"cpu         {info['cpu']} ({info['logical_cores']} logical cores; {info['simd']})")
+    print(f"load avg    {info['load_average']} (1/5/15 min; other processes share this machine)")
+    print(f"python      {info['python']}; numpy {info['numpy']} ({info['numpy_blas']}); "
+          f"torch {info.get('torch')} ({info.get('torch_blas', '-')})")
+    print(f"threads     {info['threads']} for both (torch.set_num_threads={info.get('torch_threads')}, "
+          + ", ".join(f"{k}={v}" for k, v in info["thread_env"].items()) + ")")
+
+
+def stats(times_s) -> dict:
+    """Median, quartiles and IQR of a list of seconds, in milliseconds."""
+    ms = sorted(t * 1e3 for t in times_s)
+    if len(ms) >= 2:
+        q1, _, q3 = statistics.quantiles(ms, n=4, method="inclusive")
+    else:
+        q1 = q3 = ms[0]
+    return {"median_ms": statistics.median(ms), "q1_ms": q1, "q3_ms": q3, "iqr_ms": q3 - q1,
+            "min_ms": ms[0], "max_ms": ms[-1], "n": len(ms)}
+
+
+def interleaved(contenders: dict, steps: int, warmup: int) -> dict:
+    """Time one call of each contender per round, alternating who goes first (ABBA...).
+
+    contenders: name -> zero-argument callable doing one full step (and synchronising).
+    Warmup rounds run first and are discarded. Returns name -> list of seconds.
+    """
+    names = list(contenders)
+    for _ in range(warmup):
+        for name in names:
+            contenders[name]()
+    times = {name: [] for name in names}
+    for r in range(steps):
+        order = names if r % 2 == 0 else names[::-1]
+        for name in order:
+            t0 = time.perf_counter()
+            contenders[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def table(headers, rows, align=None) -> str:
+    """A plain-text (Markdown-compatible) table."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    align = align or ["<"] + [">"] * (len(headers) - 1)
+
+    def line(r):
+        return "| " + " | ".join(f"{c:{a}{w}}" for c, a, w in zip(r, align, widths)) + " |"
+
+    sep = "|" + "|".join(("-" * (w + 1) + ":") if a == ">" else ("-" * (w + 2)) for a, w in zip(align, widths)) + "|"
+    return "\n".join([line(cells[0]), sep] + [line(r) for r in cells[1:]])
