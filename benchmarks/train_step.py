@@ -31,7 +31,6 @@ import cProfile  # noqa: E402
 import contextlib  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
 import pstats  # noqa: E402
 import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
@@ -211,7 +210,7 @@ def bench_config(name: str, args) -> dict:
     init = {k: np.array(v, copy=True) for k, v in base.state_dict().items()}
     flops_per_step = base.flops_per_token() * tokens
 
-    contenders, steppers = {}, {}
+    steppers = {}
     for label, native in kernel_modes(args.kernels):
         m = make_model(name, args.seed)
         m.load_state_dict(init)
@@ -322,7 +321,6 @@ def timed_functions(acc):
 
 
 def profile_config(name: str, args) -> dict:
-    c = CONFIGS[name]
     n = args.profile_steps
     model = make_model(name, args.seed)
     batches = make_batches(name, 8, args.seed)

@@ -8,6 +8,7 @@ import urllib.request
 import pytest
 
 import tinygpt as tg
+import tinygpt.checkpoint  # noqa: F401 - tg.checkpoint below
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

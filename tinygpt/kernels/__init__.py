@@ -11,6 +11,7 @@ its autograd context so backward always runs the implementation that ran forward
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 from typing import Callable, NamedTuple
 
@@ -19,7 +20,7 @@ import numpy as np
 from . import reference
 
 try:  # the extension is optional: `import tinygpt` works without a compiler or CUDA
-    from .. import _C as _native
+    _native = importlib.import_module("tinygpt._C")
     _native_error = None
 except ImportError as exc:
     _native = None

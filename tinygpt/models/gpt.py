@@ -6,7 +6,7 @@ import numpy as np
 from .. import functional as F
 from .. import random as _random
 from ..autograd import no_grad
-from ..backend import to_numpy
+from ..backend import to_device, to_numpy
 from ..nn import Block, Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, sinusoidal_positions
 from ..tensor import Tensor
 from .config import GPTConfig
@@ -140,7 +140,7 @@ class GPT(Module):
         try:
             with no_grad():
                 for _ in range(max_new_tokens):
-                    cond = ids[:, -self.config.block_size:]
+                    cond = to_device(ids[:, -self.config.block_size:], self.transformer.wte.weight.device)
                     logits, _ = self(cond)
                     last = to_numpy(logits.data[:, -1, :]).astype(np.float64)  # (B, vocab)
                     ids = np.concatenate([ids, sample_next(last, temperature, top_k, top_p, rng)[:, None]], axis=1)
