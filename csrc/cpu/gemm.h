@@ -6,12 +6,13 @@
 // any strides, so a transposed operand is just swapped strides (it is repacked anyway). C is
 // row-major with leading dimension ldc. M, N, K may be anything >= 0 (K = 0 gives C = bias or 0).
 //
-// Structure (BLIS / GotoBLAS): loops jc (NC columns) -> pc (KC of the reduction) -> ic (MC rows),
-// B's KC x NC block packed once into NR-wide k-major panels shared by all threads, each thread's
-// MC x KC block of A packed into MR-tall panels, and an MR x NR register-tile micro-kernel
-// (AVX-512 14x32 or AVX2/FMA 6x16, picked at run time with __builtin_cpu_supports; a portable
-// scalar 4x16 otherwise). Threads split the MR x NR tile grid into rectangles (along M, or along N
-// when M has too few tiles). The epilogue (bias, GELU) runs on each tile while it is in L1.
+// Structure (BLIS / GotoBLAS): loops jc (NC columns) -> pc (KC of the reduction) -> row blocks,
+// B's KC x NC block packed into NR-wide k-major panels shared by all threads (double-buffered: one
+// barrier per KC block), each row block of A packed into MR-tall panels by the thread that takes it,
+// and an MR x NR register-tile micro-kernel: AVX-512 14 x 32 or AVX2/FMA 6 x 16, picked at run time
+// with __builtin_cpu_supports (a portable scalar 4 x 16 otherwise), plus a column kernel for narrow
+// N edges. Row blocks (x column chunks when M is short) are handed to threads dynamically, a few
+// per thread. Bias is added and GELU applied in the micro-kernel's epilogue, in registers.
 #pragma once
 
 #include <cstdint>
@@ -34,9 +35,6 @@ const char* gemm_isa();
 // Forces one ("avx512" / "avx2" / "scalar", or "auto" for the best the CPU supports); returns false
 // if the CPU lacks it. For tests and benchmarks; not thread-safe against concurrent sgemm calls.
 bool set_gemm_isa(const char* name);
-
-// Overrides the cache blocking of the current ISA (values <= 0 keep the current one); for tuning.
-void set_gemm_blocking(int64_t kc, int64_t mc, int64_t nc);
 
 // y = gelu_tanh(h) and dh = g * gelu_tanh'(h), elementwise over n floats, vectorised for the ISA.
 void gelu_tanh_rows(const float* h, float* y, int64_t n);

@@ -16,7 +16,19 @@
 // template instance per row count at the M edge, so nothing is computed for padding rows.
 #include "gemm.h"
 
+// The AVX2 / AVX-512 kernels are compiled per ISA with `#pragma GCC target` (no -march flags: the
+// wheel runs on any x86-64) and picked at run time; other compilers and CPUs get the scalar path.
+// A build may predefine TG_GEMM_SIMD=0 to compile the portable path only.
+#ifndef TG_GEMM_SIMD
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define TG_GEMM_SIMD 1
+#else
+#define TG_GEMM_SIMD 0
+#endif
+#endif
+#if TG_GEMM_SIMD
 #include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -140,6 +152,7 @@ void gelu_grad_rows(const float* g, const float* h, float* dh, int64_t n) {
 
 }  // namespace scalar
 
+#if TG_GEMM_SIMD
 // ------------------------------------------------------------------------------------ AVX2
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
@@ -551,6 +564,7 @@ void transpose_pack(int rows, int64_t kc, const float* src, int64_t ld, float* d
 
 }  // namespace avx512
 #pragma GCC pop_options
+#endif  // TG_GEMM_SIMD
 
 // ------------------------------------------------------------------------------------ packing
 // Transposes `rows` rows contiguous in k (leading dimension ld) into dst[k * stride + r], writing
@@ -620,32 +634,50 @@ struct Isa {
   GradRowsFn gelu_grad;
 };
 
-Isa kScalar{"scalar", scalar::MR, scalar::NR, 256, 128, 4096, scalar::tile, pack_a<scalar::MR, nullptr>,
+const Isa kScalar{"scalar", scalar::MR, scalar::NR, 256, 128, 4096, scalar::tile, pack_a<scalar::MR, nullptr>,
                   pack_b_panel<scalar::NR, nullptr, 1>, scalar::gelu_rows, scalar::gelu_grad_rows};
-Isa kAvx2{"avx2", avx2::MR, avx2::NR, 256, 144, 4096, avx2::tile, pack_a<avx2::MR, avx2::transpose_pack>,
+#if TG_GEMM_SIMD
+// KC / MC from single-thread sweeps on Zen 4 (benchmarks/kernels/matmul.py shapes): KC = 512 keeps
+// a 14 x 32 tile's A and B panels streaming from L2 while cutting the passes over C.
+const Isa kAvx2{"avx2", avx2::MR, avx2::NR, 384, 144, 4096, avx2::tile, pack_a<avx2::MR, avx2::transpose_pack>,
                 pack_b_panel<avx2::NR, avx2::transpose_pack, 8>, avx2::gelu_rows, avx2::gelu_grad_rows};
-Isa kAvx512{"avx512", avx512::MR, avx512::NR, 512, 140, 4096, avx512::tile,
-                  pack_a<avx512::MR, avx512::transpose_pack>, pack_b_panel<avx512::NR, avx512::transpose_pack, 16>, avx512::gelu_rows, avx512::gelu_grad_rows};
+const Isa kAvx512{"avx512", avx512::MR, avx512::NR, 512, 140, 4096, avx512::tile,
+                  pack_a<avx512::MR, avx512::transpose_pack>, pack_b_panel<avx512::NR, avx512::transpose_pack, 16>,
+                  avx512::gelu_rows, avx512::gelu_grad_rows};
+#endif
 
 bool cpu_has(const char* name) {
+  if (std::strcmp(name, "scalar") == 0) return true;
+#if TG_GEMM_SIMD
   __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (std::strcmp(name, "avx2") == 0) return avx2;
   if (std::strcmp(name, "avx512") == 0)
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (std::strcmp(name, "avx2") == 0) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return std::strcmp(name, "scalar") == 0;
+    return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512dq");
+#endif
+  return false;
 }
 
-Isa* best_isa() {
-  if (cpu_has("avx512")) return &kAvx512;
-  if (cpu_has("avx2")) return &kAvx2;
+const Isa* isa_named(const char* name) {
+#if TG_GEMM_SIMD
+  if (std::strcmp(name, "avx512") == 0) return &kAvx512;
+  if (std::strcmp(name, "avx2") == 0) return &kAvx2;
+#endif
+  (void)name;
   return &kScalar;
 }
 
-Isa* g_isa = best_isa();
+const Isa* best_isa() {
+  for (const char* name : {"avx512", "avx2"})
+    if (cpu_has(name)) return isa_named(name);
+  return &kScalar;
+}
+
+const Isa* g_isa = best_isa();
 
 // Splits [0, n) into `parts` near-equal ranges; returns part p's [begin, end).
-[[maybe_unused]] inline void split(int64_t n, int parts, int p, int64_t* begin, int64_t* end) {
+inline void split(int64_t n, int parts, int p, int64_t* begin, int64_t* end) {
   *begin = n * p / parts;
   *end = n * (p + 1) / parts;
 }
@@ -672,14 +704,8 @@ bool set_gemm_isa(const char* name) {
     return true;
   }
   if (!cpu_has(name)) return false;
-  g_isa = std::strcmp(name, "avx512") == 0 ? &kAvx512 : std::strcmp(name, "avx2") == 0 ? &kAvx2 : &kScalar;
+  g_isa = isa_named(name);
   return true;
-}
-
-void set_gemm_blocking(int64_t kc, int64_t mc, int64_t nc) {
-  if (kc > 0) g_isa->kc = kc;
-  if (mc > 0) g_isa->mc = round_up(mc, g_isa->mr);
-  if (nc > 0) g_isa->nc = round_up(nc, g_isa->nr);
 }
 
 void gelu_tanh_rows(const float* h, float* y, int64_t n) { g_isa->gelu(h, y, n); }
@@ -719,14 +745,15 @@ void sgemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t rsa, int64_t
   // B blocks are double-buffered: packing block q + 1 may start while slower threads still compute
   // on block q, and the barrier that ends each packing loop (all of q + 1 packed) also proves that
   // nobody still reads block q - 1, whose buffer q + 1 reuses. One barrier per KC block.
-  thread_local Scratch b_scratch;
-  const int64_t bsize = round_up(kc_max * nc_max, 16) + 64;
-  float* const bbuf = b_scratch.get(2 * bsize);
+  // One scratch block per calling thread, reused across calls: two B buffers, then one A block per
+  // thread (allocated here, outside the parallel region, so a failure is a clean bad_alloc).
+  thread_local Scratch scratch;
+  const int64_t bsize = round_up(kc_max * nc_max, 16) + 64, asize = round_up(mc * kc_max, 16) + 64;
+  float* const bbuf = scratch.get(2 * bsize + nt * asize);
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    thread_local Scratch a_scratch;
-    float* const ap = a_scratch.get(mc * kc_max + 64);
+    float* const ap = bbuf + 2 * bsize + thread_id() * asize;
     int64_t packed_ic = -1, packed_pc = -1;  // which A block ap holds
     int64_t q = 0;                           // B block counter (buffer q & 1)
     for (int64_t jc = 0; jc < N; jc += nc_max) {
@@ -978,7 +1005,6 @@ void bind_matmul(py::module_& m) {
         "Gradients of linear_gelu_forward: dh = grad * gelu'(h), then as linear_backward with dh.");
   m.def("sgemm", &cpu::sgemm_py, py::arg("a"), py::arg("b"), py::arg("transpose_a") = false,
         py::arg("transpose_b") = false, "op(a) @ op(b) for 2-D float32 arrays (op = transpose when asked).");
-  m.def("_set_gemm_blocking", &cpu::set_gemm_blocking, py::arg("kc"), py::arg("mc"), py::arg("nc"));
   m.def("gemm_isa", [] { return std::string(cpu::gemm_isa()); }, "The SGEMM micro-kernel in use.");
   m.def(
       "set_gemm_isa",
