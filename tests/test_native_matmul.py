@@ -220,20 +220,49 @@ def _check_gelu_extremes():
     assert np.all(np.isfinite(dx)) and np.all(np.isfinite(y))
 
 
-def test_threads_do_not_change_results():
-    """Each output's summation order is fixed by the blocking, not by the threads: bitwise equal."""
-    rng = np.random.default_rng(1)
-    x, w, b, g = _linear_case(rng, (333,), 700, 190, 1.0, True)
+@contextlib.contextmanager
+def num_threads(n):
     before = cpu.get_num_threads()
+    cpu.set_num_threads(n)
     try:
-        cpu.set_num_threads(1)
-        one = cpu.linear_forward(x, w, b)[0], *cpu.linear_backward(g, x, w, True, ())
-        cpu.set_num_threads(max(2, before))
-        many = cpu.linear_forward(x, w, b)[0], *cpu.linear_backward(g, x, w, True, ())
+        yield
     finally:
         cpu.set_num_threads(before)
-    for a, c in zip(one, many):
-        np.testing.assert_array_equal(a, c)
+
+
+def _all_outputs(x, w, b, g):
+    y, saved = cpu.linear_gelu_forward(x, w, b)
+    return [cpu.linear_forward(x, w, b)[0], *cpu.linear_backward(g, x, w, True, ()), y, saved[0],
+            *cpu.linear_gelu_backward(g, x, w, True, saved)]
+
+
+def test_threads_do_not_change_results():
+    """Row-block / column-chunk tasks: each output's summation order is fixed by the blocking, not by
+    which thread ran it, so any thread count gives the same bits."""
+    x, w, b, g = _linear_case(np.random.default_rng(1), (333,), 700, 190, 1.0, True)
+    with num_threads(1):
+        one = _all_outputs(x, w, b, g)
+    for n in (2, 3):
+        with num_threads(n):
+            for a, c in zip(one, _all_outputs(x, w, b, g)):
+                np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("rows, n_in, n_out", [
+    (3000, 64, 48),   # dW = g^T x reduces over 3000 rows: K split across threads, partial sums added
+    (16, 3000, 200),  # y = x W^T (+ bias, GELU) reduces over 3000 in-features: the same path
+])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_k_split(rows, n_in, n_out, threads):
+    """The K-split path (long reductions): right for 2 and 3 threads, bitwise repeatable for each."""
+    rng = np.random.default_rng(rows + n_in)
+    x, w, b, g = _linear_case(rng, (rows,), n_in, n_out, 1.0, True)
+    with num_threads(threads):
+        check_linear(x, w, b, g)
+        check_linear_gelu(x, w, b, g)
+        first = _all_outputs(x, w, b, g)
+        for a, c in zip(first, _all_outputs(x, w, b, g)):
+            np.testing.assert_array_equal(a, c)
 
 
 @pytest.mark.parametrize("ta, tb", [(False, False), (True, False), (False, True), (True, True)])

@@ -682,8 +682,10 @@ inline void split(int64_t n, int parts, int p, int64_t* begin, int64_t* end) {
   *end = n * (p + 1) / parts;
 }
 
-// Problems below this many flops run on one thread (the fork/join would cost more than it saves).
-constexpr double kParallelFlops = 1 << 21;
+// Products below this many flops (~0.17 ms on one Zen 4 core) run on the calling thread: the
+// fork/join would save little, and on a busy machine a 2-thread call can wait a whole scheduler tick
+// for a preempted worker (the project's other CPU kernels draw the same line at ~0.3 ms).
+constexpr double kParallelFlops = 1 << 24;
 
 void fill_rows(int64_t M, int64_t N, float* c, int64_t ldc, bool accumulate, const GemmEpilogue& ep,
                const Isa& isa) {  // K = 0: C = (C +) bias, then the epilogue
@@ -711,6 +713,86 @@ bool set_gemm_isa(const char* name) {
 void gelu_tanh_rows(const float* h, float* y, int64_t n) { g_isa->gelu(h, y, n); }
 void gelu_tanh_grad_rows(const float* g, const float* h, float* dh, int64_t n) { g_isa->gelu_grad(g, h, dh, n); }
 
+namespace {
+
+// Packed B of at most this many floats is packed whole (every KC block of an NC block) before any
+// compute, so the threads meet once per GEMM instead of once per KC block (wider B: NC shrinks).
+constexpr int64_t kFullB = int64_t(4) << 20;
+
+// One thread's GEMM (no OpenMP inside) on private buffers: ap holds mc x kc_max, bp kc_max x nc_max.
+// Used by each thread of the K-split below; bias is added by the first KC block.
+void gemm_serial(const Isa& isa, int64_t M, int64_t N, int64_t K, const float* a, int64_t rsa, int64_t csa,
+                 const float* b, int64_t rsb, int64_t csb, float* c, int64_t ldc, bool accumulate,
+                 const float* bias, float* ap, float* bp, int64_t kc_max, int64_t nc_max, int64_t mc) {
+  const int MR = isa.mr, NR = isa.nr;
+  for (int64_t jc = 0; jc < N; jc += nc_max) {
+    const int64_t nc = std::min(nc_max, N - jc);
+    for (int64_t pc = 0; pc < K; pc += kc_max) {
+      const int64_t kc = std::min(kc_max, K - pc);
+      const bool first = pc == 0;
+      for (int64_t j = 0; j < nc; j += NR)
+        isa.pack_b(kc, static_cast<int>(std::min<int64_t>(NR, nc - j)), b + pc * rsb + (jc + j) * csb, rsb, csb,
+                   bp + j * kc);
+      for (int64_t ic = 0; ic < M; ic += mc) {
+        const int64_t m = std::min(mc, M - ic);
+        isa.pack_a(m, kc, a + ic * rsa + pc * csa, rsa, csa, ap);
+        for (int64_t j = 0; j < nc; j += NR) {
+          const int nr = static_cast<int>(std::min<int64_t>(NR, nc - j));
+          const float* bt = (first && bias != nullptr) ? bias + jc + j : nullptr;
+          for (int64_t ir = 0; ir < m; ir += MR)
+            isa.tile(kc, ap + ir * kc, bp + j * kc, c + (ic + ir) * ldc + jc + j, ldc,
+                     static_cast<int>(std::min<int64_t>(MR, m - ir)), nr, bt, accumulate || !first, nullptr, 0);
+        }
+      }
+    }
+  }
+}
+
+// A long reduction (the weight gradient dW = g^T x reduces over B*T rows): each thread takes a
+// contiguous K range into its own C (thread 0 into c, the others into scratch), packing its own A and
+// B: nothing is shared until one barrier before the sum, so a preempted thread never stalls the
+// other mid-way. Deterministic for a given thread count (the sum runs in thread order).
+void sgemm_ksplit(const Isa& isa, int nt, int64_t M, int64_t N, int64_t K, const float* a, int64_t rsa,
+                  int64_t csa, const float* b, int64_t rsb, int64_t csb, float* c, int64_t ldc, bool accumulate,
+                  const GemmEpilogue& ep) {
+  const int64_t kpart = ceil_div(K, nt);
+  const int64_t kc_max = ceil_div(kpart, ceil_div(kpart, isa.kc));
+  const int64_t nc_max = round_up(ceil_div(N, ceil_div(N, isa.nc)), isa.nr);
+  const int64_t mc = std::min(isa.mc, round_up(M, isa.mr));
+  const int64_t asize = round_up(mc * kc_max, 16) + 64, bsize = round_up(kc_max * nc_max, 16) + 64;
+  const int64_t psize = round_up(M * N, 16);
+  thread_local Scratch scratch;
+  float* const buf = scratch.get(nt * (asize + bsize) + (nt - 1) * psize);
+  float* const parts = buf + nt * (asize + bsize);
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = thread_id();
+    const int64_t k0 = K * t / nt, k1 = K * (t + 1) / nt;
+    float* const ct = t == 0 ? c : parts + (t - 1) * psize;
+    const int64_t ldt = t == 0 ? ldc : N;
+    if (k1 > k0) {
+      gemm_serial(isa, M, N, k1 - k0, a + k0 * csa, rsa, csa, b + k0 * rsb, rsb, csb, ct, ldt, t == 0 && accumulate,
+                  t == 0 ? ep.bias : nullptr, buf + t * (asize + bsize), buf + t * (asize + bsize) + asize, kc_max,
+                  nc_max, mc);
+    } else if (t > 0) {
+      std::fill(ct, ct + M * N, 0.0f);
+    }
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < M; ++i) {
+      float* ci = c + i * ldc;
+      for (int u = 1; u < nt; ++u) {
+        const float* pi = parts + (u - 1) * psize + i * N;
+#pragma omp simd
+        for (int64_t j = 0; j < N; ++j) ci[j] += pi[j];
+      }
+      if (ep.gelu_out != nullptr) isa.gelu(ci, ep.gelu_out + i * ep.ld_gelu, N);
+    }
+  }
+}
+
+}  // namespace
+
 void sgemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t rsa, int64_t csa, const float* b,
            int64_t rsb, int64_t csb, float* c, int64_t ldc, bool accumulate, const GemmEpilogue& ep) {
   const Isa& isa = *g_isa;
@@ -720,13 +802,19 @@ void sgemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t rsa, int64_t
     return;
   }
   const int MR = isa.mr, NR = isa.nr;
-  // Balanced blocks: K = 300 with KC 256 gives two blocks of 150, not 256 + 44.
-  const int64_t kc_max = ceil_div(K, ceil_div(K, isa.kc));
-  const int64_t nc_max = round_up(ceil_div(N, ceil_div(N, isa.nc)), NR);
-  const int64_t ntiles_max = nc_max / NR;
-
   int nt = max_threads();
   if (2.0 * M * N * K < kParallelFlops) nt = 1;
+  if (nt > 1 && K >= 2 * isa.kc && K >= std::max(M, N)) {
+    sgemm_ksplit(isa, nt, M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, accumulate, ep);
+    return;
+  }
+  // Balanced blocks: K = 600 with KC 512 gives two blocks of 300, not 512 + 88.
+  const int64_t kc_max = ceil_div(K, ceil_div(K, isa.kc));
+  const int64_t nkb = ceil_div(K, kc_max);
+  const int64_t nc_cap = std::min(isa.nc, std::max<int64_t>(NR, kFullB / (nkb * kc_max) / NR * NR));
+  const int64_t nc_max = round_up(ceil_div(N, ceil_div(N, nc_cap)), NR);
+  const int64_t ntiles_max = nc_max / NR;
+
   // Work is handed out dynamically in tasks of (a row block) x (a chunk of NR-column tiles), a few
   // per thread so that a thread the OS preempts (a busy machine) delays little: the others take its
   // share. Rows are split first (each task packs its A block once); columns only when M is short.
@@ -742,50 +830,48 @@ void sgemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t rsa, int64_t
   const int64_t ntasks = mblocks * nchunks;
   if (ntasks < nt) nt = static_cast<int>(std::max<int64_t>(1, ntasks));
 
-  // B blocks are double-buffered: packing block q + 1 may start while slower threads still compute
-  // on block q, and the barrier that ends each packing loop (all of q + 1 packed) also proves that
-  // nobody still reads block q - 1, whose buffer q + 1 reuses. One barrier per KC block.
-  // One scratch block per calling thread, reused across calls: two B buffers, then one A block per
-  // thread (allocated here, outside the parallel region, so a failure is a clean bad_alloc).
+  // B (one NC block of it, all of K: usually all of B, a weight) is packed by all threads together
+  // before any task starts: one barrier per NC block. Then each task runs its rows through every KC
+  // block, packing its own A. One scratch block per calling thread, reused across calls (allocated
+  // here, outside the parallel region, so a failure is a clean bad_alloc): B, then A per thread.
   thread_local Scratch scratch;
-  const int64_t bsize = round_up(kc_max * nc_max, 16) + 64, asize = round_up(mc * kc_max, 16) + 64;
-  float* const bbuf = scratch.get(2 * bsize + nt * asize);
+  const int64_t kblock = kc_max * nc_max;  // floats per packed KC block of B
+  const int64_t bsize = round_up(nkb * kblock, 16) + 64, asize = round_up(mc * kc_max, 16) + 64;
+  float* const bp = scratch.get(bsize + nt * asize);
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    float* const ap = bbuf + 2 * bsize + thread_id() * asize;
-    int64_t packed_ic = -1, packed_pc = -1;  // which A block ap holds
-    int64_t q = 0;                           // B block counter (buffer q & 1)
+    float* const ap = bp + bsize + thread_id() * asize;
     for (int64_t jc = 0; jc < N; jc += nc_max) {
       const int64_t nc = std::min(nc_max, N - jc);
       const int64_t npanels = ceil_div(nc, NR);
       const int64_t chunk = ceil_div(npanels, nchunks);  // tiles per column chunk
-      for (int64_t pc = 0; pc < K; pc += kc_max, ++q) {
+      if (jc > 0) {
+#pragma omp barrier
+      }  // (everyone is done with the previous NC block of B)
+#pragma omp for schedule(dynamic, 4)
+      for (int64_t qp = 0; qp < nkb * npanels; ++qp) {
+        const int64_t q = qp / npanels, p = qp % npanels, pc = q * kc_max, j = jc + p * NR;
         const int64_t kc = std::min(kc_max, K - pc);
-        const bool first = pc == 0, last = pc + kc >= K;
-        float* const bp = bbuf + (q & 1) * bsize;
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t p = 0; p < npanels; ++p) {
-          const int64_t j = jc + p * NR;
-          isa.pack_b(kc, static_cast<int>(std::min<int64_t>(NR, N - j)), b + pc * rsb + j * csb, rsb, csb,
-                     bp + p * NR * kc);
-        }
-        // (implicit barrier: block q of B is packed)
+        isa.pack_b(kc, static_cast<int>(std::min<int64_t>(NR, N - j)), b + pc * rsb + j * csb, rsb, csb,
+                   bp + q * kblock + p * NR * kc);
+      }
+      // (implicit barrier: this NC block of B is packed)
 #pragma omp for schedule(dynamic, 1) nowait
-        for (int64_t t = 0; t < ntasks; ++t) {
-          const int64_t blk = t / nchunks;
-          const int64_t ic = mtiles * blk / mblocks * MR;
-          const int64_t m = std::min(M, mtiles * (blk + 1) / mblocks * MR) - ic;
-          const int64_t p0 = (t % nchunks) * chunk, p1 = std::min(npanels, p0 + chunk);
-          if (p0 >= p1) continue;
-          if (packed_ic != ic || packed_pc != pc) {  // (A does not depend on jc)
-            isa.pack_a(m, kc, a + ic * rsa + pc * csa, rsa, csa, ap);
-            packed_ic = ic, packed_pc = pc;
-          }
+      for (int64_t t = 0; t < ntasks; ++t) {
+        const int64_t blk = t / nchunks;
+        const int64_t ic = mtiles * blk / mblocks * MR;
+        const int64_t m = std::min(M, mtiles * (blk + 1) / mblocks * MR) - ic;
+        const int64_t p0 = (t % nchunks) * chunk, p1 = std::min(npanels, p0 + chunk);
+        if (p0 >= p1) continue;
+        for (int64_t q = 0; q < nkb; ++q) {
+          const int64_t pc = q * kc_max, kc = std::min(kc_max, K - pc);
+          const bool first = q == 0, last = q == nkb - 1;
+          isa.pack_a(m, kc, a + ic * rsa + pc * csa, rsa, csa, ap);
           for (int64_t p = p0; p < p1; ++p) {
             const int64_t jr = jc + p * NR;
             const int nr = static_cast<int>(std::min<int64_t>(NR, N - jr));
-            const float* bpanel = bp + p * NR * kc;
+            const float* bpanel = bp + q * kblock + p * NR * kc;
             const float* bias = (first && ep.bias != nullptr) ? ep.bias + jr : nullptr;
             for (int64_t ir = 0; ir < m; ir += MR) {
               const int mr = static_cast<int>(std::min<int64_t>(MR, m - ir));
