@@ -22,7 +22,11 @@ pct_peak (median GFLOP/s over the measured peak).
 
 --threads N pins OpenMP, OpenBLAS and torch to N threads (set before they load); --cpu-time (with
 --threads 1) times with the thread's CPU clock instead of the wall clock, which a busy machine
-(other processes time-slicing the cores) does not inflate.
+(other processes time-slicing the cores) does not inflate. On a shared 2-core machine the default
+2-thread wall-clock medians mostly measure the scheduler: with more runnable threads than cores a
+2-thread call waits whole ticks (4-12 ms) for a preempted worker, whichever library it is (libgomp's
+spinning barrier for native and torch; OMP_WAIT_POLICY=passive helps those); compare best_ms there,
+or the single-thread CPU-clock run.
 """
 from __future__ import annotations
 

@@ -804,7 +804,8 @@ void sgemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t rsa, int64_t
   const int MR = isa.mr, NR = isa.nr;
   int nt = max_threads();
   if (2.0 * M * N * K < kParallelFlops) nt = 1;
-  if (nt > 1 && K >= 2 * isa.kc && K >= std::max(M, N)) {
+  // A reduction much longer than both sides (dW = g^T x over B*T rows): split K, not the tiles.
+  if (nt > 1 && K >= 2 * isa.kc && K >= 2 * std::max(M, N)) {
     sgemm_ksplit(isa, nt, M, N, K, a, rsa, csa, b, rsb, csb, c, ldc, accumulate, ep);
     return;
   }

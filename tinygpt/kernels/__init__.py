@@ -81,15 +81,15 @@ def _qualifies(arrays):
 # says whether to use it; ops not listed always take the native kernel when it qualifies.
 #
 # linear / linear_gelu: the native packed SGEMM vs NumPy's matmul (OpenBLAS 0.3.31), measured with
-# `benchmarks/kernels/matmul.py --grid --threads 1 --cpu-time` on the 2-core Zen 4 (single-threaded
-# CPU time: the machine is shared, and wall-clock 2-thread timings there swing 10x with the load).
-# Every GEMM of a training step (B*T = 768 and 4096): native level or faster (0.95-1.13x NumPy's time
-# per product, 28 of 30 faster; linear ops 1.0-1.25x, linear_gelu 1.3-1.5x). Few rows (generation):
-# the SGEMM packs W (in x out floats) first, which a handful of rows cannot amortise, while OpenBLAS
-# has GEMV / small-matrix paths: NumPy is 2-4x faster for 1 row and up to 2x for a few rows with few
-# outputs; from ~1300 outputs (rows x out; ~650 for in > 512) the native one wins, by 1.5-3.4x in
-# the 2-32 row band where OpenBLAS switches to an unblocked GEMM. Known misses, each ~1 us: with
-# in <= 256 and out <= 128 native is 1.1-1.4x faster below the threshold too.
+# `benchmarks/kernels/matmul.py --grid --threads 1 --cpu-time` on the 2-core Zen 4 (one thread, CPU
+# clock: the machine is shared, and 2-thread wall-clock timings there swing 2-10x with the load).
+# Every GEMM of a training step (B*T = 768 and 4096): native faster on 28 of 30 products and within
+# 3% on the other two (0.97-1.11x NumPy's time); linear ops 1.02-1.09x, linear_gelu 1.3x (fwd+bwd).
+# Few rows (generation): the SGEMM packs W (in x out floats) first, which a handful of rows cannot
+# amortise, while OpenBLAS has GEMV / small-matrix paths: NumPy is 1.0-3.5x faster for one row and
+# up to 2.9x for a few rows with few outputs. From ~1300 outputs (rows x out; ~650 when in > 512) the
+# native one wins every measured shape, by 1.24-3.4x in the 2-32 row band where OpenBLAS switches to
+# an unblocked GEMM. Below the line native is at most 1.09x faster (in = 128, out <= 128).
 _LINEAR_SMALL = ((512, 1280), (None, 640))  # (in_features up to, rows * out below which NumPy wins)
 
 
