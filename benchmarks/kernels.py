@@ -15,6 +15,7 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "kernels"))  # their shared _timing
 import common  # noqa: E402
 
 HERE = pathlib.Path(__file__).resolve().parent / "kernels"

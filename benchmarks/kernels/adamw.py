@@ -26,9 +26,7 @@ OMP_WAIT_POLICY=passive or OMP_NUM_THREADS=1 there, or at a quiet time.
 from __future__ import annotations
 
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 
@@ -36,34 +34,7 @@ CONFIGS = [(4, 128), (6, 384)]  # (n_layer, n_embd)
 HYPER = dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
 
 
-def _interleaved(fns: dict, reps: int, warmup: int = 1) -> dict:
-    """Median seconds per implementation over `reps` rounds, the order alternating each round.
-
-    In a round each implementation runs once untimed, then once timed: torch and tinygpt._C
-    each have their own OpenMP pool, and the untimed call lets the previous contender's
-    spinning workers go quiet and wakes this one's, so the timed call sees the steady state
-    of back-to-back use (as in a training loop) rather than the other library's leftovers.
-    """
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    names = list(fns)
-    times = {name: [] for name in names}
-    for r in range(reps):
-        for name in names if r % 2 == 0 else names[::-1]:
-            fns[name]()
-            t0 = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
-def copy_bandwidth_gbps(reps: int = 15) -> float:
-    """numpy.copyto of a 256 MB float32 array: (bytes read + written) / median time."""
-    src = np.ones(64 * 2**20, dtype=np.float32)
-    dst = np.empty_like(src)
-    t = _interleaved({"copy": lambda: np.copyto(dst, src)}, reps)["copy"]
-    return 2 * src.nbytes / t / 1e9
+from _timing import threads as _timing_threads, copy_bandwidth_gbps, interleaved_median as _interleaved  # noqa: E402
 
 
 def gpt_shapes(n_layer: int, n_embd: int) -> list[tuple]:
@@ -81,7 +52,7 @@ def rows(quick: bool = False) -> list[dict]:
     from tinygpt.kernels import reference as ref  # noqa: PLC0415
 
     # the same cores for both: OMP_NUM_THREADS when set (it also sizes our OpenMP pool)
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count()))
+    torch.set_num_threads(_timing_threads())
     cpu = getattr(kernels._native, "cpu", None)
     copy = copy_bandwidth_gbps()
     out = [dict(kernel="copy", shape="256 MB", impl="numpy", **{"pass": "step"}, median_ms=float("nan"),

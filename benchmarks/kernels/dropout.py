@@ -35,9 +35,7 @@ def _time(contenders: dict, steps: int, warmup: int) -> dict:
     return {n: statistics.median(t) for n, t in times.items()}
 
 
-def _threads() -> int:
-    """os.cpu_count(), or OMP_NUM_THREADS when set (then the native kernels use that many too)."""
-    return int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count())
+from _timing import threads as _threads  # noqa: E402
 
 
 def rows(quick: bool = False) -> list[dict]:

@@ -18,9 +18,7 @@ Bytes: fwd 2n floats (x, y), bwd 3n (grad, x, dx).
 from __future__ import annotations
 
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 
@@ -28,45 +26,11 @@ SHAPES = [(768, 512), (4096, 1536), (8192, 3072)]  # (B*T, 4C)
 QUICK_SHAPES = [(768, 512), (4096, 1536)]
 
 
-def _interleaved(fns: dict, reps: int, budget_s: float = 3.0) -> dict:
-    """(median, min) seconds per implementation, run round by round (one call each per round,
-    order rotated) so background load hits them alike; a slow one stops after budget_s (>= 3 runs)."""
-    first = {}
-    for name, fn in fns.items():  # warm-up call, also sizes the repetitions
-        t0 = time.perf_counter()
-        fn()
-        first[name] = time.perf_counter() - t0
-    want = {name: max(3, min(reps, int(budget_s / max(t, 1e-9)))) for name, t in first.items()}
-    times = {name: [] for name in fns}
-    names = list(fns)
-    for k in range(max(want.values())):
-        # rotate the order each round: what ran just before (its frees, malloc trimming, cache
-        # contents) then affects every implementation alike
-        for name in names[k % len(names):] + names[:k % len(names)]:
-            fn = fns[name]
-            if len(times[name]) < want[name]:
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
-    return {name: (statistics.median(ts), min(ts)) for name, ts in times.items()}
-
-
-def copy_bandwidth_gbps(reps: int = 15) -> float:
-    """numpy.copyto of a 256 MB float32 array: (bytes read + written) / median time."""
-    src = np.ones(64 * 2**20, dtype=np.float32)
-    dst = np.empty_like(src)
-    t = _interleaved({"copy": lambda: np.copyto(dst, src)}, reps)["copy"][0]
-    return 2 * src.nbytes / t / 1e9
+from _timing import copy_bandwidth_gbps, interleaved_median_min as _interleaved, reps_for, threads as _threads  # noqa: E402
 
 
 def _reps(nbytes: int, quick: bool) -> int:
-    base = 7 if quick else 25
-    return max(base, min(200, int(base * 64e6 / max(nbytes, 1))))
-
-
-def _threads() -> int:
-    """os.cpu_count(), or OMP_NUM_THREADS when set (then the native kernels use that many too)."""
-    return int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count())
+    return reps_for(nbytes, quick, full=25)
 
 
 def rows(quick: bool = False, threads: int | None = None) -> list[dict]:
