@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "isa.h"
 #include "py_common.h"
 #include "registry.h"
 
@@ -174,24 +175,19 @@ struct Impl {
   const char* isa;
 };
 
-// TINYGPT_CPU_ISA=avx2 or =baseline caps the variant picked (so tests can run each one on
-// a machine that has them all); unset, the widest the CPU supports runs.
+// The widest variant the CPU supports, capped by TINYGPT_CPU_ISA (isa.h).
 const Impl& impl() {
   static const Impl chosen = [] {
+    switch (cpu_isa()) {
 #if TG_X86
-    const char* cap_env = std::getenv("TINYGPT_CPU_ISA");
-    const std::string cap = cap_env != nullptr ? cap_env : "";
-    __builtin_cpu_init();
-    if (cap != "avx2" && cap != "baseline" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("fma")) {
-      return Impl{tanh_avx512, erf_avx512, "avx512"};
-    }
-    if (cap != "baseline" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-      return Impl{tanh_avx2, erf_avx2, "avx2"};
-    }
+      case CpuIsa::avx512:
+        return Impl{tanh_avx512, erf_avx512, "avx512"};
+      case CpuIsa::avx2:
+        return Impl{tanh_avx2, erf_avx2, "avx2"};
 #endif
-    return Impl{tanh_base, erf_base, "baseline"};
+      default:
+        return Impl{tanh_base, erf_base, "baseline"};
+    }
   }();
   return chosen;
 }

@@ -35,6 +35,7 @@
 
 #include <pybind11/stl.h>
 
+#include "isa.h"
 #include "py_common.h"
 #include "registry.h"
 
@@ -224,24 +225,19 @@ struct Impl {
   const char* isa;
 };
 
-// TINYGPT_CPU_ISA=avx2 or =baseline caps the variant picked (so tests can run each one on
-// a machine that has them all); unset, the widest the CPU supports runs.
+// The widest variant the CPU supports, capped by TINYGPT_CPU_ISA (isa.h).
 const Impl& impl() {
   static const Impl chosen = [] {
+    switch (cpu_isa()) {
 #if TG_X86
-    const char* cap_env = std::getenv("TINYGPT_CPU_ISA");
-    const std::string cap = cap_env != nullptr ? cap_env : "";
-    __builtin_cpu_init();
-    if (cap != "avx2" && cap != "baseline" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("fma")) {
-      return Impl{forward_avx512, backward_avx512, "avx512"};
-    }
-    if (cap != "baseline" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-      return Impl{forward_avx2, backward_avx2, "avx2"};
-    }
+      case CpuIsa::avx512:
+        return Impl{forward_avx512, backward_avx512, "avx512"};
+      case CpuIsa::avx2:
+        return Impl{forward_avx2, backward_avx2, "avx2"};
 #endif
-    return Impl{forward_base, backward_base, "baseline"};
+      default:
+        return Impl{forward_base, backward_base, "baseline"};
+    }
   }();
   return chosen;
 }
