@@ -314,7 +314,7 @@ def test_decode_errors(tok):
 
 
 def test_encode_rejects_lone_surrogates_and_non_str(tok):
-    with pytest.raises(ValueError, match=r"not encodable as UTF-8.*U\+D800 at position 2"):
+    with pytest.raises(ValueError, match=r"not encodable as UTF-8.*U\+D800\) at position 2"):
         tok.encode("ab\ud800c")
     with pytest.raises(TypeError, match="expected str"):
         tok.encode(b"bytes")
@@ -350,7 +350,9 @@ def test_several_special_tokens_longest_first():
     assert list(tok.special_tokens.values()) == [a, ab, b] and a > 256  # after the merges, in order
     ids = tok.encode("x<|a|><|b|>y<|b|>", allowed_special="all").tolist()
     assert ids[1] == ab and ids[3] == b and tok.decode(ids) == "x<|a|><|b|>y<|b|>"
-    ids = tok.encode("<|a|><|b|>", allowed_special={"<|a|>", "<|b|>"}).tolist()
+    with pytest.raises(ValueError, match=r"special token '<\|a\|><\|b\|>' at position 0"):  # not allowed
+        tok.encode("<|a|><|b|>", allowed_special={"<|a|>", "<|b|>"})
+    ids = tok.encode("<|a|><|b|>", allowed_special={"<|a|>", "<|b|>"}, disallowed_special=()).tolist()
     assert ids == [a, b]
     assert tok.encode("<|a|>z", allowed_special={"<|a|>"}, disallowed_special={"<|b|>"}).tolist()[0] == a
     with pytest.raises(ValueError, match=r"special token '<\|b\|>' at position 0"):
@@ -411,7 +413,7 @@ def test_training_argument_errors():
     with pytest.raises(ValueError, match="is a byte symbol"):
         ByteLevelBPE.train("abc", 300, special_tokens=("a",))
     with pytest.raises(ValueError, match="also a learned token"):
-        ByteLevelBPE.train("ab ab ab", 300, special_tokens=("ab",))
+        ByteLevelBPE.train(" x x x", 300, special_tokens=("Ġx",))  # the vocab key of the token ' x' 
     with pytest.raises(TypeError, match="expected str"):
         ByteLevelBPE.train(b"abc", 300)
 
@@ -531,21 +533,15 @@ def test_transformers_gpt2_tokenizer_any_text(tok, hf_gpt2, text):
     assert hf_gpt2.encode(text) == tok.encode(text).tolist()
 
 
-def _onig_safe(text):
-    # tokenizers (Rust, Oniguruma) and Python's `regex` disagree on whether U+001C..U+001F are \s
-    return not any("\x1c" <= c <= "\x1f" for c in text)
-
-
 def test_tokenizers_byte_level_bpe_reads_our_files(tok, hf_fast, corpus):
     for text in SAMPLES + corpus.splitlines()[:500] + [corpus[:30000]]:
-        if _onig_safe(text):
-            assert hf_fast.encode(text).ids == tok.encode(text, allowed_special="all").tolist(), text[:60]
+        assert hf_fast.encode(text).ids == tok.encode(text, allowed_special="all").tolist(), text[:60]
 
 
 @settings(max_examples=100)
 @given(TEXTS)
 def test_tokenizers_byte_level_bpe_any_text(tok, hf_fast, text):
-    if _onig_safe(text) and EOT not in text:
+    if EOT not in text:
         assert hf_fast.encode(text).ids == tok.encode(text).tolist()
 
 
