@@ -558,3 +558,13 @@ def test_shakespeare_against_transformers(tmp_path):
         assert hf.encode(line) == tok.encode(line).tolist(), line
     ids = tok.encode(text)
     assert tok.decode(ids) == text and len(ids) < 0.45 * len(text)
+
+
+def test_missing_regex_package_is_named(monkeypatch):
+    import tinygpt.tokenizers.bpe as bpe
+
+    monkeypatch.setattr(bpe, "regex", None)
+    monkeypatch.setattr(bpe, "_SPLIT", None)
+    with pytest.raises(ImportError, match=r"needs the 'regex' package.*pip install regex"):
+        ByteLevelBPE.train("abc", 300)
+    assert tokenizers.CharTokenizer.from_text("abc").vocab_size == 3  # the char tokenizer does not need it
