@@ -368,7 +368,7 @@ def test_transformers_loads_our_checkpoint(tmp_path, kw):
     ref, info = transformers.GPT2LMHeadModel.from_pretrained(tmp_path, output_loading_info=True)
     ref.eval()
     assert not info["unexpected_keys"] and not info["mismatched_keys"] and not info["error_msgs"]
-    assert not [k for k in info["missing_keys"] if not k.endswith(("attn.bias", "attn.masked_bias"))]
+    assert not [k for k in info["missing_keys"] if not k.endswith((".attn.bias", ".attn.masked_bias"))]
     assert ref.config.tie_word_embeddings == model.config.tie_weights
     idx = tokens(100, 2, 32, seed=4)
     with torch.no_grad():

@@ -40,6 +40,7 @@ def test_gpt2_presets(size, shape, published):
     assert c.num_params(non_embedding=True) == published - 1024 * c.n_embd
 
 
+@pytest.mark.slow  # allocates and initialises 124M parameters (~2-15 s)
 def test_gpt2_124m_instantiated_count():
     """The real model, allocated: 124,439,808 parameters (tied head once, wpe included)."""
     model = GPT(GPTConfig.gpt2("124M"))
@@ -132,7 +133,7 @@ def test_sparse_pattern_forms():
 @pytest.mark.parametrize("kw, pattern", [
     (dict(sparse_pattern="strided"), r"one of \('dense', 'alternating', 'banded'\)"),
     (dict(sparse_pattern="banded"), "needs attention_window"),
-    (dict(sparse_pattern=("dense", "banded")), "needs attention_window"),
+    (dict(sparse_pattern=("dense", "banded", "dense", "dense")), "needs attention_window"),
     (dict(sparse_pattern=("dense",) * 3, attention_window=2), "3 entries, n_layer is 4"),
     (dict(sparse_pattern=("dense", "local", "dense", "dense"), attention_window=2), r"sparse_pattern\[1\]"),
     (dict(sparse_pattern=("dense", 0, "dense", "dense")), r"sparse_pattern\[1\].*got 0"),

@@ -28,7 +28,7 @@ CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 # the tanh approximation; 'gelu' is the exact erf form)
 _ACTIVATIONS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "none"}
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-_BUFFERS = ("attn.bias", "attn.masked_bias")
+_BUFFERS = (".attn.bias", ".attn.masked_bias")  # the dot: c_attn.bias is a weight
 
 
 # ----------------------------------------------------------------------------- config.json
