@@ -5,6 +5,8 @@ Published sizes: GPT-2's are Hugging Face's num_parameters() of gpt2, gpt2-mediu
 and gpt2-xl (tied head counted once, position table included); GPT-3's are the names of the
 paper's Table 2.1, which are rounded (within 2% here; 175B within 1%).
 """
+import json
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -125,7 +127,8 @@ def test_sparse_pattern_forms():
     c = GPTConfig(**base, sparse_pattern=["banded", "dense", 5, "banded"])
     assert c.sparse_pattern == ("banded", "dense", 5, "banded") and windows(c) == [3, None, 5, 3]
     assert windows(GPTConfig(n_layer=2, sparse_pattern=(2, "dense"))) == [2, None]  # ints need no window
-    assert GPTConfig.from_dict(c.to_dict()) == c  # the tuple survives a dict (and JSON: a list) round trip
+    assert GPTConfig.from_dict(c.to_dict()) == c
+    assert GPTConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c  # JSON turns the tuple into a list
     assert [b.attn.window for b in GPT(GPTConfig(vocab_size=5, block_size=6, **base,
                                                  sparse_pattern=c.sparse_pattern)).transformer.h] == [3, None, 5, 3]
 

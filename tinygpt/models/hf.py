@@ -12,6 +12,7 @@ No network access: a hub name ('gpt2') must be downloaded first and given as a d
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -185,7 +186,7 @@ def hf_to_state_dict(tensors: dict, cfg: GPTConfig) -> dict:
         elif value.dtype.kind != "f":
             problems.append(f"{key} has dtype {value.dtype}, expected a float type")
         else:
-            value = value.astype(np.float32)
+            value = value.astype(np.float32, copy=False)
             if name.endswith(_CONV1D):
                 value = value.T  # Conv1D (in, out) -> Linear (out, in)
             sd[name if name == "lm_head.weight" else "transformer." + name] = np.ascontiguousarray(value)
@@ -204,6 +205,9 @@ def hf_to_state_dict(tensors: dict, cfg: GPTConfig) -> dict:
 
 def from_pretrained(cls, path, **overrides):
     """cls (GPT) built from the HF GPT-2 directory `path`; overrides go to GPTConfig (e.g. dropout=0.1)."""
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(GPTConfig)})
+    if unknown:
+        raise TypeError(f"from_pretrained: unknown GPTConfig fields {unknown}")
     config_path, weights_path = _files(path)
     hf = _read_config(config_path)
     try:
