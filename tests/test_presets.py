@@ -246,3 +246,36 @@ def test_alternating_layers_see_everything():
     base = model(idx)[0].numpy()[:, -1]
     idx[0, 0] = (idx[0, 0] + 1) % V
     assert np.abs(model(idx)[0].numpy()[:, -1] - base).max() > 1e-4
+
+
+# ------------------------------------------------------------------ GPT-1 against transformers' OpenAIGPT
+def test_gpt1_matches_transformers_openai_gpt():
+    """The gpt1 preset's block (post-norm, no final LN, tanh GELU, tied head) against
+    transformers' OpenAIGPTLMHeadModel on a small random model, and the full-size count."""
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    with torch.device("meta"):
+        full = transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig())
+    assert GPTConfig.gpt1().num_params() == full.num_parameters() == 116_534_784
+
+    small = dict(vocab_size=60, block_size=16, n_layer=2, n_head=4, n_embd=32)
+    torch.manual_seed(0)
+    ref = transformers.OpenAIGPTLMHeadModel(transformers.OpenAIGPTConfig(
+        vocab_size=60, n_positions=16, n_layer=2, n_head=4, n_embd=32,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)).eval()
+    model = GPT(GPTConfig.gpt1(**small))
+    rename = {"tokens_embed": "wte", "positions_embed": "wpe"}
+    sd = {}
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            p.normal_(1.0 if ".ln_" in name and name.endswith("weight") else 0.0, 0.1)
+            a = p.numpy().copy()
+            if name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
+                a = a.T  # Conv1D (in, out) -> Linear (out, in)
+            parts = name.split(".")
+            sd[".".join(rename.get(x, x) for x in parts)] = a
+    model.load_state_dict(sd, strict=True)
+    idx = np.random.default_rng(0).integers(0, 60, (2, 16))
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(idx)).logits.numpy()
+    np.testing.assert_allclose(model(idx)[0].numpy(), expected, atol=1e-4, rtol=0)
