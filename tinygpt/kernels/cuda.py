@@ -112,7 +112,10 @@ def _check_precision(name):
     return name
 
 
-_matmul_precision = _check_precision(_os.environ.get("TINYGPT_MATMUL_PRECISION", "fp32").strip().lower())
+try:
+    _matmul_precision = _check_precision(_os.environ.get("TINYGPT_MATMUL_PRECISION", "fp32").strip().lower())
+except ValueError as _exc:
+    raise ValueError(f"TINYGPT_MATMUL_PRECISION: {_exc}") from None
 
 
 def set_matmul_precision(name: str) -> str:
@@ -132,10 +135,16 @@ def get_matmul_precision() -> str:
 # one: cuBLAS for plain `linear` (a mature GEMM with split-K and per-shape heuristics), ours for
 # `linear_gelu`, where the fused bias + GELU epilogue saves a read and a write of the (rows, 4C)
 # activation and a launch. Replace the table below with measured shape classes
-# (benchmarks/kernels/matmul.py on the GPU) before relying on it. TINYGPT_CUDA_MATMUL=ours|cublas
+# (`python benchmarks/cuda_kernels.py --only matmul` on the GPU) before relying on it. TINYGPT_CUDA_MATMUL=ours|cublas
 # (or set_matmul_backend) overrides it for every shape (tests use 'ours' to cover our kernel).
-_MATMUL_DEFAULT = {"linear": False, "linear_gelu": True}  # op -> ours?
+# Shape classes, first match wins: (op, rows >=, in_features >=, out_features >=, ours?).
+_MATMUL_CLASSES: list[tuple[str, int, int, int, bool]] = [
+    ("linear_gelu", 0, 0, 0, True),  # fused epilogue: ours everywhere (NOT YET MEASURED)
+    ("linear", 0, 0, 0, False),      # plain product: cuBLAS everywhere (NOT YET MEASURED)
+]
 _matmul_backend = _os.environ.get("TINYGPT_CUDA_MATMUL", "auto").strip().lower()
+if _matmul_backend not in ("auto", "ours", "cublas"):
+    raise ValueError(f"TINYGPT_CUDA_MATMUL must be 'auto', 'ours' or 'cublas', got {_matmul_backend!r}")
 
 
 def set_matmul_backend(name: str) -> str:
@@ -153,7 +162,10 @@ def matmul_policy(op: str, rows: int, n_in: int, n_out: int) -> bool:
         return True
     if _matmul_backend == "cublas":
         return False
-    return _MATMUL_DEFAULT.get(op, False)
+    for cls_op, min_rows, min_in, min_out, ours in _MATMUL_CLASSES:
+        if cls_op == op and rows >= min_rows and n_in >= min_in and n_out >= min_out:
+            return ours
+    return False
 
 
 def _colsum_chunks(rows: int) -> int:
