@@ -167,7 +167,7 @@ def check_linear_gelu(x, w, b, g, precision, emulate=True):
     x2 = x.reshape(rows, n_in)
     b64 = 0.0 if b is None else b.astype(np.float64)
     h64 = x2.astype(np.float64) @ w.T.astype(np.float64) + b64
-    hh = _host(h).reshape(rows, n_out)
+    hh = _host(h).reshape(rows, n_out).astype(np.float64)  # the kernel's h (float64: t below must be exact)
     _check_product(hh, x2, np.ascontiguousarray(w.T), precision, "linear_gelu h",
                    extra=0.0 if b is None else EPS * np.abs(b64), expected=h64, emulate=emulate)
     # y = gelu(h) of the kernel's own h: |gelu'| <= 1.13 (checked above through h), the GELU's own
