@@ -33,7 +33,10 @@ def test_launcher_argument_checks_need_no_gpu():
         c.linear_forward_launch(0, 0, 0, 0, 0, 4, 4, 4, 7, 0)
     with pytest.raises(ValueError, match="matmul: negative size"):
         c.linear_backward_dx_launch(0, 0, 0, -1, 4, 4, 1, 0)
-    c.linear_backward_dw_launch(0, 0, 0, 5, 0, 3, 1, 0)  # empty output (N = 0): nothing to launch
+    c.linear_backward_dw_launch(0, 0, 0, 0, 5, 0, 3, 1, 1, 0)  # empty output (N = 0): nothing to launch
+    with pytest.raises(ValueError, match=r"linear_backward_dw: splits must be in \[1, 64\]"):
+        c.linear_backward_dw_launch(0, 0, 0, 0, 5, 4, 3, 0, 1, 0)
+    assert c.linear_dw_splits(0, 768, 768) == 1  # nothing to split (no device query needed)
     with pytest.raises(ValueError, match=r"colsum: chunks must be in \[1, 65535\]"):
         c.colsum_launch(0, 0, 0, 4, 4, 0, 0)
     with pytest.raises(ValueError, match="layernorm_forward: residual and s_out must be given together"):

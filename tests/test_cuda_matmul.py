@@ -254,6 +254,24 @@ def test_gpt_shapes(precision, rows, n_in, n_out):
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("rows,n_in,n_out,splits", [(2048, 768, 768, None), (1000, 70, 45, 3), (97, 33, 17, 2),
+                                                    (4100, 129, 64, 8), (64, 16, 16, 5)])
+def test_split_k_dweight(precision, rows, n_in, n_out, splits):
+    """dW with split-K over rows (forced counts, uneven last split, more splits than k-tiles) and
+    with the device-chosen count, against the same bound as without."""
+    rng = np.random.default_rng(rows)
+    x, w, _, g = _case(rng, (rows,), n_in, n_out, 1.0, False)
+    old = kcuda._dw_splits
+    kcuda._dw_splits = splits
+    try:
+        with matmul_mode(precision):
+            _, gw, _ = kcuda.linear_backward(*_dev(g, x, w), False, ())
+    finally:
+        kcuda._dw_splits = old
+    _check_product(_host(gw), np.ascontiguousarray(g.T), x, precision, f"split-K dweight ({splits} splits)")
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
 def test_misaligned_and_strided_edges(precision):
     """Operands that start 4 bytes past a 16-byte boundary take the 4-byte copy paths."""
     c = cp()

@@ -29,10 +29,13 @@ void tg_linear_forward_cuda(std::uintptr_t out, std::uintptr_t gelu_out, std::ui
 void tg_linear_backward_dx_cuda(std::uintptr_t dx, std::uintptr_t grad, std::uintptr_t weight,
                                 int rows, int n_in, int n_out, int precision,
                                 std::uintptr_t stream);
-// dw (n_out, n_in) = grad (rows, n_out)^T @ x (rows, n_in)
+// dw (n_out, n_in) = grad (rows, n_out)^T @ x (rows, n_in); with splits > 1 (split-K over rows)
+// workspace holds splits * n_out * n_in floats (0 when splits == 1).
 void tg_linear_backward_dw_cuda(std::uintptr_t dw, std::uintptr_t grad, std::uintptr_t x,
-                                int rows, int n_in, int n_out, int precision,
-                                std::uintptr_t stream);
+                                std::uintptr_t workspace, int rows, int n_in, int n_out,
+                                int splits, int precision, std::uintptr_t stream);
+// The split count tg_linear_backward_dw_cuda should use on the current device (1: no split).
+int tg_linear_dw_splits_cuda(int rows, int n_in, int n_out);
 // out (n,) = column sums of g (rows, n); partial: workspace of chunks * n floats.
 void tg_colsum_cuda(std::uintptr_t out, std::uintptr_t g, std::uintptr_t partial, int rows, int n,
                     int chunks, std::uintptr_t stream);

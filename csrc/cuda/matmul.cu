@@ -39,8 +39,12 @@
 // Napkin math (H100 SXM, rows 16384, C 768 -> 3072): 2*16384*768*3072 = 77 GFLOP; at ~60% of the
 //   dense TF32 peak (~300 TFLOP/s) ~0.26 ms; global traffic per 128x128 tile per k-step is
 //   2 * 128 * 32 * 4 B for 2 * 128 * 128 * 32 FLOP (64 FLOP/B), above the 495/3.35 ~ 150 FLOP/B
-//   ridge only thanks to L2 reuse; hence the large tiles. Split-K for dW (K = rows, small M x N)
-//   and the 3xTF32 cost are where cuBLAS is expected to lead: NOT YET MEASURED (see cuda.py).
+//   ridge only thanks to L2 reuse; hence the large tiles.
+// Split-K for dW (K = rows up to 16384, but few output tiles: 768 x 768 is 36 large tiles for 132
+//   SMs): blockIdx.z takes a range of k-tiles and writes its own (M, N) slice of a workspace; a
+//   second kernel adds the slices in order (deterministic, no atomics). linear_dw_splits picks the
+//   count. The heuristics (tile size switch, splits) and the 3xTF32 cost are NOT YET MEASURED
+//   against cuBLAS (see the policy in tinygpt/kernels/cuda.py).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <mma.h>
@@ -220,6 +224,8 @@ struct GemmArgs {
   const float* bias;  // nullptr or (N,)
   long long lda, ldb;
   int M, N, K;
+  int kt_per_split;  // split-K: k-tiles per blockIdx.z (0: one split); c then points at the
+                     // (splits, M, N) workspace, bias and gelu_out must be null
   bool vec_a, vec_b, vec_c;
 };
 
@@ -253,7 +259,11 @@ __global__ void __launch_bounds__(T::THREADS) gemm_kernel(GemmArgs args) {
   const int warp = threadIdx.x / 32;
   const int wm = warp / T::WARPS_N, wn = warp % T::WARPS_N;
   const int M = args.M, N = args.N, K = args.K;
-  const int KT = (K + BK - 1) / BK;
+  const int KT_ALL = (K + BK - 1) / BK;
+  // This block's k-tiles [kt0, kt0 + KT) (all of them without split-K).
+  const int kt0 = args.kt_per_split > 0 ? static_cast<int>(blockIdx.z) * args.kt_per_split : 0;
+  const int KT =
+      args.kt_per_split > 0 ? max(0, min(KT_ALL, kt0 + args.kt_per_split) - kt0) : KT_ALL;
 
   wmma::fragment<wmma::accumulator, 16, 16, KF, float> acc[T::FM][T::FN];
 #pragma unroll
@@ -261,12 +271,15 @@ __global__ void __launch_bounds__(T::THREADS) gemm_kernel(GemmArgs args) {
 #pragma unroll
     for (int j = 0; j < T::FN; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
 
-  // Global tile origin of k-tile kt for A and B, in (row, col) of the stored matrices.
-  auto a_rc = [&](int kt, int& r, int& c, int& R, int& C) {
+  // Global tile origin of this block's k-tile kt_local for A and B, in (row, col) of the stored
+  // matrices.
+  auto a_rc = [&](int kt_local, int& r, int& c, int& R, int& C) {
+    const int kt = kt0 + kt_local;
     if (A_KMAJOR) { r = m0; c = kt * BK; R = M; C = K; }
     else          { r = kt * BK; c = m0; R = K; C = M; }
   };
-  auto b_rc = [&](int kt, int& r, int& c, int& R, int& C) {
+  auto b_rc = [&](int kt_local, int& r, int& c, int& R, int& C) {
+    const int kt = kt0 + kt_local;
     if (B_KMAJOR) { r = n0; c = kt * BK; R = N; C = K; }
     else          { r = kt * BK; c = n0; R = K; C = N; }
   };
@@ -409,7 +422,7 @@ __global__ void __launch_bounds__(T::THREADS) gemm_kernel(GemmArgs args) {
   __syncthreads();
 
   const float* bias = args.bias;
-  float* out = args.c;
+  float* out = args.c + static_cast<long long>(blockIdx.z) * M * N;  // z > 0 only with split-K
   float* gout = args.gelu_out;
   if (args.vec_c) {  // N % 4 == 0 and 16-byte aligned outputs / bias
     for (int i = threadIdx.x; i < T::BM * T::BN / 4; i += T::THREADS) {
@@ -478,6 +491,18 @@ __global__ void colsum_finish_kernel(const float* __restrict__ partial, float* _
   out[j] = s;
 }
 
+// Split-K: out[i] = sum over splits of ws[split, i], in split order (deterministic).
+__global__ void splitk_reduce_kernel(const float* __restrict__ ws, float* __restrict__ out,
+                                     long long mn, int splits) {
+  const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
+  for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < mn;
+       i += stride) {
+    float s = 0.0f;
+    for (int z = 0; z < splits; ++z) s += ws[z * mn + i];
+    out[i] = s;
+  }
+}
+
 // ------------------------------------------------------------------------------ launch plumbing
 int sm_count() {
   int dev = 0;
@@ -507,7 +532,10 @@ void launch_one(const GemmArgs& args, cudaStream_t stream) {
     TG_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     configured_for = dev;
   }
-  const dim3 grid((args.N + T::BN - 1) / T::BN, (args.M + T::BM - 1) / T::BM);
+  const int splits = args.kt_per_split > 0
+                         ? ((args.K + BK - 1) / BK + args.kt_per_split - 1) / args.kt_per_split
+                         : 1;
+  const dim3 grid((args.N + T::BN - 1) / T::BN, (args.M + T::BM - 1) / T::BM, splits);
   kernel<<<grid, T::THREADS, bytes, stream>>>(args);
   TG_CUDA_CHECK_LAUNCH();
 }
@@ -589,9 +617,27 @@ void tg_linear_backward_dx_cuda(std::uintptr_t dx, std::uintptr_t grad, std::uin
   launch_gemm<true, false>(a, precision, reinterpret_cast<cudaStream_t>(stream));
 }
 
+int tg_linear_dw_splits_cuda(int rows, int n_in, int n_out) {
+  // dW = dY^T X has K = rows (up to 16384) but often few output tiles (768 x 768: 36 large, 144
+  // small tiles for 132 SMs): split K until there are ~2 waves of small tiles, keeping >= 16
+  // k-tiles (512 rows) per split, at most 8 splits. NOT YET MEASURED (no GPU when written).
+  if (rows <= 0 || n_in <= 0 || n_out <= 0) return 1;
+  const long long sms = sm_count();
+  const long long large = static_cast<long long>((n_out + 127) / 128) * ((n_in + 127) / 128);
+  if (large >= sms) return 1;
+  const long long small = static_cast<long long>((n_out + 63) / 64) * ((n_in + 63) / 64);
+  long long s = (2 * sms + small - 1) / small;
+  const long long by_k = ((rows + BK - 1) / BK) / 16;
+  if (s > by_k) s = by_k;
+  if (s > 8) s = 8;
+  return s < 1 ? 1 : static_cast<int>(s);
+}
+
 void tg_linear_backward_dw_cuda(std::uintptr_t dw, std::uintptr_t grad, std::uintptr_t x,
-                                int rows, int n_in, int n_out, int precision,
-                                std::uintptr_t stream) {
+                                std::uintptr_t workspace, int rows, int n_in, int n_out,
+                                int splits, int precision, std::uintptr_t stream) {
+  TG_CHECK(splits >= 1 && splits <= 64, "linear_backward_dw: splits must be in [1, 64], got ",
+           splits);
   GemmArgs a{};
   a.a = ptr<const float*>(grad);  // stored (rows, out) = K x M: M-major
   a.b = ptr<const float*>(x);     // (rows, in) = K x N row-major: N-major
@@ -601,7 +647,27 @@ void tg_linear_backward_dw_cuda(std::uintptr_t dw, std::uintptr_t grad, std::uin
   a.M = n_out;
   a.N = n_in;
   a.K = rows;
-  launch_gemm<false, false>(a, precision, reinterpret_cast<cudaStream_t>(stream));
+  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  const int kt_all = rows > 0 ? (rows + BK - 1) / BK : 0;
+  if (splits == 1 || kt_all < 2 || n_in <= 0 || n_out <= 0) {
+    launch_gemm<false, false>(a, precision, st);
+    return;
+  }
+  // Split-K: split z accumulates k-tiles [z * per, (z + 1) * per) into workspace[z] (M x N),
+  // then the splits are added in order into dw.
+  TG_CHECK(workspace != 0, "linear_backward_dw: split-K needs a workspace of splits * ", n_out,
+           " * ", n_in, " floats");
+  const int per = (kt_all + splits - 1) / splits;
+  const int used = (kt_all + per - 1) / per;  // <= splits
+  a.c = ptr<float*>(workspace);
+  a.kt_per_split = per;
+  launch_gemm<false, false>(a, precision, st);
+  const long long mn = static_cast<long long>(n_out) * n_in;
+  long long blocks = (mn + 255) / 256;
+  if (blocks > sm_count() * 16LL) blocks = sm_count() * 16LL;
+  splitk_reduce_kernel<<<static_cast<unsigned>(blocks), 256, 0, st>>>(
+      ptr<const float*>(workspace), ptr<float*>(dw), mn, used);
+  TG_CUDA_CHECK_LAUNCH();
 }
 
 void tg_colsum_cuda(std::uintptr_t out, std::uintptr_t g, std::uintptr_t partial, int rows, int n,

@@ -32,8 +32,11 @@ void bind_cugemm_families(py::module_& m, KernelFamilies& families) {
         py::arg("weight"), py::arg("rows"), py::arg("n_in"), py::arg("n_out"),
         py::arg("precision"), py::arg("stream"), nogil, "dx = grad @ weight.");
   m.def("linear_backward_dw_launch", &tg_linear_backward_dw_cuda, py::arg("dw"), py::arg("grad"),
-        py::arg("x"), py::arg("rows"), py::arg("n_in"), py::arg("n_out"), py::arg("precision"),
-        py::arg("stream"), nogil, "dw = grad^T @ x.");
+        py::arg("x"), py::arg("workspace"), py::arg("rows"), py::arg("n_in"), py::arg("n_out"),
+        py::arg("splits"), py::arg("precision"), py::arg("stream"), nogil,
+        "dw = grad^T @ x (split-K over rows when splits > 1, via workspace).");
+  m.def("linear_dw_splits", &tg_linear_dw_splits_cuda, py::arg("rows"), py::arg("n_in"),
+        py::arg("n_out"), nogil, "The split-K count for dw on the current device (1: none).");
   m.def("colsum_launch", &tg_colsum_cuda, py::arg("out"), py::arg("g"), py::arg("partial"),
         py::arg("rows"), py::arg("n"), py::arg("chunks"), py::arg("stream"), nogil,
         "out = column sums of g (rows, n), deterministic, via a (chunks, n) workspace.");

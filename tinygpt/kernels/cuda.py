@@ -168,6 +168,9 @@ def matmul_policy(op: str, rows: int, n_in: int, n_out: int) -> bool:
     return False
 
 
+_dw_splits: int | None = None  # tests force a split-K count here (None: linear_dw_splits decides)
+
+
 def _colsum_chunks(rows: int) -> int:
     """Row chunks of the deterministic column sum (>= 32 rows each, at most 256 chunks)."""
     return max(1, min(256, -(-rows // 32)))
@@ -220,8 +223,11 @@ def _linear_grads(op, g, x, weight, has_bias, rows, n_in, n_out):
         prec, stream = _PRECISIONS[_matmul_precision], _stream()
         _launch("linear_backward_dx_launch")(dx.data.ptr, g.data.ptr, weight.data.ptr, rows, n_in, n_out,
                                              prec, stream)
-        _launch("linear_backward_dw_launch")(dw.data.ptr, g.data.ptr, x.data.ptr, rows, n_in, n_out, prec,
-                                             stream)
+        # split-K over rows when dW has few output tiles (the launcher's device-aware choice)
+        splits = _dw_splits if _dw_splits is not None else _launch("linear_dw_splits")(rows, n_in, n_out)
+        ws = _empty((splits * n_out * n_in,)) if splits > 1 else None
+        _launch("linear_backward_dw_launch")(dw.data.ptr, g.data.ptr, x.data.ptr, 0 if ws is None else ws.data.ptr,
+                                             rows, n_in, n_out, splits, prec, stream)
     else:
         cp = backend.cupy()
         g2 = g.reshape(rows, n_out)
@@ -240,7 +246,7 @@ def _check_grad(op, name, g, x, n_out):
 
 
 LAUNCHERS["linear"] = ("linear_forward_launch", "linear_backward_dx_launch", "linear_backward_dw_launch",
-                       "colsum_launch")
+                       "linear_dw_splits", "colsum_launch")
 LAUNCHERS["linear_gelu"] = LAUNCHERS["linear"] + ("gelu_forward_launch", "gelu_backward_launch")
 
 
