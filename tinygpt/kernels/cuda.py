@@ -135,9 +135,10 @@ def get_matmul_precision() -> str:
 # one: cuBLAS for plain `linear` (a mature GEMM with split-K and per-shape heuristics), ours for
 # `linear_gelu`, where the fused bias + GELU epilogue saves a read and a write of the (rows, 4C)
 # activation and a launch. Replace the table below with measured shape classes
-# (`python benchmarks/cuda_kernels.py --only matmul` on the GPU) before relying on it. TINYGPT_CUDA_MATMUL=ours|cublas
-# (or set_matmul_backend) overrides it for every shape (tests use 'ours' to cover our kernel).
-# Shape classes, first match wins: (op, rows >=, in_features >=, out_features >=, ours?).
+# (`python benchmarks/cuda_kernels.py --only matmul` on the GPU) before relying on it.
+# TINYGPT_CUDA_MATMUL=ours|cublas (or set_matmul_backend) overrides it for every shape (the tests
+# use 'ours' to cover our kernel). Shape classes, first match wins:
+# (op, rows >=, in_features >=, out_features >=, ours?).
 _MATMUL_CLASSES: list[tuple[str, int, int, int, bool]] = [
     ("linear_gelu", 0, 0, 0, True),  # fused epilogue: ours everywhere (NOT YET MEASURED)
     ("linear", 0, 0, 0, False),      # plain product: cuBLAS everywhere (NOT YET MEASURED)
