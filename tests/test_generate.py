@@ -387,6 +387,7 @@ def test_argument_errors(kw, exc, match):
 @pytest.mark.parametrize("idx,exc,match", [
     (np.array([[1.0, 2.0]]), TypeError, "integers"),
     (np.zeros((1, 0), dtype=np.int64), ValueError, "empty"),
+    ([], ValueError, "empty"),
     (np.zeros((2, 2, 2), dtype=np.int64), ValueError, "shape"),
     (np.array([[0, 17]]), ValueError, "token id 17"),
     (np.array([[-1, 3]]), ValueError, "token id -1"),

@@ -203,14 +203,14 @@ def prepare_prompt(idx, vocab_size: int, block_size: int) -> np.ndarray:
     """Prompt ids as a host int64 (B, T) array (a 1-D prompt is one row); warns when T > block_size."""
     raw = idx.data if isinstance(idx, Tensor) else idx
     ids = to_numpy(raw) if hasattr(raw, "dtype") else np.asarray(raw)
-    if ids.dtype.kind not in "iu":
-        raise TypeError(f"generate: token ids must be integers, got dtype {ids.dtype}")
     if ids.ndim == 1:
         ids = ids[None, :]
     if ids.ndim != 2:
         raise ValueError(f"generate: idx must have shape (batch, time) or (time,), got {ids.shape}")
     if ids.shape[0] == 0 or ids.shape[1] == 0:
         raise ValueError(f"generate: empty prompt (shape {ids.shape}); give at least one token per row")
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"generate: token ids must be integers, got dtype {ids.dtype}")
     lo, hi = int(ids.min()), int(ids.max())
     if lo < 0 or hi >= vocab_size:
         raise ValueError(f"generate: token id {lo if lo < 0 else hi} is out of the vocabulary [0, {vocab_size})")
