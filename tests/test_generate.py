@@ -99,6 +99,28 @@ def test_cached_logits_equal_full_forward_at_every_generation_step(name):
     assert ids.shape[1] > model.config.block_size
 
 
+@pytest.mark.parametrize("T", [1, 5, 11])
+def test_cache_feeds_one_token_per_step_then_reprefills(T, monkeypatch):
+    """What each step runs through the stack: with the cache, the prompt (cropped to block_size)
+    once, then 1 token per step until the context is full, then block_size per step (re-prefill,
+    as the uncached path, which always runs the cropped context)."""
+    model = make_model()
+    bs = model.config.block_size
+    fed = []
+    original = model.hidden_states
+    monkeypatch.setattr(model, "hidden_states", lambda idx, **kw: fed.append(idx.shape[1]) or original(idx, **kw))
+    n = 12
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.generate(prompt(2, T), n, temperature=0)
+        cached, fed[:] = list(fed), []
+        model.generate(prompt(2, T), n, temperature=0, use_cache=False)
+    first = min(T, bs)
+    expected = [first] + [1 if first + i <= bs else bs for i in range(1, n)]
+    assert cached == expected
+    assert fed == [min(T + i, bs) for i in range(n)]
+
+
 def test_banded_layer_reads_only_its_band():
     cache = KVCache(n_layer=1, batch_size=2, n_head=3, head_size=4, max_length=10)
     rng = np.random.default_rng(0)
