@@ -21,11 +21,15 @@ class CausalSelfAttention(Module):
         self.c_proj = Linear(n_embd, n_embd, bias=bias, std=proj_std)
         self.resid_dropout = Dropout(dropout)
 
-    def forward(self, x):
+    def forward(self, x, kv_cache=None):
+        """kv_cache: this layer's view of a models.generation.KVCache (inference): x holds the
+        next T tokens, whose keys/values are stored and attended together with the cached ones."""
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
         qkv = self.c_attn(x).reshape(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)  # (B, T, 3C) -> (3, B, nh, T, hs)
         q, k, v = qkv[0], qkv[1], qkv[2]
+        if kv_cache is not None:
+            k, v = kv_cache.update(k, v, self.window)  # (B, nh, T, hs) -> (B, nh, cached + T, hs)
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, causal=True, dropout_p=p, window=self.window)
         y = y.permute(0, 2, 1, 3).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
@@ -67,10 +71,11 @@ class Block(Module):
         self.ln_2 = LayerNorm(n_embd, bias=bias, eps=eps)
         self.mlp = MLP(n_embd, dropout, bias, proj_std, approximate=gelu)
 
-    def forward(self, x):
+    def forward(self, x, kv_cache=None):
         if self.norm == "pre":
             # x = x + attn(ln_1(x)); h = ln_2(x), the add and ln_2 fused into one op
-            x, h = F.add_layer_norm(x, self.attn(self.ln_1(x)), self.ln_2.weight, self.ln_2.bias, self.ln_2.eps)
+            a = self.attn(self.ln_1(x), kv_cache=kv_cache)
+            x, h = F.add_layer_norm(x, a, self.ln_2.weight, self.ln_2.bias, self.ln_2.eps)
             return x + self.mlp(h)
-        x = self.ln_1(x + self.attn(x))
+        x = self.ln_1(x + self.attn(x, kv_cache=kv_cache))
         return self.ln_2(x + self.mlp(x))
