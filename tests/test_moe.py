@@ -38,7 +38,7 @@ def reference_moe(x, wr, w1, b1, w2, b2, k, capacity_factor):
         e = np.exp(z - z.max())
         probs.append(e / e.sum())
     probs = np.array(probs)
-    cap = max(1, math.ceil(capacity_factor * N * k / E))
+    cap = max(1, math.ceil(capacity_factor * N * k / E)) if capacity_factor else N  # 0: dropless
     choices = [sorted(range(E), key=lambda i: (-probs[n, i], i))[:k] for n in range(N)]
     used = [0] * E
     kept = {}
@@ -81,7 +81,7 @@ def moe_arrays(moe):
 
 # ------------------------------------------------------------------ values
 @pytest.mark.parametrize("k", [1, 2])
-@pytest.mark.parametrize("cf", [0.3, 1.0, 1.25, 4.0])
+@pytest.mark.parametrize("cf", [0.3, 1.0, 1.25, 4.0, 0])
 @pytest.mark.parametrize("B, T, C, E", [(2, 5, 6, 4), (1, 7, 4, 3), (3, 1, 5, 2), (2, 8, 4, 8)])
 def test_values_match_per_token_loop(k, cf, B, T, C, E):
     if k > E:
@@ -94,7 +94,10 @@ def test_values_match_per_token_loop(k, cf, B, T, C, E):
     np.testing.assert_allclose(moe.aux_loss.item(), aux, rtol=1e-12)
     assert moe.stats["dropped"] == dropped
     np.testing.assert_array_equal(moe.stats["tokens_per_expert"], counts)
-    assert moe.stats["capacity"] == expert_capacity(B * T, E, k, cf)
+    if cf:
+        assert moe.stats["capacity"] == expert_capacity(B * T, E, k, cf)
+    else:  # dropless: as many slots as the busiest expert needs
+        assert dropped == 0 and moe.stats["capacity"] == counts.max()
 
 
 def test_no_bias():
@@ -124,23 +127,38 @@ def test_capacity_drops_tokens_and_residual_carries_them():
     assert np.abs(out[0] - h.numpy()[0, 0]).max() > 0
 
 
+@pytest.mark.parametrize("k", [1, 2])
+def test_dropless_token_output_does_not_depend_on_the_batch(k):
+    """capacity_factor=0: each token's output is the same alone or in a batch (not so with dropping)."""
+    x = np.random.default_rng(4).normal(size=(2, 6, 5))
+    for cf, independent in [(0, True), (0.3, False)]:
+        moe = make_moe(C=5, E=3, k=k, cf=cf, seed=9)
+        whole = moe(tg.Tensor(x)).numpy()
+        alone = np.stack([[moe(tg.Tensor(x[b:b + 1, t:t + 1])).numpy()[0, 0] for t in range(6)] for b in range(2)])
+        assert np.allclose(whole, alone, rtol=1e-12, atol=1e-12) == independent
+
+
 def test_route_priority_first_choices_before_second():
     # 3 tokens, 2 experts, k = 2, capacity 2: token 0's and 1's first choices are expert 0,
     # token 2's first choice is expert 1. Second choices (rank 1) come after all first choices.
     probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7]])
-    experts, slots, keep = route(probs, 2, capacity=2)
+    experts, slots, keep, cap = route(probs, 2, capacity=2)
     np.testing.assert_array_equal(experts, [[0, 1], [0, 1], [1, 0]])
     # expert 0 gets token 0 (slot 0), token 1 (slot 1); token 2's second choice is over capacity
     # expert 1 gets token 2 (first choice, slot 0), token 0 (second choice, slot 1); token 1 dropped
     np.testing.assert_array_equal(keep, [[True, True], [True, False], [True, False]])
     np.testing.assert_array_equal(slots[keep], [0, 1, 1, 0])  # row-major over (n, j)
     # ties go to the lower expert index
-    experts, _, _ = route(np.array([[0.25, 0.25, 0.25, 0.25]]), 2, capacity=1)
+    experts, _, _, _ = route(np.array([[0.25, 0.25, 0.25, 0.25]]), 2, capacity=1)
     np.testing.assert_array_equal(experts, [[0, 1]])
+    # dropless: the capacity is the busiest expert's load (expert 0 and 1: 3 choices each)
+    experts, slots, keep, cap = route(probs, 2, capacity=None)
+    assert cap == 3 and keep.all()
+    np.testing.assert_array_equal(slots, [[0, 1], [1, 2], [0, 2]])
 
 
 # ------------------------------------------------------------------ gradients
-@pytest.mark.parametrize("k, cf", [(1, 1.25), (2, 1.25), (2, 0.5), (1, 0.4)])
+@pytest.mark.parametrize("k, cf", [(1, 1.25), (2, 1.25), (2, 0.5), (1, 0.4), (2, 0)])
 def test_gradients_finite_differences(k, cf):
     moe = make_moe(C=4, E=3, k=k, cf=cf, seed=7)
     x = tg.Tensor(np.random.default_rng(3).normal(size=(2, 5, 4)), requires_grad=True)
@@ -312,7 +330,7 @@ def test_post_norm_and_state_dict_round_trip():
     (dict(expert_top_k=3), "expert_top_k"),
     (dict(expert_top_k=0), "expert_top_k"),
     (dict(n_expert=1, expert_top_k=2), "exceeds n_expert"),
-    (dict(capacity_factor=0.0), "capacity_factor"),
+    (dict(capacity_factor=-1.0), "capacity_factor"),
     (dict(moe_aux_loss_coef=-0.1), "moe_aux_loss_coef"),
     (dict(moe_every=0), "moe_every"),
 ])
@@ -327,7 +345,7 @@ def test_module_errors():
     with pytest.raises(ValueError, match="top_k"):
         MoE(8, 4, top_k=3)
     with pytest.raises(ValueError, match="capacity_factor"):
-        MoE(8, 4, capacity_factor=-1)
+        MoE(8, 4, capacity_factor=-0.5)
     with pytest.raises(ValueError, match="ExpertLinear"):
         MoE(8, 4).c_fc(tg.randn(3, 2, 8))
 

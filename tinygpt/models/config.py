@@ -24,7 +24,7 @@ class GPTConfig:
     # mixture of experts (GPT-4-style option; Switch Transformer / GShard / Mixtral), see nn/moe.py
     n_expert: int = 0              # experts per MoE layer; 0 = dense MLP everywhere
     expert_top_k: int = 2          # experts per token: 1 (Switch) or 2 (GShard, Mixtral)
-    capacity_factor: float = 1.25  # expert capacity = ceil(capacity_factor * tokens * k / n_expert)
+    capacity_factor: float = 1.25  # expert capacity = ceil(capacity_factor * tokens * k / n_expert); 0 = dropless
     moe_aux_loss_coef: float = 0.01  # weight of the load-balancing loss added in training
     moe_every: int = 1             # MoE in layers i with i % moe_every == moe_every - 1 (2: layers 1, 3, ...)
 
@@ -59,8 +59,8 @@ class GPTConfig:
             raise ValueError(f"GPTConfig: expert_top_k must be 1 or 2, got {self.expert_top_k!r}")
         if self.n_expert and self.expert_top_k > self.n_expert:
             raise ValueError(f"GPTConfig: expert_top_k {self.expert_top_k} exceeds n_expert {self.n_expert}")
-        if not self.capacity_factor > 0:
-            raise ValueError(f"GPTConfig: capacity_factor must be > 0, got {self.capacity_factor!r}")
+        if not self.capacity_factor >= 0:
+            raise ValueError(f"GPTConfig: capacity_factor must be > 0 (or 0: dropless), got {self.capacity_factor!r}")
         if not self.moe_aux_loss_coef >= 0:
             raise ValueError(f"GPTConfig: moe_aux_loss_coef must be >= 0, got {self.moe_aux_loss_coef!r}")
 

@@ -9,7 +9,9 @@ Capacity: every expert takes at most `capacity = ceil(capacity_factor * N * k / 
 (N = tokens in the batch). Priority is deterministic: all first choices before any second
 choice (GShard), and within one rank tokens in flattened (batch, time) order. Assignments
 over capacity are dropped: their contribution is 0, so the residual stream carries those
-tokens unchanged through this layer.
+tokens unchanged through this layer. capacity_factor = 0 is "dropless" (as Mixtral or
+MegaBlocks): the capacity is the busiest expert's load, so nothing is dropped and a token's
+output no longer depends on the other tokens in the batch (at the cost of E * max-load rows).
 
 Compute: tokens are gathered into an (E, capacity, C) buffer and each expert projection is
 ONE batched matmul, (E, cap, C) @ (E, C, 4C), so the work is E * cap ~ capacity_factor * N * k
@@ -67,13 +69,14 @@ def expert_capacity(n_tokens: int, n_expert: int, top_k: int, capacity_factor: f
     return max(1, math.ceil(capacity_factor * n_tokens * top_k / n_expert))
 
 
-def route(probs, top_k: int, capacity: int):
+def route(probs, top_k: int, capacity: int | None):
     """Top-k experts per token and their slots, from router probabilities probs (N, E) (raw array).
 
-    Returns (experts (N, k) int, slots (N, k) int, keep (N, k) bool): token n's j-th choice is
-    expert experts[n, j], in row slots[n, j] of that expert's buffer when keep[n, j].
+    Returns (experts (N, k) int, slots (N, k) int, keep (N, k) bool, capacity): token n's j-th
+    choice is expert experts[n, j], in row slots[n, j] of that expert's buffer when keep[n, j].
     Ties pick the lower expert index. Priority: rank j = 0 for all tokens, then j = 1 (each in
     token order); a choice whose running count at its expert reaches `capacity` is dropped.
+    capacity None = dropless: the capacity is the busiest expert's load, nothing is dropped.
     """
     xp = array_module(probs)
     N, E = probs.shape
@@ -88,9 +91,11 @@ def route(probs, top_k: int, capacity: int):
     onehot = (order[:, None] == xp.arange(E)[None, :]).astype(xp.int64)  # (k*N, E)
     position = (xp.cumsum(onehot, axis=0) - onehot)[xp.arange(order.size), order]  # earlier picks of that expert
     position = position.reshape(top_k, N).T  # (k*N,) -> (N, k)
+    if capacity is None:
+        capacity = int(position.max()) + 1
     keep = position < capacity
     slots = xp.where(keep, position, 0)
-    return experts, slots, keep
+    return experts, slots, keep, capacity
 
 
 class MoE(Module):
@@ -108,8 +113,8 @@ class MoE(Module):
             raise ValueError(f"MoE: n_expert must be a positive int, got {n_expert!r}")
         if top_k not in (1, 2) or top_k > n_expert:
             raise ValueError(f"MoE: top_k must be 1 or 2 (and <= n_expert {n_expert}), got {top_k!r}")
-        if not capacity_factor > 0:
-            raise ValueError(f"MoE: capacity_factor must be > 0, got {capacity_factor!r}")
+        if not capacity_factor >= 0:
+            raise ValueError(f"MoE: capacity_factor must be > 0 (or 0: dropless), got {capacity_factor!r}")
         self.n_embd, self.n_expert, self.top_k, self.capacity_factor = n_embd, n_expert, top_k, capacity_factor
         self.approximate = approximate
         self.router = Linear(n_embd, n_expert, bias=False)
@@ -124,8 +129,8 @@ class MoE(Module):
         N, E, k = B * T, self.n_expert, self.top_k
         xf = x.reshape(N, C)  # (B, T, C) -> (N, C)
         probs = F.softmax(self.router(xf), axis=-1)  # (N, E)
-        cap = expert_capacity(N, E, k, self.capacity_factor)
-        experts, slots, keep = route(probs.data, k, cap)  # (N, k) each, raw arrays
+        cap = expert_capacity(N, E, k, self.capacity_factor) if self.capacity_factor else None
+        experts, slots, keep, cap = route(probs.data, k, cap)  # (N, k) each, raw arrays
         xp = array_module(probs.data)
         rows = xp.arange(N)[:, None]
         gates = probs[rows, experts]  # (N, k)
