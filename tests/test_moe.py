@@ -353,3 +353,23 @@ def test_module_errors():
 def test_config_dict_round_trip():
     cfg = moe_cfg(expert_top_k=1, capacity_factor=2.0, moe_every=2)
     assert GPTConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("k, cf", [(1, 1.25), (2, 0.5), (2, 0)])
+def test_cuda_matches_cpu(k, cf):
+    moe = make_moe(C=6, E=4, k=k, cf=cf, seed=3)
+    x = np.random.default_rng(0).normal(size=(2, 7, 6))
+    xc = tg.Tensor(x, requires_grad=True)
+    y = moe(xc)
+    y.sum().backward()
+    grads = {n: p.grad.numpy() for n, p in moe.named_parameters()}
+    moe.zero_grad()
+    moe.to("cuda")
+    xg = tg.Tensor(x, requires_grad=True, device="cuda")
+    yg = moe(xg)
+    yg.sum().backward()
+    np.testing.assert_allclose(yg.numpy(), y.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(xg.grad.numpy(), xc.grad.numpy(), rtol=1e-10, atol=1e-12)
+    for n, p in moe.named_parameters():
+        np.testing.assert_allclose(p.grad.numpy(), grads[n], rtol=1e-10, atol=1e-12, err_msg=n)

@@ -245,3 +245,13 @@ def test_errors():
         model.lm_head(tg.randn(2, 3))
     with pytest.raises(ValueError, match="out of range"):
         model.transformer.wte(np.array([[50]]))
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    cfg = tiny(n_expert=4, moe_every=2)
+    model = tg.quantize(randomize(GPT(cfg)))
+    idx = ids(cfg)
+    ref = model(idx)[0].numpy()
+    model.to("cuda")
+    np.testing.assert_allclose(model(tg.Tensor(idx, device="cuda"))[0].numpy(), ref, rtol=1e-4, atol=1e-4)
