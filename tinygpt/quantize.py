@@ -6,8 +6,9 @@ QuantizedEmbedding. Each output channel c gets one float32 scale s_c = max_i |w_
 int8 weights q_ci = round(w_ci / s_c) in [-127, 127], so |w - q s| <= s / 2 elementwise
 (the weight-only scheme of LLM.int8() without its outlier decomposition, as in GPTQ/AWQ-style
 "W8A16" inference). Activations stay float: the product is computed as (x @ q.T) * s + b,
-the int8 block cast to float a block of output rows at a time (no int8 GEMM in this repo),
-so no full float copy of a weight matrix is ever held.
+the int8 weight cast to float a block of output rows at a time and multiplied by the linear
+kernel (native SGEMM where it qualifies; there is no int8 GEMM in this repo), so no full float
+copy of a weight matrix is ever held.
 
 Tied LM head: the head's output channels are the embedding's rows, so with embeddings=True the
 head and `wte` share ONE int8 table and one scale per token row (stored once, under
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
 from .autograd import Function
 from .backend import xp as array_module
 from .functional import _check_ids
@@ -62,10 +64,11 @@ class _Int8Linear(Function):
         out_f, in_f = q.shape
         if x.shape[-1] != in_f:
             raise ValueError(f"QuantizedLinear: input {x.shape} does not match weight (out, in) = {q.shape}")
-        x2 = x.reshape(-1, in_f)  # (..., in) -> (M, in)
+        x2 = xp.ascontiguousarray(x.reshape(-1, in_f))  # (..., in) -> (M, in)
         y = xp.empty((x2.shape[0], out_f), dtype=x.dtype)
         for o in range(0, out_f, block_rows):
-            y[:, o:o + block_rows] = x2 @ q[o:o + block_rows].astype(x.dtype).T  # (M, in) @ (in, rows)
+            w = q[o:o + block_rows].astype(x.dtype)  # (rows, in): a float copy of one block of output rows
+            y[:, o:o + block_rows] = kernels.select("linear", x2, w, None).forward(x2, w, None)[0]  # (M, rows)
         y *= scale.astype(x.dtype)
         if bias is not None:
             y += bias.astype(x.dtype)
