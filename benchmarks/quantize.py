@@ -7,7 +7,8 @@ Train a checkpoint first (examples/train_shakespeare.py), then:
 
 Loads OUT_DIR/ckpt.safetensors, measures the mean validation loss (perplexity = exp(loss)) on
 fixed batches (a seeded BatchSampler, the same windows for every variant), then quantizes a fresh
-copy (int8 embeddings + head, and float embeddings with an int8 head) and measures again.
+copy (int8 embeddings + head, float embeddings with an int8 head, and the same two with int4 in
+groups of 32) and measures again.
 Prints weight bytes (tinygpt.weight_memory), val loss, perplexity and the eval time.
 """
 from __future__ import annotations
@@ -61,7 +62,10 @@ def main(argv=None):
     rows = []
     for name, make in [("float32", fresh),
                        ("int8 (embeddings + tied head)", lambda: tg.quantize(fresh())),
-                       ("int8 (float embeddings, int8 head copy)", lambda: tg.quantize(fresh(), embeddings=False))]:
+                       ("int8 (float embeddings, int8 head copy)", lambda: tg.quantize(fresh(), embeddings=False)),
+                       ("int4, groups of 32 (embeddings + tied head)", lambda: tg.quantize(fresh(), bits=4)),
+                       ("int4, groups of 32 (float embeddings)",
+                        lambda: tg.quantize(fresh(), bits=4, embeddings=False))]:
         model = make()
         mem = tg.weight_memory(model)
         loss, dt = val_loss(model, val_ids, cfg.block_size, args.batches, args.batch_size, args.seed)

@@ -22,7 +22,7 @@ from tinygpt import GPT, GPTConfig
 from tinygpt.checkpoint import load_checkpoint, save_checkpoint
 from tinygpt.nn import Linear, MoE
 from tinygpt.quantize import (QuantizedEmbedding, QuantizedExpertLinear, QuantizedLinear, dequantize,
-                              quantize_absmax)
+                              dequantize_int4, pack_int4, quantize_absmax, quantize_int4, unpack_int4)
 
 pytestmark = pytest.mark.usefixtures("seeded")
 
@@ -226,8 +226,14 @@ def test_generate_and_dequantized_weight_view():
 # ------------------------------------------------------------------ errors
 def test_errors():
     model = GPT(tiny())
-    with pytest.raises(ValueError, match="bits=8"):
-        tg.quantize(model, bits=4)
+    with pytest.raises(ValueError, match="bits must be 8"):
+        tg.quantize(model, bits=3)
+    with pytest.raises(ValueError, match="group_size applies to bits=4"):
+        tg.quantize(model, bits=8, group_size=32)
+    with pytest.raises(ValueError, match="even"):
+        tg.quantize(model, bits=4, group_size=7)
+    with pytest.raises(ValueError, match="not a multiple of group_size 128"):
+        tg.quantize(model, bits=4, group_size=128)  # n_embd 64
     with pytest.raises(TypeError, match="Module"):
         tg.quantize(np.zeros(3))
     with pytest.raises(ValueError, match="block_rows"):
@@ -255,3 +261,94 @@ def test_cuda_matches_cpu():
     ref = model(idx)[0].numpy()
     model.to("cuda")
     np.testing.assert_allclose(model(tg.Tensor(idx, device="cuda"))[0].numpy(), ref, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------ int4 (groups, two per byte)
+@given(hnp.arrays(np.int8, hnp.array_shapes(min_dims=1, max_dims=3, max_side=6).map(lambda s: s[:-1] + (2 * s[-1],)),
+                  elements=st.integers(-8, 7)))
+def test_int4_pack_unpack_round_trip(q):
+    packed = pack_int4(q)
+    assert packed.dtype == np.uint8 and packed.shape == q.shape[:-1] + (q.shape[-1] // 2,)
+    np.testing.assert_array_equal(unpack_int4(packed), q)
+    # element 2i in the low nibble, 2i+1 in the high nibble (two's complement)
+    lo, hi = packed & 0xF, packed >> 4
+    np.testing.assert_array_equal(np.where(lo >= 8, lo.astype(int) - 16, lo), q[..., 0::2])
+    np.testing.assert_array_equal(np.where(hi >= 8, hi.astype(int) - 16, hi), q[..., 1::2])
+
+
+@pytest.mark.parametrize("group_size", [2, 4, 8])
+@given(w=hnp.arrays(np.float64, st.tuples(st.integers(1, 5), st.integers(1, 3)).map(lambda s: (s[0], 8 * s[1])),
+                    elements=st.floats(-1e3, 1e3).filter(lambda v: v == 0 or abs(v) > 1e-20)))
+def test_int4_error_bound(group_size, w):
+    packed, s = quantize_int4(w, group_size)
+    assert s.shape == (w.shape[0], w.shape[1] // group_size) and s.dtype == np.float32
+    q = unpack_int4(packed)
+    assert np.abs(q.astype(int)).max() <= 7
+    scale = np.repeat(s.astype(np.float64), group_size, axis=1)  # (out, in): each weight's group scale
+    deq = q * scale
+    assert np.all(np.abs(w - deq) <= scale / 2 * (1 + 1e-5) + 1e-300)
+    np.testing.assert_allclose(dequantize_int4(packed, s), deq.astype(np.float32), rtol=1e-6)
+    # the largest |w| of each group maps to +-7
+    groups = np.abs(q.astype(int)).reshape(w.shape[0], -1, group_size).max(-1)
+    np.testing.assert_array_equal(groups[np.abs(w).reshape(w.shape[0], -1, group_size).max(-1) > 0], 7)
+
+
+@pytest.mark.parametrize("block_rows", [1, 4096])
+def test_int4_linear_and_experts_match_dequantized_reference(block_rows):
+    rng = np.random.default_rng(0)
+    lin = Linear(16, 6)
+    lin.weight.data[...] = rng.normal(size=lin.weight.shape)
+    lin.bias.data[...] = rng.normal(size=6)
+    ql = QuantizedLinear.from_linear(lin, block_rows, bits=4, group_size=4).eval()
+    assert ql.bits == 4 and ql.qweight.shape == (6, 8) and ql.scale.shape == (6, 4) and ql.in_features == 16
+    x = rng.normal(size=(3, 16))
+    w = np.repeat(ql.scale.astype(np.float64), 4, axis=1) * unpack_int4(ql.qweight)
+    b = lin.bias.numpy().astype(np.float64)
+    y = ql(tg.Tensor(x)).numpy()
+    np.testing.assert_allclose(y, x @ w.T + b, rtol=1e-12, atol=1e-12)
+    bound = np.abs(x) @ np.repeat(ql.scale.astype(np.float64), 4, axis=1).T / 2  # sum_i |x_i| s_g(i) / 2
+    assert np.all(np.abs(y - (x @ lin.weight.numpy().astype(np.float64).T + b)) <= bound * (1 + 1e-5))
+    np.testing.assert_allclose(ql.weight.numpy(), w, rtol=1e-6)
+
+    moe = MoE(8, 3, top_k=2)
+    for p in moe.parameters():
+        p.data[...] = rng.normal(size=p.shape)
+    qe = QuantizedExpertLinear.from_expert_linear(moe.c_fc, bits=4, group_size=4).eval()
+    assert qe.qweight.shape == (3, 32, 4) and qe.scale.shape == (3, 32, 2) and qe.in_features == 8
+    xe = rng.normal(size=(3, 5, 8))
+    we = (np.repeat(qe.scale.astype(np.float64), 4, axis=2) * unpack_int4(qe.qweight)).swapaxes(1, 2)  # (E, in, out)
+    ref = xe @ we + moe.c_fc.bias.numpy().astype(np.float64)[:, None, :]
+    np.testing.assert_allclose(qe(tg.Tensor(xe)).numpy(), ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(qe.weight.numpy(), we, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kw", [{}, dict(n_expert=4, moe_every=2), dict(tie_weights=False)])
+def test_int4_model(kw, tmp_path):
+    """int4 logits: a coarser grid (7 levels a side), so errors ~ 10x int8's on these wide random weights;
+    the measured quality is in benchmarks/quantize.py. Memory: 0.5 byte a weight + 4 bytes a group."""
+    cfg = tiny(**kw)
+    model = randomize(GPT(cfg)).eval()
+    idx = ids(cfg)
+    ref = model(idx)[0].numpy()
+    before = tg.weight_memory(model)["total"]
+    i8, f32 = expected_bytes(model)
+    n_quantized = i8  # one int8 byte per quantized weight -> half a byte, plus one float32 scale per 32
+    n_rows_scale = f32  # float bytes in the int8 layout: scales of the int8 rows + float tensors
+    model8 = randomize(GPT(cfg)).eval()
+    err8 = _rel_err(tg.quantize(model8)(idx)[0].numpy(), ref)
+    tg.quantize(model, bits=4)
+    out = model(idx)[0].numpy()
+    err4 = _rel_err(out, ref)
+    assert err8 < err4 < 0.6, (err8, err4)
+    mem = tg.weight_memory(model)
+    rows = sum(m.qweight.shape[0] * (m.qweight.shape[1] if m.qweight.ndim == 3 else 1)
+               for m in model.modules() if isinstance(m, (QuantizedLinear, QuantizedEmbedding, QuantizedExpertLinear))
+               and m._tied is None)
+    assert mem["uint8"] == n_quantized // 2
+    assert mem["float32"] == n_rows_scale - 4 * rows + 4 * (n_quantized // 32)
+    assert mem["total"] < 0.2 * before
+    other = tg.quantize(randomize(GPT(cfg), seed=3), bits=4)
+    other.load_state_dict(model.state_dict())
+    np.testing.assert_array_equal(other(idx)[0].numpy(), out)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        tg.quantize(GPT(cfg)).load_state_dict(model.state_dict())  # int8 layout cannot take int4 tensors
