@@ -270,7 +270,8 @@ class QuantizedExpertLinear(_QuantizedModule):
         else:
             self.bias = None
         if self.bits == 4:  # stored output-major (E, out, in/2) so groups and packing run along `in`
-            self.n_expert, self.out_features, self.in_features = qweight.shape[0], qweight.shape[1], 2 * qweight.shape[2]
+            E, out_f, half_in = qweight.shape
+            self.n_expert, self.out_features, self.in_features = E, out_f, 2 * half_in
         else:
             self.n_expert, self.in_features, self.out_features = qweight.shape
 
