@@ -8,6 +8,7 @@ from .. import random as _random
 from ..autograd import no_grad
 from ..backend import to_device, to_numpy
 from ..nn import Block, Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, sinusoidal_positions
+from ..nn.moe import collect_aux_loss
 from ..tensor import Tensor
 from .config import GPTConfig
 from .generation import KVCache, check_args, generate_tokens, prepare_prompt, sample_next  # noqa: F401
@@ -32,7 +33,7 @@ class GPT(Module):
         transformer.drop = Dropout(c.dropout)
         transformer.h = ModuleList(
             Block(c.n_embd, c.n_head, c.dropout, c.bias, c.norm, c.layer_window(i), c.n_layer, gelu=c.gelu,
-                  eps=c.layer_norm_eps)
+                  eps=c.layer_norm_eps, moe=c.layer_moe(i))
             for i in range(c.n_layer)
         )
         if c.final_norm:
@@ -41,6 +42,7 @@ class GPT(Module):
         self.lm_head = Linear(c.n_embd, c.vocab_size, bias=False)
         if c.tie_weights:
             self.lm_head.weight = transformer.wte.weight  # one Parameter, two names
+        self.moe_aux_loss = None  # the last forward's mean MoE load-balancing loss (0-d Tensor), see forward
 
     # ------------------------------------------------------------------ forward
     def _check_idx(self, idx):
@@ -95,6 +97,11 @@ class GPT(Module):
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits, targets, ignore_index=ignore_index)
+        # MoE: mean load-balancing loss of the MoE layers (None without), added to the loss in training only
+        aux = collect_aux_loss(self)
+        self.moe_aux_loss = None if aux is None else aux.detach()
+        if loss is not None and aux is not None and self.training and self.config.moe_aux_loss_coef:
+            loss = loss + self.config.moe_aux_loss_coef * aux
         return logits, loss
 
     # ------------------------------------------------------------------ bookkeeping

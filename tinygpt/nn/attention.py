@@ -6,6 +6,7 @@ import math
 from .. import functional as F
 from .layers import GELU, Dropout, LayerNorm, Linear
 from .module import Module
+from .moe import MoE
 
 
 class CausalSelfAttention(Module):
@@ -57,10 +58,12 @@ class MLP(Module):
 
 class Block(Module):
     """A transformer block. norm='pre' (GPT-2): x + attn(ln_1(x)), then x + mlp(ln_2(x)).
-    norm='post' (GPT-1): ln_1(x + attn(x)), then ln_2(x + mlp(x))."""
+    norm='post' (GPT-1): ln_1(x + attn(x)), then ln_2(x + mlp(x)). `moe` (a dict of MoE
+    keyword arguments) makes the MLP a mixture of experts."""
 
     def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True, norm: str = "pre",
-                 window: int | None = None, n_layer: int = 1, gelu: str = "tanh", eps: float = 1e-5):
+                 window: int | None = None, n_layer: int = 1, gelu: str = "tanh", eps: float = 1e-5,
+                 moe: dict | None = None):
         super().__init__()
         if norm not in ("pre", "post"):
             raise ValueError(f"Block: norm must be 'pre' or 'post', got {norm!r}")
@@ -69,7 +72,10 @@ class Block(Module):
         self.ln_1 = LayerNorm(n_embd, bias=bias, eps=eps)
         self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias, window, proj_std)
         self.ln_2 = LayerNorm(n_embd, bias=bias, eps=eps)
-        self.mlp = MLP(n_embd, dropout, bias, proj_std, approximate=gelu)
+        if moe:  # a mixture of experts in place of the MLP (moe = MoE's n_expert, top_k, capacity_factor)
+            self.mlp = MoE(n_embd, **moe, dropout=dropout, bias=bias, proj_std=proj_std, approximate=gelu)
+        else:
+            self.mlp = MLP(n_embd, dropout, bias, proj_std, approximate=gelu)
 
     def forward(self, x, kv_cache=None):
         if self.norm == "pre":
