@@ -170,8 +170,9 @@ def cross_entropy_backward(grad, logits, targets, saved):
     op = "cross_entropy_backward"
     cp = backend.cupy()
     real = isinstance(grad, numbers.Real) or getattr(getattr(grad, "dtype", None), "kind", "") in ("f", "i", "u")
-    # a cupy 0-d array stays on the device (no host round trip); numbers are copied up
-    g = cp.ascontiguousarray(cp.asarray(grad, dtype=cp.float64)) if real else None
+    # a cupy 0-d array stays on the device (no host round trip); numbers are copied up. (No
+    # ascontiguousarray: NumPy's turns 0-d into 1-d, and a 0-d array is contiguous anyway.)
+    g = cp.asarray(grad, dtype=cp.float64) if real else None
     if g is None or g.ndim != 0:
         raise ValueError(f"{op}: grad must be a 0-d real array or number (the loss's gradient), "
                          f"got {type(grad).__name__} of shape {getattr(grad, 'shape', ())}")
