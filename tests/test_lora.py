@@ -231,3 +231,21 @@ def test_errors(tmp_path):
     save_checkpoint(plain, _gpt())
     with pytest.raises(CheckpointError, match="not a LoRA adapter file"):
         lora.load_lora(_gpt(), plain)
+
+
+def test_generation_with_adapters_and_kv_cache():
+    """Greedy decoding through the adapters: KV cache == no cache == the merged model."""
+    model = _gpt(dtype=np.float64)
+    lora.apply(model, rank=2, alpha=4, targets=("c_attn", "mlp.c_fc"))
+    _randomise_b(model)
+    for m in model.modules():
+        if isinstance(m, lora.LoRALinear):
+            m.lora_B.data *= 30.0  # large enough to change greedy choices of this tiny random model
+    prompt = _ids(shape=(2, 3))
+    cached = model.generate(prompt, max_new_tokens=5, temperature=0, use_cache=True)
+    plain = model.generate(prompt, max_new_tokens=5, temperature=0, use_cache=False)
+    np.testing.assert_array_equal(cached, plain)
+    lora.merge(model)
+    np.testing.assert_array_equal(model.generate(prompt, max_new_tokens=5, temperature=0), cached)
+    base = _gpt(dtype=np.float64).generate(prompt, max_new_tokens=5, temperature=0)
+    assert not np.array_equal(base, cached)  # the adapters changed the model
