@@ -49,7 +49,8 @@ class MLP(Module):
         self.dropout = Dropout(dropout)
 
     def forward(self, x):
-        if self.gelu.approximate == "tanh":  # c_fc + GELU fused in one op (one kernel, no extra pass)
+        # c_fc + GELU fused in one op (one kernel, no extra pass); a wrapped c_fc (LoRA) runs its own forward
+        if self.gelu.approximate == "tanh" and type(self.c_fc) is Linear:
             h = F.linear_gelu(x, self.c_fc.weight, self.c_fc.bias)
         else:  # the exact erf GELU stays a separate op
             h = self.gelu(self.c_fc(x))

@@ -93,6 +93,14 @@ class Module:
         for p in self.parameters():
             p.grad = None
 
+    def requires_grad_(self, flag: bool = True):
+        """Freeze (False) or unfreeze every parameter; a frozen one gets no grad and optimisers skip it."""
+        for p in self.parameters():
+            p.requires_grad_(flag)
+            if not flag:
+                p.grad = None
+        return self
+
     # ------------------------------------------------------------------ modes and devices
     def train(self, mode: bool = True):
         for m in self.modules():

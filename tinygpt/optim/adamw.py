@@ -15,7 +15,8 @@ class AdamW(Optimizer):
         p -= lr / (1 - beta1**step) * m / (sqrt(v) / sqrt(1 - beta2**step) + eps)
 
     The update is one fused `tinygpt.kernels.adamw_step` call per parameter. Parameters
-    whose grad is None are skipped (their state and step count do not advance).
+    whose grad is None or that are frozen (requires_grad False) are skipped (their state and step
+    count do not advance).
 
     Parameters
     ----------
@@ -50,7 +51,7 @@ class AdamW(Optimizer):
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:
-                if p.grad is None:
+                if p.grad is None or not p.requires_grad:  # no grad, or frozen
                     continue
                 grad = p.grad.data
                 if grad.shape != p.data.shape:

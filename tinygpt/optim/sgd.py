@@ -39,7 +39,7 @@ class SGD(Optimizer):
         for group in self.param_groups:
             lr, mom, damp, wd = group["lr"], group["momentum"], group["dampening"], group["weight_decay"]
             for p in group["params"]:
-                if p.grad is None:
+                if p.grad is None or not p.requires_grad:  # no grad, or frozen
                     continue
                 d = p.grad.data
                 if wd != 0:
