@@ -6,7 +6,7 @@ import numpy as np
 from .. import functional as F
 from .. import random as _random
 from ..autograd import no_grad
-from ..backend import to_device, to_numpy
+from ..backend import array_device, to_device, to_numpy
 from ..nn import Block, Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, sinusoidal_positions
 from ..tensor import Tensor
 from .config import GPTConfig
@@ -41,6 +41,24 @@ class GPT(Module):
             self.lm_head.weight = transformer.wte.weight  # one Parameter, two names
 
     # ------------------------------------------------------------------ forward
+    @property
+    def device(self) -> str:
+        """The device of the model's parameters ('cpu' or 'cuda')."""
+        return self.transformer.wte.weight.device
+
+    def _on_device(self, ids, what: str):
+        """Token ids as a raw array on the model's device: host arrays and lists are moved there,
+        a Tensor must already be on it (as torch)."""
+        device = self.device
+        if isinstance(ids, Tensor):
+            if ids.device != device:
+                raise ValueError(f"GPT: {what} is on {ids.device} but the model is on {device}; "
+                                 f"move it with .to('{device}') (or pass a numpy array)")
+            return ids.data
+        if array_device(ids) is None:
+            ids = np.asarray(ids)
+        return to_device(ids, device)
+
     def _check_idx(self, idx):
         ids = idx.data if isinstance(idx, Tensor) else idx
         if not hasattr(ids, "dtype"):
@@ -62,7 +80,7 @@ class GPT(Module):
 
     def hidden_states(self, idx) -> Tensor:
         """The final hidden states (B, T, C), before the LM head."""
-        ids = self._check_idx(idx)
+        ids = self._check_idx(self._on_device(idx, "idx"))
         tr = self.transformer
         T = ids.shape[1]
         tok = tr.wte(ids)  # (B, T) -> (B, T, C)
@@ -82,7 +100,7 @@ class GPT(Module):
         logits = self.lm_head(x)  # (B, T, C) -> (B, T, vocab)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits, targets, ignore_index=ignore_index)
+            loss = F.cross_entropy(logits, self._on_device(targets, "targets"), ignore_index=ignore_index)
         return logits, loss
 
     # ------------------------------------------------------------------ bookkeeping
@@ -130,7 +148,9 @@ class GPT(Module):
         if top_p is not None and not 0.0 < top_p <= 1.0:
             raise ValueError(f"generate: top_p must be in (0, 1], got {top_p}")
         as_tensor = isinstance(idx, Tensor)
-        ids = np.array(to_numpy(idx.data if as_tensor else np.asarray(idx)), dtype=np.int64)
+        raw = idx.data if as_tensor else idx
+        out_device = array_device(raw) or "cpu"  # hand the result back where the input was
+        ids = np.array(to_numpy(raw), dtype=np.int64)  # the running sequence stays on the host
         if ids.ndim == 1:
             ids = ids[None, :]
         self._check_idx(ids[:, -self.config.block_size:])
@@ -140,13 +160,15 @@ class GPT(Module):
         try:
             with no_grad():
                 for _ in range(max_new_tokens):
-                    cond = to_device(ids[:, -self.config.block_size:], self.transformer.wte.weight.device)
+                    cond = to_device(ids[:, -self.config.block_size:], self.device)  # (B, <=T) ids to the model
                     logits, _ = self(cond)
                     last = to_numpy(logits.data[:, -1, :]).astype(np.float64)  # (B, vocab)
                     ids = np.concatenate([ids, sample_next(last, temperature, top_k, top_p, rng)[:, None]], axis=1)
         finally:
             self.train(was_training)
-        return Tensor(ids) if as_tensor else ids
+        if as_tensor:
+            return Tensor(ids, device=out_device)
+        return to_device(ids, out_device) if out_device != "cpu" else ids
 
 
 def sample_next(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None,
