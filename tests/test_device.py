@@ -137,9 +137,16 @@ def test_available_reports_the_cuda_ops(fake_cuda_ops):
     assert set(info) >= {"native", "enabled", "cpu", "cuda"}
 
 
-def test_available_cuda_is_empty_without_cuda_wrappers():
+def test_available_cuda_lists_only_dispatchable_ops(monkeypatch):
     # with the real kernels.cuda: an op is listed only when every launcher it needs was built
-    assert kernels.available()["cuda"] == [op for op in sorted(kcuda.LAUNCHERS) if kcuda.has(op)]
+    listed = kernels.available()["cuda"]
+    assert listed == kernels.cuda_ops()
+    for op in listed:
+        assert kcuda.has(op) and (op == "adamw_step" or kernels._cuda_kernel(op) is not None)
+    # a launcher group without wrappers of the op's name (a helper, say) is not an op
+    monkeypatch.setitem(kcuda.LAUNCHERS, "some_helper", ("x",))
+    monkeypatch.setattr(kcuda, "has", lambda op: True)
+    assert "some_helper" not in kernels.cuda_ops()
 
 
 # ------------------------------------------------------------------ mixed devices

@@ -179,8 +179,11 @@ def use_native(enabled: bool):
 
 
 def cuda_ops() -> list:
-    """The ops with CUDA kernels in this build (tinygpt/kernels/cuda.py wrappers whose launchers exist)."""
-    return sorted(op for op in _cuda_kernels.LAUNCHERS if _cuda_kernels.has(op))
+    """The ops select() / adamw_step() send to CUDA kernels in this build: the tinygpt/kernels/cuda.py
+    wrappers (forward and backward, or adamw_step) whose launchers the extension has."""
+    return sorted(op for op in _cuda_kernels.LAUNCHERS
+                  if (_cuda_kernel(op) is not None if op != "adamw_step"
+                      else _cuda_kernels.has(op) and hasattr(_cuda_kernels, "adamw_step")))
 
 
 def available() -> dict:
