@@ -67,7 +67,7 @@ def normalize_device(device) -> str:
 
 def xp(array):
     """The array module (numpy or cupy) that owns `array`."""
-    if isinstance(array, np.ndarray) or _cupy is None:
+    if _cupy is None or isinstance(array, np.ndarray) and not isinstance(array, _cupy.ndarray):
         return np
     return _cupy.get_array_module(array)
 
@@ -89,9 +89,9 @@ def is_cupy_array(array) -> bool:
 
 def array_device(a):
     """'cpu' for a numpy array, 'cuda' for a cupy array, None for anything else (scalars, tuples)."""
-    if isinstance(a, np.ndarray):
-        return "cpu"
-    return "cuda" if is_cupy_array(a) else None
+    if is_cupy_array(a):
+        return "cuda"
+    return "cpu" if isinstance(a, np.ndarray) else None
 
 
 def to_device(array, device: str):
@@ -106,10 +106,10 @@ def to_device(array, device: str):
 
 def to_numpy(array) -> np.ndarray:
     """A host numpy array (copies from the GPU when needed; other array-likes via np.asarray)."""
-    if isinstance(array, np.ndarray):
-        return array
     if is_cupy_array(array):
         return array.get()
+    if isinstance(array, np.ndarray):
+        return array
     return np.asarray(array)
 
 

@@ -21,6 +21,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from .. import backend
 from . import cuda as _cuda_kernels
 from . import reference
 
@@ -79,7 +80,7 @@ def _qualifies(arrays):
     for a in arrays:
         if a is None:
             continue
-        dev = "cpu" if isinstance(a, np.ndarray) else "cuda"
+        dev = "cpu" if isinstance(a, np.ndarray) and not backend.is_cupy_array(a) else "cuda"
         if device is not None and dev != device:
             return None
         device = dev

@@ -1,0 +1,35 @@
+"""tests/test_gpu.py's test bodies on the CPU, with a NumPy-backed stand-in for CuPy (fake_cupy.py).
+
+This runs everywhere and checks the GPU path's wiring: every op, Function, the model, the
+optimisers, checkpoints, generation and the example keep their data on the 'cuda' device (a
+host array leaking in would raise a mixed-device error) and give the CPU's results. It does
+not check CuPy itself or the CUDA kernels: tests/test_gpu.py does that on a real GPU.
+"""
+import numpy as np
+import pytest
+
+import fake_cupy
+import test_gpu
+from test_gpu import *  # noqa: F401,F403 - the test functions, collected here a second time
+
+pytestmark = [pytest.mark.usefixtures("simulated_gpu"),
+              pytest.mark.skipif(int(np.__version__.split(".")[0]) < 2,
+                                 reason="the stand-in needs NumPy 2 (0-d results through __array_wrap__)")]
+
+
+@pytest.fixture
+def simulated_gpu(monkeypatch):
+    if test_gpu.backend.cuda_available():
+        pytest.skip("a real GPU is present: tests/test_gpu.py runs there")
+    fake_cupy.install(monkeypatch)
+    yield
+
+
+def test_the_stand_in_is_in_use():
+    import tinygpt as tg
+
+    x = tg.zeros(2, device="cuda")
+    assert x.device == "cuda" and isinstance(x.data, fake_cupy.GpuArray)
+    assert (x + 1.0).sum().device == "cuda"  # 0-d results stay on the 'device'
+    with pytest.raises(ValueError, match="add: tensors on different devices"):
+        x + tg.zeros(2)
