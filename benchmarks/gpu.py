@@ -122,8 +122,9 @@ def wall_timed(timer, fn, reps, warmup):
     return common.stats(times)
 
 
-def free_memory(cp, torch=None):
-    gc.collect()  # drop unreachable graphs before handing their blocks back
+def free_memory(cp, torch=None, collect=False):
+    if collect:
+        gc.collect()  # drop unreachable graphs (reference cycles) before handing their blocks back
     cp.get_default_memory_pool().free_all_blocks()
     if torch is not None:
         torch.cuda.empty_cache()
@@ -319,7 +320,7 @@ def bench_model(name: str, args, tg, np, cp, torch, timer, peaks) -> dict:
                 traceback.print_exc()
         finally:
             step = None
-            free_memory(cp, torch)
+            free_memory(cp, torch, collect=True)
     ref = result["initial_loss"].get("torch")
     if ref is not None:
         diffs = {k: abs(v - ref) for k, v in result["initial_loss"].items() if k != "torch"}
@@ -436,7 +437,8 @@ def kernel_cases(np, cp, config_name: str, batch=None):
     att_flops = 2 * B * nh * T * T * hs  # causal: half of the two (T x T x hs) products' 4 B nh T^2 hs
     cases.append(("attention causal", "attention", f"({B},{nh},{T},{hs})",
                   (q, k, v, True, None, 0.0, 0, 1.0 / math.sqrt(hs)), "flop", att_flops, int(2.5 * att_flops), None))
-    n_adam = 10_000_000 if config_name == "shakespeare" else 124_000_000
+    L = c["n_layer"]
+    n_adam = V * C + T * C + L * (12 * C * C + 13 * C) + 2 * C  # the model's parameter count (with biases)
     p = rnd(n_adam, scale=0.02)
     cases.append(("adamw_step", "adamw_step", f"({n_adam},)", (p, rnd(n_adam, scale=1e-3), cp.zeros_like(p),
                                                               cp.zeros_like(p)), "mem", 28 * n_adam, 0, None))
@@ -676,6 +678,7 @@ def build_parser():
                    help="peak TFLOP/s for MFU (default: from the GPU's name, for the precision used)")
     p.add_argument("--quick", action="store_true", help="fewer repetitions in the kernel part")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--copy-mib", type=int, default=1024, help="size of the copy-bandwidth measurement")
     p.add_argument("--json", default=None, metavar="PATH", help="save device info and every result as JSON")
     p.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
     return p
@@ -708,15 +711,16 @@ def main(argv=None) -> int:
             _write_json(args.json, {"error": f"no GPU: {reason}"})
         return 2
     cp = tg.backend.cupy()
-    try:
-        import torch  # noqa: PLC0415
+    torch = None
+    if not args.no_torch:
+        try:
+            import torch  # noqa: PLC0415
 
-        if not torch.cuda.is_available():
-            print(f"note: torch {torch.__version__} has no CUDA here; timing tinygpt alone")
-            torch = None
-    except ImportError:
-        print("note: torch is not installed; timing tinygpt alone")
-        torch = None
+            if not torch.cuda.is_available():
+                print(f"note: torch {torch.__version__} has no CUDA here; timing tinygpt alone")
+                torch = None
+        except ImportError:
+            print("note: torch is not installed; timing tinygpt alone")
     if torch is not None:
         torch.manual_seed(args.seed)
         torch.backends.cuda.matmul.allow_tf32 = bool(args.tf32)
@@ -736,7 +740,7 @@ def main(argv=None) -> int:
         kc.set_matmul_precision("tf32")
     info["tinygpt_matmul_precision"] = kc.get_matmul_precision() if hasattr(kc, "get_matmul_precision") else None
     timer = Timer(cp)
-    bw = copy_bandwidth(cp, timer)
+    bw = copy_bandwidth(cp, timer, args.copy_mib << 20)
     free_memory(cp)
     info.update(bw)
     copy_gbps = bw["copy_kernel_gbps"]

@@ -10,9 +10,20 @@ What this does NOT check: CuPy's own API and numerics (the arithmetic is numpy's
 kernels (kernels.cuda is switched off), streams and synchronisation. Those need tests/test_gpu.py
 on a real GPU.
 """
+import time
 import types
 
 import numpy as np
+
+
+class _MemoryPointer:
+    """The bits of cupy.cuda.MemoryPointer the benchmark uses (an array's `.data`)."""
+
+    def __init__(self, array):
+        self.array, self.ptr = array, array.__array_interface__["data"][0]
+
+    def copy_from_device_async(self, src, size, stream=None):
+        np.asarray(self.array).reshape(-1).view(np.uint8)[:size] = np.asarray(src.array).reshape(-1).view(np.uint8)[:size]
 
 
 class GpuArray(np.ndarray):
@@ -24,6 +35,10 @@ class GpuArray(np.ndarray):
     def get(self):
         """Device -> host copy (a plain numpy array), as cupy.ndarray.get."""
         return np.array(np.asarray(self), copy=True)
+
+    @property
+    def data(self):  # cupy: a MemoryPointer (numpy's C code does not go through this property)
+        return _MemoryPointer(self)
 
 
 def _to_gpu(r):
@@ -43,6 +58,32 @@ class _Stream:
         pass
 
 
+class _Event:
+    """cupy.cuda.Event on the host clock (the stand-in runs synchronously)."""
+
+    def record(self, stream=None):
+        self.t = time.perf_counter()
+
+    def synchronize(self):
+        pass
+
+
+class _Device:
+    id = 0
+    mem_info = (8 << 30, 16 << 30)
+
+    def __init__(self, *args):
+        pass
+
+    def synchronize(self):
+        pass
+
+
+class _Pool:
+    def free_all_blocks(self):
+        pass
+
+
 class FakeCupy(types.ModuleType):
     """numpy's functions, results as GpuArrays; types, ufuncs and constants unchanged."""
 
@@ -51,10 +92,13 @@ class FakeCupy(types.ModuleType):
 
     def __init__(self):
         super().__init__("cupy")
+        props = {"name": b"Fake GPU (numpy)", "major": 0, "minor": 0, "multiProcessorCount": 1}
         self.cuda = types.SimpleNamespace(
-            runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
-            get_current_stream=lambda: _Stream(),
-            Device=lambda *a: types.SimpleNamespace(synchronize=lambda: None, id=0))
+            runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, getDeviceProperties=lambda i: props,
+                                          runtimeGetVersion=lambda: 0, driverGetVersion=lambda: 0),
+            get_current_stream=lambda: _Stream(), Device=_Device, Event=_Event,
+            get_elapsed_time=lambda a, b: (b.t - a.t) * 1e3)
+        self.get_default_memory_pool = lambda: _Pool()
 
     def __getattr__(self, name):
         obj = getattr(np, name)

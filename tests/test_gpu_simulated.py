@@ -33,3 +33,31 @@ def test_the_stand_in_is_in_use():
     assert (x + 1.0).sum().device == "cuda"  # 0-d results stay on the 'device'
     with pytest.raises(ValueError, match="add: tensors on different devices"):
         x + tg.zeros(2)
+
+
+def test_gpu_benchmark_runs_on_the_stand_in(monkeypatch, tmp_path, capsys):
+    """benchmarks/gpu.py end to end on tiny configurations (its code paths, not its timings)."""
+    import importlib.util
+    import json
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.syspath_prepend(os.path.join(root, "benchmarks"))
+    spec = importlib.util.spec_from_file_location("bench_gpu_sim", os.path.join(root, "benchmarks", "gpu.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setitem(bench.CONFIGS, "shakespeare", dict(vocab_size=11, block_size=16, n_layer=2, n_head=2,
+                                                           n_embd=8, batch_size=3, dropout=0.2))
+    monkeypatch.setitem(bench.CONFIGS, "gpt2", dict(vocab_size=50, block_size=32, n_layer=2, n_head=2, n_embd=16,
+                                                    batch_size=2, dropout=0.0))
+    out = tmp_path / "gpu.json"
+    assert bench.main(["--no-torch", "--quick", "--steps", "2", "--warmup", "1", "--copy-mib", "4",
+                       "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["device"]["gpu"] == "Fake GPU (numpy)" and report["device"]["peaks"] is None
+    for r in report["model"]:
+        assert r["errors"] == {} and set(r["results"]) == {"tinygpt-ref"}
+        assert r["results"]["tinygpt-ref"]["tokens_per_s"] > 0
+    assert len(report["kernels"]) == 2 * 14 and not [r for r in report["kernels"] if "error" in r]
+    text = capsys.readouterr().out
+    assert "tinygpt-ref" in text and "attention causal" in text
