@@ -449,8 +449,9 @@ def test_checkpoint_saved_on_gpu_loads_on_cpu(tmp_path):
         o.zero_grad()
         loss.backward()
         o.step()
-    for p, q in zip(gpu_model.parameters(), cpu_model.parameters()):
-        np.testing.assert_allclose(p.numpy(), q.numpy(), rtol=1e-4, atol=1e-6)
+    for p, q in zip(gpu_model.parameters(), cpu_model.parameters()):  # one lr-1e-2 AdamW step from equal states:
+        # float32 gradient noise can move near-zero weights by ~1e-5 (Adam divides by sqrt(v))
+        np.testing.assert_allclose(p.numpy(), q.numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_generate_on_gpu():
