@@ -13,9 +13,8 @@ import os
 import numpy as np
 
 import tinygpt as tg
-from tinygpt import backend
+from tinygpt import backend, tokenizers
 from tinygpt.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_metadata
-from tinygpt.data import CharTokenizer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out-dir", default="out-shakespeare-char", help="directory holding ckpt.safetensors")
     p.add_argument("--ckpt", default=None, help="checkpoint file (overrides --out-dir)")
-    p.add_argument("--prompt", default="\n", help="text to continue; every character must be in the vocabulary")
+    p.add_argument("--prompt", default="\n", help="text to continue (char tokenizer: every character must be in the vocabulary)")
     p.add_argument("--prompt-file", default=None, help="read the prompt from this file instead")
     p.add_argument("--num-samples", type=int, default=3)
     p.add_argument("--max-new-tokens", type=int, default=500)
@@ -56,7 +55,10 @@ def main(argv=None) -> list[str]:
         if meta["config"] is None or meta["tokenizer"] is None:
             raise _fail(f"{path} has no model config or tokenizer in its metadata")
         config = tg.GPTConfig.from_dict(meta["config"])
-        tokenizer = CharTokenizer.from_dict(meta["tokenizer"])
+        try:
+            tokenizer = tokenizers.from_dict(meta["tokenizer"])  # CharTokenizer or ByteLevelBPE
+        except ValueError as exc:
+            raise _fail(f"{path}: the tokenizer in its metadata cannot be read: {exc}") from None
         model = tg.GPT(config)
         load_checkpoint(path, model, restore_rng=False)
     except CheckpointError as exc:
@@ -72,9 +74,13 @@ def main(argv=None) -> list[str]:
     if not prompt:
         raise _fail("the prompt is empty (give at least one character, e.g. --prompt $'\\n')")
     try:
-        ids = tokenizer.encode(prompt)
+        if isinstance(tokenizer, tokenizers.ByteLevelBPE):
+            ids = tokenizer.encode(prompt, allowed_special="all")  # '<|endoftext|>' in a prompt is that token
+        else:
+            ids = tokenizer.encode(prompt)
     except ValueError as exc:
-        raise _fail(f"{exc}; the vocabulary is {tokenizer.chars!r}") from None
+        vocab = f"; the vocabulary is {tokenizer.chars!r}" if isinstance(tokenizer, tokenizers.CharTokenizer) else ""
+        raise _fail(f"{exc}{vocab}") from None
 
     context = np.tile(ids[None, :], (args.num_samples, 1))  # (num_samples, T)
     out = model.generate(context, max_new_tokens=args.max_new_tokens, temperature=args.temperature,

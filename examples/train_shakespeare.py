@@ -1,4 +1,4 @@
-"""Train a character-level GPT on Tiny Shakespeare (nanoGPT's shakespeare_char, on tinygpt).
+"""Train a character-level (or BPE) GPT on Tiny Shakespeare (nanoGPT's shakespeare_char, on tinygpt).
 
 The defaults are nanoGPT's CPU configuration (README, "I only have a macbook"): 4 layers,
 4 heads, 128 channels, 64-token context, batch 12, 2000 iterations, no dropout. nanoGPT on
@@ -15,6 +15,12 @@ overrides the preset.
     python examples/train_shakespeare.py --device cuda        # the GPU preset (CuPy + an NVIDIA GPU)
     python examples/train_shakespeare.py --resume             # continue from out_dir's checkpoint
     python examples/sample.py --out-dir out-shakespeare-char  # sample from the checkpoint
+    python examples/train_shakespeare.py --tokenizer bpe --vocab-size 1024 --out-dir out-shakespeare-bpe
+
+Tokenizers: `--tokenizer char` (the default) has one token per character of the text;
+`--tokenizer bpe` trains GPT-2's byte-level BPE on the training split (a few seconds) and
+writes its vocab.json and merges.txt (GPT-2's format) next to the checkpoint. Either way the
+checkpoint's metadata holds the whole tokenizer, so `--resume` and sample.py use exactly it.
 
 Reproducibility: `tg.manual_seed(seed)` drives initialisation and dropout, the batch
 sampler has its own seeded generator, and evaluation uses fixed batches in eval mode (no
@@ -34,7 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 import tinygpt as tg
-from tinygpt import backend
+from tinygpt import backend, tokenizers
 from tinygpt.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_metadata, save_checkpoint
 from tinygpt.data import TINY_SHAKESPEARE_URL, BatchSampler, CharTokenizer, load_text, train_val_split
 from tinygpt.nn.utils import clip_grad_norm_
@@ -43,6 +49,7 @@ from tinygpt.optim import cosine_with_warmup
 DEFAULT_DATA = os.path.join("data", "tinyshakespeare.txt")
 CKPT_NAME = "ckpt.safetensors"
 SUMMARY_NAME = "summary.json"
+DEFAULT_BPE_VOCAB = 1024
 # hyperparameters that shape the model; on --resume they come from the checkpoint
 MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "norm", "position")
 # --device cuda: nanoGPT's config/train_shakespeare_char.py (the defaults of the flags not listed
@@ -54,7 +61,7 @@ CUDA_PRESET = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=6
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description="Train a character-level GPT on Tiny Shakespeare with tinygpt (nanoGPT's CPU config).",
+        description="Train a character-level (or BPE) GPT on Tiny Shakespeare with tinygpt (nanoGPT's CPU config).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     io = p.add_argument_group("data and output")
     io.add_argument("--data", default=DEFAULT_DATA, help="text file to train on")
@@ -62,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where to download --data from when it is missing (default: the Tiny Shakespeare "
                          "URL when the file is named tinyshakespeare.txt, else no download)")
     io.add_argument("--val-fraction", type=float, default=0.1, help="the last part of the text held out")
+    io.add_argument("--tokenizer", choices=("char", "bpe"), default=None,
+                    help="char: one token per character (default); bpe: GPT-2's byte-level BPE trained on the "
+                         "training split. On --resume the checkpoint's tokenizer is used")
+    io.add_argument("--vocab-size", type=int, default=None,
+                    help=f"BPE vocabulary size, <|endoftext|> included (--tokenizer bpe; default {DEFAULT_BPE_VOCAB})")
     io.add_argument("--out-dir", default="out-shakespeare-char", help="checkpoint and summary directory")
     io.add_argument("--resume", action="store_true", help=f"continue from OUT_DIR/{CKPT_NAME}")
     io.add_argument("--always-save-checkpoint", action="store_true",
@@ -102,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--final-eval-iters", type=int, default=200, help="batches per split for the final evaluation")
     e.add_argument("--log-interval", type=int, default=10, help="iterations between progress-bar/log updates")
     e.add_argument("--no-progress", action="store_true", help="no progress bar; print a log line instead")
-    e.add_argument("--sample-tokens", type=int, default=500, help="characters to sample at the end (0: none)")
+    e.add_argument("--sample-tokens", type=int, default=500, help="tokens to sample at the end (0: none)")
     e.add_argument("--temperature", type=float, default=0.8)
     e.add_argument("--top-k", type=int, default=200)
     return p
@@ -157,6 +169,59 @@ def load_data(args):
     if not text:
         raise _fail(f"{where} is empty")
     return text
+
+
+def make_tokenizer(args, text: str, meta):
+    """The checkpoint's tokenizer on --resume; else a new one (--tokenizer, --vocab-size) from `text`."""
+    if meta is not None:
+        try:
+            tokenizer = tokenizers.from_dict(meta["tokenizer"])
+        except (ValueError, AttributeError) as exc:
+            raise _fail(f"the checkpoint's tokenizer cannot be read: {exc}") from None
+        kind = meta["tokenizer"]["type"]
+        ignored = [flag for flag, given, saved in (("--tokenizer", args.tokenizer, kind),
+                                                   ("--vocab-size", args.vocab_size, tokenizer.vocab_size))
+                   if given is not None and given != saved]
+        if ignored:
+            tqdm.write(f"resume: the tokenizer comes from the checkpoint ({kind}, vocab {tokenizer.vocab_size}); "
+                       f"ignoring {', '.join(ignored)}")
+        args.tokenizer = kind
+        args.vocab_size = tokenizer.vocab_size if kind == "bpe" else None
+        return tokenizer
+    args.tokenizer = args.tokenizer or "char"
+    if args.tokenizer == "char":
+        if args.vocab_size is not None:
+            raise _fail("--vocab-size is for --tokenizer bpe (the char vocabulary is the text's characters)")
+        return CharTokenizer.from_text(text)
+    args.vocab_size = DEFAULT_BPE_VOCAB if args.vocab_size is None else args.vocab_size
+    train_text, _ = train_val_split(text, args.val_fraction)
+    t0 = time.perf_counter()
+    try:
+        tokenizer = tokenizers.ByteLevelBPE.train(train_text, args.vocab_size, show_progress=not args.no_progress)
+    except ValueError as exc:
+        raise _fail(f"--vocab-size: {exc}") from None
+    tqdm.write(f"tokenizer: byte-level BPE trained on the {len(train_text):,}-character training split in "
+               f"{time.perf_counter() - t0:.1f} s: {len(tokenizer.merges)} merges, vocab {tokenizer.vocab_size}")
+    if tokenizer.vocab_size < args.vocab_size:
+        tqdm.write(f"note: the text ran out of pairs to merge; vocab {tokenizer.vocab_size} < --vocab-size "
+                   f"{args.vocab_size}")
+    return tokenizer
+
+
+def encode(tokenizer, text: str) -> np.ndarray:
+    """Token ids; special tokens in the text (e.g. <|endoftext|> between documents) become their id."""
+    if isinstance(tokenizer, tokenizers.ByteLevelBPE):
+        return tokenizer.encode(text, allowed_special="all")
+    return tokenizer.encode(text)
+
+
+def start_token(tokenizer) -> int:
+    """The token a sample starts from: the newline's (its first token), else id 0."""
+    try:
+        ids = tokenizer.encode("\n")
+    except ValueError:
+        return 0
+    return int(ids[0]) if len(ids) else 0
 
 
 class Evaluator:
@@ -215,14 +280,17 @@ def main(argv=None) -> dict:
             meta = read_checkpoint_metadata(ckpt_path)
         except CheckpointError as exc:
             raise _fail(str(exc)) from None
-        tokenizer = CharTokenizer.from_dict(meta["tokenizer"])
-    else:
-        tokenizer = CharTokenizer.from_text(text)
+    tokenizer = make_tokenizer(args, text, meta)
+    if isinstance(tokenizer, tokenizers.ByteLevelBPE):
+        tokenizer.save(args.out_dir)  # vocab.json + merges.txt beside the checkpoint (GPT-2's format)
+    # the split is made on the text, so a BPE tokenizer trained on the training part never sees the rest
+    # (for the char tokenizer this equals splitting the ids)
+    train_text, val_text = train_val_split(text, args.val_fraction)
     try:
-        ids = tokenizer.encode(text)
+        train_ids, val_ids = encode(tokenizer, train_text), encode(tokenizer, val_text)
     except ValueError as exc:
         raise _fail(f"{args.data} does not fit the checkpoint's vocabulary: {exc}") from None
-    train_ids, val_ids = train_val_split(ids, args.val_fraction)
+    n_tokens = len(train_ids) + len(val_ids)
 
     # ---------------------------------------------------------------- model and optimiser
     tg.manual_seed(args.seed)
@@ -265,7 +333,13 @@ def main(argv=None) -> dict:
     n_params = model.num_params()
     tokens_per_iter = args.batch_size * config.block_size
     tqdm.write(f"tinygpt {tg.__version__} | {device} | kernels: {kernels_label(device)}")
-    tqdm.write(f"data: {len(ids):,} characters, vocab {tokenizer.vocab_size}, train {len(train_ids):,} / val {len(val_ids):,}")
+    if args.tokenizer == "char":
+        tqdm.write(f"data: {n_tokens:,} characters, vocab {tokenizer.vocab_size}, "
+                   f"train {len(train_ids):,} / val {len(val_ids):,}")
+    else:
+        tqdm.write(f"data: {len(text):,} characters -> {n_tokens:,} BPE tokens ({len(text) / max(n_tokens, 1):.2f} "
+                   f"characters/token), vocab {tokenizer.vocab_size}, train {len(train_ids):,} / val {len(val_ids):,} "
+                   f"tokens")
     tqdm.write(f"model: {n_params / 1e6:.2f}M parameters ({model.num_params(non_embedding=True) / 1e6:.2f}M without "
                f"positions), {config.n_layer} layers, {config.n_head} heads, {config.n_embd} channels, "
                f"block {config.block_size}; {tokens_per_iter} tokens per iteration")
@@ -342,7 +416,7 @@ def main(argv=None) -> dict:
     final_eval_time = time.perf_counter() - t0
     sample = ""
     if args.sample_tokens > 0:
-        start = tokenizer.stoi.get("\n", 0)
+        start = start_token(tokenizer)
         out = model.generate(to_device(np.array([[start]], dtype=np.int64)), max_new_tokens=args.sample_tokens,
                              temperature=args.temperature, top_k=args.top_k, seed=args.seed)
         sample = tokenizer.decode(np.asarray(out.numpy() if hasattr(out, "numpy") else out)[0, 1:])
@@ -358,6 +432,9 @@ def main(argv=None) -> dict:
         "tokens_per_s": tokens_per_iter / median_step if step_times else float("nan"),
         "gflops_per_s": model.flops_per_token() * tokens_per_iter / median_step / 1e9 if step_times else float("nan"),
         "params": n_params,
+        "tokenizer": args.tokenizer,
+        "vocab_size": tokenizer.vocab_size,
+        "tokens": n_tokens,
         "best_val_loss": best_val,
         "final_train_loss": final["train"],
         "final_val_loss": final["val"],

@@ -139,3 +139,64 @@ def test_missing_custom_data_file(tmp_path):
     missing = tmp_path / "mine.txt"
     with pytest.raises(SystemExit, match="no training text at"):
         train_shakespeare.main(["--data", str(missing), "--out-dir", str(tmp_path / "out"), "--max-iters", "1"])
+
+
+# ---------------------------------------------------------------- --tokenizer bpe
+
+BPE = ["--tokenizer", "bpe", "--vocab-size", "300"]
+
+
+@pytest.fixture(scope="module")
+def trained_bpe(text_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run_bpe")
+    summary = _train(text_file, out, *BPE, "--max-iters", "10", "--sample-tokens", "12")
+    return out, summary
+
+
+def test_bpe_run_saves_tokenizer_files_and_metadata(trained_bpe, text_file):
+    from tinygpt.tokenizers import ByteLevelBPE, from_dict
+
+    out, s = trained_bpe
+    assert s["tokenizer"] == "bpe" and s["vocab_size"] == 300 == s["config"]["vocab_size"]
+    assert s["args"]["tokenizer"] == "bpe" and s["args"]["vocab_size"] == 300
+    meta = tg.checkpoint.read_checkpoint_metadata(out / "ckpt.safetensors")
+    assert meta["tokenizer"]["type"] == "bpe" and len(meta["tokenizer"]["vocab"]) == 300
+    tok = ByteLevelBPE.load(out)  # vocab.json + merges.txt beside the checkpoint
+    assert tok == from_dict(meta["tokenizer"]) and tok.special_tokens == {"<|endoftext|>": 299}
+    with open(text_file, encoding="utf-8") as f:
+        text = f.read()
+    n = int(len(text) * 0.9)
+    assert tok == ByteLevelBPE.train(text[:n], 300)  # trained on the training split only
+    assert s["tokens"] == len(tok.encode(text[:n])) + len(tok.encode(text[n:])) < 0.5 * len(text)
+    assert s["train_losses"]["0"] == pytest.approx(math.log(300), abs=0.3)
+    assert isinstance(s["sample"], str) and s["sample"]
+
+
+def test_bpe_resume_is_bit_for_bit(text_file, tmp_path, capsys):
+    common = [*BPE, "--dropout", "0.1", "--lr-decay-iters", "8", "--sample-tokens", "0"]
+    whole = _train(text_file, tmp_path / "a", "--max-iters", "8", *common)
+    first = _train(text_file, tmp_path / "b", "--max-iters", "4", "--always-save-checkpoint", *common)
+    # the tokenizer comes from the checkpoint: other tokenizer flags are reported and ignored
+    second = _train(text_file, tmp_path / "b", "--max-iters", "8", "--resume", *common[:2], "--vocab-size", "400",
+                    *common[4:])
+    assert "ignoring --vocab-size" in capsys.readouterr().out
+    assert second["resumed"] and second["vocab_size"] == 300
+    assert {**first["train_losses"], **second["train_losses"]} == whole["train_losses"]  # exact floats
+    assert second["final_val_loss"] == whole["final_val_loss"]
+
+
+def test_sample_from_bpe_checkpoint(trained_bpe):
+    out, _ = trained_bpe
+    args = ["--out-dir", str(out), "--num-samples", "2", "--max-new-tokens", "15", "--seed", "3", "--quiet"]
+    texts = sample.main([*args, "--prompt", "ROMEO:"])
+    assert len(texts) == 2 and all(t.startswith("ROMEO:") and len(t) > 6 for t in texts)
+    assert sample.main([*args, "--prompt", "ROMEO:"]) == texts  # seeded
+    # byte-level: any prompt is encodable, even characters the training text never had
+    assert all(t.startswith("Zebra 🦓") for t in sample.main([*args, "--prompt", "Zebra 🦓"]))
+
+
+def test_tokenizer_flag_errors(text_file, tmp_path):
+    with pytest.raises(SystemExit, match="--vocab-size is for --tokenizer bpe"):
+        _train(text_file, tmp_path / "c", "--max-iters", "1", "--vocab-size", "300")
+    with pytest.raises(SystemExit, match="--vocab-size: .*vocab_size must be an int >= 256"):
+        _train(text_file, tmp_path / "d", "--max-iters", "1", "--tokenizer", "bpe", "--vocab-size", "100")

@@ -346,8 +346,18 @@ def _gpt_linear_arrays():
             rng.standard_normal(384).astype(np.float32))
 
 
+@pytest.fixture
+def one_thread():
+    """Pin the extension's OpenMP pool to one thread (the policy depends on the thread count)."""
+    before = _set_threads(1)
+    try:
+        yield
+    finally:
+        _set_threads(before)
+
+
 @pytest.mark.parametrize("op", ["linear", "linear_gelu"])
-def test_dispatch(op):
+def test_dispatch(op, one_thread):
     x, w, b = _gpt_linear_arrays()
     with kernels.use_native(True):  # also under TINYGPT_NATIVE=0
         assert kernels.select(op, x, w, b).name == "native-cpu"
@@ -366,7 +376,7 @@ def test_dispatch(op):
     (8, 384, 128, False), (12, 384, 128, True),   # few outputs: OpenBLAS's small-matrix path, then ours
     (4, 1536, 128, False), (6, 1536, 128, True),  # long rows pack more per output: the threshold halves
 ])
-def test_policy(rows, n_in, n_out, native):
+def test_policy(rows, n_in, n_out, native, one_thread):
     """The shape-class policy (data from benchmarks/kernels/matmul.py) and that select() follows it."""
     assert kernels.linear_policy(rows, n_in, n_out) is native
     x = np.zeros((rows, n_in), np.float32)
@@ -446,3 +456,58 @@ def test_mlp_uses_fused_op_for_tanh_only(approximate, monkeypatch):
     expected = mlp.c_proj(F.gelu(mlp.c_fc(x), approximate))
     np.testing.assert_allclose(y.numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
     assert ("linear_gelu" in calls) == (approximate == "tanh")
+
+
+@pytest.mark.parametrize("rows, n_in, n_out, native", [
+    (768, 128, 384, False), (4096, 384, 1152, False), (4096, 1536, 384, False),  # OpenBLAS scales better
+    (768, 128, 65, True), (4096, 384, 65, True),  # narrow outputs (a character LM head): native
+    (1, 128, 65, False), (8, 128, 65, False),     # the few-row rule still applies
+])
+def test_policy_multithreaded(rows, n_in, n_out, native):
+    assert kernels.linear_policy(rows, n_in, n_out, threads=2) is native
+
+
+def _set_threads(n):
+    before = cpu.get_num_threads()
+    cpu.set_num_threads(n)
+    return before
+
+
+def test_dispatch_multithreaded():
+    """With 2 threads: linear goes to OpenBLAS unless narrow; big linear_gelu runs OpenBLAS + native GELU."""
+    rng = np.random.default_rng(5)
+    before = _set_threads(2)
+    try:
+        with kernels.use_native(True):
+            x = rng.standard_normal((768, 128)).astype(np.float32)
+            assert kernels.select("linear", x, np.zeros((384, 128), np.float32), None).name == "reference"
+            assert kernels.select("linear", x, np.zeros((65, 128), np.float32), None).name == "native-cpu"
+            assert kernels.select("linear_gelu", x, np.zeros((512, 128), np.float32), None).name == "native-cpu"
+            big = np.zeros((4096, 64), np.float32)
+            assert kernels.select("linear_gelu", big, np.zeros((512, 64), np.float32), None).name == "hybrid-cpu"
+    finally:
+        _set_threads(before)
+
+
+def test_linear_gelu_hybrid_matches_reference():
+    """The hybrid kernel (OpenBLAS GEMM + native GELU) computes linear_gelu's values and gradients."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((4096, 40)).astype(np.float32)
+    w = (rng.standard_normal((520, 40)) / 6).astype(np.float32)
+    b = rng.standard_normal(520).astype(np.float32)
+    g = rng.standard_normal((4096, 520)).astype(np.float32)
+    before = _set_threads(2)
+    try:
+        with kernels.use_native(True):
+            k = kernels.select("linear_gelu", x, w, b)
+    finally:
+        _set_threads(before)
+    assert k.name == "hybrid-cpu"
+    y, saved = k.forward(x, w, b)
+    gx, gw, gb = k.backward(g, x, w, True, saved)
+    x64, w64, b64, g64 = (a.astype(np.float64) for a in (x, w, b, g))
+    y_ref, saved_ref = reference.linear_gelu_forward(x64, w64, b64)
+    gx_ref, gw_ref, gb_ref = reference.linear_gelu_backward(g64, x64, w64, True, saved_ref)
+    for got, want in ((y, y_ref), (gx, gx_ref), (gw, gw_ref), (gb, gb_ref)):
+        scale = np.abs(want).max() + 1.0
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-4 * scale)

@@ -243,11 +243,13 @@ const Impl& impl() {
 }
 
 // ------------------------------------------------------------------------ drivers
-// Parallel only from 2^20 elements (4 MiB per float array, ~0.3-0.5 ms on one thread): waking
-// a second thread costs a few microseconds on an idle machine but a whole scheduler time slice
-// (~10 ms) when another process holds the other core, and every OpenMP region ends in a
-// barrier that waits for it; below this size that risk is not worth the at most 2x.
-constexpr index_t kParallelMinElems = index_t{1} << 20;
+// Parallel from 2^15 elements (128 KiB per float array, ~15 us on one thread). Waking the second
+// thread costs a few microseconds on an idle machine (but up to a scheduler time slice when another
+// process holds the other core: every OpenMP region ends in a barrier). At 2^20 the smallest
+// training shape (768 x 128) ran on one thread and lost to PyTorch (0.056 vs 0.046 ms forward);
+// at 2^15 it takes 0.029 ms, 1.3-1.5x faster than PyTorch, and forward+backward 0.074-0.080 ms vs
+// 0.077-0.088 ms (`benchmarks/kernels.py --only layernorm --quick`, both builds interleaved).
+constexpr index_t kParallelMinElems = index_t{1} << 15;
 
 void forward(const float* x, const float* r, float* s, const float* w, const float* b, float* y,
              float* mean, float* rstd, index_t N, index_t C, float eps) {

@@ -105,23 +105,71 @@ def _qualifies(arrays):
 # up to 2.9x for a few rows with few outputs. From ~1300 outputs (rows x out; ~650 when in > 512) the
 # native one wins every measured shape, by 1.24-3.4x in the 2-32 row band where OpenBLAS switches to
 # an unblocked GEMM. Below the line native is at most 1.09x faster (in = 128, out <= 128).
+#
+# With more than one OpenMP thread the picture changes (2 threads, `benchmarks/kernels/matmul.py --quick`,
+# 2026-11-22, both interleaved): OpenBLAS scales better to the second core than the native SGEMM
+# (151-157 vs 87-122 GFLOP/s on the B*T = 4096 products, native/NumPy time 0.57-0.94x except the
+# C x C projection at 1.15-1.33x; at B*T = 768 ties or NumPy ahead), so multi-threaded `linear` takes
+# the native SGEMM only for narrow outputs (n_out < 128: the LM head of a character model, 1.3-3.9x
+# faster there). The fused `linear_gelu` stays native at small shapes (768 x 128 -> 512 forward+backward:
+# 2.99 ms vs 6.26 ms for NumPy + NumPy GELU); from 2^21 outputs (rows x n_out) it runs as OpenBLAS's
+# GEMM plus the native GELU kernel (_LINEAR_GELU_HYBRID), which beats the fused SGEMM there
+# (4096 x 384 -> 1536: NumPy linear 85 ms + native GELU 5 ms vs fused native 112 ms).
 _LINEAR_SMALL = ((512, 1280), (None, 640))  # (in_features up to, rows * out below which NumPy wins)
+_MT_NARROW_OUT = 128  # multi-threaded: native SGEMM for linear only below this many outputs
+_MT_GELU_HYBRID_OUTPUTS = 1 << 21  # multi-threaded: linear_gelu as NumPy GEMM + native GELU from here
 
 
-def linear_policy(rows: int, n_in: int, n_out: int) -> bool:
+def _cpu_threads() -> int:
+    cpu = _submodule("cpu")
+    return cpu.get_num_threads() if cpu is not None and hasattr(cpu, "get_num_threads") else 1
+
+
+def linear_policy(rows: int, n_in: int, n_out: int, threads: int = 1) -> bool:
     """True when the native SGEMM should run linear for x (rows, n_in) and weight (n_out, n_in)."""
     if rows <= 1:  # a GEMV: OpenBLAS streams W once, the SGEMM would pack it first
+        return False
+    if threads > 1 and n_out >= _MT_NARROW_OUT:
         return False
     limit = next(lim for max_in, lim in _LINEAR_SMALL if max_in is None or n_in <= max_in)
     return rows * n_out >= limit
 
 
+def _rows(x):
+    return x.size // x.shape[-1] if x.shape[-1] else int(np.prod(x.shape[:-1]))
+
+
 def _linear_arrays_policy(x, weight, *rest):
-    rows = x.size // x.shape[-1] if x.shape[-1] else int(np.prod(x.shape[:-1]))
-    return linear_policy(rows, weight.shape[1], weight.shape[0])
+    return linear_policy(_rows(x), weight.shape[1], weight.shape[0], _cpu_threads())
 
 
-_CPU_POLICY = {"linear": _linear_arrays_policy, "linear_gelu": _linear_arrays_policy}
+def _linear_gelu_arrays_policy(x, weight, *rest):
+    return linear_policy(_rows(x), weight.shape[1], weight.shape[0])  # the fused epilogue: single-thread rule
+
+
+_CPU_POLICY = {"linear": _linear_arrays_policy, "linear_gelu": _linear_gelu_arrays_policy}
+
+
+def _linear_gelu_hybrid():
+    """linear_gelu as the reference GEMM (OpenBLAS) + the native tanh-GELU kernel, saved values of both."""
+    cpu = _submodule("cpu")
+
+    def forward(x, weight, bias):
+        h, _ = reference.linear_forward(x, weight, bias)
+        y, gelu_saved = cpu.gelu_forward(h, "tanh")
+        return y, (h, gelu_saved)
+
+    def backward(grad, x, weight, has_bias, saved):
+        h, gelu_saved = saved
+        dh = cpu.gelu_backward(grad, h, "tanh", gelu_saved)
+        return reference.linear_backward(dh, x, weight, has_bias, ())
+
+    return Kernel("hybrid-cpu", forward, backward)
+
+
+def _use_gelu_hybrid(x, weight, *rest):
+    return (_cpu_threads() > 1 and _rows(x) * weight.shape[0] >= _MT_GELU_HYBRID_OUTPUTS
+            and hasattr(_submodule("cpu"), "gelu_forward"))
 
 
 def select(op: str, *arrays, native_ok: bool = True) -> Kernel:
@@ -140,6 +188,10 @@ def select(op: str, *arrays, native_ok: bool = True) -> Kernel:
                 return kernel
         elif device == "cpu" and _native is not None:
             kernel = _native_kernel(op, device)
+            if op == "linear_gelu" and kernel is not None and _use_gelu_hybrid(*arrays):
+                if "linear_gelu_hybrid" not in _NATIVE:
+                    _NATIVE["linear_gelu_hybrid"] = _linear_gelu_hybrid()
+                return _NATIVE["linear_gelu_hybrid"]
             if kernel is not None and (op not in _CPU_POLICY or _CPU_POLICY[op](*arrays)):
                 return kernel
     return _reference_kernel(op)

@@ -5,6 +5,9 @@ import dataclasses
 from dataclasses import dataclass
 
 
+SPARSE_PATTERNS = ("dense", "alternating", "banded")
+
+
 @dataclass
 class GPTConfig:
     vocab_size: int = 65
@@ -19,8 +22,11 @@ class GPTConfig:
     tie_weights: bool = True       # LM head shares the token embedding matrix
     final_norm: bool | None = None  # final LayerNorm; None = present for pre-norm, absent for post-norm
     attention_window: int | None = None  # band width of locally banded (sparse) layers
-    sparse_pattern: str = "dense"  # 'dense' or 'alternating' (GPT-3: every other layer banded)
+    # which layers are banded: 'dense' (none), 'alternating' (odd layers, GPT-3), 'banded' (all),
+    # or one entry per layer: 'dense', 'banded' (attention_window) or an int (that layer's own band)
+    sparse_pattern: str | tuple = "dense"
     gelu: str = "tanh"             # GELU form: 'tanh' (GPT-2) or 'none' (exact erf)
+    layer_norm_eps: float = 1e-5   # every LayerNorm's epsilon (GPT-2: 1e-5)
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -31,22 +37,54 @@ class GPTConfig:
             raise ValueError(f"GPTConfig: n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig: dropout must be in [0, 1), got {self.dropout}")
-        choices = {"norm": ("pre", "post"), "position": ("learned", "sinusoidal"),
-                   "sparse_pattern": ("dense", "alternating"), "gelu": ("tanh", "none")}
+        choices = {"norm": ("pre", "post"), "position": ("learned", "sinusoidal"), "gelu": ("tanh", "none")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"GPTConfig: {name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.sparse_pattern != "dense" and not self.attention_window:
-            raise ValueError("GPTConfig: sparse_pattern 'alternating' needs attention_window (the band width)")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"GPTConfig: layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+        self._check_sparse_pattern()
         if self.position == "sinusoidal" and self.n_embd % 2:
             raise ValueError(f"GPTConfig: sinusoidal positions need an even n_embd, got {self.n_embd}")
         if self.final_norm is None:
             self.final_norm = self.norm == "pre"
 
+    def _check_sparse_pattern(self):
+        w, pattern = self.attention_window, self.sparse_pattern
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
+            raise ValueError(f"GPTConfig: attention_window must be a positive int or None, got {w!r}")
+        if isinstance(pattern, str):
+            if pattern not in SPARSE_PATTERNS:
+                raise ValueError(f"GPTConfig: sparse_pattern must be one of {SPARSE_PATTERNS} or a sequence "
+                                 f"of n_layer entries ('dense', 'banded' or an int band), got {pattern!r}")
+        else:
+            try:
+                pattern = tuple(pattern)
+            except TypeError:
+                raise ValueError(f"GPTConfig: sparse_pattern must be a string or a sequence, got {pattern!r}") from None
+            if len(pattern) != self.n_layer:
+                raise ValueError(f"GPTConfig: sparse_pattern has {len(pattern)} entries, n_layer is {self.n_layer}")
+            for i, e in enumerate(pattern):
+                ok = e in ("dense", "banded") if isinstance(e, str) else (
+                    isinstance(e, int) and not isinstance(e, bool) and e >= 1)
+                if not ok:
+                    raise ValueError(f"GPTConfig: sparse_pattern[{i}] must be 'dense', 'banded' or a positive int, "
+                                     f"got {e!r}")
+            self.sparse_pattern = pattern  # a tuple (a list from JSON comes back equal)
+        if w is None and any(e in ("alternating", "banded") for e in
+                             ((pattern,) if isinstance(pattern, str) else pattern)):
+            raise ValueError(f"GPTConfig: sparse_pattern {self.sparse_pattern!r} needs attention_window (the band width)")
+
     def layer_window(self, layer: int) -> int | None:
         """The attention band of layer `layer` (None = dense): GPT-3 alternates dense and banded."""
-        if self.sparse_pattern == "alternating":
+        pattern = self.sparse_pattern
+        if pattern == "alternating":
             return self.attention_window if layer % 2 == 1 else None
+        if pattern == "banded":
+            return self.attention_window
+        if isinstance(pattern, tuple):
+            e = pattern[layer]
+            return None if e == "dense" else self.attention_window if e == "banded" else e
         return None
 
     def to_dict(self) -> dict:
@@ -59,3 +97,65 @@ class GPTConfig:
         if unknown:
             raise ValueError(f"GPTConfig.from_dict: unknown fields {unknown}")
         return cls(**d)
+
+    # ------------------------------------------------------------------ GPT family presets
+    @classmethod
+    def gpt1(cls, **overrides) -> GPTConfig:
+        """GPT-1 (Radford et al. 2018): 12 x 768, 12 heads, 512 context, 40478 BPE tokens,
+        post-norm blocks and no final LayerNorm, tanh GELU, learned positions, tied head."""
+        base = dict(vocab_size=40478, block_size=512, n_layer=12, n_head=12, n_embd=768, norm="post",
+                    final_norm=False, gelu="tanh", position="learned", tie_weights=True, bias=True)
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def gpt2(cls, size: str = "124M", **overrides) -> GPTConfig:
+        """GPT-2 (Radford et al. 2019) of `size` in GPT2_SIZES: pre-norm, final LayerNorm,
+        tanh GELU, learned positions, 1024 context, 50257 tokens, tied head."""
+        n_layer, n_head, n_embd = _preset("gpt2", size, GPT2_SIZES)
+        base = dict(vocab_size=50257, block_size=1024, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                    norm="pre", final_norm=True, gelu="tanh", position="learned", tie_weights=True, bias=True)
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def gpt3(cls, size: str = "125M", **overrides) -> GPTConfig:
+        """GPT-3 (Brown et al. 2020, Table 2.1) of `size` in GPT3_SIZES: GPT-2's block, 2048
+        context, dense and locally banded attention alternating layer by layer.
+
+        The paper gives no band width; the default GPT3_WINDOW = 256 keys (1/8 of the context)
+        is tinygpt's choice (override attention_window=..., or sparse_pattern=...)."""
+        n_layer, n_head, n_embd = _preset("gpt3", size, GPT3_SIZES)
+        base = dict(vocab_size=50257, block_size=2048, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                    norm="pre", final_norm=True, gelu="tanh", position="learned", tie_weights=True, bias=True,
+                    sparse_pattern="alternating", attention_window=GPT3_WINDOW)
+        return cls(**{**base, **overrides})
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """The parameter count of GPT(self), computed without allocating (a tied head counted
+        once); non_embedding drops the learned position table, as GPT.num_params."""
+        C, V, b = self.n_embd, self.vocab_size, int(self.bias)
+        ln = C * (1 + b)  # weight (+ bias)
+        attn = (C * 3 * C + 3 * C * b) + (C * C + C * b)  # c_attn, c_proj
+        mlp = (C * 4 * C + 4 * C * b) + (4 * C * C + C * b)  # c_fc, c_proj
+        n = V * C + self.n_layer * (2 * ln + attn + mlp)
+        n += ln if self.final_norm else 0
+        n += 0 if self.tie_weights else V * C
+        if self.position == "learned" and not non_embedding:
+            n += self.block_size * C
+        return n
+
+
+def _preset(family: str, size: str, table: dict) -> tuple:
+    if size not in table:
+        raise ValueError(f"GPTConfig.{family}: unknown size {size!r}; valid sizes: {', '.join(map(repr, table))}")
+    return table[size]
+
+
+# (n_layer, n_head, n_embd)
+GPT2_SIZES = {"124M": (12, 12, 768), "355M": (24, 16, 1024), "774M": (36, 20, 1280), "1558M": (48, 25, 1600)}
+# GPT-3 paper Table 2.1. Two rows are not self-consistent there: XL lists d_model 2048 with
+# 24 heads of 128 (2048 is not 24 x 128) and 13B lists d_model 5140 with 40 heads of 128
+# (5140 is not divisible by 40). tinygpt keeps d_head 128 and the size: XL = 2048 with 16
+# heads, 13B = 5120 with 40 heads (the 5120 used by reimplementations, e.g. OPT-13B).
+GPT3_SIZES = {"125M": (12, 12, 768), "350M": (24, 16, 1024), "760M": (24, 16, 1536), "1.3B": (24, 16, 2048),
+              "2.7B": (32, 32, 2560), "6.7B": (32, 32, 4096), "13B": (40, 40, 5120), "175B": (96, 96, 12288)}
+GPT3_WINDOW = 256  # band of GPT-3's locally banded layers: not in the paper, tinygpt's choice

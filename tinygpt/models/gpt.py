@@ -30,11 +30,12 @@ class GPT(Module):
             transformer.register_buffer("wpe", sinusoidal_positions(c.block_size, c.n_embd), persistent=False)
         transformer.drop = Dropout(c.dropout)
         transformer.h = ModuleList(
-            Block(c.n_embd, c.n_head, c.dropout, c.bias, c.norm, c.layer_window(i), c.n_layer, gelu=c.gelu)
+            Block(c.n_embd, c.n_head, c.dropout, c.bias, c.norm, c.layer_window(i), c.n_layer, gelu=c.gelu,
+                  eps=c.layer_norm_eps)
             for i in range(c.n_layer)
         )
         if c.final_norm:
-            transformer.ln_f = LayerNorm(c.n_embd, bias=c.bias)
+            transformer.ln_f = LayerNorm(c.n_embd, bias=c.bias, eps=c.layer_norm_eps)
         self.transformer = transformer
         self.lm_head = Linear(c.n_embd, c.vocab_size, bias=False)
         if c.tie_weights:
@@ -130,6 +131,20 @@ class GPT(Module):
         no_decay = [p for p in params if p.ndim < 2]
         groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         return AdamW(groups, lr=learning_rate, betas=betas, eps=eps)
+
+    # ------------------------------------------------------------------ Hugging Face GPT-2 files
+    @classmethod
+    def from_pretrained(cls, path, **overrides) -> GPT:
+        """A GPT from a Hugging Face GPT-2 directory (config.json + model.safetensors); see models/hf.py."""
+        from . import hf  # noqa: PLC0415
+
+        return hf.from_pretrained(cls, path, **overrides)
+
+    def save_pretrained(self, path, dtype=np.float32) -> None:
+        """Write config.json + model.safetensors that transformers' GPT2LMHeadModel loads; see models/hf.py."""
+        from . import hf  # noqa: PLC0415
+
+        hf.save_pretrained(self, path, dtype=dtype)
 
     # ------------------------------------------------------------------ generation
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,

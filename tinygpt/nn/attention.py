@@ -56,15 +56,15 @@ class Block(Module):
     norm='post' (GPT-1): ln_1(x + attn(x)), then ln_2(x + mlp(x))."""
 
     def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True, norm: str = "pre",
-                 window: int | None = None, n_layer: int = 1, gelu: str = "tanh"):
+                 window: int | None = None, n_layer: int = 1, gelu: str = "tanh", eps: float = 1e-5):
         super().__init__()
         if norm not in ("pre", "post"):
             raise ValueError(f"Block: norm must be 'pre' or 'post', got {norm!r}")
         self.norm = norm
         proj_std = 0.02 / math.sqrt(2 * n_layer)  # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer)
-        self.ln_1 = LayerNorm(n_embd, bias=bias)
+        self.ln_1 = LayerNorm(n_embd, bias=bias, eps=eps)
         self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias, window, proj_std)
-        self.ln_2 = LayerNorm(n_embd, bias=bias)
+        self.ln_2 = LayerNorm(n_embd, bias=bias, eps=eps)
         self.mlp = MLP(n_embd, dropout, bias, proj_std, approximate=gelu)
 
     def forward(self, x):
