@@ -522,6 +522,10 @@ def test_native_cuda_kernels_match_the_reference_on_cupy(op):
     with kernels.use_native(True):
         sample = [backend.to_device(a, "cuda") for a in arrays32]
         assert kernels.select(op, *sample).name == "native-cuda"
+        assert kernels.select(op, *(a.astype(np.float64) for a in sample)).name == "reference"  # float32 only
+        assert kernels.select(op, *sample, native_ok=False).name == "reference"
+    with kernels.use_native(False):
+        assert kernels.select(op, *sample).name == "reference"
     nat_v, nat_g = _native_vs_reference(fn, arrays32, True)
     ref_v, ref_g = _native_vs_reference(fn, arrays32, False)
     for a, b in zip(nat_v + nat_g, ref_v + ref_g):
