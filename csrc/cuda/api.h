@@ -14,3 +14,62 @@ int tg_cuda_runtime_version();
 // Number of visible CUDA devices; 0 (never an exception) when there is no driver or device,
 // with the reason written to *reason when given.
 int tg_cuda_device_count(std::string* reason = nullptr);
+
+// ----------------------------------------------------------------------------- cugemm families
+// (csrc/cuda/matmul.cu, layernorm.cu, gelu.cu, adamw.cu; wrappers in tinygpt/kernels/cuda.py).
+// All arrays float32, C-contiguous; pointers of absent optional arrays are 0.
+
+// matmul.cu. precision: 0 = tf32, 1 = fp32 (3xTF32), 2 = bf16 (inputs rounded on load).
+// out (rows, n_out) = x (rows, n_in) @ weight (n_out, n_in)^T + bias; gelu_out (if given) =
+// gelu_tanh(out), with out then being the saved pre-activation h.
+void tg_linear_forward_cuda(std::uintptr_t out, std::uintptr_t gelu_out, std::uintptr_t x,
+                            std::uintptr_t weight, std::uintptr_t bias, int rows, int n_in,
+                            int n_out, int precision, std::uintptr_t stream);
+// dx (rows, n_in) = grad (rows, n_out) @ weight (n_out, n_in)
+void tg_linear_backward_dx_cuda(std::uintptr_t dx, std::uintptr_t grad, std::uintptr_t weight,
+                                int rows, int n_in, int n_out, int precision,
+                                std::uintptr_t stream);
+// dw (n_out, n_in) = grad (rows, n_out)^T @ x (rows, n_in); with splits > 1 (split-K over rows)
+// workspace holds splits * n_out * n_in floats (0 when splits == 1).
+void tg_linear_backward_dw_cuda(std::uintptr_t dw, std::uintptr_t grad, std::uintptr_t x,
+                                std::uintptr_t workspace, int rows, int n_in, int n_out,
+                                int splits, int precision, std::uintptr_t stream);
+// The split count tg_linear_backward_dw_cuda should use on the current device (1: no split).
+int tg_linear_dw_splits_cuda(int rows, int n_in, int n_out);
+// out (n,) = column sums of g (rows, n); partial: workspace of chunks * n floats.
+void tg_colsum_cuda(std::uintptr_t out, std::uintptr_t g, std::uintptr_t partial, int rows, int n,
+                    int chunks, std::uintptr_t stream);
+
+// layernorm.cu. Forward: s_out = x + residual (both 0 for plain layernorm), y, mean (N,),
+// rstd (N,). Backward: xs = x (or the saved s), grad_s optional (added to dx); partial: workspace
+// of chunks * C floats, twice that when weight is given; dweight 0 iff weight 0.
+void tg_layernorm_forward_cuda(std::uintptr_t y, std::uintptr_t s_out, std::uintptr_t mean,
+                               std::uintptr_t rstd, std::uintptr_t x, std::uintptr_t residual,
+                               std::uintptr_t weight, std::uintptr_t bias, int N, int C, float eps,
+                               std::uintptr_t stream);
+void tg_layernorm_backward_cuda(std::uintptr_t dx, std::uintptr_t dweight, std::uintptr_t dbias,
+                                std::uintptr_t partial, std::uintptr_t grad, std::uintptr_t xs,
+                                std::uintptr_t weight, std::uintptr_t mean, std::uintptr_t rstd,
+                                std::uintptr_t grad_s, int N, int C, int chunks,
+                                std::uintptr_t stream);
+
+// gelu.cu (n elements; tanh_approx: 'tanh' vs exact 'none').
+void tg_gelu_forward_cuda(std::uintptr_t y, std::uintptr_t x, long long n, bool tanh_approx,
+                          std::uintptr_t stream);
+void tg_gelu_backward_cuda(std::uintptr_t dx, std::uintptr_t grad, std::uintptr_t x, long long n,
+                           bool tanh_approx, std::uintptr_t stream);
+
+// adamw.cu. In place on param, exp_avg, exp_avg_sq (n elements each).
+void tg_adamw_step_cuda(std::uintptr_t param, std::uintptr_t grad, std::uintptr_t exp_avg,
+                        std::uintptr_t exp_avg_sq, long long n, double lr, double beta1,
+                        double beta2, double eps, double weight_decay, long long step,
+                        std::uintptr_t stream);
+// Elements per block of the multi-tensor launch.
+long long tg_adamw_multi_chunk();
+// table: int64 device array (num_tensors, 5) = (param, grad, exp_avg, exp_avg_sq, n);
+// block_start: int64 device array (num_tensors + 1,) of first block indices (cumulative
+// ceil(n / chunk)), block_start[num_tensors] = num_blocks.
+void tg_adamw_multi_step_cuda(std::uintptr_t table, std::uintptr_t block_start, int num_tensors,
+                              long long num_blocks, double lr, double beta1, double beta2,
+                              double eps, double weight_decay, long long step,
+                              std::uintptr_t stream);

@@ -66,3 +66,409 @@ def _arg(name: str, a, *, shape=None, dtype=np.float32, ndim=None) -> int:
 
 # ----------------------------------------------------------------------------- kernel families
 # (each family appends its section below: LAUNCHERS["<op>"] = (...), <op>_forward, <op>_backward)
+
+
+# ============================================================================= cugemm families
+# matmul, layernorm, gelu, adamw (csrc/cuda/{matmul,layernorm,gelu,adamw}.cu).
+import math as _math  # noqa: E402 - kept inside this block to ease merging
+import os as _os  # noqa: E402
+
+_INT_MAX = 2**31 - 1
+
+
+def _size(name: str, n: int) -> int:
+    if n > _INT_MAX:
+        raise ValueError(f"{name}: size {n} exceeds the CUDA kernels' 32-bit index range")
+    return int(n)
+
+
+def _launch(name: str):
+    fn = getattr(_cuda, name, None)
+    if fn is None:
+        raise RuntimeError(f"tinygpt._C.cuda has no {name}: the extension was built without the CUDA kernels "
+                           "(rebuild with TINYGPT_CUDA=ON)")
+    return fn
+
+
+# ----------------------------------------------------------------------------- matmul: precision
+# Which inputs the tensor-core GEMM may use, like torch.set_float32_matmul_precision:
+#   'fp32' (default)  "3xTF32": each operand split as hi + lo TF32 parts, three MMAs per product;
+#                     ~fp32 accuracy (~2^-21 relative per product), ~1/3 of the TF32 rate.
+#   'tf32'            inputs rounded to TF32 (10-bit mantissa, relative 2^-11): the fastest for fp32
+#                     arrays; what nanoGPT turns on (torch.backends.cuda.matmul.allow_tf32 = True).
+#   'bf16'            inputs rounded to bfloat16 (7-bit mantissa, relative 2^-8) in shared memory;
+#                     the arrays stay float32 (no bf16 array support: the model keeps fp32).
+# All accumulate in fp32. Why fp32 by default: PyTorch's default is also full fp32 ('highest',
+# allow_tf32 off), and with it a GPU run matches the CPU kernels to float32 accuracy (the same
+# loss curves and test tolerances); TF32 is one call (or TINYGPT_MATMUL_PRECISION=tf32) away for
+# speed. The setting is an allowance, like allow_tf32: products that the policy below sends to
+# cuBLAS (cupy.matmul) run in cuBLAS's fp32 (or TF32 if CuPy was started with CUPY_TF32=1).
+_PRECISIONS = {"tf32": 0, "fp32": 1, "bf16": 2}
+
+
+def _check_precision(name):
+    if name not in _PRECISIONS:
+        raise ValueError(f"matmul precision must be one of {sorted(_PRECISIONS)}, got {name!r}")
+    return name
+
+
+try:
+    _matmul_precision = _check_precision(_os.environ.get("TINYGPT_MATMUL_PRECISION", "fp32").strip().lower())
+except ValueError as _exc:
+    raise ValueError(f"TINYGPT_MATMUL_PRECISION: {_exc}") from None
+
+
+def set_matmul_precision(name: str) -> str:
+    """Set the tensor-core GEMM's input precision ('fp32' | 'tf32' | 'bf16'); returns the previous one."""
+    global _matmul_precision
+    previous, _matmul_precision = _matmul_precision, _check_precision(name)
+    return previous
+
+
+def get_matmul_precision() -> str:
+    return _matmul_precision
+
+
+# ----------------------------------------------------------------------------- matmul: cuBLAS or ours
+# matmul_policy(op, rows, n_in, n_out) -> True to run our GEMM, False for cuBLAS (cupy.matmul).
+# NOT YET MEASURED: no GPU was available when this was written. The default is the conservative
+# one: cuBLAS for plain `linear` (a mature GEMM with split-K and per-shape heuristics), ours for
+# `linear_gelu`, where the fused bias + GELU epilogue saves a read and a write of the (rows, 4C)
+# activation and a launch. Replace the table below with measured shape classes
+# (`python benchmarks/cuda_kernels.py --only matmul` on the GPU) before relying on it.
+# TINYGPT_CUDA_MATMUL=ours|cublas (or set_matmul_backend) overrides it for every shape (the tests
+# use 'ours' to cover our kernel). Shape classes, first match wins:
+# (op, rows >=, in_features >=, out_features >=, ours?).
+_MATMUL_CLASSES: list[tuple[str, int, int, int, bool]] = [
+    ("linear_gelu", 0, 0, 0, True),  # fused epilogue: ours everywhere (NOT YET MEASURED)
+    ("linear", 0, 0, 0, False),      # plain product: cuBLAS everywhere (NOT YET MEASURED)
+]
+_matmul_backend = _os.environ.get("TINYGPT_CUDA_MATMUL", "auto").strip().lower()
+if _matmul_backend not in ("auto", "ours", "cublas"):
+    raise ValueError(f"TINYGPT_CUDA_MATMUL must be 'auto', 'ours' or 'cublas', got {_matmul_backend!r}")
+
+
+def set_matmul_backend(name: str) -> str:
+    """'auto' (matmul_policy), 'ours' or 'cublas' for every linear / linear_gelu; returns the previous."""
+    global _matmul_backend
+    if name not in ("auto", "ours", "cublas"):
+        raise ValueError(f"matmul backend must be 'auto', 'ours' or 'cublas', got {name!r}")
+    previous, _matmul_backend = _matmul_backend, name
+    return previous
+
+
+def matmul_policy(op: str, rows: int, n_in: int, n_out: int) -> bool:
+    """True when our GEMM should run `op` on x (rows, n_in), weight (n_out, n_in) (see above)."""
+    if _matmul_backend == "ours":
+        return True
+    if _matmul_backend == "cublas":
+        return False
+    for cls_op, min_rows, min_in, min_out, ours in _MATMUL_CLASSES:
+        if cls_op == op and rows >= min_rows and n_in >= min_in and n_out >= min_out:
+            return ours
+    return False
+
+
+_dw_splits: int | None = None  # tests force a split-K count here (None: linear_dw_splits decides)
+
+
+def _colsum_chunks(rows: int) -> int:
+    """Row chunks of the deterministic column sum (>= 32 rows each, at most 256 chunks)."""
+    return max(1, min(256, -(-rows // 32)))
+
+
+def _linear_dims(op, x, weight):
+    cp = backend.cupy()
+    if not isinstance(x, cp.ndarray) or x.ndim < 1:
+        raise ValueError(f"{op}: x must be a cupy array with at least 1 dimension (..., in), "
+                         f"got {type(x).__name__} {getattr(x, 'shape', '')}")
+    _arg(f"{op}: weight", weight, ndim=2)
+    n_in = x.shape[-1]
+    if weight.shape[1] != n_in:
+        raise ValueError(f"{op}: weight must have shape (out, {n_in}) to match x {tuple(x.shape)}, "
+                         f"got {tuple(weight.shape)}")
+    rows = _math.prod(x.shape[:-1])
+    n_out = weight.shape[0]
+    for what, n in (("rows", rows), ("in_features", n_in), ("out_features", n_out)):
+        _size(f"{op}: {what}", n)
+    return rows, n_in, n_out
+
+
+def _linear_out(op, x, weight, bias, gelu):
+    rows, n_in, n_out = _linear_dims(op, x, weight)
+    xptr = _arg(f"{op}: x", x)
+    wptr = weight.data.ptr
+    bptr = 0 if bias is None else _arg(f"{op}: bias", bias, shape=(n_out,))
+    out_shape = tuple(x.shape[:-1]) + (n_out,)
+    h = _empty(out_shape)
+    y = _empty(out_shape) if gelu else h
+    if matmul_policy("linear_gelu" if gelu else "linear", rows, n_in, n_out):
+        _launch("linear_forward_launch")(h.data.ptr, y.data.ptr if gelu else 0, xptr, wptr, bptr, rows,
+                                         n_in, n_out, _PRECISIONS[_matmul_precision], _stream())
+    else:  # cuBLAS: (rows, in) @ (in, out), then the epilogue as separate passes
+        cp = backend.cupy()
+        cp.matmul(x.reshape(rows, n_in), weight.T, out=h.reshape(rows, n_out))
+        if bias is not None:
+            h += bias
+        if gelu:
+            _launch("gelu_forward_launch")(y.data.ptr, h.data.ptr, h.size, True, _stream())
+    return h, y
+
+
+def _linear_grads(op, g, x, weight, has_bias, rows, n_in, n_out):
+    """(dx, dweight, dbias | None) for g (rows, n_out) given as a C-contiguous cupy array."""
+    dx = _empty(x.shape)
+    dw = _empty(weight.shape)
+    db = _empty((n_out,)) if has_bias else None
+    if matmul_policy(op, rows, n_in, n_out):
+        prec, stream = _PRECISIONS[_matmul_precision], _stream()
+        _launch("linear_backward_dx_launch")(dx.data.ptr, g.data.ptr, weight.data.ptr, rows, n_in, n_out,
+                                             prec, stream)
+        # split-K over rows when dW has few output tiles (the launcher's device-aware choice)
+        splits = _dw_splits if _dw_splits is not None else _launch("linear_dw_splits")(rows, n_in, n_out)
+        ws = _empty((splits * n_out * n_in,)) if splits > 1 else None
+        _launch("linear_backward_dw_launch")(dw.data.ptr, g.data.ptr, x.data.ptr, 0 if ws is None else ws.data.ptr,
+                                             rows, n_in, n_out, splits, prec, stream)
+    else:
+        cp = backend.cupy()
+        g2 = g.reshape(rows, n_out)
+        cp.matmul(g2, weight, out=dx.reshape(rows, n_in))  # (rows, out) @ (out, in)
+        cp.matmul(g2.T, x.reshape(rows, n_in), out=dw)  # (out, rows) @ (rows, in)
+    if has_bias:
+        chunks = _colsum_chunks(rows)
+        partial = _empty((chunks * n_out,))
+        _launch("colsum_launch")(db.data.ptr, g.data.ptr, partial.data.ptr, rows, n_out, chunks, _stream())
+    return dx, dw, db
+
+
+def _check_grad(op, name, g, x, n_out):
+    want = tuple(x.shape[:-1]) + (n_out,)
+    _arg(f"{op}: {name}", g, shape=want)
+
+
+LAUNCHERS["linear"] = ("linear_forward_launch", "linear_backward_dx_launch", "linear_backward_dw_launch",
+                       "linear_dw_splits", "colsum_launch")
+LAUNCHERS["linear_gelu"] = LAUNCHERS["linear"] + ("gelu_forward_launch", "gelu_backward_launch")
+
+
+def linear_forward(x, weight, bias):
+    """y = x @ weight.T + bias for x (..., in), weight (out, in), bias (out,) or None; (y, ())."""
+    y, _ = _linear_out("linear_forward", x, weight, bias, False)
+    return y, ()
+
+
+def linear_backward(grad, x, weight, has_bias, saved):
+    """(dx, dweight, dbias | None) = (grad @ weight, grad^T @ x, grad summed over rows)."""
+    rows, n_in, n_out = _linear_dims("linear_backward", x, weight)
+    _arg("linear_backward: x", x)
+    _check_grad("linear_backward", "grad", grad, x, n_out)
+    return _linear_grads("linear", grad, x, weight, has_bias, rows, n_in, n_out)
+
+
+def linear_gelu_forward(x, weight, bias):
+    """y = gelu_tanh(x @ weight.T + bias), fused; returns (y, (h,)) with h the pre-activation."""
+    h, y = _linear_out("linear_gelu_forward", x, weight, bias, True)
+    return y, (h,)
+
+
+def linear_gelu_backward(grad, x, weight, has_bias, saved):
+    """dh = grad * gelu'(h) (h saved by forward), then linear's gradients with dh."""
+    op = "linear_gelu_backward"
+    rows, n_in, n_out = _linear_dims(op, x, weight)
+    _arg(f"{op}: x", x)
+    _check_grad(op, "grad", grad, x, n_out)
+    if not (isinstance(saved, tuple) and len(saved) == 1):
+        raise ValueError(f"{op}: saved must be the (h,) tuple linear_gelu_forward returned")
+    (h,) = saved
+    _check_grad(op, "saved h", h, x, n_out)
+    dh = _empty(h.shape)
+    _launch("gelu_backward_launch")(dh.data.ptr, grad.data.ptr, h.data.ptr, h.size, True, _stream())
+    return _linear_grads("linear_gelu", dh, x, weight, has_bias, rows, n_in, n_out)
+
+
+# ----------------------------------------------------------------------------- layernorm
+LAUNCHERS["layernorm"] = ("layernorm_forward_launch", "layernorm_backward_launch")
+LAUNCHERS["add_layernorm"] = LAUNCHERS["layernorm"]
+
+
+def _ln_dims(op, x):
+    cp = backend.cupy()
+    if not isinstance(x, cp.ndarray) or x.ndim < 1 or x.shape[-1] == 0:
+        raise ValueError(f"{op}: x must be a cupy array (..., C) with C >= 1, got "
+                         f"{type(x).__name__} {getattr(x, 'shape', '')}")
+    C = x.shape[-1]
+    N = x.size // C
+    _size(f"{op}: x", N)
+    return N, C
+
+
+def _ln_chunks(N: int) -> int:
+    """Row blocks of the layernorm backward (>= 8 rows each, at most 512): the dweight/dbias workspace."""
+    return max(1, min(512, -(-N // 8)))
+
+
+def _opt(op, name, a, C):
+    return 0 if a is None else _arg(f"{op}: {name}", a, shape=(C,))
+
+
+def _saved_stats(op, saved, first, N):
+    if not isinstance(saved, tuple) or len(saved) != first + 2:
+        raise ValueError(f"{op}: saved must be the tuple its forward returned ({first + 2} items)")
+    return (_arg(f"{op}: saved mean", saved[first], shape=(N,)),
+            _arg(f"{op}: saved rstd", saved[first + 1], shape=(N,)))
+
+
+def _ln_backward(op, grad, xs, weight, mptr, rptr, grad_s, N, C):
+    dx = _empty(xs.shape)
+    dw = None if weight is None else _empty((C,))
+    db = _empty((C,))
+    chunks = _ln_chunks(N)
+    partial = _empty((chunks * C * (1 if weight is None else 2),))
+    _launch("layernorm_backward_launch")(
+        dx.data.ptr, 0 if dw is None else dw.data.ptr, db.data.ptr, partial.data.ptr, grad.data.ptr,
+        xs.data.ptr, _opt(op, "weight", weight, C), mptr, rptr, 0 if grad_s is None else grad_s.data.ptr,
+        N, C, chunks, _stream())
+    return dx, dw, db
+
+
+def layernorm_forward(x, weight, bias, eps):
+    """Normalise over the last axis; returns (y, (mean, rstd)) with mean, rstd float32 (N,)."""
+    op = "layernorm_forward"
+    N, C = _ln_dims(op, x)
+    xptr = _arg(f"{op}: x", x)
+    wptr, bptr = _opt(op, "weight", weight, C), _opt(op, "bias", bias, C)
+    y, mean, rstd = _empty(x.shape), _empty((N,)), _empty((N,))
+    _launch("layernorm_forward_launch")(y.data.ptr, 0, mean.data.ptr, rstd.data.ptr, xptr, 0, wptr, bptr,
+                                        N, C, float(eps), _stream())
+    return y, (mean, rstd)
+
+
+def layernorm_backward(grad, x, weight, saved):
+    """(dx, dweight | None, dbias) of layernorm_forward."""
+    op = "layernorm_backward"
+    N, C = _ln_dims(op, x)
+    _arg(f"{op}: x", x)
+    _arg(f"{op}: grad", grad, shape=x.shape)
+    mptr, rptr = _saved_stats(op, saved, 0, N)
+    return _ln_backward(op, grad, x, weight, mptr, rptr, None, N, C)
+
+
+def add_layernorm_forward(x, residual, weight, bias, eps):
+    """s = x + residual, y = layernorm(s); returns ((s, y), (s, mean, rstd))."""
+    op = "add_layernorm_forward"
+    N, C = _ln_dims(op, x)
+    xptr = _arg(f"{op}: x", x)
+    rptr = _arg(f"{op}: residual", residual, shape=x.shape)
+    wptr, bptr = _opt(op, "weight", weight, C), _opt(op, "bias", bias, C)
+    s, y, mean, rstd = _empty(x.shape), _empty(x.shape), _empty((N,)), _empty((N,))
+    _launch("layernorm_forward_launch")(y.data.ptr, s.data.ptr, mean.data.ptr, rstd.data.ptr, xptr, rptr,
+                                        wptr, bptr, N, C, float(eps), _stream())
+    return (s, y), (s, mean, rstd)
+
+
+def add_layernorm_backward(grad_s, grad_y, x, residual, weight, saved):
+    """(dx, dresidual, dweight | None, dbias), dx is dresidual (the same array); grad_s may be None."""
+    op = "add_layernorm_backward"
+    N, C = _ln_dims(op, x)
+    _arg(f"{op}: x", x)
+    _arg(f"{op}: residual", residual, shape=x.shape)
+    _arg(f"{op}: grad_y", grad_y, shape=x.shape)
+    if grad_s is not None:
+        _arg(f"{op}: grad_s", grad_s, shape=x.shape)
+    if not isinstance(saved, tuple) or len(saved) != 3:
+        raise ValueError(f"{op}: saved must be the tuple its forward returned (3 items)")
+    s = saved[0]
+    _arg(f"{op}: saved s", s, shape=x.shape)
+    mptr, rptr = _saved_stats(op, saved, 1, N)
+    dx, dw, db = _ln_backward(op, grad_y, s, weight, mptr, rptr, grad_s, N, C)
+    return dx, dx, dw, db
+
+
+# ----------------------------------------------------------------------------- gelu
+LAUNCHERS["gelu"] = ("gelu_forward_launch", "gelu_backward_launch")
+
+
+def _is_tanh(op, approximate):
+    if approximate not in ("tanh", "none"):
+        raise ValueError(f"{op}: approximate must be 'tanh' or 'none', got {approximate!r}")
+    return approximate == "tanh"
+
+
+def gelu_forward(x, approximate):
+    """GELU of float32 x (any shape): (y, ()); 'tanh' (GPT-2) or 'none' (exact, erf)."""
+    tanh = _is_tanh("gelu_forward", approximate)
+    xptr = _arg("gelu_forward: x", x)
+    y = _empty(x.shape)
+    _launch("gelu_forward_launch")(y.data.ptr, xptr, x.size, tanh, _stream())
+    return y, ()
+
+
+def gelu_backward(grad, x, approximate, saved):
+    """grad * gelu'(x) (nothing saved: recomputed from x)."""
+    tanh = _is_tanh("gelu_backward", approximate)
+    xptr = _arg("gelu_backward: x", x)
+    gptr = _arg("gelu_backward: grad", grad, shape=x.shape)
+    dx = _empty(x.shape)
+    _launch("gelu_backward_launch")(dx.data.ptr, gptr, xptr, x.size, tanh, _stream())
+    return dx
+
+
+# ----------------------------------------------------------------------------- adamw
+LAUNCHERS["adamw_step"] = ("adamw_step_launch",)
+LAUNCHERS["adamw"] = LAUNCHERS["adamw_step"]
+LAUNCHERS["adamw_multi_step"] = ("adamw_multi_step_launch", "adamw_multi_chunk")
+
+
+def _adamw_state(op, param, grad, exp_avg, exp_avg_sq):
+    pp = _arg(f"{op}: param", param)
+    n = param.size
+    ptrs = [pp]
+    for name, a in (("grad", grad), ("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
+        _arg(f"{op}: {name}", a)
+        if a.size != n:
+            raise ValueError(f"{op}: {name} must have param's size {n}, got shape {tuple(a.shape)}")
+        ptrs.append(a.data.ptr)
+    return ptrs, n
+
+
+def _adamw_step_check(op, step):
+    if int(step) < 1:
+        raise ValueError(f"{op}: step must be >= 1 (it counts from 1), got {step}")
+
+
+def adamw_step(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay, step):
+    """In-place AdamW update of float32 param, exp_avg, exp_avg_sq from grad (reference.adamw_step)."""
+    op = "adamw_step"
+    _adamw_step_check(op, step)
+    ptrs, n = _adamw_state(op, param, grad, exp_avg, exp_avg_sq)
+    _launch("adamw_step_launch")(*ptrs, n, float(lr), float(beta1), float(beta2), float(eps),
+                                 float(weight_decay), int(step), _stream())
+
+
+def adamw_multi_step(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2, eps, weight_decay, step):
+    """adamw_step on every (param, grad, exp_avg, exp_avg_sq) of the lists, in one launch (one param
+    group: the scalars are shared)."""
+    op = "adamw_multi_step"
+    _adamw_step_check(op, step)
+    lists = (params, grads, exp_avgs, exp_avg_sqs)
+    if len({len(a) for a in lists}) != 1:
+        raise ValueError(f"{op}: params, grads, exp_avgs and exp_avg_sqs must have the same length, got "
+                         f"{[len(a) for a in lists]}")
+    if not params:
+        return
+    chunk = _launch("adamw_multi_chunk")()
+    table = np.empty((len(params), 5), dtype=np.int64)
+    starts = np.zeros(len(params) + 1, dtype=np.int64)
+    for i, arrays in enumerate(zip(*lists)):
+        ptrs, n = _adamw_state(f"{op}: tensor {i}", *arrays)
+        table[i, :4] = ptrs
+        table[i, 4] = n
+        starts[i + 1] = starts[i] + -(-n // chunk)
+    cp = backend.cupy()
+    table_d = cp.asarray(table)  # copied on the current stream, so ordered before the launch
+    starts_d = cp.asarray(starts)
+    _launch("adamw_multi_step_launch")(table_d.data.ptr, starts_d.data.ptr, len(params), int(starts[-1]),
+                                       float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
+                                       int(step), _stream())
+
+# ============================================================================= end cugemm

@@ -1,0 +1,136 @@
+// The CUDA gelu family, elementwise on float32 arrays of any shape (Python side:
+// tinygpt/kernels/cuda.py gelu_forward / gelu_backward, same signatures as reference.py; like the
+// CPU kernels nothing is saved: the backward recomputes from x, arithmetic instead of traffic).
+//
+// 'tanh' (GPT-2): y = 0.5 x (1 + tanh u), u = sqrt(2/pi) (x + 0.044715 x^3), evaluated as
+//   y = x s, s = 1 / (1 + e), e = exp(-2u) (no cancellation in the negative tail), u from x clamped
+//   to +-12 (beyond, s is 0 or 1 to float precision and x^3 would overflow), e capped at exp(80);
+//   y' = s + x 2 s (1 - s) u'(x) with 1 - s = e s.
+// 'none' (exact): y = x Phi(x), Phi(x) = erfc(-x / sqrt 2) / 2 (CUDA's erfcf, <= 4 ulp: accurate
+//   in the negative tail where 1 + erf would cancel), y' = Phi(x) + x exp(-x^2 / 2) / sqrt(2 pi).
+// expf / erfcf are the accurate libdevice versions (no fast-math); the extra ALU time is hidden
+// behind memory traffic.
+// Layout: grid-stride loop, float4 loads/stores when every pointer is 16-byte aligned, a scalar
+// tail. Napkin math (H100, 3.35 TB/s): forward reads + writes 8 B per element, backward 12 B;
+// 50M elements (16384 x 3072) -> 0.12 / 0.18 ms at 100%; the target is >= 80% of a D2D copy.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common.h"
+#include "cuda/api.h"
+
+namespace tinygpt {
+namespace cuda_gelu {
+namespace {
+
+constexpr float kSqrt2OverPi = 0.7978845608028654f;
+constexpr float kGeluC = 0.044715f;
+constexpr float kSqrtHalf = 0.7071067811865476f;
+constexpr float kInvSqrt2Pi = 0.3989422804014327f;
+
+struct TanhFwd {
+  __device__ __forceinline__ float operator()(float x, float) const {
+    const float xc = fminf(fmaxf(x, -12.0f), 12.0f);
+    const float u = kSqrt2OverPi * (xc + kGeluC * xc * xc * xc);
+    return x / (1.0f + expf(fminf(-2.0f * u, 80.0f)));
+  }
+};
+struct TanhBwd {  // (grad, x) -> grad * gelu'(x)
+  __device__ __forceinline__ float operator()(float g, float x) const {
+    const float xc = fminf(fmaxf(x, -12.0f), 12.0f);
+    const float u = kSqrt2OverPi * (xc + kGeluC * xc * xc * xc);
+    const float e = expf(fminf(-2.0f * u, 80.0f));
+    const float s = 1.0f / (1.0f + e);
+    const float du = kSqrt2OverPi * (1.0f + 3.0f * kGeluC * xc * xc);
+    return g * (s + xc * 2.0f * (e * s * s) * du);
+  }
+};
+struct ErfFwd {
+  __device__ __forceinline__ float operator()(float x, float) const {
+    return x * (0.5f * erfcf(-x * kSqrtHalf));
+  }
+};
+struct ErfBwd {
+  __device__ __forceinline__ float operator()(float g, float x) const {
+    const float cdf = 0.5f * erfcf(-x * kSqrtHalf);
+    const float pdf = expf(-0.5f * x * x) * kInvSqrt2Pi;
+    return g * (cdf + x * pdf);
+  }
+};
+
+// out[i] = op(a[i], b[i]) (b unused -- pass a -- for the forwards).
+template <class Op>
+__global__ void __launch_bounds__(256)
+    map2_kernel(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ out,
+                long long n, bool vec, Op op) {
+  const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
+  const long long i0 = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  long long done = 0;
+  if (vec) {
+    const long long n4 = n / 4;
+    const float4* a4 = reinterpret_cast<const float4*>(a);
+    const float4* b4 = reinterpret_cast<const float4*>(b);
+    float4* o4 = reinterpret_cast<float4*>(out);
+    for (long long i = i0; i < n4; i += stride) {
+      const float4 av = __ldg(a4 + i), bv = __ldg(b4 + i);
+      o4[i] = make_float4(op(av.x, bv.x), op(av.y, bv.y), op(av.z, bv.z), op(av.w, bv.w));
+    }
+    done = n4 * 4;
+  }
+  for (long long i = done + i0; i < n; i += stride) out[i] = op(__ldg(a + i), __ldg(b + i));
+}
+
+int sm_count() {
+  int dev = 0, v = 0;
+  TG_CUDA_CHECK(cudaGetDevice(&dev));
+  TG_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
+  return v;
+}
+
+template <class Op>
+void launch(const float* a, const float* b, float* out, long long n, cudaStream_t st) {
+  const bool vec = reinterpret_cast<std::uintptr_t>(a) % 16 == 0 &&
+                   reinterpret_cast<std::uintptr_t>(b) % 16 == 0 &&
+                   reinterpret_cast<std::uintptr_t>(out) % 16 == 0;
+  long long blocks = ((vec ? n / 4 : n) + 255) / 256;
+  static int cap = 0;  // 16 blocks of 256 threads per SM: full occupancy, then grid-stride
+  if (cap == 0) cap = sm_count() * 16;
+  if (blocks > cap) blocks = cap;
+  if (blocks < 1) blocks = 1;
+  map2_kernel<Op><<<static_cast<unsigned>(blocks), 256, 0, st>>>(a, b, out, n, vec, Op());
+  TG_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+}  // namespace cuda_gelu
+}  // namespace tinygpt
+
+using namespace tinygpt::cuda_gelu;
+
+void tg_gelu_forward_cuda(std::uintptr_t y, std::uintptr_t x, long long n, bool tanh_approx,
+                          std::uintptr_t stream) {
+  TG_CHECK(n >= 0, "gelu_forward: negative size ", n);
+  if (n == 0) return;
+  const float* xp = reinterpret_cast<const float*>(x);
+  float* yp = reinterpret_cast<float*>(y);
+  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  if (tanh_approx)
+    launch<TanhFwd>(xp, xp, yp, n, st);
+  else
+    launch<ErfFwd>(xp, xp, yp, n, st);
+}
+
+void tg_gelu_backward_cuda(std::uintptr_t dx, std::uintptr_t grad, std::uintptr_t x, long long n,
+                           bool tanh_approx, std::uintptr_t stream) {
+  TG_CHECK(n >= 0, "gelu_backward: negative size ", n);
+  if (n == 0) return;
+  const float* gp = reinterpret_cast<const float*>(grad);
+  const float* xp = reinterpret_cast<const float*>(x);
+  float* dp = reinterpret_cast<float*>(dx);
+  cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
+  if (tanh_approx)
+    launch<TanhBwd>(gp, xp, dp, n, st);
+  else
+    launch<ErfBwd>(gp, xp, dp, n, st);
+}
