@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=200, help="keep the k most likely tokens (0: no limit)")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep the smallest set with mass p")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages repeated tokens (1: off)")
+    p.add_argument("--no-cache", action="store_true", help="re-run the whole context per token (no KV cache)")
+    p.add_argument("--stream", action="store_true", help="print the first sample as it is generated")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--quiet", action="store_true", help="do not print the samples")
@@ -83,8 +86,25 @@ def main(argv=None) -> list[str]:
         raise _fail(f"{exc}{vocab}") from None
 
     context = np.tile(ids[None, :], (args.num_samples, 1))  # (num_samples, T)
-    out = model.generate(context, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                         top_k=args.top_k or None, top_p=args.top_p, seed=args.seed)
+    opts = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None,
+                top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                use_cache=not args.no_cache)
+    try:
+        if args.stream:  # tokens as they come (the first sample printed live), then the same result as generate
+            steps = []
+            if not args.quiet:
+                print(prompt, end="", flush=True)
+            for tok in model.stream(context, **opts):
+                steps.append(tok)
+                if not args.quiet:
+                    print(tokenizer.decode(tok[:1]), end="", flush=True)
+            if not args.quiet:
+                print("\n" + "=" * 64)
+            out = np.concatenate([context] + [t[:, None] for t in steps], axis=1)
+        else:
+            out = model.generate(context, **opts)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
     texts = [tokenizer.decode(row) for row in np.asarray(out)]
     if not args.quiet:
         for text in texts:

@@ -102,6 +102,16 @@ def test_sample_from_checkpoint(trained, capsys):
     greedy = sample.main(["--ckpt", str(out / "ckpt.safetensors"), "--prompt", "Thou", "--temperature", "0",
                           "--num-samples", "2", "--max-new-tokens", "10", "--top-p", "0.9", "--quiet"])
     assert greedy[0] == greedy[1]
+    streamed = sample.main(["--out-dir", str(out), "--prompt", "ROMEO:", "--num-samples", "2",
+                            "--max-new-tokens", "25", "--seed", "3", "--stream"])
+    assert streamed == texts  # the stream yields the tokens generate returns
+    assert texts[0] in capsys.readouterr().out
+    uncached = sample.main(["--out-dir", str(out), "--prompt", "ROMEO:", "--num-samples", "2",
+                            "--max-new-tokens", "25", "--seed", "3", "--no-cache", "--quiet"])
+    assert uncached == texts
+    penalised = sample.main(["--out-dir", str(out), "--prompt", "ROMEO:", "--num-samples", "2",
+                             "--max-new-tokens", "25", "--seed", "3", "--repetition-penalty", "1.3", "--quiet"])
+    assert all(t.startswith("ROMEO:") and len(t) == 6 + 25 for t in penalised)
 
 
 def test_sample_unknown_prompt_character(trained):

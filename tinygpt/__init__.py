@@ -2,6 +2,7 @@
 from . import backend, functional, kernels, nn, optim
 from .autograd import Function, enable_grad, is_grad_enabled, no_grad
 from .models import GPT, GPTConfig
+from .quantize import quantize, weight_memory  # tinygpt.quantize is the function; the module: tinygpt.quantize.*
 from .random import get_rng_state, manual_seed, set_rng_state
 from .tensor import (Tensor, arange, cat, concatenate, full, maximum, minimum, ones, ones_like, rand, randn, split,
                      stack, tensor, where, zeros, zeros_like)
@@ -12,5 +13,5 @@ __all__ = [
     "Tensor", "tensor", "zeros", "ones", "full", "randn", "rand", "arange", "zeros_like", "ones_like",
     "where", "maximum", "minimum", "concatenate", "cat", "stack", "split", "Function", "no_grad",
     "enable_grad", "is_grad_enabled", "manual_seed", "get_rng_state", "set_rng_state", "GPT", "GPTConfig",
-    "backend", "functional", "kernels", "nn", "optim", "__version__",
+    "quantize", "weight_memory", "backend", "functional", "kernels", "nn", "optim", "__version__",
 ]

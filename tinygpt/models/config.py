@@ -27,6 +27,12 @@ class GPTConfig:
     sparse_pattern: str | tuple = "dense"
     gelu: str = "tanh"             # GELU form: 'tanh' (GPT-2) or 'none' (exact erf)
     layer_norm_eps: float = 1e-5   # every LayerNorm's epsilon (GPT-2: 1e-5)
+    # mixture of experts (GPT-4-style option; Switch Transformer / GShard / Mixtral), see nn/moe.py
+    n_expert: int = 0              # experts per MoE layer; 0 = dense MLP everywhere
+    expert_top_k: int = 2          # experts per token: 1 (Switch) or 2 (GShard, Mixtral)
+    capacity_factor: float = 1.25  # expert capacity = ceil(capacity_factor * tokens * k / n_expert); 0 = dropless
+    moe_aux_loss_coef: float = 0.01  # weight of the load-balancing loss added in training
+    moe_every: int = 1             # MoE in layers i with i % moe_every == moe_every - 1 (2: layers 1, 3, ...)
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -48,6 +54,27 @@ class GPTConfig:
             raise ValueError(f"GPTConfig: sinusoidal positions need an even n_embd, got {self.n_embd}")
         if self.final_norm is None:
             self.final_norm = self.norm == "pre"
+        self._check_moe()
+
+    def _check_moe(self):
+        if not isinstance(self.n_expert, int) or self.n_expert < 0:
+            raise ValueError(f"GPTConfig: n_expert must be an int >= 0 (0 = dense MLP), got {self.n_expert!r}")
+        if not isinstance(self.moe_every, int) or self.moe_every < 1:
+            raise ValueError(f"GPTConfig: moe_every must be a positive int, got {self.moe_every!r}")
+        if self.expert_top_k not in (1, 2):
+            raise ValueError(f"GPTConfig: expert_top_k must be 1 or 2, got {self.expert_top_k!r}")
+        if self.n_expert and self.expert_top_k > self.n_expert:
+            raise ValueError(f"GPTConfig: expert_top_k {self.expert_top_k} exceeds n_expert {self.n_expert}")
+        if not self.capacity_factor >= 0:
+            raise ValueError(f"GPTConfig: capacity_factor must be > 0 (or 0: dropless), got {self.capacity_factor!r}")
+        if not self.moe_aux_loss_coef >= 0:
+            raise ValueError(f"GPTConfig: moe_aux_loss_coef must be >= 0, got {self.moe_aux_loss_coef!r}")
+
+    def layer_moe(self, layer: int) -> dict | None:
+        """MoE settings for layer `layer` (keyword arguments of nn.MoE), or None for a dense MLP."""
+        if self.n_expert and layer % self.moe_every == self.moe_every - 1:
+            return {"n_expert": self.n_expert, "top_k": self.expert_top_k, "capacity_factor": self.capacity_factor}
+        return None
 
     def _check_sparse_pattern(self):
         w, pattern = self.attention_window, self.sparse_pattern
@@ -137,6 +164,9 @@ class GPTConfig:
         attn = (C * 3 * C + 3 * C * b) + (C * C + C * b)  # c_attn, c_proj
         mlp = (C * 4 * C + 4 * C * b) + (4 * C * C + C * b)  # c_fc, c_proj
         n = V * C + self.n_layer * (2 * ln + attn + mlp)
+        for i in range(self.n_layer):  # mixture-of-experts layers: E expert MLPs and a router (no bias)
+            if self.layer_moe(i):
+                n += (self.n_expert - 1) * mlp + C * self.n_expert
         n += ln if self.final_norm else 0
         n += 0 if self.tie_weights else V * C
         if self.position == "learned" and not non_embedding:

@@ -8,8 +8,10 @@ from .. import random as _random
 from ..autograd import no_grad
 from ..backend import array_device, to_device, to_numpy
 from ..nn import Block, Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, sinusoidal_positions
+from ..nn.moe import collect_aux_loss
 from ..tensor import Tensor
 from .config import GPTConfig
+from .generation import KVCache, check_args, generate_tokens, prepare_prompt, sample_next  # noqa: F401
 
 
 class GPT(Module):
@@ -31,7 +33,7 @@ class GPT(Module):
         transformer.drop = Dropout(c.dropout)
         transformer.h = ModuleList(
             Block(c.n_embd, c.n_head, c.dropout, c.bias, c.norm, c.layer_window(i), c.n_layer, gelu=c.gelu,
-                  eps=c.layer_norm_eps)
+                  eps=c.layer_norm_eps, moe=c.layer_moe(i))
             for i in range(c.n_layer)
         )
         if c.final_norm:
@@ -40,6 +42,7 @@ class GPT(Module):
         self.lm_head = Linear(c.n_embd, c.vocab_size, bias=False)
         if c.tie_weights:
             self.lm_head.weight = transformer.wte.weight  # one Parameter, two names
+        self.moe_aux_loss = None  # the last forward's mean MoE load-balancing loss (0-d Tensor), see forward
 
     # ------------------------------------------------------------------ forward
     @property
@@ -79,29 +82,44 @@ class GPT(Module):
             raise ValueError(f"GPT: token id {bad} is out of the vocabulary [0, {self.config.vocab_size})")
         return ids
 
-    def hidden_states(self, idx) -> Tensor:
-        """The final hidden states (B, T, C), before the LM head."""
+    def hidden_states(self, idx, kv_cache: KVCache | None = None) -> Tensor:
+        """The final hidden states (B, T, C), before the LM head.
+
+        kv_cache (inference, under no_grad): idx holds the next T tokens after the cache's
+        `length` ones, at positions length..length+T-1; the cache is filled and advanced.
+        """
         ids = self._check_idx(self._on_device(idx, "idx"))
         tr = self.transformer
         T = ids.shape[1]
+        t0 = 0
+        if kv_cache is not None:
+            kv_cache.check(ids.shape[0], T, len(tr.h))
+            t0 = kv_cache.length  # position offset of the new tokens
         tok = tr.wte(ids)  # (B, T) -> (B, T, C)
         if self.config.position == "learned":
-            pos = tr.wpe(tr.wpe.weight.xp.arange(T))  # (T, C)
+            pos = tr.wpe(tr.wpe.weight.xp.arange(t0, t0 + T))  # (T, C)
         else:
-            pos = Tensor._wrap(tr.wpe[:T])
+            pos = Tensor._wrap(tr.wpe[t0:t0 + T])
         x = tr.drop(tok + pos)
-        for block in tr.h:
-            x = block(x)
+        for i, block in enumerate(tr.h):
+            x = block(x) if kv_cache is None else block(x, kv_cache=kv_cache.layer(i))
+        if kv_cache is not None:
+            kv_cache.advance(T)
         if self.config.final_norm:
             x = tr.ln_f(x)
         return x
 
-    def forward(self, idx, targets=None, ignore_index: int = -1):
-        x = self.hidden_states(idx)
+    def forward(self, idx, targets=None, ignore_index: int = -1, kv_cache: KVCache | None = None):
+        x = self.hidden_states(idx, kv_cache=kv_cache)
         logits = self.lm_head(x)  # (B, T, C) -> (B, T, vocab)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits, self._on_device(targets, "targets"), ignore_index=ignore_index)
+        # MoE: mean load-balancing loss of the MoE layers (None without), added to the loss in training only
+        aux = collect_aux_loss(self)
+        self.moe_aux_loss = None if aux is None else aux.detach()
+        if loss is not None and aux is not None and self.training and self.config.moe_aux_loss_coef:
+            loss = loss + self.config.moe_aux_loss_coef * aux
         return logits, loss
 
     # ------------------------------------------------------------------ bookkeeping
@@ -148,64 +166,44 @@ class GPT(Module):
 
     # ------------------------------------------------------------------ generation
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, seed: int | None = None):
-        """Append `max_new_tokens` sampled tokens to idx (B, T). temperature 0 = greedy.
+                 top_p: float | None = None, repetition_penalty: float = 1.0, num_return_sequences: int = 1,
+                 eos_token_id: int | None = None, seed: int | None = None, use_cache: bool = True):
+        """Append up to `max_new_tokens` tokens to idx (B, T) (or (T,)); returns (B * n, T + new).
 
-        Returns the same kind as given (Tensor or array). Contexts longer than block_size
-        are cropped to the last block_size tokens.
+        temperature 0 = greedy; top_k / top_p (nucleus) filter; repetition_penalty > 1 discourages
+        tokens already in the row (CTRL / Hugging Face semantics); num_return_sequences repeats each
+        row n times (row b's copies are rows b*n..b*n+n-1); eos_token_id finishes a row, which is then
+        padded with eos_token_id, and generation stops when every row is finished (the result may be
+        shorter than T + max_new_tokens). seed: a private RNG (else tinygpt's global one). use_cache:
+        KV cache (O(T) per token). Prompts longer than block_size are cropped from the left for the
+        model (with a warning) but returned whole. Returns the same kind as given (Tensor or array).
         """
-        if max_new_tokens < 0:
-            raise ValueError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"generate: temperature must be >= 0, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"generate: top_k must be >= 1, got {top_k}")
-        if top_p is not None and not 0.0 < top_p <= 1.0:
-            raise ValueError(f"generate: top_p must be in (0, 1], got {top_p}")
         as_tensor = isinstance(idx, Tensor)
-        raw = idx.data if as_tensor else idx
-        out_device = array_device(raw) or "cpu"  # hand the result back where the input was
-        ids = np.array(to_numpy(raw), dtype=np.int64)  # the running sequence stays on the host
-        if ids.ndim == 1:
-            ids = ids[None, :]
-        self._check_idx(ids[:, -self.config.block_size:])
-        rng = np.random.default_rng(seed) if seed is not None else _random.generator()
-        was_training = self.training
-        self.eval()
-        try:
-            with no_grad():
-                for _ in range(max_new_tokens):
-                    cond = to_device(ids[:, -self.config.block_size:], self.device)  # (B, <=T) ids to the model
-                    logits, _ = self(cond)
-                    last = to_numpy(logits.data[:, -1, :]).astype(np.float64)  # (B, vocab)
-                    ids = np.concatenate([ids, sample_next(last, temperature, top_k, top_p, rng)[:, None]], axis=1)
-        finally:
-            self.train(was_training)
+        out_device = array_device(idx.data if as_tensor else idx) or "cpu"  # hand the result back where it came from
+        ids = prepare_prompt(idx, self.config.vocab_size, self.config.block_size)
+        new = list(self._stream(ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
+                                num_return_sequences, eos_token_id, seed, use_cache))
+        ids = np.repeat(ids, num_return_sequences, axis=0)
+        if new:
+            ids = np.concatenate([ids, np.stack(new, axis=1)], axis=1)
         if as_tensor:
             return Tensor(ids, device=out_device)
         return to_device(ids, out_device) if out_device != "cpu" else ids
 
+    def stream(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+               top_p: float | None = None, repetition_penalty: float = 1.0, num_return_sequences: int = 1,
+               eos_token_id: int | None = None, seed: int | None = None, use_cache: bool = True):
+        """generate() as an iterator: yields each new token batch, a (B * n,) int64 numpy array,
+        as soon as it is sampled. Arguments are checked at the call, not at the first next()."""
+        ids = prepare_prompt(idx, self.config.vocab_size, self.config.block_size)
+        return self._stream(ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
+                            num_return_sequences, eos_token_id, seed, use_cache)
 
-def sample_next(logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None,
-                rng: np.random.Generator) -> np.ndarray:
-    """One token per row from logits (B, vocab): greedy at temperature 0, else top-k / nucleus sampling."""
-    if temperature == 0:
-        return logits.argmax(axis=-1)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = np.partition(logits, -top_k, axis=-1)[:, -top_k][:, None]
-        logits = np.where(logits < kth, -np.inf, logits)
-    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    probs /= probs.sum(axis=-1, keepdims=True)
-    if top_p is not None and top_p < 1.0:
-        order = np.argsort(-probs, axis=-1)
-        sorted_p = np.take_along_axis(probs, order, axis=-1)
-        # keep the smallest prefix whose mass reaches top_p (always at least the top token)
-        drop_sorted = np.cumsum(sorted_p, axis=-1) - sorted_p >= top_p
-        drop = np.zeros_like(drop_sorted)
-        np.put_along_axis(drop, order, drop_sorted, axis=-1)
-        probs = np.where(drop, 0.0, probs)
-        probs /= probs.sum(axis=-1, keepdims=True)
-    cdf = np.cumsum(probs, axis=-1)
-    u = rng.random((probs.shape[0], 1)) * cdf[:, -1:]  # scaled by the total so rounding cannot overshoot
-    return (cdf <= u).sum(axis=-1)  # first index whose cdf exceeds u: always a token with p > 0
+    def _stream(self, ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty, num_return_sequences,
+                eos_token_id, seed, use_cache):
+        check_args(self.config.vocab_size, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
+                   num_return_sequences, eos_token_id, seed, use_cache)
+        rng = np.random.default_rng(seed) if seed is not None else _random.generator()
+        ids = np.repeat(ids, num_return_sequences, axis=0)  # (B, T) -> (B * n, T)
+        return generate_tokens(self, ids, max_new_tokens, float(temperature), top_k, top_p,
+                               float(repetition_penalty), eos_token_id, rng, use_cache)

@@ -3,6 +3,7 @@ from . import utils
 from .attention import MLP, Block, CausalSelfAttention
 from .layers import GELU, Dropout, Embedding, LayerNorm, Linear, sinusoidal_positions
 from .module import Module, ModuleList, Parameter
+from .moe import MoE, ExpertLinear
 
 __all__ = ["Module", "ModuleList", "Parameter", "Linear", "Embedding", "LayerNorm", "Dropout", "GELU",
-           "CausalSelfAttention", "MLP", "Block", "sinusoidal_positions", "utils"]
+           "CausalSelfAttention", "MLP", "MoE", "ExpertLinear", "Block", "sinusoidal_positions", "utils"]

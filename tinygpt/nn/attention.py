@@ -6,6 +6,7 @@ import math
 from .. import functional as F
 from .layers import GELU, Dropout, LayerNorm, Linear
 from .module import Module
+from .moe import MoE
 
 
 class CausalSelfAttention(Module):
@@ -21,11 +22,15 @@ class CausalSelfAttention(Module):
         self.c_proj = Linear(n_embd, n_embd, bias=bias, std=proj_std)
         self.resid_dropout = Dropout(dropout)
 
-    def forward(self, x):
+    def forward(self, x, kv_cache=None):
+        """kv_cache: this layer's view of a models.generation.KVCache (inference): x holds the
+        next T tokens, whose keys/values are stored and attended together with the cached ones."""
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
         qkv = self.c_attn(x).reshape(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)  # (B, T, 3C) -> (3, B, nh, T, hs)
         q, k, v = qkv[0], qkv[1], qkv[2]
+        if kv_cache is not None:
+            k, v = kv_cache.update(k, v, self.window)  # (B, nh, T, hs) -> (B, nh, cached + T, hs)
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, causal=True, dropout_p=p, window=self.window)
         y = y.permute(0, 2, 1, 3).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
@@ -53,10 +58,12 @@ class MLP(Module):
 
 class Block(Module):
     """A transformer block. norm='pre' (GPT-2): x + attn(ln_1(x)), then x + mlp(ln_2(x)).
-    norm='post' (GPT-1): ln_1(x + attn(x)), then ln_2(x + mlp(x))."""
+    norm='post' (GPT-1): ln_1(x + attn(x)), then ln_2(x + mlp(x)). `moe` (a dict of MoE
+    keyword arguments) makes the MLP a mixture of experts."""
 
     def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True, norm: str = "pre",
-                 window: int | None = None, n_layer: int = 1, gelu: str = "tanh", eps: float = 1e-5):
+                 window: int | None = None, n_layer: int = 1, gelu: str = "tanh", eps: float = 1e-5,
+                 moe: dict | None = None):
         super().__init__()
         if norm not in ("pre", "post"):
             raise ValueError(f"Block: norm must be 'pre' or 'post', got {norm!r}")
@@ -65,12 +72,16 @@ class Block(Module):
         self.ln_1 = LayerNorm(n_embd, bias=bias, eps=eps)
         self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias, window, proj_std)
         self.ln_2 = LayerNorm(n_embd, bias=bias, eps=eps)
-        self.mlp = MLP(n_embd, dropout, bias, proj_std, approximate=gelu)
+        if moe:  # a mixture of experts in place of the MLP (moe = MoE's n_expert, top_k, capacity_factor)
+            self.mlp = MoE(n_embd, **moe, dropout=dropout, bias=bias, proj_std=proj_std, approximate=gelu)
+        else:
+            self.mlp = MLP(n_embd, dropout, bias, proj_std, approximate=gelu)
 
-    def forward(self, x):
+    def forward(self, x, kv_cache=None):
         if self.norm == "pre":
             # x = x + attn(ln_1(x)); h = ln_2(x), the add and ln_2 fused into one op
-            x, h = F.add_layer_norm(x, self.attn(self.ln_1(x)), self.ln_2.weight, self.ln_2.bias, self.ln_2.eps)
+            a = self.attn(self.ln_1(x), kv_cache=kv_cache)
+            x, h = F.add_layer_norm(x, a, self.ln_2.weight, self.ln_2.bias, self.ln_2.eps)
             return x + self.mlp(h)
-        x = self.ln_1(x + self.attn(x))
+        x = self.ln_1(x + self.attn(x, kv_cache=kv_cache))
         return self.ln_2(x + self.mlp(x))

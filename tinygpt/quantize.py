@@ -1,0 +1,369 @@
+"""Weight-only quantization for inference: int8 per output channel (or int4 in groups), symmetric absmax.
+
+`quantize(model)` replaces, in place, every Linear with a QuantizedLinear, every MoE
+ExpertLinear with a QuantizedExpertLinear and (embeddings=True) every Embedding with a
+QuantizedEmbedding. Each output channel c gets one float32 scale s_c = max_i |w_ci| / 127 and
+int8 weights q_ci = round(w_ci / s_c) in [-127, 127], so |w - q s| <= s / 2 elementwise
+(the weight-only scheme of LLM.int8() without its outlier decomposition, as in GPTQ/AWQ-style
+"W8A16" inference). Activations stay float: the product is computed as (x @ q.T) * s + b,
+the int8 weight cast to float a block of output rows at a time and multiplied by the linear
+kernel (native SGEMM where it qualifies; there is no int8 GEMM in this repo), so no full float
+copy of a weight matrix is ever held.
+
+Tied LM head: the head's output channels are the embedding's rows, so with embeddings=True the
+head and `wte` share ONE int8 table and one scale per token row (stored once, under
+`transformer.wte`); with embeddings=False the head gets its own int8 copy and `wte` stays float.
+MoE routers stay float32 (tiny, and rounding could flip routing decisions).
+
+bits=4: int4 in [-7, 7], two per byte (element 2i in the low nibble), with one float32 scale per
+`group_size` (default 32) consecutive input weights of an output channel (scale = group absmax / 7,
+the group-wise layout of GPTQ/AWQ-style 4-bit checkpoints); each row block is dequantized before
+its matmul. Experts are stored output-major, (E, out, in/2), so groups and packing run along `in`.
+
+Quantized modules are inference-only: in training mode their forward raises, and a backward
+through them raises (int8 weights have no gradient).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import kernels
+from .autograd import Function
+from .backend import xp as array_module
+from .functional import _check_ids
+from .nn.layers import Embedding, Linear
+from .nn.module import Module
+from .nn.moe import ExpertLinear, MoE
+from .tensor import Tensor
+
+QMAX = 127
+QMAX4 = 7
+_NO_TRAINING = ("is inference-only (int8 weights have no gradient): train the float model, then quantize it; "
+                "call model.eval() before running a quantized model")
+
+
+def quantize_absmax(w, axis):
+    """Symmetric absmax int8 quantization; one scale per slice, reducing over `axis`.
+
+    Returns (q int8 like w, scale float32 with `axis` removed); w ~= q * scale (scale broadcast on axis).
+    """
+    xp = array_module(w)
+    w = w.astype(xp.float64)
+    scale = xp.abs(w).max(axis=axis, keepdims=True) / QMAX
+    safe = xp.where(scale == 0, 1.0, scale)  # an all-zero channel: q = 0, scale 0
+    q = xp.clip(xp.rint(w / safe), -QMAX, QMAX).astype(xp.int8)
+    return q, xp.squeeze(scale, axis=axis).astype(xp.float32)
+
+
+def dequantize(q, scale, axis):
+    """q * scale with the scale broadcast along `axis` (the reduced axis of quantize_absmax)."""
+    xp = array_module(q)
+    return q.astype(xp.float32) * xp.expand_dims(scale, axis)
+
+
+def pack_int4(q):
+    """int8 values in [-8, 7], (..., 2m) -> uint8 (..., m): element 2i in the low nibble, 2i+1 in the high."""
+    xp = array_module(q)
+    u = (q.astype(xp.int16) & 0xF).astype(xp.uint8)  # two's complement nibbles
+    return u[..., 0::2] | (u[..., 1::2] << 4)
+
+
+def unpack_int4(packed):
+    """The inverse of pack_int4: uint8 (..., m) -> int8 (..., 2m) in [-8, 7]."""
+    xp = array_module(packed)
+    nib = xp.stack([packed & 0xF, packed >> 4], axis=-1).astype(xp.int8)  # (..., m, 2)
+    nib = xp.where(nib >= 8, nib - 16, nib)
+    return nib.reshape(*packed.shape[:-1], 2 * packed.shape[-1])  # (..., m, 2) -> (..., 2m)
+
+
+def quantize_int4(w, group_size: int):
+    """Symmetric absmax int4 in groups of `group_size` along the last axis (scale = absmax/7), packed.
+
+    Returns (packed uint8 (..., n/2), scale float32 (..., n/group_size)); |w - deq| <= scale/2.
+    """
+    xp = array_module(w)
+    n = w.shape[-1]
+    g = w.astype(xp.float64).reshape(*w.shape[:-1], n // group_size, group_size)  # (..., n) -> (..., G, gs)
+    scale = xp.abs(g).max(axis=-1, keepdims=True) / QMAX4
+    safe = xp.where(scale == 0, 1.0, scale)
+    q = xp.clip(xp.rint(g / safe), -QMAX4, QMAX4).astype(xp.int8).reshape(w.shape)
+    return pack_int4(q), scale[..., 0].astype(xp.float32)
+
+
+def dequantize_int4(packed, scale, dtype=np.float32):
+    """Packed int4 (..., n/2) with group scales (..., G) -> float (..., n)."""
+    q = unpack_int4(packed).astype(dtype)
+    shape = q.shape
+    return (q.reshape(*shape[:-1], scale.shape[-1], -1) * scale.astype(dtype)[..., None]).reshape(shape)
+
+
+class _Int8Linear(Function):
+    """y = (x @ q.T) * scale + bias, q (out, in) int8 cast to x's dtype `block_rows` rows at a time.
+
+    bits=4: q (out, in/2) packed int4 with group scales (out, in/group): each block is dequantized.
+    """
+
+    @staticmethod
+    def forward(ctx, x, q, scale, bias, block_rows=4096, bits=8):
+        xp = array_module(x)
+        out_f, in_f = q.shape[0], q.shape[1] * (2 if bits == 4 else 1)
+        if x.shape[-1] != in_f:
+            raise ValueError(f"QuantizedLinear: input {x.shape} does not match weight (out, in) = {(out_f, in_f)}")
+        x2 = xp.ascontiguousarray(x.reshape(-1, in_f))  # (..., in) -> (M, in)
+        y = xp.empty((x2.shape[0], out_f), dtype=x.dtype)
+        for o in range(0, out_f, block_rows):
+            if bits == 4:  # (rows, in/2) packed -> (rows, in) float, group scales applied
+                w = dequantize_int4(q[o:o + block_rows], scale[o:o + block_rows], x.dtype)
+            else:  # (rows, in): a float copy of one block of output rows; the scale is applied to y below
+                w = q[o:o + block_rows].astype(x.dtype)
+            y[:, o:o + block_rows] = kernels.select("linear", x2, w, None).forward(x2, w, None)[0]  # (M, rows)
+        if bits == 8:
+            y *= scale.astype(x.dtype)
+        if bias is not None:
+            y += bias.astype(x.dtype)
+        return y.reshape(*x.shape[:-1], out_f)  # (M, out) -> (..., out)
+
+    @staticmethod
+    def backward(ctx, g):
+        raise RuntimeError("QuantizedLinear " + _NO_TRAINING)
+
+
+class _Int8ExpertLinear(Function):
+    """y[e] = (x[e] @ q[e]) * scale[e] + bias[e] for q (E, in, out) int8, one expert at a time."""
+
+    @staticmethod
+    def forward(ctx, x, q, scale, bias, bits=8):
+        xp = array_module(x)
+        if bits == 4:  # q (E, out, in/2) packed, scale (E, out, in/group)
+            E, out_f, in_f = q.shape[0], q.shape[1], 2 * q.shape[2]
+        else:
+            E, in_f, out_f = q.shape
+        if x.ndim != 3 or x.shape[0] != E or x.shape[2] != in_f:
+            raise ValueError(f"QuantizedExpertLinear: input {x.shape} does not match (n_expert, tokens, in) = "
+                             f"({E}, *, {in_f})")
+        y = xp.empty((E, x.shape[1], out_f), dtype=x.dtype)
+        for e in range(E):
+            if bits == 4:
+                y[e] = x[e] @ dequantize_int4(q[e], scale[e], x.dtype).T  # (M, in) @ (in, out)
+            else:
+                y[e] = x[e] @ q[e].astype(x.dtype)  # (M, in) @ (in, out)
+        if bits == 8:
+            y *= scale.astype(x.dtype)[:, None, :]
+        if bias is not None:
+            y += bias.astype(x.dtype)[:, None, :]
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        raise RuntimeError("QuantizedExpertLinear " + _NO_TRAINING)
+
+
+class _QuantizedModule(Module):
+    def _check_mode(self):
+        if self.training:
+            raise RuntimeError(f"{type(self).__name__} {_NO_TRAINING}")
+
+    def _table(self):
+        """(qweight, scale): this module's own, or those of the module it is tied to."""
+        src = self if self._tied is None else self._tied
+        return src.qweight, src.scale
+
+    @property
+    def bits(self) -> int:
+        """8 (int8 per output channel) or 4 (packed int4, group scales), read from the stored table."""
+        return 8 if self._table()[0].dtype == np.int8 else 4
+
+    @property
+    def weight(self) -> Tensor:
+        """A dequantized float32 copy of the weight (computed on access; no gradient)."""
+        q, s = self._table()
+        if self.bits == 4:
+            w = dequantize_int4(q, s)
+            return Tensor._wrap(w.swapaxes(1, 2) if w.ndim == 3 else w)  # experts: (E, out, in) -> (E, in, out)
+        return Tensor._wrap(dequantize(q, s, self._reduce_axis))
+
+
+class QuantizedLinear(_QuantizedModule):
+    """A Linear with int8 weights (out, in) and per-output-channel float32 scales (out,).
+
+    Buffers: qweight (int8), scale (float32), bias (float, when present). A head tied to a
+    QuantizedEmbedding (`tied`) holds no table of its own and reads the embedding's.
+    """
+
+    _reduce_axis = 1
+
+    def __init__(self, qweight=None, scale=None, bias=None, tied: Module | None = None, block_rows: int = 4096):
+        super().__init__()
+        object.__setattr__(self, "_tied", tied)  # not a child module: the table is stored once, by its owner
+        if tied is None:
+            self.register_buffer("qweight", qweight)
+            self.register_buffer("scale", scale)
+        if bias is not None:
+            self.register_buffer("bias", bias)
+        else:
+            self.bias = None
+        self.block_rows = block_rows
+        q = self._table()[0]
+        self.out_features, self.in_features = q.shape[0], q.shape[1] * (2 if self.bits == 4 else 1)
+
+    @classmethod
+    def from_linear(cls, linear: Linear, block_rows: int = 4096, bits: int = 8, group_size: int = 32):
+        w = linear.weight.data
+        q, s = quantize_int4(w, group_size) if bits == 4 else quantize_absmax(w, axis=1)
+        bias = None if linear.bias is None else linear.bias.data.copy()
+        return cls(q, s, bias, block_rows=block_rows)
+
+    def forward(self, x):
+        self._check_mode()
+        q, s = self._table()
+        return _Int8Linear.apply(x, q, s, self.bias, block_rows=self.block_rows, bits=self.bits)
+
+    def extra_repr(self):
+        tied = ", tied to an embedding" if self._tied is not None else ""
+        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}, int{self.bits}{tied}"
+
+
+class QuantizedEmbedding(_QuantizedModule):
+    """An Embedding with int8 rows and one float32 scale per row (a token row = a tied head's output channel)."""
+
+    _reduce_axis = 1
+
+    def __init__(self, qweight=None, scale=None, tied: Module | None = None):
+        super().__init__()
+        object.__setattr__(self, "_tied", tied)
+        if tied is None:
+            self.register_buffer("qweight", qweight)
+            self.register_buffer("scale", scale)
+        q = self._table()[0]
+        self.num_embeddings, self.embedding_dim = q.shape[0], q.shape[1] * (2 if self.bits == 4 else 1)
+
+    @classmethod
+    def from_embedding(cls, emb: Embedding, bits: int = 8, group_size: int = 32):
+        w = emb.weight.data
+        return cls(*(quantize_int4(w, group_size) if bits == 4 else quantize_absmax(w, axis=1)))
+
+    def forward(self, ids):
+        self._check_mode()
+        q, s = self._table()
+        ids = ids.data if isinstance(ids, Tensor) else ids if hasattr(ids, "dtype") else np.asarray(ids)
+        _check_ids("QuantizedEmbedding", ids, q.shape[0])
+        if self.bits == 4:
+            return Tensor._wrap(dequantize_int4(q[ids], s[ids], s.dtype))  # ids (...) -> (..., C)
+        return Tensor._wrap(q[ids].astype(s.dtype) * s[ids][..., None])  # ids (...) -> (..., C)
+
+    def extra_repr(self):
+        return f"{self.num_embeddings}, {self.embedding_dim}, int{self.bits}"
+
+
+class QuantizedExpertLinear(_QuantizedModule):
+    """An ExpertLinear with int8 weights (E, in, out) and float32 scales (E, out), one per expert output channel."""
+
+    _reduce_axis = 1
+
+    def __init__(self, qweight, scale, bias=None):
+        super().__init__()
+        object.__setattr__(self, "_tied", None)
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scale", scale)
+        if bias is not None:
+            self.register_buffer("bias", bias)
+        else:
+            self.bias = None
+        if self.bits == 4:  # stored output-major (E, out, in/2) so groups and packing run along `in`
+            E, out_f, half_in = qweight.shape
+            self.n_expert, self.out_features, self.in_features = E, out_f, 2 * half_in
+        else:
+            self.n_expert, self.in_features, self.out_features = qweight.shape
+
+    @classmethod
+    def from_expert_linear(cls, lin: ExpertLinear, bits: int = 8, group_size: int = 32):
+        w = lin.weight.data
+        if bits == 4:
+            q, s = quantize_int4(array_module(w).ascontiguousarray(w.swapaxes(1, 2)), group_size)  # (E, out, in)
+        else:
+            q, s = quantize_absmax(w, axis=1)
+        return cls(q, s, None if lin.bias is None else lin.bias.data.copy())
+
+    def forward(self, x):
+        self._check_mode()
+        return _Int8ExpertLinear.apply(x, self.qweight, self.scale, self.bias, bits=self.bits)
+
+    def extra_repr(self):
+        return (f"{self.n_expert} x ({self.in_features}, {self.out_features}), bias={self.bias is not None}, "
+                f"int{self.bits}")
+
+
+def quantize(model: Module, bits: int = 8, embeddings: bool = True, block_rows: int = 4096,
+             group_size: int | None = None) -> Module:
+    """Weight-only quantization of `model`, in place; returns the model, in eval mode.
+
+    bits=8: int8, one scale per output channel. bits=4: int4 packed two per byte, one scale per
+    `group_size` (default 32) consecutive input weights of an output channel.
+    Linear -> QuantizedLinear, ExpertLinear -> QuantizedExpertLinear, and with `embeddings`
+    Embedding -> QuantizedEmbedding (a head tied to an embedding then shares its table).
+    LayerNorms, biases and MoE routers stay float. Inference only (see the module docstring).
+    """
+    if bits not in (8, 4):
+        raise ValueError(f"quantize: bits must be 8 (int8 per output channel) or 4 (int4 in groups), got {bits!r}")
+    if bits == 8 and group_size is not None:
+        raise ValueError("quantize: group_size applies to bits=4 only (int8 uses one scale per output channel)")
+    if bits == 4:
+        group_size = 32 if group_size is None else group_size
+        if not isinstance(group_size, int) or group_size < 2 or group_size % 2:
+            raise ValueError(f"quantize: group_size must be a positive even int, got {group_size!r}")
+    if not isinstance(model, Module):
+        raise TypeError(f"quantize: expected a tinygpt Module, got {type(model).__name__}")
+    if block_rows < 1:
+        raise ValueError(f"quantize: block_rows must be >= 1, got {block_rows}")
+    order = {id(m): i for i, (_, m) in enumerate(model.named_modules())}  # depth first: wte before lm_head
+    sites = sorted(((parent, name, child) for _, parent in model.named_modules()
+                    for name, child in parent._modules.items()), key=lambda site: order[id(site[2])])
+    done = {}  # id(float weight Parameter) -> the quantized module that owns its int8 table
+    replaced = {}  # id(old module) -> its replacement (a module registered under two names stays one)
+    qargs = {"bits": bits, "group_size": group_size} if bits == 4 else {}
+    for parent, name, child in sites:
+        key = id(getattr(child, "weight", None))
+        if bits == 4 and id(child) not in replaced and isinstance(child, (Linear, Embedding, ExpertLinear)):
+            n_in = child.weight.shape[1]  # Linear (out, in), Embedding (V, C), ExpertLinear (E, in, out)
+            if n_in % group_size:
+                raise ValueError(f"quantize: {type(child).__name__} {name!r} has {n_in} input features, "
+                                 f"not a multiple of group_size {group_size}")
+        if id(child) in replaced:
+            new = replaced[id(child)]
+        elif isinstance(child, Linear) and not (isinstance(parent, MoE) and name == "router"):
+            owner = done.get(key)
+            if isinstance(owner, QuantizedEmbedding):  # tied head: rows of the embedding = output channels
+                bias = None if child.bias is None else child.bias.data.copy()
+                new = QuantizedLinear(bias=bias, tied=owner, block_rows=block_rows)
+            else:
+                new = QuantizedLinear.from_linear(child, block_rows, **qargs)
+        elif isinstance(child, Embedding) and embeddings:
+            owner = done.get(key)
+            new = QuantizedEmbedding(tied=owner) if isinstance(owner, QuantizedLinear) \
+                else QuantizedEmbedding.from_embedding(child, **qargs)
+        elif isinstance(child, ExpertLinear):
+            new = QuantizedExpertLinear.from_expert_linear(child, **qargs)
+        else:
+            continue
+        done.setdefault(key, new)
+        replaced[id(child)] = new
+        parent._modules[name] = new  # replaced in place: the module order (and state_dict order) is kept
+        object.__setattr__(parent, name, new)
+    return model.eval()
+
+
+def weight_memory(model: Module) -> dict:
+    """Bytes held by the model's parameters and buffers, each array counted once (ties shared).
+
+    Returns {'total': bytes, '<dtype>': bytes, ...}, e.g. {'total': ..., 'float32': ..., 'int8': ...}.
+    """
+    seen, out = set(), {"total": 0}
+    arrays = [p.data for p in model.parameters()]
+    arrays += [getattr(mod, attr) for _, mod, attr in model.named_buffers()]
+    for a in arrays:
+        if a is None or id(a) in seen:
+            continue
+        seen.add(id(a))
+        out[str(a.dtype)] = out.get(str(a.dtype), 0) + a.nbytes
+        out["total"] += a.nbytes
+    return out
