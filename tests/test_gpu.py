@@ -338,7 +338,8 @@ def _batch(cfg_vocab=13, B=3, T=16, seed=0):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("variant", [{}, {"norm": "post"}, {"position": "sinusoidal"},
-                                     {"attention_window": 4, "sparse_pattern": "alternating"}, {"gelu": "none"}])
+                                     {"attention_window": 4, "sparse_pattern": "alternating"}, {"gelu": "none"},
+                                     {"n_expert": 4, "expert_top_k": 2, "capacity_factor": 0.0}])
 def test_gpt_logits_loss_and_grads_match_cpu(dtype, variant):
     """A small GPT on the CPU and on the GPU from the same weights: same logits, loss and gradients."""
     x, y = _batch()
