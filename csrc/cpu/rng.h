@@ -13,6 +13,14 @@
 #include <cmath>
 #include <cstdint>
 
+// mix64 / bits24 / keep also compile as device functions in the CUDA kernels (csrc/cuda/*.cu),
+// so CPU, CUDA and reference masks come from this one definition.
+#if defined(__CUDACC__)
+#define TG_RNG_HD __host__ __device__ __forceinline__
+#else
+#define TG_RNG_HD inline
+#endif
+
 namespace tinygpt {
 namespace rng {
 
@@ -21,14 +29,14 @@ constexpr uint64_t kMix1 = 0xBF58476D1CE4E5B9ull;
 constexpr uint64_t kMix2 = 0x94D049BB133111EBull;
 
 // splitmix64's output function (Stafford's "Mix13" variant used by java.util.SplittableRandom).
-inline uint64_t mix64(uint64_t z) {
+TG_RNG_HD uint64_t mix64(uint64_t z) {
   z = (z ^ (z >> 30)) * kMix1;
   z = (z ^ (z >> 27)) * kMix2;
   return z ^ (z >> 31);
 }
 
 // The 24 random bits of element `index` of the mask drawn with `seed`.
-inline uint32_t bits24(uint64_t seed, uint64_t index) {
+TG_RNG_HD uint32_t bits24(uint64_t seed, uint64_t index) {
   return static_cast<uint32_t>(mix64(seed + (index + 1) * kGolden) >> 40);
 }
 
@@ -39,7 +47,7 @@ inline uint32_t keep_threshold(double p) {
   return static_cast<uint32_t>(std::ceil(p * 16777216.0));  // exact: p * 2^24 only shifts the exponent
 }
 
-inline bool keep(uint64_t seed, uint64_t index, uint32_t threshold) {
+TG_RNG_HD bool keep(uint64_t seed, uint64_t index, uint32_t threshold) {
   return bits24(seed, index) >= threshold;
 }
 

@@ -1,0 +1,175 @@
+"""GPU benchmark of the CUDA attention / softmax / cross-entropy / dropout kernels (csrc/cuda).
+
+Times each kernel with CUDA events (median of interleaved repetitions, after warm-up) and prints
+it with its napkin math:
+  - memory-bound kernels (dropout, softmax, log_softmax, cross_entropy): useful bytes per pass
+    (dropout 8 B/element each pass; softmax 8 B fwd, 12 B bwd; cross-entropy 4 B fwd, 8 B bwd)
+    over the time, as GB/s and as % of the device-to-device copy bandwidth measured in the same
+    run (cupy copy of a 1 GiB buffer, 2 bytes moved per byte copied). The goal is >= 80%.
+  - attention: TFLOP/s (forward 4 B nh Tq Tk hs, halved for causal; backward 2.5x forward, the
+    FlashAttention-2 convention, though the dQ kernel recomputes two matmuls) against PyTorch's
+    F.scaled_dot_product_attention on float32 CUDA tensors (when torch with CUDA is installed)
+    and the CuPy reference (reference.attention_*, which materialises the T x T matrix).
+
+    python benchmarks/cuda_kernels.py [--quick] [--only attention,softmax]   (or this file directly)
+
+Needs CuPy, a GPU, and tinygpt._C built with TINYGPT_CUDA=ON; exits with a message otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+
+
+def _setup():
+    import tinygpt as tg
+    from tinygpt.kernels import cuda as K
+
+    if not tg.backend.cuda_available():
+        sys.exit("cuda_kernels.py needs CuPy and a CUDA GPU")
+    missing = [op for op in ("attention", "softmax", "log_softmax", "cross_entropy", "dropout") if not K.has(op)]
+    if missing:
+        sys.exit(f"tinygpt._C has no CUDA kernels for {missing}: rebuild with TINYGPT_CUDA=ON")
+    return tg.backend.cupy(), K
+
+
+def _time_ms(cp, fns: dict, reps: int, warmup: int = 3) -> dict:
+    """Median milliseconds per call for each function, rounds interleaved."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    cp.cuda.get_current_stream().synchronize()
+    times = {n: [] for n in fns}
+    names = list(fns)
+    start, stop = cp.cuda.Event(), cp.cuda.Event()
+    for r in range(reps):
+        for n in names if r % 2 == 0 else names[::-1]:
+            start.record()
+            fns[n]()
+            stop.record()
+            stop.synchronize()
+            times[n].append(cp.cuda.get_elapsed_time(start, stop))
+    return {n: statistics.median(t) for n, t in times.items()}
+
+
+def copy_gbps(cp, reps: int) -> float:
+    n = 1 << 28  # 1 GiB of float32
+    src, dst = cp.ones(n, cp.float32), cp.empty(n, cp.float32)
+    ms = _time_ms(cp, {"copy": lambda: cp.copyto(dst, src)}, reps)["copy"]
+    return 2 * 4 * n / ms / 1e6
+
+
+def _row(name, shape, pass_, ms, nbytes=None, copy=None, flops=None, ref_ms=None):
+    extra = ""
+    if nbytes is not None:
+        gbps = nbytes / ms / 1e6
+        extra = f"{gbps:8.0f} GB/s  {100 * gbps / copy:5.1f}% of copy"
+    if flops is not None:
+        extra = f"{flops / ms / 1e9:8.2f} TFLOP/s"
+    if ref_ms is not None:
+        extra += f"   (other {ref_ms:.3f} ms, x{ref_ms / ms:.2f})"
+    print(f"{name:14s} {str(shape):22s} {pass_:4s} {ms:9.3f} ms  {extra}")
+
+
+def bench_dropout(cp, K, copy, reps, quick):
+    for n in ([1 << 24] if quick else [1 << 24, 1 << 28]):
+        x = cp.random.standard_normal(n, dtype=cp.float32)
+        y, saved = K.dropout_forward(x, 0.1, 1)
+        t = _time_ms(cp, {"fwd": lambda: K.dropout_forward(x, 0.1, 1), "bwd": lambda: K.dropout_backward(y, 0.1, saved)}, reps)
+        _row("dropout", (n,), "fwd", t["fwd"], 8 * n, copy)
+        _row("dropout", (n,), "bwd", t["bwd"], 8 * n, copy)
+
+
+def bench_softmax(cp, K, copy, reps, quick):
+    shapes = [(8 * 12 * 1024, 1024)] if quick else [(8 * 12 * 1024, 1024), (8 * 1024, 50304), (8 * 1024, 50257), (65536, 65)]
+    for op in ("softmax", "log_softmax"):
+        fwd, bwd = getattr(K, f"{op}_forward"), getattr(K, f"{op}_backward")
+        for shape in shapes:
+            x = cp.random.standard_normal(shape, dtype=cp.float32)
+            y, _ = fwd(x, -1)
+            g = cp.random.standard_normal(shape, dtype=cp.float32)
+            t = _time_ms(cp, {"fwd": lambda: fwd(x, -1), "bwd": lambda: bwd(g, y, -1, ())}, reps)
+            n = x.size
+            _row(op, shape, "fwd", t["fwd"], 8 * n, copy)
+            _row(op, shape, "bwd", t["bwd"], 12 * n, copy)
+
+
+def bench_cross_entropy(cp, K, copy, reps, quick):
+    shapes = [(8 * 1024, 50304)] if quick else [(8 * 1024, 50304), (8 * 1024, 50257), (65536, 65)]
+    for N, V in shapes:
+        x = cp.random.standard_normal((N, V), dtype=cp.float32)
+        t_ = cp.random.randint(0, V, N).astype(cp.int64)
+        loss, saved = K.cross_entropy_forward(x, t_, -1)
+        one = cp.ones((), cp.float32)
+        t = _time_ms(cp, {"fwd": lambda: K.cross_entropy_forward(x, t_, -1),
+                          "bwd": lambda: K.cross_entropy_backward(one, x, t_, saved)}, reps)
+        _row("cross_entropy", (N, V), "fwd", t["fwd"], 4 * N * V, copy)
+        _row("cross_entropy", (N, V), "bwd", t["bwd"], 8 * N * V, copy)
+
+
+def bench_attention(cp, K, reps, quick):
+    from tinygpt.kernels import reference as R
+
+    try:
+        import torch
+        torch_ok = torch.cuda.is_available()
+    except ImportError:
+        torch, torch_ok = None, False
+    configs = [(8, 12, 1024, 64, True)] if quick else [(8, 12, 1024, 64, True), (4, 16, 2048, 128, True),
+                                                        (8, 12, 1024, 64, False), (16, 12, 256, 64, True)]
+    for B, nh, T, hs, causal in configs:
+        shape = (B, nh, T, hs)
+        q, k, v, g = (cp.random.standard_normal(shape, dtype=cp.float32) for _ in range(4))
+        scale = 1.0 / math.sqrt(hs)
+        out, saved = K.attention_forward(q, k, v, causal, None, 0.0, 0, scale)
+        fl = 4.0 * B * nh * T * T * hs * (0.5 if causal else 1.0)
+        fns = {"fwd": lambda: K.attention_forward(q, k, v, causal, None, 0.0, 0, scale),
+               "bwd": lambda: K.attention_backward(g, q, k, v, 0.0, scale, saved)}
+        other = {}
+        if torch_ok:
+            tq, tk, tv, tg_ = (torch.as_tensor(a, device="cuda") for a in (q, k, v, g))
+            tq.requires_grad_(True)
+            tk.requires_grad_(True)
+            tv.requires_grad_(True)
+            F = torch.nn.functional
+            to = F.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
+            fns["torch fwd"] = lambda: F.scaled_dot_product_attention(tq, tk, tv, is_causal=causal)
+            fns["torch bwd"] = lambda: torch.autograd.grad(to, (tq, tk, tv), tg_, retain_graph=True)
+            other = {"fwd": "torch fwd", "bwd": "torch bwd"}
+        elif T <= 1024:  # the reference holds B nh T T floats (x3 in backward)
+            ro, rs = R.attention_forward(q, k, v, causal, None, 0.0, 0, scale)
+            fns["ref fwd"] = lambda: R.attention_forward(q, k, v, causal, None, 0.0, 0, scale)
+            fns["ref bwd"] = lambda: R.attention_backward(g, q, k, v, 0.0, scale, rs)
+            other = {"fwd": "ref fwd", "bwd": "ref bwd"}
+        t = _time_ms(cp, fns, reps)
+        name = "attention" + ("" if causal else " full")
+        _row(name, shape, "fwd", t["fwd"], flops=fl, ref_ms=t.get(other.get("fwd")))
+        _row(name, shape, "bwd", t["bwd"], flops=2.5 * fl, ref_ms=t.get(other.get("bwd")))
+    if torch_ok:
+        print("(other = torch F.scaled_dot_product_attention, float32, its own backend choice)")
+    else:
+        print("(other = CuPy reference; torch with CUDA not installed)")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated: dropout,softmax,cross_entropy,attention")
+    ap.add_argument("--reps", type=int, default=20)
+    args = ap.parse_args(argv)
+    cp, K = _setup()
+    only = set(filter(None, args.only.split(",")))
+    dev = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+    copy = copy_gbps(cp, args.reps)
+    print(f"device: {dev['name'].decode()}; device-to-device copy {copy:.0f} GB/s")
+    for name, fn in [("dropout", bench_dropout), ("softmax", bench_softmax), ("cross_entropy", bench_cross_entropy)]:
+        if not only or name in only:
+            fn(cp, K, copy, args.reps, args.quick)
+    if not only or "attention" in only:
+        bench_attention(cp, K, args.reps, args.quick)
+
+
+if __name__ == "__main__":
+    main()

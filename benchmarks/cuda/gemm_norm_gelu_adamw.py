@@ -1,0 +1,166 @@
+"""CUDA kernels (csrc/cuda/{matmul,layernorm,gelu,adamw}.cu) vs cuBLAS / CuPy, timed with CUDA events.
+
+    python benchmarks/cuda_kernels.py [--quick] [--only matmul,layernorm,gelu,adamw]   (or this file directly, --json out.json)
+
+matmul: our GEMM in each precision vs cupy.matmul (cuBLAS; fp32, or TF32 when CuPy runs with
+CUPY_TF32=1) on the products of a GPT training step (rows = B*T up to 16384; C in 384..1536; the
+4C MLP; the 50257-wide logits), forward (x W^T), dX (dY W) and dW (dY^T X), in TFLOP/s; these are
+the figures the dispatch table in tinygpt/kernels/cuda.py (`matmul_policy`, NOT YET MEASURED)
+should be built from. Memory-bound kernels: GB/s (bytes read + written / time) next to a
+device-to-device copy of the same size (the target is >= 80% of it).
+Needs CuPy and a GPU; prints why and exits 0 otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def timer(cp, fn, reps, warmup=3):
+    """Median milliseconds of fn() over reps runs (CUDA events around each call)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+    for _ in range(reps):
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, end))
+    times.sort()
+    return times[len(times) // 2]
+
+
+def copy_gbps(cp, nbytes, reps):
+    a = cp.empty(nbytes // 4, cp.float32)
+    b = cp.empty_like(a)
+    ms = timer(cp, lambda: b.__setitem__(Ellipsis, a), reps)
+    return 2 * nbytes / ms / 1e6
+
+
+def bench_matmul(cp, k, quick):
+    reps = 5 if quick else 20
+    shapes = [(4096, 768, 768), (4096, 768, 3072), (4096, 3072, 768)] if quick else [
+        (768, 384, 384), (4096, 384, 1536), (4096, 768, 768), (4096, 768, 2304), (4096, 768, 3072),
+        (4096, 3072, 768), (16384, 768, 3072), (16384, 3072, 768), (16384, 1024, 4096), (16384, 1536, 6144),
+        (8192, 768, 50257)]
+    rows = []
+    for M, n_in, n_out in shapes:
+        x = cp.random.standard_normal((M, n_in), dtype=cp.float32)
+        w = cp.random.standard_normal((n_out, n_in), dtype=cp.float32)
+        g = cp.random.standard_normal((M, n_out), dtype=cp.float32)
+        flop = 2.0 * M * n_in * n_out
+        shape = f"{M}x{n_in}->{n_out}"
+        products = {
+            "fwd": (lambda p: lambda: k._cuda.linear_forward_launch(
+                        cp.empty((M, n_out), cp.float32).data.ptr, 0, x.data.ptr, w.data.ptr, 0, M, n_in, n_out, p,
+                        k._stream()),
+                    lambda: cp.matmul(x, w.T)),
+            "dx": (lambda p: lambda: k._cuda.linear_backward_dx_launch(
+                       cp.empty((M, n_in), cp.float32).data.ptr, g.data.ptr, w.data.ptr, M, n_in, n_out, p,
+                       k._stream()),
+                   lambda: cp.matmul(g, w)),
+            "dw": (lambda p: lambda: k._cuda.linear_backward_dw_launch(
+                       cp.empty((n_out, n_in), cp.float32).data.ptr, g.data.ptr, x.data.ptr, M, n_in, n_out, p,
+                       k._stream()),
+                   lambda: cp.matmul(g.T, x)),
+        }
+        for pas, (ours, cublas) in products.items():
+            ms = timer(cp, cublas, reps)
+            rows.append(dict(kernel="matmul", shape=shape, impl="cublas", **{"pass": pas}, median_ms=ms,
+                             tflops=flop / ms / 1e9))
+            for name, p in k._PRECISIONS.items():
+                ms = timer(cp, ours(p), reps)
+                rows.append(dict(kernel="matmul", shape=shape, impl=f"ours-{name}", **{"pass": pas}, median_ms=ms,
+                                 tflops=flop / ms / 1e9))
+        # the fused epilogue vs cuBLAS + bias + a separate GELU pass
+        b = cp.random.standard_normal(n_out, dtype=cp.float32)
+        for name in k._PRECISIONS:
+            old = k.set_matmul_precision(name)
+            ms = timer(cp, lambda: k.linear_gelu_forward(x, w, b), reps)
+            k.set_matmul_precision(old)
+            rows.append(dict(kernel="linear_gelu", shape=shape, impl=f"ours-{name}", **{"pass": "fwd"},
+                             median_ms=ms, tflops=flop / ms / 1e9))
+        old = k.set_matmul_backend("cublas")
+        ms = timer(cp, lambda: k.linear_gelu_forward(x, w, b), reps)
+        k.set_matmul_backend(old)
+        rows.append(dict(kernel="linear_gelu", shape=shape, impl="cublas+gelu", **{"pass": "fwd"}, median_ms=ms,
+                         tflops=flop / ms / 1e9))
+    return rows
+
+
+def bench_memory_bound(cp, k, quick, only):
+    reps = 10 if quick else 50
+    rows = []
+    shapes = [(4096, 768)] if quick else [(768, 384), (4096, 768), (16384, 768), (16384, 1024), (16384, 1536),
+                                          (8192, 3072)]
+    for N, C in shapes:
+        x = cp.random.standard_normal((N, C), dtype=cp.float32)
+        r = cp.random.standard_normal((N, C), dtype=cp.float32)
+        g = cp.random.standard_normal((N, C), dtype=cp.float32)
+        w = cp.random.standard_normal(C, dtype=cp.float32)
+        bias = cp.random.standard_normal(C, dtype=cp.float32)
+        nb = N * C * 4
+        copy = copy_gbps(cp, nb, reps)
+        cases = []
+        if "layernorm" in only:
+            _, saved = k.layernorm_forward(x, w, bias, 1e-5)
+            (s, _), asaved = k.add_layernorm_forward(x, r, w, bias, 1e-5)
+            cases += [("layernorm", "fwd", lambda: k.layernorm_forward(x, w, bias, 1e-5), 2 * nb),
+                      ("layernorm", "bwd", lambda: k.layernorm_backward(g, x, w, saved), 3 * nb),
+                      ("add_layernorm", "fwd", lambda: k.add_layernorm_forward(x, r, w, bias, 1e-5), 4 * nb),
+                      ("add_layernorm", "bwd", lambda: k.add_layernorm_backward(g, g, x, r, w, asaved), 4 * nb)]
+        if "gelu" in only:
+            for approx in ("tanh", "none"):
+                cases += [(f"gelu-{approx}", "fwd", lambda a=approx: k.gelu_forward(x, a), 2 * nb),
+                          (f"gelu-{approx}", "bwd", lambda a=approx: k.gelu_backward(g, x, a, ()), 3 * nb)]
+        if "adamw" in only:
+            m, v = cp.zeros_like(x), cp.zeros_like(x)
+            p = x.copy()
+            cases += [("adamw_step", "step", lambda: k.adamw_step(p, g, m, v, lr=1e-4, beta1=0.9, beta2=0.95,
+                                                                 eps=1e-8, weight_decay=0.1, step=1), 7 * nb)]
+        for kernel, pas, fn, nbytes in cases:
+            ms = timer(cp, fn, reps)
+            gbps = nbytes / ms / 1e6
+            rows.append(dict(kernel=kernel, shape=f"{N}x{C}", impl="ours", **{"pass": pas}, median_ms=ms, gbps=gbps,
+                             copy_gbps=copy, of_copy=gbps / copy))
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default="matmul,layernorm,gelu,adamw")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    import tinygpt
+
+    try:
+        cp = tinygpt.backend.cupy()
+    except RuntimeError as exc:
+        print(f"skipped: {exc}")
+        return 0
+    from tinygpt.kernels import cuda as k
+
+    if not k.has("linear"):
+        print("skipped: tinygpt._C has no CUDA kernels (build with TINYGPT_CUDA=ON)")
+        return 0
+    only = set(args.only.split(","))
+    props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+    print(f"device: {props['name'].decode() if isinstance(props['name'], bytes) else props['name']}")
+    rows = bench_matmul(cp, k, args.quick) if "matmul" in only else []
+    rows += bench_memory_bound(cp, k, args.quick, only)
+    for r in rows:
+        rate = f"{r['tflops']:.1f} TFLOP/s" if "tflops" in r else \
+            f"{r['gbps']:.0f} GB/s ({100 * r['of_copy']:.0f}% of copy {r['copy_gbps']:.0f})"
+        print(f"{r['kernel']:14s} {r['shape']:22s} {r['pass']:5s} {r['impl']:12s} {r['median_ms']:9.3f} ms  {rate}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
