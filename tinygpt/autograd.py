@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import threading
 
+from .backend import array_device, device_of, to_device
+
 _state = threading.local()
 
 
@@ -97,18 +99,18 @@ class Function:
         raw, needs = [], []
         for a in args:
             if isinstance(a, Tensor):
-                if device is None:
-                    device = a.device
-                elif a.device != device:
-                    raise ValueError(
-                        f"{cls.__name__.lower()}: tensors on different devices "
-                        f"({device} and {a.device}); move them with .to(device) first"
-                    )
+                dev = a.device
                 raw.append(a.data)
                 needs.append(a.requires_grad)
-            else:
+            else:  # raw arrays (ids, targets, masks) must sit on the tensors' device too
+                dev = array_device(a)
                 raw.append(a)
                 needs.append(False)
+            if dev is not None and dev != device:
+                if device is not None:
+                    raise ValueError(f"{cls.__name__.lower()}: tensors on different devices: {device} and {dev} "
+                                     "(move them with .to(device) first)")
+                device = dev
         record = any(needs) and is_grad_enabled()
         ctx = Context(tuple(needs))
         out = cls.forward(ctx, *raw, **kwargs)
@@ -156,7 +158,14 @@ def backward(root, grad=None):
             raise RuntimeError(f"backward: grad can be implicit only for a scalar, got shape {root.shape}")
         grad = xp.ones(root.shape, dtype=root.dtype)
     else:
-        grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=root.dtype)
+        if isinstance(grad, Tensor):
+            if grad.device != root.device:
+                raise ValueError(f"backward: grad is on {grad.device}, the tensor on {root.device}")
+            grad = grad.data
+        else:  # a raw array or number: onto the root's device, in its dtype
+            if array_device(grad) is not None:
+                grad = to_device(grad, device_of(root.data))
+            grad = xp.asarray(grad, dtype=root.dtype)
         if grad.shape != root.shape:
             raise ValueError(f"backward: grad shape {grad.shape} differs from tensor shape {root.shape}")
 

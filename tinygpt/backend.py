@@ -9,6 +9,7 @@ import numpy as np
 
 _cupy = None
 _cupy_error: str | None = None
+_cuda_ok = False  # a GPU was seen once (it does not go away while the process runs)
 
 
 def _load_cupy():
@@ -26,13 +27,17 @@ def _load_cupy():
 
 def cuda_available() -> bool:
     """True when CuPy imports and sees at least one GPU."""
+    global _cuda_ok
+    if _cuda_ok:
+        return True
     cp = _load_cupy()
     if cp is None:
         return False
     try:
-        return cp.cuda.runtime.getDeviceCount() > 0
-    except Exception:
+        _cuda_ok = cp.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # CUDARuntimeError without a driver, or a broken install
         return False
+    return _cuda_ok
 
 
 def cupy():
@@ -62,7 +67,7 @@ def normalize_device(device) -> str:
 
 def xp(array):
     """The array module (numpy or cupy) that owns `array`."""
-    if isinstance(array, np.ndarray) or _cupy is None:
+    if _cupy is None or isinstance(array, np.ndarray) and not isinstance(array, _cupy.ndarray):
         return np
     return _cupy.get_array_module(array)
 
@@ -77,6 +82,18 @@ def module_for(device: str):
     return np if normalize_device(device) == "cpu" else cupy()
 
 
+def is_cupy_array(array) -> bool:
+    """True for a cupy.ndarray (False without touching CuPy when it was never loaded)."""
+    return _cupy is not None and isinstance(array, _cupy.ndarray)
+
+
+def array_device(a):
+    """'cpu' for a numpy array, 'cuda' for a cupy array, None for anything else (scalars, tuples)."""
+    if is_cupy_array(a):
+        return "cuda"
+    return "cpu" if isinstance(a, np.ndarray) else None
+
+
 def to_device(array, device: str):
     """Move an array to a device (a no-op when it is already there)."""
     device = normalize_device(device)
@@ -88,5 +105,34 @@ def to_device(array, device: str):
 
 
 def to_numpy(array) -> np.ndarray:
-    """A host numpy array (copies from the GPU when needed)."""
-    return array if isinstance(array, np.ndarray) else array.get()
+    """A host numpy array (copies from the GPU when needed; other array-likes via np.asarray)."""
+    if is_cupy_array(array):
+        return array.get()
+    if isinstance(array, np.ndarray):
+        return array
+    return np.asarray(array)
+
+
+def synchronize() -> None:
+    """Wait for the GPU's queued work (a no-op when CuPy was never used)."""
+    if _cupy is not None and _cuda_ok:
+        _cupy.cuda.get_current_stream().synchronize()
+
+
+def scatter_add(target, index, values) -> None:
+    """target[index] += values in place, repeated indices accumulating (numpy.add.at / cupy.add.at)."""
+    xp_ = xp(target)
+    at = getattr(xp_.add, "at", None)
+    if at is not None:  # numpy, and CuPy >= 12
+        at(target, index, values)
+        return
+    import cupyx  # noqa: PLC0415 - older CuPy: the same operation under its former name
+
+    cupyx.scatter_add(target, index, values)
+
+
+def erf(x):
+    """The error function of a cupy array (cupyx.scipy.special.erf); numpy arrays use reference.erf."""
+    import cupyx.scipy.special  # noqa: PLC0415 - only reached with cupy arrays
+
+    return cupyx.scipy.special.erf(x)

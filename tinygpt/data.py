@@ -7,6 +7,7 @@ import urllib.request
 
 import numpy as np
 
+from . import backend
 from .checkpoint import atomic_write
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -58,7 +59,7 @@ class CharTokenizer:
         """The text of a 1-D sequence of ids (list, numpy array or Tensor)."""
         if hasattr(ids, "numpy") and not isinstance(ids, np.ndarray):
             ids = ids.numpy()
-        ids = np.asarray(ids)
+        ids = backend.to_numpy(ids)  # also a cupy array or a list
         if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
             raise ValueError(f"CharTokenizer.decode: expected a 1-D sequence of ints, got shape "
                              f"{ids.shape} dtype {ids.dtype}")
@@ -99,9 +100,11 @@ class BatchSampler:
     tokens : 1-D int array
     batch_size, block_size : int
     seed : int
+    device : 'cpu' (numpy batches) or 'cuda' (cupy batches; the windows are drawn and cut
+        on the host, so the batches are the same on every device)
     """
 
-    def __init__(self, tokens, batch_size: int, block_size: int, seed: int = 0):
+    def __init__(self, tokens, batch_size: int, block_size: int, seed: int = 0, device: str = "cpu"):
         tokens = np.asarray(tokens)
         if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
             raise ValueError(f"BatchSampler: tokens must be a 1-D int array, got shape {tokens.shape} "
@@ -112,14 +115,20 @@ class BatchSampler:
         if len(tokens) < block_size + 1:
             raise ValueError(f"BatchSampler: {len(tokens)} tokens are too few for block_size={block_size} "
                              f"(need at least block_size + 1 = {block_size + 1})")
+        self.device = backend.normalize_device(device)
+        if self.device != "cpu":
+            backend.cupy()  # fail here, saying what is missing, rather than at the first batch
         self.tokens, self.batch_size, self.block_size = tokens, batch_size, block_size
         self.rng = np.random.Generator(np.random.PCG64(seed))
 
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
-        """One batch: x and y, both int64 of shape (batch_size, block_size)."""
+        """One batch: x and y, both int64 of shape (batch_size, block_size), on the sampler's device."""
         starts = self.rng.integers(0, len(self.tokens) - self.block_size, size=self.batch_size)
         idx = starts[:, None] + np.arange(self.block_size)  # (B, T)
-        return self.tokens[idx].astype(np.int64), self.tokens[idx + 1].astype(np.int64)
+        x, y = self.tokens[idx].astype(np.int64), self.tokens[idx + 1].astype(np.int64)
+        if self.device != "cpu":
+            x, y = backend.to_device(x, self.device), backend.to_device(y, self.device)
+        return x, y
 
     def __iter__(self):
         return self

@@ -103,7 +103,7 @@ class Embedding(Function):
 
 def embedding(ids, weight: Tensor) -> Tensor:
     """Rows of `weight` (V, C) at integer `ids` (any shape) -> (*ids.shape, C)."""
-    ids = ids.data if isinstance(ids, Tensor) else np.asarray(ids) if not hasattr(ids, "dtype") else ids
+    ids = ids.data if isinstance(ids, Tensor) else weight.xp.asarray(ids) if not hasattr(ids, "dtype") else ids
     return Embedding.apply(ids, weight)
 
 
@@ -262,7 +262,7 @@ class CrossEntropy(Function):
 def cross_entropy(logits: Tensor, targets, ignore_index: int = -1) -> Tensor:
     """Mean cross-entropy of logits (..., V) against integer targets (...), skipping ignore_index."""
     t = targets.data if isinstance(targets, Tensor) else targets
-    t = t if hasattr(t, "dtype") else np.asarray(t)
+    t = t if hasattr(t, "dtype") else logits.xp.asarray(t)  # a list: onto the logits' device
     V = logits.shape[-1]
     if t.shape != logits.shape[:-1]:
         raise ValueError(f"cross_entropy: targets {t.shape} must have the shape of logits {logits.shape} without the last axis")

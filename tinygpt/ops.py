@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 
+from . import backend
 from .autograd import Function
 from .backend import xp as array_module
 
@@ -272,7 +273,7 @@ def _norm_axes(axis, ndim):
 def _expand_reduced(g, shape, axes, keepdims):
     """Reshape a reduced gradient so it broadcasts against the input shape."""
     if not keepdims:
-        g = g.reshape([1 if i in axes else n for i, n in enumerate(shape)])
+        g = g.reshape(tuple(1 if i in axes else n for i, n in enumerate(shape)))
     return g
 
 
@@ -373,7 +374,7 @@ class Permute(Function):
         inverse = [0] * len(ctx.axes)
         for i, ax in enumerate(ctx.axes):
             inverse[ax % len(ctx.axes)] = i
-        return g.transpose(inverse), None
+        return g.transpose(tuple(inverse)), None
 
 
 class BroadcastTo(Function):
@@ -402,6 +403,8 @@ class GetItem(Function):
     @staticmethod
     def forward(ctx, a, index):
         ctx.shape, ctx.dtype, ctx.index = a.shape, a.dtype, index
+        if backend.is_cupy_array(a) and not _is_basic_index(index):
+            _check_gpu_index(a, index)
         try:
             return a[index]
         except IndexError as exc:
@@ -418,15 +421,35 @@ class GetItem(Function):
         return out, None
 
 
-def scatter_add(target, index, values):
-    """target[index] += values, accumulating repeated indices (numpy.add.at / cupyx.scatter_add)."""
-    xp = array_module(target)
-    if xp.__name__ == "numpy":
-        xp.add.at(target, index, values)
-    else:
-        import cupyx  # noqa: PLC0415 - only reached with cupy arrays
+def _index_axes(item) -> int:
+    """How many axes of the indexed array one index item consumes."""
+    if item is None or item is Ellipsis:
+        return 0
+    dtype = getattr(item, "dtype", None)
+    return item.ndim if dtype is not None and dtype.kind == "b" else 1
 
-        cupyx.scatter_add(target, index, values)
+
+def _check_gpu_index(a, index):
+    """CuPy wraps out-of-range integer array indices instead of raising: raise as NumPy would."""
+    items = index if isinstance(index, tuple) else (index,)
+    axis = 0
+    for k, item in enumerate(items):
+        if item is Ellipsis:
+            axis = a.ndim - sum(_index_axes(i) for i in items[k + 1:])
+            continue
+        dtype = getattr(item, "dtype", None)
+        if dtype is not None and dtype.kind in "iu" and item.size and axis < a.ndim:
+            n = a.shape[axis]
+            lo, hi = int(item.min()), int(item.max())  # two host syncs: only for fancy indexing
+            if lo < -n or hi >= n:
+                raise IndexError(f"getitem: index {hi if hi >= n else lo} is out of bounds for axis {axis} "
+                                 f"with size {n} (tensor shape {a.shape})")
+        axis += _index_axes(item)
+
+
+def scatter_add(target, index, values):
+    """target[index] += values, accumulating repeated indices (numpy.add.at / cupy.add.at)."""
+    backend.scatter_add(target, index, values)
 
 
 class Concatenate(Function):

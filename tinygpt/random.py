@@ -2,6 +2,12 @@
 
 One seeded `numpy.random.Generator` (PCG64) drives every random draw tinygpt makes, so
 `tg.manual_seed(s)` makes a run reproducible and its state can be saved in a checkpoint.
+
+It stays on the host for every device: initial weights and `tg.randn(..., device='cuda')` are
+drawn here and copied over, and dropout draws one seed per call here while the mask itself is
+a counter hash of (seed, element index) computed where the data is (reference.dropout_mask, or
+the native CPU/CUDA kernels with the same bits). So a seed gives the same weights, the same
+batches and the same dropout masks on the CPU and on the GPU.
 """
 from __future__ import annotations
 

@@ -184,26 +184,26 @@ class Tensor:
         return ops.MatMul.apply(_operand(other, as_tensor=True), self)
 
     def __getitem__(self, index):
-        return ops.GetItem.apply(self, _raw_index(index))
+        return ops.GetItem.apply(self, _raw_index(index, self.device))
 
     # comparisons: no gradient, boolean result
     def __lt__(self, other):
-        return Tensor._wrap(self.data < _raw(other))
+        return Tensor._wrap(self.data < _raw_on(self, other, "lt"))
 
     def __le__(self, other):
-        return Tensor._wrap(self.data <= _raw(other))
+        return Tensor._wrap(self.data <= _raw_on(self, other, "le"))
 
     def __gt__(self, other):
-        return Tensor._wrap(self.data > _raw(other))
+        return Tensor._wrap(self.data > _raw_on(self, other, "gt"))
 
     def __ge__(self, other):
-        return Tensor._wrap(self.data >= _raw(other))
+        return Tensor._wrap(self.data >= _raw_on(self, other, "ge"))
 
     def __eq__(self, other):
-        return Tensor._wrap(self.data == _raw(other))
+        return Tensor._wrap(self.data == _raw_on(self, other, "eq"))
 
     def __ne__(self, other):
-        return Tensor._wrap(self.data != _raw(other))
+        return Tensor._wrap(self.data != _raw_on(self, other, "ne"))
 
     __hash__ = object.__hash__
 
@@ -331,12 +331,40 @@ def _operand(x, as_tensor=False):
     return Tensor(x)
 
 
-def _raw_index(index):
+def _check_devices(op, *items):
+    """Raise a clear error when tensors/arrays among `items` live on different devices."""
+    device = None
+    for x in items:
+        dev = x.device if isinstance(x, Tensor) else backend.array_device(x)
+        if dev is not None and device is not None and dev != device:
+            raise ValueError(f"{op}: tensors on different devices: {device} and {dev} "
+                             "(move them with .to(device) first)")
+        device = dev or device
+
+
+def _raw_on(t, other, op):
+    """The raw operand of a comparison with `t`, on t's device."""
+    _check_devices(op, t, other)
+    return _raw(other)
+
+
+def _index_item(i, device):
+    """One index item as the array module of `device` takes it (host index arrays go to the GPU)."""
+    i = _raw(i)
+    if isinstance(i, list):
+        i = np.asarray(i)
+    dev = backend.array_device(i)
+    if dev is not None and dev != device:
+        if dev == "cuda":  # a GPU index for a host array: as torch, refuse rather than copy silently
+            raise ValueError(f"getitem: index on cuda for a tensor on {device}; move the index with .to('cpu')")
+        i = backend.to_device(i, device)  # host index arrays are fine for a GPU tensor
+    return i
+
+
+def _raw_index(index, device="cpu"):
     if isinstance(index, tuple):
-        return tuple(_raw(i) for i in index)
-    if isinstance(index, list):
-        return np.asarray(index)
-    return _raw(index)
+        return tuple(_index_item(i, device) for i in index)
+    return _index_item(index, device)
 
 
 # ---------------------------------------------------------------------- free functions
@@ -353,16 +381,24 @@ def _factory(fill, shape, dtype, device, requires_grad):
     return Tensor(arr, requires_grad=requires_grad, device=device)
 
 
+def _on_device(device):
+    """The array module that builds a factory's array: made in place on the GPU, no host copy."""
+    return backend.module_for(device) if device is not None else np
+
+
 def zeros(*shape, dtype=None, device=None, requires_grad=False) -> Tensor:
-    return _factory(lambda s, d: np.zeros(s, d), shape, dtype, device, requires_grad)
+    xp = _on_device(device)
+    return _factory(lambda s, d: xp.zeros(s, d), shape, dtype, device, requires_grad)
 
 
 def ones(*shape, dtype=None, device=None, requires_grad=False) -> Tensor:
-    return _factory(lambda s, d: np.ones(s, d), shape, dtype, device, requires_grad)
+    xp = _on_device(device)
+    return _factory(lambda s, d: xp.ones(s, d), shape, dtype, device, requires_grad)
 
 
 def full(shape, value, dtype=None, device=None, requires_grad=False) -> Tensor:
-    return _factory(lambda s, d: np.full(s, value, d), (shape,), dtype, device, requires_grad)
+    xp = _on_device(device)
+    return _factory(lambda s, d: xp.full(s, value, d), (shape,), dtype, device, requires_grad)
 
 
 def randn(*shape, dtype=None, device=None, requires_grad=False) -> Tensor:
@@ -391,17 +427,20 @@ def ones_like(t: Tensor, dtype=None) -> Tensor:
 
 def where(cond, a, b) -> Tensor:
     """Elementwise: a where cond is true, else b (cond gets no gradient)."""
+    _check_devices("where", cond, a, b)
     return ops.Where.apply(_raw(cond).astype(bool), _operand(a), _operand(b))
 
 
 def maximum(a, b) -> Tensor:
     """Elementwise maximum; at ties the gradient goes to `a` (as numpy's first argument)."""
     a, b = _operand(a, as_tensor=True), _operand(b, as_tensor=True)
+    _check_devices("maximum", a, b)
     return ops.Where.apply(a.data >= b.data, a, b)
 
 
 def minimum(a, b) -> Tensor:
     a, b = _operand(a, as_tensor=True), _operand(b, as_tensor=True)
+    _check_devices("minimum", a, b)
     return ops.Where.apply(a.data <= b.data, a, b)
 
 

@@ -1,10 +1,14 @@
 """Kernel dispatch: the one place that picks a native kernel or the reference for each fused op.
 
 For an op `name`, `select(name, *arrays)` returns a `Kernel` whose `forward`/`backward`
-come from the compiled extension (`tinygpt._C.cpu` for numpy arrays, `tinygpt._C.cuda` for
-cupy arrays, as `<name>_forward`/`<name>_backward`) when it has them and the arrays qualify
-(float32, C-contiguous), and from `reference.py` otherwise. The caller keeps the Kernel in
-its autograd context so backward always runs the implementation that ran forward.
+come from a native implementation when there is one and the arrays qualify (all on one
+device, float32, C-contiguous), and from `reference.py` otherwise:
+  numpy arrays -> `tinygpt._C.cpu.<name>_forward` / `<name>_backward` (the pybind11 bindings),
+  cupy arrays  -> `tinygpt.kernels.cuda.<name>_forward` / `<name>_backward` (Python wrappers
+                  around the launchers in `tinygpt._C.cuda`), when `kernels.cuda.has(name)`.
+The reference is array code through `xp`, so it runs on numpy and on cupy alike. The caller
+keeps the Kernel in its autograd context so backward always runs the implementation that
+ran forward.
 
 `TINYGPT_NATIVE=0` in the environment (or `use_native(False)`) forces the reference.
 """
@@ -17,6 +21,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from .. import backend
+from . import cuda as _cuda_kernels
 from . import reference
 
 try:  # the extension is optional: `import tinygpt` works without a compiler or CUDA
@@ -59,13 +65,22 @@ def _reference_kernel(op):
     return _REFERENCE[op]
 
 
+def _cuda_kernel(op):
+    """The CUDA wrappers for `op` (tinygpt/kernels/cuda.py), or None when the build lacks them."""
+    if not _cuda_kernels.has(op):
+        return None
+    fwd = getattr(_cuda_kernels, f"{op}_forward", None)
+    bwd = getattr(_cuda_kernels, f"{op}_backward", None)
+    return Kernel("native-cuda", fwd, bwd) if fwd is not None and bwd is not None else None
+
+
 def _qualifies(arrays):
     """The device all arrays share if every float array is float32 and C-contiguous, else None."""
     device = None
     for a in arrays:
         if a is None:
             continue
-        dev = "cpu" if isinstance(a, np.ndarray) else "cuda"
+        dev = "cpu" if isinstance(a, np.ndarray) and not backend.is_cupy_array(a) else "cuda"
         if device is not None and dev != device:
             return None
         device = dev
@@ -90,6 +105,10 @@ def _qualifies(arrays):
 # up to 2.9x for a few rows with few outputs. From ~1300 outputs (rows x out; ~650 when in > 512) the
 # native one wins every measured shape, by 1.24-3.4x in the 2-32 row band where OpenBLAS switches to
 # an unblocked GEMM. Below the line native is at most 1.09x faster (in = 128, out <= 128).
+# With 2 threads, isolated products favour OpenBLAS on the 4096-row shapes (0.57-0.94x native/NumPy
+# time, `matmul.py --quick`), but sending them there made the whole medium training step 1.36x
+# slower (2424 vs 1782 ms, `benchmarks/train_step.py --config medium`, same quiet machine): OpenBLAS's
+# thread pool then competes with libgomp's spinning workers. So the policy ignores the thread count.
 _LINEAR_SMALL = ((512, 1280), (None, 640))  # (in_features up to, rows * out below which NumPy wins)
 
 
@@ -115,22 +134,35 @@ def select(op: str, *arrays, native_ok: bool = True) -> Kernel:
     `native_ok=False` is the caller's veto for arguments that are not arrays and that the native
     kernel does not cover (softmax over an axis other than the last, say): the reference runs.
     On the CPU an op listed in _CPU_POLICY also asks its shape-class policy (native only where faster).
+    On the GPU the reference (array code on cupy) runs every op the CUDA wrappers do not cover.
     """
-    if native_ok and _enabled and _native is not None:
+    if native_ok and _enabled:
         device = _qualifies(arrays)
-        if device is not None:
+        if device == "cuda":
+            kernel = _cuda_kernel(op)
+            if kernel is not None:
+                return kernel
+        elif device == "cpu" and _native is not None:
             kernel = _native_kernel(op, device)
-            if kernel is not None and (device != "cpu" or op not in _CPU_POLICY or _CPU_POLICY[op](*arrays)):
+            if kernel is not None and (op not in _CPU_POLICY or _CPU_POLICY[op](*arrays)):
                 return kernel
     return _reference_kernel(op)
 
 
+def _adamw_fn(arrays):
+    """The AdamW update that runs on these arrays: native CPU / CUDA when it qualifies, else the reference."""
+    if _enabled:
+        device = _qualifies(arrays)
+        if device == "cuda" and _cuda_kernels.has("adamw_step"):
+            return getattr(_cuda_kernels, "adamw_step", None) or reference.adamw_step
+        if device == "cpu" and _native is not None:
+            return getattr(_submodule("cpu"), "adamw_step", None) or reference.adamw_step
+    return reference.adamw_step
+
+
 def adamw_step(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay, step):
     """Fused in-place AdamW update of one parameter (see reference.adamw_step)."""
-    fn = reference.adamw_step
-    device = _qualifies((param, grad, exp_avg, exp_avg_sq)) if _enabled and _native is not None else None
-    if device is not None:
-        fn = getattr(_submodule(device), "adamw_step", None) or fn
+    fn = _adamw_fn((param, grad, exp_avg, exp_avg_sq))
     fn(param, grad, exp_avg, exp_avg_sq, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
        weight_decay=weight_decay, step=step)
 
@@ -151,17 +183,26 @@ def use_native(enabled: bool):
         _enabled = previous
 
 
+def cuda_ops() -> list:
+    """The ops select() / adamw_step() send to CUDA kernels in this build: the tinygpt/kernels/cuda.py
+    wrappers (forward and backward, or adamw_step) whose launchers the extension has."""
+    return sorted(op for op in _cuda_kernels.LAUNCHERS
+                  if (_cuda_kernel(op) is not None if op != "adamw_step"
+                      else _cuda_kernels.has(op) and hasattr(_cuda_kernels, "adamw_step")))
+
+
 def available() -> dict:
-    """What was built: the extension, its build info and the native kernels per device."""
+    """What was built: the extension, its build info and the native kernels per device.
+
+    'cpu' lists the ops of tinygpt._C.cpu; 'cuda' those that select() sends to the CUDA
+    kernels for cupy arrays (every other op runs the reference on cupy).
+    """
     if _native is None:
         return {"native": False, "enabled": False, "reason": f"tinygpt._C is not built ({_native_error})",
-                "cpu": [], "cuda": []}
+                "cpu": [], "cuda": cuda_ops()}
     info = _native.build_info()
-
-    def ops(device):
-        mod = _submodule(device)
-        names = dir(mod) if mod is not None else []
-        return sorted(n[: -len("_forward")] for n in names if n.endswith("_forward")) + (
-            ["adamw_step"] if "adamw_step" in names else [])
-
-    return {"native": True, "enabled": _enabled, "build_info": info, "cpu": ops("cpu"), "cuda": ops("cuda")}
+    mod = _submodule("cpu")
+    names = dir(mod) if mod is not None else []
+    cpu = sorted(n[: -len("_forward")] for n in names if n.endswith("_forward")) + (
+        ["adamw_step"] if "adamw_step" in names else [])
+    return {"native": True, "enabled": _enabled, "build_info": info, "cpu": cpu, "cuda": cuda_ops()}

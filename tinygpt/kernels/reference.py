@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from .. import backend
 from ..backend import xp as array_module
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -58,12 +59,7 @@ def embedding_backward(grad, ids, weight_shape, saved):
     xp = array_module(grad)
     gw = xp.zeros(weight_shape, dtype=grad.dtype)
     flat = grad.reshape(-1, weight_shape[1])
-    if xp is np:
-        np.add.at(gw, ids.reshape(-1), flat)
-    else:
-        import cupyx  # noqa: PLC0415 - GPU only
-
-        cupyx.scatter_add(gw, ids.reshape(-1), flat)
+    backend.scatter_add(gw, ids.reshape(-1), flat)  # rows of repeated ids accumulate
     return gw
 
 
@@ -124,11 +120,8 @@ def erf(x):
     so no cancellation; 40 terms suffice). |x| >= 2.5: erfc by its continued fraction,
     erfc(x) = exp(-x^2)/sqrt(pi) / (x + (1/2)/(x + 1/(x + (3/2)/(x + ...)))), 40 levels.
     """
-    xp = array_module(x)
-    if xp is not np:
-        import cupyx.scipy.special  # noqa: PLC0415 - GPU only
-
-        return cupyx.scipy.special.erf(x)
+    if array_module(x) is not np:
+        return backend.erf(x)  # cupyx.scipy.special.erf
     dtype = x.dtype
     a = np.abs(x.astype(np.float64))
     out = np.empty_like(a)

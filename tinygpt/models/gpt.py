@@ -6,7 +6,7 @@ import numpy as np
 from .. import functional as F
 from .. import random as _random
 from ..autograd import no_grad
-from ..backend import to_device, to_numpy
+from ..backend import array_device, to_device, to_numpy
 from ..nn import Block, Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, sinusoidal_positions
 from ..nn.moe import collect_aux_loss
 from ..tensor import Tensor
@@ -45,6 +45,24 @@ class GPT(Module):
         self.moe_aux_loss = None  # the last forward's mean MoE load-balancing loss (0-d Tensor), see forward
 
     # ------------------------------------------------------------------ forward
+    @property
+    def device(self) -> str:
+        """The device of the model's parameters ('cpu' or 'cuda')."""
+        return self.transformer.wte.weight.device
+
+    def _on_device(self, ids, what: str):
+        """Token ids as a raw array on the model's device: host arrays and lists are moved there,
+        a Tensor must already be on it (as torch)."""
+        device = self.device
+        if isinstance(ids, Tensor):
+            if ids.device != device:
+                raise ValueError(f"GPT: {what} is on {ids.device} but the model is on {device}; "
+                                 f"move it with .to('{device}') (or pass a numpy array)")
+            return ids.data
+        if array_device(ids) is None:
+            ids = np.asarray(ids)
+        return to_device(ids, device)
+
     def _check_idx(self, idx):
         ids = idx.data if isinstance(idx, Tensor) else idx
         if not hasattr(ids, "dtype"):
@@ -70,7 +88,7 @@ class GPT(Module):
         kv_cache (inference, under no_grad): idx holds the next T tokens after the cache's
         `length` ones, at positions length..length+T-1; the cache is filled and advanced.
         """
-        ids = self._check_idx(idx)
+        ids = self._check_idx(self._on_device(idx, "idx"))
         tr = self.transformer
         T = ids.shape[1]
         t0 = 0
@@ -96,7 +114,7 @@ class GPT(Module):
         logits = self.lm_head(x)  # (B, T, C) -> (B, T, vocab)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits, targets, ignore_index=ignore_index)
+            loss = F.cross_entropy(logits, self._on_device(targets, "targets"), ignore_index=ignore_index)
         # MoE: mean load-balancing loss of the MoE layers (None without), added to the loss in training only
         aux = collect_aux_loss(self)
         self.moe_aux_loss = None if aux is None else aux.detach()
@@ -161,13 +179,16 @@ class GPT(Module):
         model (with a warning) but returned whole. Returns the same kind as given (Tensor or array).
         """
         as_tensor = isinstance(idx, Tensor)
+        out_device = array_device(idx.data if as_tensor else idx) or "cpu"  # hand the result back where it came from
         ids = prepare_prompt(idx, self.config.vocab_size, self.config.block_size)
         new = list(self._stream(ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
                                 num_return_sequences, eos_token_id, seed, use_cache))
         ids = np.repeat(ids, num_return_sequences, axis=0)
         if new:
             ids = np.concatenate([ids, np.stack(new, axis=1)], axis=1)
-        return Tensor(ids) if as_tensor else ids
+        if as_tensor:
+            return Tensor(ids, device=out_device)
+        return to_device(ids, out_device) if out_device != "cpu" else ids
 
     def stream(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                top_p: float | None = None, repetition_penalty: float = 1.0, num_return_sequences: int = 1,

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import numpy as np
-
 from .. import backend
 from ..tensor import Tensor
 
@@ -164,10 +162,12 @@ class Module:
         for name, (kind, target) in own.items():
             if name not in state_dict:
                 continue
-            value = backend.to_numpy(state_dict[name]) if not isinstance(state_dict[name], np.ndarray) else state_dict[name]
+            value = state_dict[name]
             current = target.data if kind == "param" else getattr(*target)
-            xp = backend.xp(current)
-            current[...] = xp.asarray(value, dtype=current.dtype)
+            if backend.array_device(value) is None:  # another array-like: through the host
+                value = backend.to_numpy(value)
+            value = backend.to_device(value, backend.device_of(current))  # e.g. a host checkpoint into a GPU model
+            current[...] = value.astype(current.dtype, copy=False)
         return missing, unexpected
 
     def num_parameters(self) -> int:

@@ -37,15 +37,24 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_i
         raise ValueError(f"clip_grad_norm_: norm_type must be > 0 or inf, got {norm_type}")
     if not grads:
         return 0.0
-    if math.isinf(norm_type):
-        total = max(float(backend.xp(g).abs(g).max()) if g.size else 0.0 for g in grads)
-    else:  # sum |g|^p over every grad, accumulated in float64
-        acc = 0.0
-        for g in grads:
-            xp = backend.xp(g)
+    # Per-grad partial results stay on their device and are combined there in order, so a GPU
+    # run synchronises once per device (one float() below), not once per parameter.
+    partial = {}  # array module -> running max or float64 sum, a 0-d array on that device
+    for g in grads:
+        if g.size == 0:
+            continue
+        xp = backend.xp(g)
+        if math.isinf(norm_type):
+            part = xp.abs(g).max().astype(np.float64)
+            partial[xp] = part if xp not in partial else xp.maximum(partial[xp], part)
+        else:  # sum |g|^p over every grad, accumulated in float64
             a = xp.abs(g.astype(np.float64, copy=False))
-            acc += float(xp.sum(a * a) if norm_type == 2.0 else xp.sum(a ** norm_type))
-        total = acc ** (1.0 / norm_type)
+            part = xp.sum(a * a) if norm_type == 2.0 else xp.sum(a ** norm_type)
+            partial[xp] = part if xp not in partial else partial[xp] + part
+    if math.isinf(norm_type):
+        total = max((float(v) for v in partial.values()), default=0.0)
+    else:
+        total = sum(float(v) for v in partial.values()) ** (1.0 / norm_type)
     if error_if_nonfinite and not math.isfinite(total):
         raise RuntimeError(
             f"The total norm of order {norm_type} for gradients from `parameters` is non-finite, so it "
