@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="biases in Linear and LayerNorm layers")
     m.add_argument("--norm", choices=("pre", "post"), default="pre", help="pre-norm (GPT-2) or post-norm (GPT-1)")
     m.add_argument("--position", choices=("learned", "sinusoidal"), default="learned")
+    m.add_argument("--sparse-pattern", choices=("dense", "alternating", "banded"), default="dense",
+                   help="GPT-3 locally banded attention: in every other layer (alternating) or every layer")
+    m.add_argument("--attention-window", type=int, default=None, help="band width of the banded layers")
+    m.add_argument("--n-expert", type=int, default=0, help="mixture-of-experts MLPs with this many experts (0: dense)")
+    m.add_argument("--expert-top-k", type=int, default=2, choices=(1, 2), help="experts per token")
+    m.add_argument("--moe-every", type=int, default=1, help="MoE in every n-th layer")
 
     o = p.add_argument_group("optimisation")
     o.add_argument("--batch-size", type=int, default=12)
@@ -304,7 +310,9 @@ def main(argv=None) -> dict:
     else:
         config = tg.GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
                               n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout, bias=args.bias,
-                              norm=args.norm, position=args.position)
+                              norm=args.norm, position=args.position, sparse_pattern=args.sparse_pattern,
+                              attention_window=args.attention_window, n_expert=args.n_expert,
+                              expert_top_k=args.expert_top_k, moe_every=args.moe_every)
     for name, tokens in (("train", train_ids), ("val", val_ids)):
         if len(tokens) < config.block_size + 1:
             raise _fail(f"the {name} split has {len(tokens)} tokens, too few for --block-size {config.block_size}")
