@@ -51,7 +51,8 @@ CKPT_NAME = "ckpt.safetensors"
 SUMMARY_NAME = "summary.json"
 DEFAULT_BPE_VOCAB = 1024
 # hyperparameters that shape the model; on --resume they come from the checkpoint
-MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "norm", "position")
+MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "norm", "position", "sparse_pattern",
+              "attention_window", "n_expert", "expert_top_k", "moe_every")
 # --device cuda: nanoGPT's config/train_shakespeare_char.py (the defaults of the flags not listed
 # here, e.g. weight decay 0.1 and grad clip 1.0, are the same as in nanoGPT's train.py already)
 CUDA_PRESET = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, dropout=0.2,
@@ -308,11 +309,14 @@ def main(argv=None) -> dict:
         for k in MODEL_ARGS:
             setattr(args, k, getattr(config, k))
     else:
-        config = tg.GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
-                              n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout, bias=args.bias,
-                              norm=args.norm, position=args.position, sparse_pattern=args.sparse_pattern,
-                              attention_window=args.attention_window, n_expert=args.n_expert,
-                              expert_top_k=args.expert_top_k, moe_every=args.moe_every)
+        try:
+            config = tg.GPTConfig(vocab_size=tokenizer.vocab_size, block_size=args.block_size, n_layer=args.n_layer,
+                                  n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout, bias=args.bias,
+                                  norm=args.norm, position=args.position, sparse_pattern=args.sparse_pattern,
+                                  attention_window=args.attention_window, n_expert=args.n_expert,
+                                  expert_top_k=args.expert_top_k, moe_every=args.moe_every)
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
     for name, tokens in (("train", train_ids), ("val", val_ids)):
         if len(tokens) < config.block_size + 1:
             raise _fail(f"the {name} split has {len(tokens)} tokens, too few for --block-size {config.block_size}")

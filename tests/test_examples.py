@@ -85,6 +85,20 @@ def test_resume_is_bit_for_bit(text_file, tmp_path):
     assert second["best_val_loss"] == whole["best_val_loss"]
 
 
+def test_train_gpt3_banded_and_moe_flags(text_file, tmp_path):
+    """--sparse-pattern/--attention-window (GPT-3) and --n-expert (MoE) reach the model and checkpoint."""
+    s = _train(text_file, tmp_path / "g3", "--max-iters", "4", "--sample-tokens", "0", "--sparse-pattern",
+               "alternating", "--attention-window", "8", "--n-expert", "2", "--expert-top-k", "1")
+    cfg = tg.checkpoint.read_checkpoint_metadata(tmp_path / "g3" / "ckpt.safetensors")["config"]
+    assert (cfg["sparse_pattern"], cfg["attention_window"], cfg["n_expert"], cfg["expert_top_k"]) == \
+        ("alternating", 8, 2, 1)
+    model = tg.GPT(tg.GPTConfig(**s["config"]))
+    assert s["params"] == model.num_params() > tg.GPT(tg.GPTConfig(**{**s["config"], "n_expert": 0})).num_params()
+    assert model.config.layer_window(1) == 8 and model.config.layer_window(0) is None
+    with pytest.raises(SystemExit, match="needs attention_window"):
+        _train(text_file, tmp_path / "bad", "--max-iters", "2", "--sparse-pattern", "banded")
+
+
 def test_resume_without_checkpoint_fails_clearly(text_file, tmp_path):
     with pytest.raises(SystemExit, match="no checkpoint at"):
         _train(text_file, tmp_path / "nothing", "--max-iters", "2", "--resume")
