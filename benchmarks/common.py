@@ -132,23 +132,30 @@ def stats(times_s) -> dict:
             "min_ms": ms[0], "max_ms": ms[-1], "n": len(ms)}
 
 
-def interleaved(contenders: dict, steps: int, warmup: int) -> dict:
-    """Time one call of each contender per round, alternating who goes first (ABBA...).
+def interleaved(contenders: dict, steps: int, warmup: int, block: int = 1) -> dict:
+    """Time each contender's calls, alternating who goes first (ABBA...).
 
     contenders: name -> zero-argument callable doing one full step (and synchronising).
     Warmup rounds run first and are discarded. Returns name -> list of seconds.
+    block > 1: each turn runs one untimed call and then `block` timed calls of the same contender,
+    so a contender is never timed right after another library's call. (With OpenMP or OpenBLAS
+    thread pools on few cores, the previous library's workers keep spinning for a while after its
+    call returns and slow the next one down; block = 1 measures that interference too.)
     """
     names = list(contenders)
     for _ in range(warmup):
         for name in names:
             contenders[name]()
     times = {name: [] for name in names}
-    for r in range(steps):
+    for r in range(-(-steps // block)):
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
-            t0 = time.perf_counter()
-            contenders[name]()
-            times[name].append(time.perf_counter() - t0)
+            if block > 1:
+                contenders[name]()
+            for _ in range(min(block, steps - r * block)):
+                t0 = time.perf_counter()
+                contenders[name]()
+                times[name].append(time.perf_counter() - t0)
     return times
 
 

@@ -235,9 +235,10 @@ def bench_config(name: str, args) -> dict:
           f"batch {c['batch_size']} = {tokens} tokens/step, {base.num_params():,} params, "
           f"{flops_per_step / 1e9:.2f} GFLOP/step (6N + 12LHQT per token)")
     print(f"[{name}] initial loss on batch 0: " + ", ".join(f"{k} {v:.6f}" for k, v in check.items()))
-    print(f"[{name}] timing {steps} interleaved steps after {warmup} warmup steps ...", flush=True)
+    how = f"in blocks of {args.block} (+1 untimed)" if args.block > 1 else "interleaved"
+    print(f"[{name}] timing {steps} steps {how} after {warmup} warmup steps ...", flush=True)
     t0 = time.perf_counter()
-    times = common.interleaved(contenders, steps, warmup)
+    times = common.interleaved(contenders, steps, warmup, block=args.block)
     elapsed = time.perf_counter() - t0
     result = {"config": name, **{k: c[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size")},
               "params": base.num_params(), "tokens_per_step": tokens, "flops_per_step": flops_per_step,
@@ -412,6 +413,10 @@ def build_parser():
     p.add_argument("--config", choices=("small", "medium", "both"), default="small",
                    help="small = nanoGPT CPU Shakespeare (4x4x128, block 64, batch 12); "
                         "medium = 6x6x384, block 256, batch 16")
+    p.add_argument("--block", type=int, default=1,
+                   help="time each framework's steps in blocks of this many consecutive steps (after one untimed "
+                        "step) instead of alternating every step: with 2+ threads one library's spinning workers "
+                        "slow the next library's step when they alternate")
     p.add_argument("--steps", type=int, default=None,
                    help="timed steps per framework (default: 40 small, 10 medium)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 5 small, 2 medium)")

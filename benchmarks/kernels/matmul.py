@@ -18,7 +18,14 @@ rows(quick) returns dicts with kernel, shape, impl ('native' | 'reference' | 'to
 median_ms, best_ms, gflops (from the median; 2 M N K per product, bias and GELU not counted) and
 pct_peak (median GFLOP/s over the measured peak).
 
-    python benchmarks/kernels/matmul.py [--quick] [--grid] [--threads N] [--cpu-time]
+    python benchmarks/kernels/matmul.py [--quick] [--grid] [--threads N] [--cpu-time] [--sequential]
+
+--sequential times each library's calls as one block (after warm-up) instead of interleaving the
+three libraries call by call. With 2 threads on 2 cores this matters: after a call returns, that
+library's workers keep spinning for a while (libgomp for native and torch, OpenBLAS's own pool), and
+the next library's threads then share the cores with them. Interleaved, native 2-thread products
+measured 0.56-0.94x NumPy's speed at 4096 rows; run back to back (as in a training step, where
+consecutive GEMMs are native) the two are level (see BENCHMARKS.md).
 
 --threads N pins OpenMP, OpenBLAS and torch to N threads (set before they load); --cpu-time (with
 --threads 1) times with the thread's CPU clock instead of the wall clock, which a busy machine
@@ -48,6 +55,7 @@ VOCAB = 65
 TRAIN_CONFIGS = ((768, 128), (4096, 384))
 LARGER = ((16384, 768),)  # GPT-2 small width at a long batch (not quick)
 _clock = time.perf_counter
+_SEQUENTIAL = False  # --sequential: time each library's calls in one block instead of interleaving
 
 
 def _torch():
@@ -97,6 +105,16 @@ def _time(fns, reps, min_s=2e-3):
         inner[name] = max(1, int(min_s / max(dt, 1e-7)))
     samples = {name: [] for name in fns}
     names = list(fns)
+    if _SEQUENTIAL:  # one library at a time: its calls back to back, after two more warm-up calls
+        for name in names:
+            fns[name]()
+            fns[name]()
+            for _ in range(reps):
+                t = _clock()
+                for _ in range(inner[name]):
+                    fns[name]()
+                samples[name].append((_clock() - t) / inner[name])
+        return {name: (statistics.median(s), min(s)) for name, s in samples.items()}
     for r in range(reps):
         for name in names[r % len(names):] + names[: r % len(names)]:
             n = inner[name]
@@ -288,4 +306,5 @@ if __name__ == "__main__":
         if os.environ.get("OMP_NUM_THREADS") != "1":
             sys.exit("--cpu-time needs --threads 1 (the thread CPU clock sees only the calling thread)")
         _clock = time.thread_time
+    _SEQUENTIAL = "--sequential" in sys.argv
     _print(rows(quick="--quick" in sys.argv, grid="--grid" in sys.argv))
