@@ -412,6 +412,29 @@ def test_split(data, shape):
         np.testing.assert_array_equal(o, e)
 
 
+@given(data=st.data(), shape=shapes(min_dims=1, max_dims=4, max_side=4))
+def test_unbind(data, shape):
+    """Values = the slices; gradients (finite differences) also when only some outputs are used."""
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    a = data.draw(arrays(shape))
+    outs = check_grads(lambda x: x.unbind(axis), a)
+    expected = [np.take(a, i, axis=axis) for i in range(shape[axis])]
+    assert len(outs) == len(expected)
+    for o, e in zip(outs, expected):
+        np.testing.assert_array_equal(o, e)
+    used = data.draw(st.integers(0, shape[axis] - 1))  # only one slice reaches the loss: the rest stay 0
+    x = tg.Tensor(a.copy(), requires_grad=True)
+    (tg.unbind(x, axis)[used] * 3.0).sum().backward()
+    want = np.zeros_like(a)
+    np.moveaxis(want, axis, 0)[used] = 3.0
+    np.testing.assert_array_equal(x.grad.numpy(), want)
+
+
+def test_unbind_0d_error():
+    with pytest.raises(ValueError, match="unbind.*0-d"):
+        tg.tensor(1.0).unbind()
+
+
 def test_split_bad_sections():
     with pytest.raises(ValueError, match="sum to 4"):
         tg.split(tg.randn(5), [2, 2])

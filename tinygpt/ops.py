@@ -488,6 +488,33 @@ class Stack(Function):
         return tuple(xp.take(g, i, axis=ctx.axis) for i in range(g.shape[ctx.axis]))
 
 
+class Unbind(Function):
+    """The slices of `a` along `axis` as separate outputs (views), e.g. q, k, v from one (3, ...) array.
+
+    One multi-output call instead of one GetItem per slice: backward writes every output's gradient
+    into a single array (zero-filled only where an output got none), where n GetItems would allocate
+    n zero-filled arrays of the full shape and then add them up.
+    """
+
+    @staticmethod
+    def forward(ctx, a, axis=0):
+        if a.ndim == 0:
+            raise ValueError("unbind: needs at least one dimension, got a 0-d tensor")
+        ctx.shape, ctx.dtype, ctx.axis = a.shape, a.dtype, axis % a.ndim
+        lead = (slice(None),) * ctx.axis
+        return tuple(a[lead + (i,)] for i in range(a.shape[ctx.axis]))  # (..., n, ...) -> n x (..., ...)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        xp = array_module(next(g for g in grads if g is not None))
+        out = (xp.empty if all(g is not None for g in grads) else xp.zeros)(ctx.shape, dtype=ctx.dtype)
+        lead = (slice(None),) * ctx.axis
+        for i, g in enumerate(grads):
+            if g is not None:
+                out[lead + (i,)] = g
+        return out
+
+
 # ----------------------------------------------------------------------------- dtype
 class Cast(Function):
     @staticmethod

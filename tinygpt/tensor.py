@@ -311,6 +311,10 @@ class Tensor:
     def split(self, split_size_or_sections, axis=0):
         return split(self, split_size_or_sections, axis)
 
+    def unbind(self, axis=0):
+        """The slices along `axis` as a tuple of tensors (one Function call, one backward write)."""
+        return unbind(self, axis)
+
     def softmax(self, axis=-1):
         from . import functional  # noqa: PLC0415 - functional imports tensor
 
@@ -459,6 +463,12 @@ def stack(tensors, axis=0) -> Tensor:
     if not tensors:
         raise ValueError("stack: need at least one tensor")
     return ops.Stack.apply(*tensors, axis=axis)
+
+
+def unbind(t: Tensor, axis=0):
+    """The slices of t along axis as a tuple: unbind(x (3, B, T), 0) -> three (B, T) tensors."""
+    out = ops.Unbind.apply(_operand(t, as_tensor=True), axis=axis)
+    return out if isinstance(out, tuple) else (out,)
 
 
 def split(t: Tensor, split_size_or_sections, axis=0):

@@ -28,7 +28,7 @@ class CausalSelfAttention(Module):
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
         qkv = self.c_attn(x).reshape(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)  # (B, T, 3C) -> (3, B, nh, T, hs)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        q, k, v = qkv.unbind(0)  # 3 x (B, nh, T, hs)
         if kv_cache is not None:
             k, v = kv_cache.update(k, v, self.window)  # (B, nh, T, hs) -> (B, nh, cached + T, hs)
         p = self.dropout if self.training else 0.0
