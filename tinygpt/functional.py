@@ -29,11 +29,13 @@ def _check_linear(op, x, weight, bias):
 
 
 class Linear(Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias=None):
-        _check_linear("linear", x, weight, bias)
+    op = "linear"  # the kernel op (LinearGELU reuses everything under "linear_gelu")
+
+    @classmethod
+    def forward(cls, ctx, x, weight, bias=None):
+        _check_linear(cls.op, x, weight, bias)
         x = _contiguous(x)
-        ctx.kernel = kernels.select("linear", x, weight, bias)
+        ctx.kernel = kernels.select(cls.op, x, weight, bias)
         y, saved = ctx.kernel.forward(x, weight, bias)
         ctx.save_for_backward(x, weight, saved)
         ctx.has_bias = bias is not None
@@ -51,22 +53,9 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return Linear.apply(x, weight, bias)
 
 
-class LinearGELU(Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias=None):
-        _check_linear("linear_gelu", x, weight, bias)
-        x = _contiguous(x)
-        ctx.kernel = kernels.select("linear_gelu", x, weight, bias)
-        y, saved = ctx.kernel.forward(x, weight, bias)
-        ctx.save_for_backward(x, weight, saved)
-        ctx.has_bias = bias is not None
-        return y
-
-    @staticmethod
-    def backward(ctx, g):
-        x, weight, saved = ctx.saved
-        gx, gw, gb = ctx.kernel.backward(_contiguous(g), x, weight, ctx.has_bias, saved)
-        return gx, gw, gb
+class LinearGELU(Linear):
+    """gelu_tanh(linear(x)): same arguments, saved values and backward shape as Linear."""
+    op = "linear_gelu"
 
 
 def linear_gelu(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
