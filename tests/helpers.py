@@ -6,12 +6,26 @@ tinygpt's backward with w, and compares each input's .grad with central differen
   (f(x + eps e_k) - f(x - eps e_k)) / (2 eps),   f(x) = sum(w * fn(x)),
 computed in float64 with eps = 1e-6 (truncation ~eps^2, round-off ~1e-16/eps ~ 1e-10).
 """
+import importlib.util
+import os
+
 import numpy as np
 import pytest
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import tinygpt as tg
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
+
+
+def load_example(name):
+    """examples/<name>.py as a module (the examples are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"examples_{name}", os.path.join(ROOT, "examples", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 FD_EPS = 1e-6
 FD_RTOL = 1e-5

@@ -1,5 +1,4 @@
 """The example programs, run in-process on a small synthetic text (no network, a few seconds)."""
-import importlib.util
 import json
 import math
 import os
@@ -10,14 +9,7 @@ import pytest
 import tinygpt as tg
 import tinygpt.checkpoint  # noqa: F401 - tg.checkpoint below
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"examples_{name}", os.path.join(ROOT, "examples", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_example as _load
 
 
 train_shakespeare = _load("train_shakespeare")

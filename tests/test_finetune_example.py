@@ -1,5 +1,4 @@
 """examples/finetune_classifier.py: speech parsing, splits, cropping, and an end-to-end run on a tiny model."""
-import importlib.util
 import json
 import math
 import os
@@ -10,15 +9,7 @@ import pytest
 
 from tinygpt.data import CharTokenizer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"examples_{name}", os.path.join(ROOT, "examples", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from helpers import load_example as _load
 
 ft = _load("finetune_classifier")
 train_shakespeare = _load("train_shakespeare")
