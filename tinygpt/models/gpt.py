@@ -5,13 +5,12 @@ import numpy as np
 
 from .. import functional as F
 from .. import random as _random
-from ..autograd import no_grad
-from ..backend import array_device, to_device, to_numpy
+from ..backend import array_device, to_device
 from ..nn import Block, Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, sinusoidal_positions
 from ..nn.moe import collect_aux_loss
 from ..tensor import Tensor
 from .config import GPTConfig
-from .generation import KVCache, check_args, generate_tokens, prepare_prompt, sample_next  # noqa: F401
+from .generation import KVCache, check_args, generate_tokens, prepare_prompt, sample_next  # noqa: F401 - sample_next: old import path
 
 
 class GPT(Module):
