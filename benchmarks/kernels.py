@@ -75,14 +75,6 @@ def summarise(rows, copy_gbps=None, peak_gflops=None):
     return out
 
 
-def _family_of(kernel):
-    """The family file of a kernel name (for JSON saved before rows carried their family)."""
-    for family in ("attention", "dropout", "layernorm", "gelu", "cross_entropy", "softmax", "adamw"):
-        if family in kernel.lower():
-            return family
-    return "matmul" if kernel.startswith(("sgemm", "linear")) else "other"
-
-
 HEADER = ["kernel", "shape", "pass", "native ms", "reference ms", "torch ms", "vs reference", "vs torch",
           "native rate", "torch rate"]
 
@@ -113,7 +105,7 @@ def main(argv=None):
         common.print_machine(saved["machine"])
         by_family = {}
         for r in saved["rows"]:
-            by_family.setdefault(r.get("family") or _family_of(r["kernel"]), []).append(r)
+            by_family.setdefault(r["family"], []).append(r)
         print_tables(by_family, *ceilings(saved["rows"]))
         return saved["rows"]
 

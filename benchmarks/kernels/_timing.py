@@ -5,6 +5,7 @@ script, and benchmarks/kernels.py adds it when it loads them).
 """
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import time
@@ -61,12 +62,22 @@ def interleaved_median_min(fns: dict, reps: int, budget_s: float = 3.0) -> dict:
     return {name: (statistics.median(ts), min(ts)) for name, ts in times.items()}
 
 
+@functools.lru_cache(maxsize=None)
 def copy_bandwidth_gbps(reps: int = 15) -> float:
-    """numpy.copyto of a 256 MB float32 array: (bytes read + written) / median time."""
+    """numpy.copyto of a 256 MB float32 array: (bytes read + written) / median time.
+
+    Measured once per process: benchmarks/kernels.py runs every family against the same figure."""
     src = np.ones(64 * 2**20, dtype=np.float32)
     dst = np.empty_like(src)
     t = interleaved_median({"copy": lambda: np.copyto(dst, src)}, reps)["copy"]
     return 2 * src.nbytes / t / 1e9
+
+
+def copy_row(pass_: str = "copy") -> tuple[float, dict]:
+    """The copy bandwidth and the `copy` row a family puts first in its results (its pct_copy base)."""
+    gbps = copy_bandwidth_gbps()
+    return gbps, {"kernel": "copy", "shape": "256 MB", "impl": "numpy", "pass": pass_, "median_ms": float("nan"),
+                  "min_ms": float("nan"), "gbps": gbps, "pct_copy": 100.0}
 
 
 def reps_for(nbytes: int, quick: bool, full: int) -> int:

@@ -34,7 +34,7 @@ CONFIGS = [(4, 128), (6, 384)]  # (n_layer, n_embd)
 HYPER = dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
 
 
-from _timing import threads as _timing_threads, copy_bandwidth_gbps, interleaved_median as _interleaved  # noqa: E402
+from _timing import threads as _timing_threads, copy_row, interleaved_median as _interleaved  # noqa: E402
 
 
 def gpt_shapes(n_layer: int, n_embd: int) -> list[tuple]:
@@ -54,9 +54,8 @@ def rows(quick: bool = False) -> list[dict]:
     # the same cores for both: OMP_NUM_THREADS when set (it also sizes our OpenMP pool)
     torch.set_num_threads(_timing_threads())
     cpu = getattr(kernels._native, "cpu", None)
-    copy = copy_bandwidth_gbps()
-    out = [dict(kernel="copy", shape="256 MB", impl="numpy", **{"pass": "step"}, median_ms=float("nan"),
-                gbps=copy, pct_copy=100.0)]
+    copy, row = copy_row("step")
+    out = [row]
     rng = np.random.default_rng(0)
     b1, b2 = HYPER["betas"]
     for n_layer, n_embd in CONFIGS[:1] if quick else CONFIGS:

@@ -32,7 +32,7 @@ SHAPES = [(768, 65), (4096, 65), (16384, 65), (768, 50257), (2048, 50257)]
 QUICK_SHAPES = [(16384, 65), (768, 50257)]
 
 
-from _timing import threads as _timing_threads, copy_bandwidth_gbps, interleaved_median as _interleaved, reps_for  # noqa: E402
+from _timing import threads as _timing_threads, copy_row, interleaved_median as _interleaved, reps_for  # noqa: E402
 
 
 def _reps(nbytes: int, quick: bool) -> int:
@@ -49,9 +49,8 @@ def rows(quick: bool = False) -> list[dict]:
     torch.set_num_threads(_timing_threads())
     cpu = getattr(kernels._native, "cpu", None)
     has_native = hasattr(cpu, "cross_entropy_forward")
-    copy = copy_bandwidth_gbps()
-    out = [dict(kernel="copy", shape="256 MB", impl="numpy", **{"pass": "copy"}, median_ms=float("nan"),
-                gbps=copy, pct_copy=100.0)]
+    copy, row = copy_row()
+    out = [row]
     rng = np.random.default_rng(0)
     for N, V in QUICK_SHAPES if quick else SHAPES:
         logits = rng.standard_normal((N, V), dtype=np.float32) * 2

@@ -26,7 +26,7 @@ SHAPES = [(768, 512), (4096, 1536), (8192, 3072)]  # (B*T, 4C)
 QUICK_SHAPES = [(768, 512), (4096, 1536)]
 
 
-from _timing import copy_bandwidth_gbps, interleaved_median_min as _interleaved, reps_for, threads as _threads  # noqa: E402
+from _timing import copy_row, interleaved_median_min as _interleaved, reps_for, threads as _threads  # noqa: E402
 
 
 def _reps(nbytes: int, quick: bool) -> int:
@@ -48,9 +48,8 @@ def rows(quick: bool = False, threads: int | None = None) -> list[dict]:
         cpu.set_num_threads(threads)
     has_native = hasattr(cpu, "gelu_forward")
     aten = torch.ops.aten
-    copy = copy_bandwidth_gbps()
-    out = [dict(kernel="copy", shape="256 MB", impl="numpy", **{"pass": "copy"}, median_ms=float("nan"),
-                min_ms=float("nan"), gbps=copy, pct_copy=100.0)]
+    copy, row = copy_row()
+    out = [row]
     rng = np.random.default_rng(0)
     for N, H in QUICK_SHAPES if quick else SHAPES:
         x, g = (rng.standard_normal((N, H), dtype=np.float32) for _ in range(2))
