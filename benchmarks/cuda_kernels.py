@@ -19,6 +19,7 @@ import pathlib
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent / "cuda"
+sys.path.insert(0, str(HERE))  # their shared _events module
 PARTS = {"gemm_norm_gelu_adamw": ("matmul", "layernorm", "gelu", "adamw"),
          "attention_softmax_ce_dropout": ("attention", "softmax", "cross_entropy", "dropout")}
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
+
+from _events import copy_gbps, time_ms
 
 
 def _setup():
@@ -33,32 +34,6 @@ def _setup():
     if missing:
         sys.exit(f"tinygpt._C has no CUDA kernels for {missing}: rebuild with TINYGPT_CUDA=ON")
     return tg.backend.cupy(), K
-
-
-def _time_ms(cp, fns: dict, reps: int, warmup: int = 3) -> dict:
-    """Median milliseconds per call for each function, rounds interleaved."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    cp.cuda.get_current_stream().synchronize()
-    times = {n: [] for n in fns}
-    names = list(fns)
-    start, stop = cp.cuda.Event(), cp.cuda.Event()
-    for r in range(reps):
-        for n in names if r % 2 == 0 else names[::-1]:
-            start.record()
-            fns[n]()
-            stop.record()
-            stop.synchronize()
-            times[n].append(cp.cuda.get_elapsed_time(start, stop))
-    return {n: statistics.median(t) for n, t in times.items()}
-
-
-def copy_gbps(cp, reps: int) -> float:
-    n = 1 << 28  # 1 GiB of float32
-    src, dst = cp.ones(n, cp.float32), cp.empty(n, cp.float32)
-    ms = _time_ms(cp, {"copy": lambda: cp.copyto(dst, src)}, reps)["copy"]
-    return 2 * 4 * n / ms / 1e6
 
 
 def _row(name, shape, pass_, ms, nbytes=None, copy=None, flops=None, ref_ms=None):
@@ -77,7 +52,7 @@ def bench_dropout(cp, K, copy, reps, quick):
     for n in ([1 << 24] if quick else [1 << 24, 1 << 28]):
         x = cp.random.standard_normal(n, dtype=cp.float32)
         y, saved = K.dropout_forward(x, 0.1, 1)
-        t = _time_ms(cp, {"fwd": lambda: K.dropout_forward(x, 0.1, 1), "bwd": lambda: K.dropout_backward(y, 0.1, saved)}, reps)
+        t = time_ms(cp, {"fwd": lambda: K.dropout_forward(x, 0.1, 1), "bwd": lambda: K.dropout_backward(y, 0.1, saved)}, reps)
         _row("dropout", (n,), "fwd", t["fwd"], 8 * n, copy)
         _row("dropout", (n,), "bwd", t["bwd"], 8 * n, copy)
 
@@ -90,7 +65,7 @@ def bench_softmax(cp, K, copy, reps, quick):
             x = cp.random.standard_normal(shape, dtype=cp.float32)
             y, _ = fwd(x, -1)
             g = cp.random.standard_normal(shape, dtype=cp.float32)
-            t = _time_ms(cp, {"fwd": lambda: fwd(x, -1), "bwd": lambda: bwd(g, y, -1, ())}, reps)
+            t = time_ms(cp, {"fwd": lambda: fwd(x, -1), "bwd": lambda: bwd(g, y, -1, ())}, reps)
             n = x.size
             _row(op, shape, "fwd", t["fwd"], 8 * n, copy)
             _row(op, shape, "bwd", t["bwd"], 12 * n, copy)
@@ -103,7 +78,7 @@ def bench_cross_entropy(cp, K, copy, reps, quick):
         t_ = cp.random.randint(0, V, N).astype(cp.int64)
         loss, saved = K.cross_entropy_forward(x, t_, -1)
         one = cp.ones((), cp.float32)
-        t = _time_ms(cp, {"fwd": lambda: K.cross_entropy_forward(x, t_, -1),
+        t = time_ms(cp, {"fwd": lambda: K.cross_entropy_forward(x, t_, -1),
                           "bwd": lambda: K.cross_entropy_backward(one, x, t_, saved)}, reps)
         _row("cross_entropy", (N, V), "fwd", t["fwd"], 4 * N * V, copy)
         _row("cross_entropy", (N, V), "bwd", t["bwd"], 8 * N * V, copy)
@@ -143,7 +118,7 @@ def bench_attention(cp, K, reps, quick):
             fns["ref fwd"] = lambda: R.attention_forward(q, k, v, causal, None, 0.0, 0, scale)
             fns["ref bwd"] = lambda: R.attention_backward(g, q, k, v, 0.0, scale, rs)
             other = {"fwd": "ref fwd", "bwd": "ref bwd"}
-        t = _time_ms(cp, fns, reps)
+        t = time_ms(cp, fns, reps)
         name = "attention" + ("" if causal else " full")
         _row(name, shape, "fwd", t["fwd"], flops=fl, ref_ms=t.get(other.get("fwd")))
         _row(name, shape, "bwd", t["bwd"], flops=2.5 * fl, ref_ms=t.get(other.get("bwd")))

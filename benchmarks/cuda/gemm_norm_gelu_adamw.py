@@ -16,28 +16,12 @@ import argparse
 import json
 import sys
 
-
-def timer(cp, fn, reps, warmup=3):
-    """Median milliseconds of fn() over reps runs (CUDA events around each call)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    start, end = cp.cuda.Event(), cp.cuda.Event()
-    for _ in range(reps):
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, end))
-    times.sort()
-    return times[len(times) // 2]
+from _events import copy_gbps, time_ms
 
 
-def copy_gbps(cp, nbytes, reps):
-    a = cp.empty(nbytes // 4, cp.float32)
-    b = cp.empty_like(a)
-    ms = timer(cp, lambda: b.__setitem__(Ellipsis, a), reps)
-    return 2 * nbytes / ms / 1e6
+def timer(cp, fn, reps):
+    """Median milliseconds of fn() (CUDA events around each call)."""
+    return time_ms(cp, {"fn": fn}, reps)["fn"]
 
 
 def bench_matmul(cp, k, quick):
@@ -103,7 +87,7 @@ def bench_memory_bound(cp, k, quick, only):
         w = cp.random.standard_normal(C, dtype=cp.float32)
         bias = cp.random.standard_normal(C, dtype=cp.float32)
         nb = N * C * 4
-        copy = copy_gbps(cp, nb, reps)
+        copy = copy_gbps(cp, reps, nb)
         cases = []
         if "layernorm" in only:
             _, saved = k.layernorm_forward(x, w, bias, 1e-5)
