@@ -682,10 +682,11 @@ inline void split(int64_t n, int parts, int p, int64_t* begin, int64_t* end) {
   *end = n * (p + 1) / parts;
 }
 
-// Products below this many flops (~0.17 ms on one Zen 4 core) run on the calling thread: the
-// fork/join would save little, and on a busy machine a 2-thread call can wait a whole scheduler tick
-// for a preempted worker (the project's other CPU kernels draw the same line at ~0.3 ms).
-constexpr double kParallelFlops = 1 << 24;
+// Products below this many flops (~45 us on one Zen 4 core) run on the calling thread. A fork/join
+// of the static partition below costs ~1 us on an idle machine, so from here two threads pay: the
+// lm_head products of the small training config (12.6 Mflop) went from 0.131 to 0.069 ms. On a
+// busy machine a 2-thread call can still wait a scheduler tick for a preempted worker.
+constexpr double kParallelFlops = 1 << 22;
 
 void fill_rows(int64_t M, int64_t N, float* c, int64_t ldc, bool accumulate, const GemmEpilogue& ep,
                const Isa& isa) {  // K = 0: C = (C +) bias, then the epilogue
@@ -715,8 +716,8 @@ void gelu_tanh_grad_rows(const float* g, const float* h, float* dh, int64_t n) {
 
 namespace {
 
-// Packed B of at most this many floats is packed whole (every KC block of an NC block) before any
-// compute, so the threads meet once per GEMM instead of once per KC block (wider B: NC shrinks).
+// Packed B of at most this many floats per thread: each thread packs a whole NC block of its column
+// chunk (every KC block) once and reuses it for all its row blocks (wider B: NC shrinks).
 constexpr int64_t kFullB = int64_t(4) << 20;
 
 // One thread's GEMM (no OpenMP inside) on private buffers: ap holds mc x kc_max, bp kc_max x nc_max.
@@ -816,55 +817,68 @@ void sgemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t rsa, int64_t
   const int64_t nc_max = round_up(ceil_div(N, ceil_div(N, nc_cap)), NR);
   const int64_t ntiles_max = nc_max / NR;
 
-  // Work is handed out dynamically in tasks of (a row block) x (a chunk of NR-column tiles), a few
-  // per thread so that a thread the OS preempts (a busy machine) delays little: the others take its
-  // share. Rows are split first (each task packs its A block once); columns only when M is short.
-  // Row blocks: at most MC rows (the A block stays in L2), at least 3 per thread, split evenly in
-  // whole MR tiles (768 rows = 55 tiles -> 9,9,9,9,9,10, not 5 x 140 + 68).
+  // Static partition, nothing shared: the work is cut into tasks of (a row block) x (a chunk of
+  // NR-column tiles), ordered column chunk by column chunk, and thread t runs the contiguous range
+  // [ntasks t / nt, ntasks (t + 1) / nt). Rows are split first, so with enough rows each thread owns
+  // one band of rows of C, the same band on every call of this shape; columns are split only when
+  // M is short. Each thread packs the B panels its tasks use into its own buffer (with a row split
+  // that is all of B: the second thread repeats the packing, ~1/(2 M) of the flops), so no thread
+  // reads data the other wrote and the threads meet only at fork and join.
+  // Why not dynamic scheduling over a B packed by all threads together (what this was before): on
+  // the 2-vCPU VM this is developed on, for seconds at a time 2-thread products ran 1.4-1.8x slower
+  // (c_attn forward at 768 rows: 0.57-0.70 instead of 0.39 ms) while NumPy's OpenBLAS next to them,
+  // the same code on one thread, and an OpenMP loop that shares no data ran at full speed: the
+  // signature of traffic between the two cores (vCPUs placed far apart, e.g. on two CCDs). Static
+  // bands plus private B cut that slowdown to 1.2x and are 3-8% faster when the cores are close.
+  // The price: a thread the OS preempts (other jobs on the cores) delays the whole product, where
+  // dynamic scheduling let the other thread take its share.
+  // Row blocks: at most MC rows (the A block stays in L2), a multiple of the thread count, split
+  // evenly in whole MR tiles (768 rows = 55 tiles -> 9,9,9,9,9,10, not 5 x 140 + 68).
   const int64_t mtiles = ceil_div(M, MR);
-  int64_t mblocks = ceil_div(M, isa.mc);
-  if (nt > 1) mblocks = std::max<int64_t>(mblocks, 3 * nt);
+  int64_t mblocks = round_up(ceil_div(M, isa.mc), nt);
   mblocks = std::min(mblocks, mtiles);
   const int64_t mc = ceil_div(mtiles, mblocks) * MR;  // the largest block
   int64_t nchunks = 1;
-  if (nt > 1 && mblocks < 3 * nt) nchunks = std::min(ntiles_max, ceil_div(3 * nt, mblocks));
+  if (nt > 1 && mblocks < nt) nchunks = std::min(ntiles_max, ceil_div(nt, mblocks));
   const int64_t ntasks = mblocks * nchunks;
   if (ntasks < nt) nt = static_cast<int>(std::max<int64_t>(1, ntasks));
 
-  // B (one NC block of it, all of K: usually all of B, a weight) is packed by all threads together
-  // before any task starts: one barrier per NC block. Then each task runs its rows through every KC
-  // block, packing its own A. One scratch block per calling thread, reused across calls (allocated
-  // here, outside the parallel region, so a failure is a clean bad_alloc): B, then A per thread.
+  // One scratch block per calling thread, reused across calls (allocated here, outside the parallel
+  // region, so a failure is a clean bad_alloc): per thread, its packed B (one NC block, all of K)
+  // then its packed A block.
   thread_local Scratch scratch;
   const int64_t kblock = kc_max * nc_max;  // floats per packed KC block of B
   const int64_t bsize = round_up(nkb * kblock, 16) + 64, asize = round_up(mc * kc_max, 16) + 64;
-  float* const bp = scratch.get(bsize + nt * asize);
+  float* const buf = scratch.get(nt * (bsize + asize));
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    float* const ap = bp + bsize + thread_id() * asize;
+    const int tid = thread_id();
+    float* const bp = buf + tid * (bsize + asize);
+    float* const ap = bp + bsize;
+    const int64_t t0 = ntasks * tid / nt, t1 = ntasks * (tid + 1) / nt;
     for (int64_t jc = 0; jc < N; jc += nc_max) {
       const int64_t nc = std::min(nc_max, N - jc);
       const int64_t npanels = ceil_div(nc, NR);
       const int64_t chunk = ceil_div(npanels, nchunks);  // tiles per column chunk
-      if (jc > 0) {
-#pragma omp barrier
-      }  // (everyone is done with the previous NC block of B)
-#pragma omp for schedule(dynamic, 4)
-      for (int64_t qp = 0; qp < nkb * npanels; ++qp) {
-        const int64_t q = qp / npanels, p = qp % npanels, pc = q * kc_max, j = jc + p * NR;
-        const int64_t kc = std::min(kc_max, K - pc);
-        isa.pack_b(kc, static_cast<int>(std::min<int64_t>(NR, N - j)), b + pc * rsb + j * csb, rsb, csb,
-                   bp + q * kblock + p * NR * kc);
-      }
-      // (implicit barrier: this NC block of B is packed)
-#pragma omp for schedule(dynamic, 1) nowait
-      for (int64_t t = 0; t < ntasks; ++t) {
-        const int64_t blk = t / nchunks;
+      int64_t packed = -1;                               // the column chunk now in bp
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t blk = t % mblocks, cchunk = t / mblocks;
         const int64_t ic = mtiles * blk / mblocks * MR;
         const int64_t m = std::min(M, mtiles * (blk + 1) / mblocks * MR) - ic;
-        const int64_t p0 = (t % nchunks) * chunk, p1 = std::min(npanels, p0 + chunk);
+        const int64_t p0 = cchunk * chunk, p1 = std::min(npanels, p0 + chunk);
         if (p0 >= p1) continue;
+        if (cchunk != packed) {  // this chunk's panels of B, every KC block
+          for (int64_t q = 0; q < nkb; ++q) {
+            const int64_t pc = q * kc_max, kc = std::min(kc_max, K - pc);
+            for (int64_t p = p0; p < p1; ++p) {
+              const int64_t j = jc + p * NR;
+              isa.pack_b(kc, static_cast<int>(std::min<int64_t>(NR, N - j)), b + pc * rsb + j * csb, rsb, csb,
+                         bp + q * kblock + p * NR * kc);
+            }
+          }
+          packed = cchunk;
+        }
         for (int64_t q = 0; q < nkb; ++q) {
           const int64_t pc = q * kc_max, kc = std::min(kc_max, K - pc);
           const bool first = q == 0, last = q == nkb - 1;
