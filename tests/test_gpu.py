@@ -505,6 +505,8 @@ NATIVE_CASES = {  # op -> (Function call on float32 GPU tensors, input arrays, n
     "cross_entropy": (lambda x: F.cross_entropy(x, _ids(x, TARGETS)), [_rng(16).standard_normal((6, 5))], 1e-4),
     "dropout": (lambda x: F.dropout(x, 0.3), [A], 1e-6),
     "attention": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, dropout_p=0.1), QKV, 1e-4),
+    "attention_qkv": (lambda qkv: F.qkv_attention(qkv, 2, dropout_p=0.1, window=3),
+                      [_rng(17).standard_normal((2, 7, 3 * 2 * 4))], 1e-4),
 }
 
 

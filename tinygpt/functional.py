@@ -316,6 +316,48 @@ class Attention(Function):
         return ctx.kernel.backward(_contiguous(g), q, k, v, ctx.dropout_p, ctx.scale, saved)
 
 
+class AttentionQKV(Function):
+    """Attention on c_attn's packed output: qkv (B, T, 3C) -> y (B, T, C), heads split and merged inside."""
+
+    @staticmethod
+    def forward(ctx, qkv, n_head, causal=True, window=None, dropout_p=0.0, seed=0, scale=1.0):
+        qkv = _contiguous(qkv)
+        ctx.kernel = kernels.select("attention_qkv", qkv)
+        out, saved = ctx.kernel.forward(qkv, n_head, causal, window, dropout_p, seed, scale)
+        ctx.save_for_backward(qkv, saved)
+        ctx.n_head, ctx.dropout_p, ctx.scale = n_head, dropout_p, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        qkv, saved = ctx.saved
+        return ctx.kernel.backward(_contiguous(g), qkv, ctx.n_head, ctx.dropout_p, ctx.scale, saved)
+
+
+def qkv_attention(qkv: Tensor, n_head: int, causal: bool = True, dropout_p: float = 0.0, window: int | None = None,
+                  scale: float | None = None) -> Tensor:
+    """Multi-head self-attention on c_attn's output: qkv (B, T, 3C) holds q, k, v side by side.
+
+    The same numbers as splitting qkv into (B, nh, T, hs) heads, scaled_dot_product_attention and
+    merging the heads back into (B, T, C); the native CPU kernel reads q, k, v in place and writes
+    the merged output directly, so neither the split nor the merge (nor their backward) copies.
+    """
+    if qkv.ndim != 3:
+        raise ValueError(f"qkv_attention: qkv must be (B, T, 3 * n_embd), got shape {qkv.shape}")
+    if not isinstance(n_head, (int, np.integer)) or n_head < 1 or qkv.shape[-1] % (3 * n_head):
+        raise ValueError(f"qkv_attention: qkv's last dim {qkv.shape[-1]} must be 3 * n_embd with n_embd "
+                         f"divisible by n_head {n_head!r}")
+    if window is not None and (not isinstance(window, (int, np.integer)) or window < 1):
+        raise ValueError(f"qkv_attention: window must be a positive int, got {window!r}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"qkv_attention: dropout_p must be in [0, 1), got {dropout_p}")
+    hs = qkv.shape[-1] // (3 * n_head)
+    scale = 1.0 / math.sqrt(hs) if scale is None else float(scale)
+    seed = _draw_seed() if dropout_p > 0.0 else 0
+    return AttentionQKV.apply(qkv, n_head=int(n_head), causal=causal, window=None if window is None else int(window),
+                              dropout_p=float(dropout_p), seed=seed, scale=scale)
+
+
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, dropout_p: float = 0.0,
                                  window: int | None = None, scale: float | None = None) -> Tensor:
     """softmax(q k^T / sqrt(hs) + mask) v over (B, nh, T, hs) tensors.

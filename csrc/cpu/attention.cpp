@@ -23,6 +23,12 @@
 // the (..., Tq, Tk) matrix, so it equals reference.dropout_mask(att.shape, p, seed) exactly and
 // both passes regenerate it per tile.
 //
+// Packed variant (attention_qkv_forward/_backward, what CausalSelfAttention runs in training): q, k,
+// v are read in place from c_attn's (B, T, 3C) output and out is written as (B, T, C), heads merged;
+// dqkv comes back in qkv's layout. Only the addressing differs (HeadLayout), so the results are
+// bit-identical to attention_forward/_backward on split heads, and the split and merge copies (plus
+// their backward) disappear from the training step.
+//
 // SIMD: attention_impl.h is compiled three times (AVX-512F+DQ, AVX2+FMA, portable) and the
 // best one the CPU supports is picked at run time (attention_isa() reports or forces it).
 // Tile sizes: attention_tiles().
@@ -61,6 +67,17 @@ constexpr int64_t kAlign = 16;  // floats: buffers, tiles and padded rows are mu
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+// Where head bh's rows of a (B * H heads, T, width) operand live: row t of head bh = b * H + h at
+// base + b * sb + h * sh + t * st. The plain kernels take contiguous (BH, T, width) arrays (H = 1,
+// sb = T * width, st = width); the packed ones read q, k, v straight out of c_attn's (B, T, 3C)
+// output (sb = 3 T C, sh = hs, st = 3C) and write out / take grad in (B, T, C) (st = C), so the
+// head split and merge need no copies. Gradients of q, k, v use their inputs' layouts.
+struct HeadLayout {
+  int64_t H = 1, sb = 0, sh = 0, st = 0;
+  int64_t off(int64_t bh) const { return (bh / H) * sb + (bh % H) * sh; }
+  static HeadLayout contiguous(int64_t T, int64_t width) { return HeadLayout{1, T * width, 0, width}; }
+};
+
 struct Problem {
   const float* q;
   const float* k;
@@ -75,6 +92,10 @@ struct Problem {
   uint32_t threshold;    // rng::keep_threshold(p)
   float drop_scale;      // float32(1 / (1 - p))
   int Br, Bc;            // query tile (multiple of kAlign), key block
+  HeadLayout lq, lk, lv, lout;  // q (and dq), k (dk), v (dv), out (and its grad)
+  // backward reads q, k and grad also as plain row-major B operands with rows of Dp / Dvp floats:
+  // true when they must first be copied (width not a multiple of kAlign, or rows strided)
+  bool pad_q, pad_k, pad_g;
 };
 
 // Carves one thread's workspace into regions (offsets in floats, each 64-byte aligned). Under
@@ -138,9 +159,9 @@ inline BwdLayout bwd_layout(const Problem& P) {
   L.Drow = c.take(rows);
   L.lo = c.take(rows);
   L.hi = c.take(rows);
-  L.qn = c.take(P.Dp != P.D ? P.Tq * P.Dp : 0);
-  L.kn = c.take(P.Dp != P.D ? P.Tk * P.Dp : 0);
-  L.gn = c.take(P.Dvp != P.Dv ? P.Tq * P.Dvp : 0);
+  L.qn = c.take(P.pad_q ? P.Tq * P.Dp : 0);
+  L.kn = c.take(P.pad_k ? P.Tk * P.Dp : 0);
+  L.gn = c.take(P.pad_g ? P.Tq * P.Dvp : 0);
   L.dq = c.take(P.Tq * P.Dp);
   L.sT = c.take(int64_t(P.Bc) * Br);
   L.dpT = c.take(int64_t(P.Bc) * Br);
@@ -152,7 +173,7 @@ inline BwdLayout bwd_layout(const Problem& P) {
 
 using FwdTileFn = void (*)(const Problem&, int64_t, int64_t, int, float*, float*, float*, float*);
 using BwdTaskFn = void (*)(const Problem&, int64_t, int, int, float*, const float*, const float*, const float*,
-                           const float*, float*, float*, float*);
+                           const float*, float*, int64_t, float*, float*);
 
 // ------------------------------------------------------------------ the ISA-specific kernels
 #if TG_ATTN_X86 && defined(__GNUC__) && !defined(__clang__)
@@ -299,16 +320,23 @@ void run_backward(const Isa& isa, const Problem& P, const float* grad, const flo
   for (int64_t t = 0; t < tasks; ++t) {
     const int64_t bh = t / nsplit;
     const int s = static_cast<int>(t % nsplit);
-    float* dst = nsplit > 1 ? partial.data() + (s * P.BH + bh) * head : dq + bh * head;
-    isa.backward(P, bh, s, nsplit, ws.get(thread_id()), grad, out, m, l, dst, dk, dv);
+    if (nsplit > 1) {  // dq of this part: contiguous rows of D
+      isa.backward(P, bh, s, nsplit, ws.get(thread_id()), grad, out, m, l, partial.data() + (s * P.BH + bh) * head,
+                   P.D, dk, dv);
+    } else {
+      isa.backward(P, bh, s, nsplit, ws.get(thread_id()), grad, out, m, l, dq + P.lq.off(bh), P.lq.st, dk, dv);
+    }
   }
   if (nsplit > 1) {
-    const int64_t n = P.BH * head;
+    const int64_t n = P.BH * head, rows = P.BH * P.Tq;
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; ++i) {
-      float acc = 0.0f;
-      for (int s = 0; s < nsplit; ++s) acc += partial[s * n + i];
-      dq[i] = acc;
+    for (int64_t r = 0; r < rows; ++r) {
+      float* dst = dq + P.lq.off(r / P.Tq) + (r % P.Tq) * P.lq.st;
+      for (int64_t d = 0; d < P.D; ++d) {
+        float acc = 0.0f;
+        for (int s = 0; s < nsplit; ++s) acc += partial[s * n + r * P.D + d];
+        dst[d] = acc;
+      }
     }
   }
 }
@@ -396,20 +424,21 @@ void check_dropout_p(double p, const char* op) {
   TG_CHECK(p >= 0.0 && p < 1.0, op, ": dropout_p must be in [0, 1), got ", p);
 }
 
-Problem make_problem(const Shapes& s, const py::array& q, const py::array& k, const py::array& v,
-                     const std::vector<int>& lo, const std::vector<int>& hi, double scale, double p,
-                     uint64_t seed, bool backward) {
+Problem make_problem(int64_t BH, int64_t Tq, int64_t Tk, int64_t D, int64_t Dv, const float* q, const float* k,
+                     const float* v, const HeadLayout& lq, const HeadLayout& lk, const HeadLayout& lv,
+                     const HeadLayout& lout, const std::vector<int>& lo, const std::vector<int>& hi, double scale,
+                     double p, uint64_t seed, bool backward) {
   Problem P{};
-  P.q = static_cast<const float*>(q.data());
-  P.k = static_cast<const float*>(k.data());
-  P.v = static_cast<const float*>(v.data());
-  P.BH = s.BH;
-  P.Tq = s.Tq;
-  P.Tk = s.Tk;
-  P.D = s.D;
-  P.Dv = s.Dv;
-  P.Dp = round_up(std::max<int64_t>(s.D, 1), kAlign);
-  P.Dvp = round_up(std::max<int64_t>(s.Dv, 1), kAlign);
+  P.q = q;
+  P.k = k;
+  P.v = v;
+  P.BH = BH;
+  P.Tq = Tq;
+  P.Tk = Tk;
+  P.D = D;
+  P.Dv = Dv;
+  P.Dp = round_up(std::max<int64_t>(D, 1), kAlign);
+  P.Dvp = round_up(std::max<int64_t>(Dv, 1), kAlign);
   P.lo = lo.data();
   P.hi = hi.data();
   P.scale = static_cast<float>(scale);
@@ -418,9 +447,94 @@ Problem make_problem(const Shapes& s, const py::array& q, const py::array& k, co
   P.threshold = rng::keep_threshold(p);
   P.drop_scale = static_cast<float>(1.0 / (1.0 - p));
   const int br = backward ? g_bwd_br : g_fwd_br;
-  P.Br = static_cast<int>(std::min<int64_t>(br, round_up(std::max<int64_t>(s.Tq, 1), kAlign)));
+  P.Br = static_cast<int>(std::min<int64_t>(br, round_up(std::max<int64_t>(Tq, 1), kAlign)));
   P.Bc = backward ? g_bwd_bc : g_fwd_bc;
+  P.lq = lq;
+  P.lk = lk;
+  P.lv = lv;
+  P.lout = lout;
+  P.pad_q = P.Dp != D || lq.st != P.Dp;
+  P.pad_k = P.Dp != D || lk.st != P.Dp;
+  P.pad_g = P.Dvp != Dv || lout.st != P.Dvp;
   return P;
+}
+
+// The plain kernels' problem: q, k, v, out contiguous (..., T, width).
+Problem make_problem(const Shapes& s, const py::array& q, const py::array& k, const py::array& v,
+                     const std::vector<int>& lo, const std::vector<int>& hi, double scale, double p,
+                     uint64_t seed, bool backward) {
+  return make_problem(s.BH, s.Tq, s.Tk, s.D, s.Dv, static_cast<const float*>(q.data()),
+                      static_cast<const float*>(k.data()), static_cast<const float*>(v.data()),
+                      HeadLayout::contiguous(s.Tq, s.D), HeadLayout::contiguous(s.Tk, s.D),
+                      HeadLayout::contiguous(s.Tk, s.Dv), HeadLayout::contiguous(s.Tq, s.Dv), lo, hi, scale, p, seed,
+                      backward);
+}
+
+// The packed kernels' operand: qkv (B, T, 3C) as c_attn returns it, C = n_head * hs. Returns B, T, C.
+struct Packed {
+  int64_t B, T, C, nh, hs;
+};
+
+Packed check_packed(const char* op, const py::array& qkv, int64_t n_head) {
+  check_array<float>(qkv, (std::string(op) + ": qkv").c_str());
+  TG_CHECK(qkv.ndim() == 3, op, ": qkv must be (B, T, 3 * n_embd), got shape ", shape_str(qkv));
+  TG_CHECK(n_head >= 1, op, ": n_head must be >= 1, got ", n_head);
+  const int64_t c3 = qkv.shape(2);
+  TG_CHECK(c3 % (3 * n_head) == 0, op, ": qkv's last dim ", c3, " must be 3 * n_embd with n_embd divisible by n_head ",
+           n_head);
+  TG_CHECK(qkv.shape(1) < (int64_t(1) << 30), op, ": sequence length must be < 2^30");
+  return Packed{qkv.shape(0), qkv.shape(1), c3 / 3, n_head, c3 / 3 / n_head};
+}
+
+// q, k, v (B * nh heads) inside qkv: row t of head (b, h) at qkv + b T 3C + t 3C + which C + h hs.
+Problem packed_problem(const Packed& d, const float* qkv, const std::vector<int>& lo, const std::vector<int>& hi,
+                       double scale, double p, uint64_t seed, bool backward) {
+  const HeadLayout in{d.nh, d.T * 3 * d.C, d.hs, 3 * d.C}, out{d.nh, d.T * d.C, d.hs, d.C};
+  return make_problem(d.B * d.nh, d.T, d.T, d.hs, d.hs, qkv, qkv + d.C, qkv + 2 * d.C, in, in, in, out, lo, hi, scale,
+                      p, seed, backward);
+}
+
+// attention_forward's `saved` (out, row max, row sum, causal, window, seed), checked against the
+// shapes backward expects: out (and grad) `oshape`, the row statistics `rshape`.
+struct Saved {
+  py::array out, mx, sum;
+  bool causal;
+  std::optional<int64_t> window;
+  uint64_t seed;
+};
+
+void check_exact_shape(const py::array& a, const std::string& what, const std::vector<py::ssize_t>& shape) {
+  check_array<float>(a, what.c_str());
+  TG_CHECK(a.ndim() == static_cast<py::ssize_t>(shape.size()) && std::equal(shape.begin(), shape.end(), a.shape()),
+           what, " must have shape ", tuple_str(shape.begin(), shape.end()), ", got ", shape_str(a));
+}
+
+Saved unpack_saved(const char* op, const py::tuple& saved, const py::array& grad,
+                   const std::vector<py::ssize_t>& oshape, const std::vector<py::ssize_t>& rshape) {
+  const std::string o(op);
+  TG_CHECK(saved.size() == 6, op, ": saved must be the 6-tuple returned by the forward, got ", saved.size(), " items");
+  Saved s{saved[0].cast<py::array>(), saved[1].cast<py::array>(), saved[2].cast<py::array>(), saved[3].cast<bool>(),
+          window_from_py(saved[4], op), seed_from_py(saved[5], (o + ": saved seed").c_str())};
+  check_exact_shape(grad, o + ": grad", oshape);
+  check_exact_shape(s.out, o + ": saved out", oshape);
+  check_exact_shape(s.mx, o + ": saved row max", rshape);
+  check_exact_shape(s.sum, o + ": saved row sum", rshape);
+  return s;
+}
+
+// Runs forward into out and the row statistics; returns (out, saved) as attention_forward does.
+py::tuple forward_result(const Problem& P, py::array_t<float> out, py::array_t<float> mx, py::array_t<float> sum,
+                         bool causal, std::optional<int64_t> w, uint64_t seed) {
+  const Isa& isa = current_isa();
+  float* op_ = out.mutable_data();
+  float* mp = mx.mutable_data();
+  float* lp = sum.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    run_forward(isa, P, op_, mp, lp);
+  }
+  py::object win = w ? py::object(py::int_(*w)) : py::object(py::none());
+  return py::make_tuple(out, py::make_tuple(out, mx, sum, causal, win, py::int_(seed)));
 }
 
 }  // namespace attn
@@ -441,17 +555,8 @@ void bind_attention(py::module_& m) {
         py::array_t<float> out(with_tail(s.lead, {s.Tq, s.Dv}));
         py::array_t<float> mx(with_tail(s.lead, {s.Tq}));
         py::array_t<float> sum(with_tail(s.lead, {s.Tq}));
-        const Problem P = make_problem(s, q, k, v, lo, hi, scale, dropout_p, sd, false);
-        const Isa& isa = current_isa();
-        float* op_ = out.mutable_data();
-        float* mp = mx.mutable_data();
-        float* lp = sum.mutable_data();
-        {
-          py::gil_scoped_release nogil;
-          run_forward(isa, P, op_, mp, lp);
-        }
-        py::object win = w ? py::object(py::int_(*w)) : py::object(py::none());
-        return py::make_tuple(out, py::make_tuple(out, mx, sum, causal, win, py::int_(sd)));
+        return forward_result(make_problem(s, q, k, v, lo, hi, scale, dropout_p, sd, false), out, mx, sum, causal, w,
+                              sd);
       },
       py::arg("q"), py::arg("k"), py::arg("v"), py::arg("causal"), py::arg("window"), py::arg("dropout_p"),
       py::arg("seed"), py::arg("scale"),
@@ -463,37 +568,20 @@ void bind_attention(py::module_& m) {
          double scale, const py::tuple& saved) {
         const char* op = "attention_backward";
         const Shapes s = check_qkv(op, q, k, v);
-        TG_CHECK(saved.size() == 6, op, ": saved must be the 6-tuple returned by attention_forward, got ",
-                 saved.size(), " items");
         check_dropout_p(dropout_p, op);
-        const py::array out = saved[0].cast<py::array>();
-        const py::array mx = saved[1].cast<py::array>();
-        const py::array sum = saved[2].cast<py::array>();
-        const bool causal = saved[3].cast<bool>();
-        const std::optional<int64_t> w = window_from_py(saved[4], op);
-        const uint64_t sd = seed_from_py(saved[5], "attention_backward: saved seed");
-        const std::vector<py::ssize_t> oshape = with_tail(s.lead, {s.Tq, s.Dv});
-        const std::vector<py::ssize_t> rshape = with_tail(s.lead, {s.Tq});
-        auto check_exact = [&](const py::array& a, const char* what, const std::vector<py::ssize_t>& shape) {
-          check_array<float>(a, what);
-          TG_CHECK(a.ndim() == static_cast<py::ssize_t>(shape.size()) && std::equal(shape.begin(), shape.end(), a.shape()),
-                   what, " must have shape ", tuple_str(shape.begin(), shape.end()), ", got ", shape_str(a));
-        };
-        check_exact(grad, "attention_backward: grad", oshape);
-        check_exact(out, "attention_backward: saved out", oshape);
-        check_exact(mx, "attention_backward: saved row max", rshape);
-        check_exact(sum, "attention_backward: saved row sum", rshape);
+        const Saved sv = unpack_saved(op, saved, grad, with_tail(s.lead, {s.Tq, s.Dv}), with_tail(s.lead, {s.Tq}));
+        const uint64_t sd = sv.seed;
         std::vector<int> lo, hi;
-        key_spans(op, s.Tq, s.Tk, causal, w, lo, hi);
+        key_spans(op, s.Tq, s.Tk, sv.causal, sv.window, lo, hi);
         py::array_t<float> dq(with_tail(s.lead, {s.Tq, s.D}));
         py::array_t<float> dk(with_tail(s.lead, {s.Tk, s.D}));
         py::array_t<float> dv(with_tail(s.lead, {s.Tk, s.Dv}));
         const Problem P = make_problem(s, q, k, v, lo, hi, scale, dropout_p, sd, true);
         const Isa& isa = current_isa();
         const float* gp = static_cast<const float*>(grad.data());
-        const float* outp = static_cast<const float*>(out.data());
-        const float* mp = static_cast<const float*>(mx.data());
-        const float* lp = static_cast<const float*>(sum.data());
+        const float* outp = static_cast<const float*>(sv.out.data());
+        const float* mp = static_cast<const float*>(sv.mx.data());
+        const float* lp = static_cast<const float*>(sv.sum.data());
         float* dqp = dq.mutable_data();
         float* dkp = dk.mutable_data();
         float* dvp = dv.mutable_data();
@@ -510,6 +598,56 @@ void bind_attention(py::module_& m) {
       },
       py::arg("grad"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("dropout_p"), py::arg("scale"),
       py::arg("saved"), "Flash attention backward: returns (dq, dk, dv).");
+
+  m.def(
+      "attention_qkv_forward",
+      [](const py::array& qkv, int64_t n_head, bool causal, const py::object& window, double dropout_p,
+         const py::object& seed, double scale) {
+        const char* op = "attention_qkv_forward";
+        const Packed d = check_packed(op, qkv, n_head);
+        const std::optional<int64_t> w = window_from_py(window, op);
+        check_dropout_p(dropout_p, op);
+        const uint64_t sd = seed_from_py(seed, "attention_qkv_forward: seed");
+        std::vector<int> lo, hi;
+        key_spans(op, d.T, d.T, causal, w, lo, hi);
+        py::array_t<float> out({d.B, d.T, d.C});
+        py::array_t<float> mx({d.B, d.nh, d.T});
+        py::array_t<float> sum({d.B, d.nh, d.T});
+        const Problem P = packed_problem(d, static_cast<const float*>(qkv.data()), lo, hi, scale, dropout_p, sd, false);
+        return forward_result(P, out, mx, sum, causal, w, sd);
+      },
+      py::arg("qkv"), py::arg("n_head"), py::arg("causal"), py::arg("window"), py::arg("dropout_p"), py::arg("seed"),
+      py::arg("scale"),
+      "attention_forward on q, k, v read in place from qkv (B, T, 3C) = c_attn's output, out (B, T, C) with the "
+      "heads already merged: the same numbers as splitting and merging heads around attention_forward.");
+
+  m.def(
+      "attention_qkv_backward",
+      [](const py::array& grad, const py::array& qkv, int64_t n_head, double dropout_p, double scale,
+         const py::tuple& saved) {
+        const char* op = "attention_qkv_backward";
+        const Packed d = check_packed(op, qkv, n_head);
+        check_dropout_p(dropout_p, op);
+        const Saved sv = unpack_saved(op, saved, grad, {d.B, d.T, d.C}, {d.B, d.nh, d.T});
+        std::vector<int> lo, hi;
+        key_spans(op, d.T, d.T, sv.causal, sv.window, lo, hi);
+        py::array_t<float> dqkv({d.B, d.T, 3 * d.C});
+        const Problem P =
+            packed_problem(d, static_cast<const float*>(qkv.data()), lo, hi, scale, dropout_p, sv.seed, true);
+        const Isa& isa = current_isa();
+        const float* gp = static_cast<const float*>(grad.data());
+        const float* outp = static_cast<const float*>(sv.out.data());
+        const float* mp = static_cast<const float*>(sv.mx.data());
+        const float* lp = static_cast<const float*>(sv.sum.data());
+        float* dp = dqkv.mutable_data();
+        if (d.T > 0) {
+          py::gil_scoped_release nogil;
+          run_backward(isa, P, gp, outp, mp, lp, dp, dp + d.C, dp + 2 * d.C);
+        }
+        return dqkv;
+      },
+      py::arg("grad"), py::arg("qkv"), py::arg("n_head"), py::arg("dropout_p"), py::arg("scale"), py::arg("saved"),
+      "Backward of attention_qkv_forward: returns dqkv (B, T, 3C).");
 
   m.def(
       "attention_isa",

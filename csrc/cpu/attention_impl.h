@@ -282,12 +282,13 @@ static void forward_tile(const Problem& P, int64_t bh, int64_t i0, int nq, float
   int* lo = reinterpret_cast<int*>(ws + L.lo);
   int* hi = reinterpret_cast<int*>(ws + L.hi);
 
-  const float* q = P.q + (bh * Tq + i0) * D;
-  const float* k = P.k + bh * Tk * D;
-  const float* v = P.v + bh * Tk * Dv;
+  const int64_t qs = P.lq.st, ks = P.lk.st, vs = P.lv.st, os = P.lout.st;  // row strides
+  const float* q = P.q + P.lq.off(bh) + i0 * qs;
+  const float* k = P.k + P.lk.off(bh);
+  const float* v = P.v + P.lv.off(bh);
   for (int d = 0; d < D; ++d) {
     float* row = qT + d * Brp;
-    for (int c = 0; c < nq; ++c) row[c] = q[c * D + d] * P.scale;
+    for (int c = 0; c < nq; ++c) row[c] = q[c * qs + d] * P.scale;
     for (int c = nq; c < Brp; ++c) row[c] = 0.0f;
   }
   for (int c = 0; c < Brp; ++c) {
@@ -313,9 +314,9 @@ static void forward_tile(const Problem& P, int64_t bh, int64_t i0, int nq, float
       e = std::max(std::min(hi[n1 - 1] - j0, nk), b);
     };
     if (full) {
-      gemm(sT, Brp, k + j0 * D, D, 1, qT, Brp, nk, Brp, static_cast<int>(D), false);  // S^T = K Q^T
+      gemm(sT, Brp, k + j0 * ks, ks, 1, qT, Brp, nk, Brp, static_cast<int>(D), false);  // S^T = K Q^T
     } else {
-      gemm_ex(sT, Brp, k + j0 * D, D, 1, qT, Brp, nk, Brp, static_cast<int>(D), false, 1, band,
+      gemm_ex(sT, Brp, k + j0 * ks, ks, 1, qT, Brp, nk, Brp, static_cast<int>(D), false, 1, band,
               AllKs{static_cast<int>(D)});
     }
     for (int cc = 0; cc < Brp; cc += W) {
@@ -356,16 +357,16 @@ static void forward_tile(const Problem& P, int64_t bh, int64_t i0, int nq, float
         for (int cc = 0; cc < Brp; cc += W) vstore(oT + d * Brp + cc, vmul(vload(oT + d * Brp + cc), vload(alpha + cc)));
     }
     if (full) {
-      gemm(oT, Brp, v + j0 * Dv, 1, Dv, sT, Brp, static_cast<int>(Dv), Brp, nk, true);  // O^T += V^T P^T
+      gemm(oT, Brp, v + j0 * vs, 1, vs, sT, Brp, static_cast<int>(Dv), Brp, nk, true);  // O^T += V^T P^T
     } else {
-      gemm_ex(oT, Brp, v + j0 * Dv, 1, Dv, sT, Brp, static_cast<int>(Dv), Brp, nk, true, 1,
+      gemm_ex(oT, Brp, v + j0 * vs, 1, vs, sT, Brp, static_cast<int>(Dv), Brp, nk, true, 1,
               AllRows{static_cast<int>(Dv)}, [&](int n0, int n1, int, int, int& b, int& e) { band(n0, n1, b, e); });
     }
   }
-  float* o = out + (bh * Tq + i0) * Dv;
+  float* o = out + P.lout.off(bh) + i0 * os;
   for (int c = 0; c < nq; ++c) {
     const float inv = P.drop_scale / l[c];
-    for (int d = 0; d < Dv; ++d) o[c * Dv + d] = oT[d * Brp + c] * inv;
+    for (int d = 0; d < Dv; ++d) o[c * os + d] = oT[d * Brp + c] * inv;
     m_out[bh * Tq + i0 + c] = m[c];
     l_out[bh * Tq + i0 + c] = l[c];
   }
@@ -378,7 +379,7 @@ static void forward_tile(const Problem& P, int64_t bh, int64_t i0, int nq, float
 // Masked (key block, query tile) pairs run banded GEMMs, as in forward.
 static void backward_task(const Problem& P, int64_t bh, int split, int nsplit, float* ws, const float* grad,
                           const float* out, const float* m_saved, const float* l_saved, float* dq_dst,
-                          float* dk, float* dv) {
+                          int64_t dq_stride, float* dk, float* dv) {
   const int64_t D = P.D, Dv = P.Dv, Tq = P.Tq, Tk = P.Tk;
   const int Br = P.Br, Bc = P.Bc;
   const BwdLayout L = bwd_layout(P);
@@ -397,49 +398,35 @@ static void backward_task(const Problem& P, int64_t bh, int split, int nsplit, f
   float* dka = ws + L.dk;    // (Bc, Dp)
   float* dva = ws + L.dv;    // (Bc, Dvp)
 
-  const float* q = P.q + bh * Tq * D;
-  const float* k = P.k + bh * Tk * D;
-  const float* v = P.v + bh * Tk * Dv;
-  const float* g = grad + bh * Tq * Dv;
-  const float* o = out + bh * Tq * Dv;
-  // B operands in natural layout need rows padded to a multiple of 16 floats
-  const float* qn = q;
-  const float* gn = g;
-  const float* kn = k;
-  if (P.Dp != D) {
-    float* qpad = ws + L.qn;
-    float* kpad = ws + L.kn;
-    for (int64_t i = 0; i < Tq; ++i) {
-      std::memcpy(qpad + i * Dp, q + i * D, sizeof(float) * D);
-      std::memset(qpad + i * Dp + D, 0, sizeof(float) * (Dp - D));
+  const int64_t qs = P.lq.st, ks = P.lk.st, vs = P.lv.st, os = P.lout.st;  // row strides (grad: os)
+  const float* q = P.q + P.lq.off(bh);
+  const float* k = P.k + P.lk.off(bh);
+  const float* v = P.v + P.lv.off(bh);
+  const float* g = grad + P.lout.off(bh);
+  const float* o = out + P.lout.off(bh);
+  // B operands in natural layout need contiguous rows padded to a multiple of 16 floats
+  auto padded = [](float* dst, const float* src, int64_t rows, int64_t width, int64_t stride, int64_t wpad) {
+    for (int64_t i = 0; i < rows; ++i) {
+      std::memcpy(dst + i * wpad, src + i * stride, sizeof(float) * width);
+      std::memset(dst + i * wpad + width, 0, sizeof(float) * (wpad - width));
     }
-    for (int64_t j = 0; j < Tk; ++j) {
-      std::memcpy(kpad + j * Dp, k + j * D, sizeof(float) * D);
-      std::memset(kpad + j * Dp + D, 0, sizeof(float) * (Dp - D));
-    }
-    qn = qpad;
-    kn = kpad;
-  }
-  if (P.Dvp != Dv) {
-    float* gpad = ws + L.gn;
-    for (int64_t i = 0; i < Tq; ++i) {
-      std::memcpy(gpad + i * Dvp, g + i * Dv, sizeof(float) * Dv);
-      std::memset(gpad + i * Dvp + Dv, 0, sizeof(float) * (Dvp - Dv));
-    }
-    gn = gpad;
-  }
+    return dst;
+  };
+  const float* qn = P.pad_q ? padded(ws + L.qn, q, Tq, D, qs, Dp) : q;
+  const float* kn = P.pad_k ? padded(ws + L.kn, k, Tk, D, ks, Dp) : k;
+  const float* gn = P.pad_g ? padded(ws + L.gn, g, Tq, Dv, os, Dvp) : g;
   for (int64_t t = 0; t < nqt; ++t) {
     float* qt = qT + t * D * Br;
     float* gt = doT + t * Dv * Br;
     for (int c = 0; c < Br; ++c) {
       const int64_t i = t * Br + c;
       const bool valid = i < Tq;
-      for (int64_t d = 0; d < D; ++d) qt[d * Br + c] = valid ? q[i * D + d] * P.scale : 0.0f;
+      for (int64_t d = 0; d < D; ++d) qt[d * Br + c] = valid ? q[i * qs + d] * P.scale : 0.0f;
       float dot = 0.0f;
       for (int64_t d = 0; d < Dv; ++d) {
-        const float gv = valid ? g[i * Dv + d] : 0.0f;
+        const float gv = valid ? g[i * os + d] : 0.0f;
         gt[d * Br + c] = gv;
-        dot += valid ? gv * o[i * Dv + d] : 0.0f;
+        dot += valid ? gv * o[i * os + d] : 0.0f;
       }
       Drow[i] = dot;
       mrow[i] = valid ? m_saved[bh * Tq + i] : 0.0f;
@@ -487,11 +474,11 @@ static void backward_task(const Problem& P, int64_t bh, int split, int nsplit, f
       const float* qB = qT + t * D * Br;
       const float* gB = doT + t * Dv * Br;
       if (full) {
-        gemm(sT, Br, k + j0 * D, D, 1, qB, Br, nk, Br, static_cast<int>(D), false);      // S^T = K Q^T
-        gemm(dpT, Br, v + j0 * Dv, Dv, 1, gB, Br, nk, Br, static_cast<int>(Dv), false);  // dP^T = V dO^T
+        gemm(sT, Br, k + j0 * ks, ks, 1, qB, Br, nk, Br, static_cast<int>(D), false);      // S^T = K Q^T
+        gemm(dpT, Br, v + j0 * vs, vs, 1, gB, Br, nk, Br, static_cast<int>(Dv), false);  // dP^T = V dO^T
       } else {
-        gemm_ex(sT, Br, k + j0 * D, D, 1, qB, Br, nk, Br, static_cast<int>(D), false, 1, band, AllKs{static_cast<int>(D)});
-        gemm_ex(dpT, Br, v + j0 * Dv, Dv, 1, gB, Br, nk, Br, static_cast<int>(Dv), false, 1, band,
+        gemm_ex(sT, Br, k + j0 * ks, ks, 1, qB, Br, nk, Br, static_cast<int>(D), false, 1, band, AllKs{static_cast<int>(D)});
+        gemm_ex(dpT, Br, v + j0 * vs, vs, 1, gB, Br, nk, Br, static_cast<int>(Dv), false, 1, band,
                 AllKs{static_cast<int>(Dv)});
       }
       for (int cc = 0; cc < Br; cc += W) {
@@ -535,9 +522,9 @@ static void backward_task(const Problem& P, int64_t bh, int split, int nsplit, f
       }
     }
     for (int j = 0; j < nk; ++j) {
-      std::memcpy(dk + (bh * Tk + j0 + j) * D, dka + j * Dp, sizeof(float) * D);
-      std::memcpy(dv + (bh * Tk + j0 + j) * Dv, dva + j * Dvp, sizeof(float) * Dv);
+      std::memcpy(dk + P.lk.off(bh) + (j0 + j) * ks, dka + j * Dp, sizeof(float) * D);
+      std::memcpy(dv + P.lv.off(bh) + (j0 + j) * vs, dva + j * Dvp, sizeof(float) * Dv);
     }
   }
-  for (int64_t i = 0; i < Tq; ++i) std::memcpy(dq_dst + i * D, dqa + i * Dp, sizeof(float) * D);
+  for (int64_t i = 0; i < Tq; ++i) std::memcpy(dq_dst + i * dq_stride, dqa + i * Dp, sizeof(float) * D);
 }

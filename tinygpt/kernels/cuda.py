@@ -21,6 +21,7 @@ import operator
 import numpy as np
 
 from .. import backend
+from . import reference
 
 try:
     from .. import _C as _native  # noqa: F401 - optional extension
@@ -713,3 +714,9 @@ def attention_backward(grad, q, k, v, dropout_p, scale, saved):
                              v.data.ptr, op_, mp, lp, BH, Tq, Tk, D, Dv, causal, w or 0, p, s, float(scale),
                              _stream())
     return dq, dk, dv
+
+
+# attention on c_attn's packed (B, T, 3C) output: the CUDA kernels above on heads split and merged by
+# CuPy copies (the CPU kernel reads the packed layout in place; the CUDA one does not yet)
+LAUNCHERS["attention_qkv"] = LAUNCHERS["attention"]
+attention_qkv_forward, attention_qkv_backward = reference.packed_attention(attention_forward, attention_backward)

@@ -326,6 +326,57 @@ def attention_backward(grad, q, k, v, dropout_p, scale, saved):
     return dq, dk, dv
 
 
+# ----------------------------------------------------------------------------- attention on packed qkv
+# c_attn's output (B, T, 3C) holds q, k, v side by side, each C = n_head * hs wide. These split it into
+# contiguous (B, nh, T, hs) heads, run attention, and merge the heads back into (B, T, C): what the
+# native CPU kernel (attention_qkv) does without the copies, by reading and writing with strides.
+def split_qkv(qkv, n_head):
+    """(B, T, 3C) -> three contiguous (B, nh, T, hs) arrays q, k, v."""
+    xp = array_module(qkv)
+    B, T, C3 = qkv.shape
+    if n_head < 1 or C3 % (3 * n_head):
+        raise ValueError(f"attention_qkv: qkv's last dim {C3} must be 3 * n_embd with n_embd divisible by n_head {n_head}")
+    heads = qkv.reshape(B, T, 3, n_head, C3 // (3 * n_head)).transpose(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
+    return tuple(xp.ascontiguousarray(a) for a in heads)
+
+
+def merge_heads(y):
+    """(B, nh, T, hs) -> contiguous (B, T, nh * hs)."""
+    B, nh, T, hs = y.shape
+    return array_module(y).ascontiguousarray(y.transpose(0, 2, 1, 3)).reshape(B, T, nh * hs)
+
+
+def split_heads(y, n_head):
+    """(B, T, C) -> contiguous (B, nh, T, hs), the inverse of merge_heads."""
+    B, T, C = y.shape
+    return array_module(y).ascontiguousarray(y.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3))
+
+
+def merge_qkv(dq, dk, dv):
+    """Three (B, nh, T, hs) gradients -> dqkv (B, T, 3C), the inverse of split_qkv."""
+    xp = array_module(dq)
+    B, nh, T, hs = dq.shape
+    return xp.ascontiguousarray(xp.stack((dq, dk, dv)).transpose(1, 3, 0, 2, 4)).reshape(B, T, 3 * nh * hs)
+
+
+def packed_attention(attention_forward, attention_backward):
+    """attention_qkv_forward/_backward built from a (B, nh, T, hs) attention pair and the copies above."""
+
+    def forward(qkv, n_head, causal, window, dropout_p, seed, scale):
+        q, k, v = split_qkv(qkv, n_head)
+        out, saved = attention_forward(q, k, v, causal, window, dropout_p, seed, scale)
+        return merge_heads(out), saved
+
+    def backward(grad, qkv, n_head, dropout_p, scale, saved):
+        q, k, v = split_qkv(qkv, n_head)
+        return merge_qkv(*attention_backward(split_heads(grad, n_head), q, k, v, dropout_p, scale, saved))
+
+    return forward, backward
+
+
+attention_qkv_forward, attention_qkv_backward = packed_attention(attention_forward, attention_backward)
+
+
 # ----------------------------------------------------------------------------- AdamW
 def adamw_step(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay, step):
     """One in-place AdamW update, in torch.optim.AdamW's order of operations."""

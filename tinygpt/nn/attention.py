@@ -27,13 +27,15 @@ class CausalSelfAttention(Module):
         next T tokens, whose keys/values are stored and attended together with the cached ones."""
         B, T, C = x.shape
         nh, hs = self.n_head, C // self.n_head
-        qkv = self.c_attn(x).reshape(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4)  # (B, T, 3C) -> (3, B, nh, T, hs)
-        q, k, v = qkv.unbind(0)  # 3 x (B, nh, T, hs)
-        if kv_cache is not None:
-            k, v = kv_cache.update(k, v, self.window)  # (B, nh, T, hs) -> (B, nh, cached + T, hs)
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, causal=True, dropout_p=p, window=self.window)
-        y = y.permute(0, 2, 1, 3).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
+        qkv = self.c_attn(x)  # (B, T, 3C): q, k, v side by side
+        if kv_cache is None:  # one op: split into heads, attention, merge heads (no copies on the CPU)
+            y = F.qkv_attention(qkv, nh, causal=True, dropout_p=p, window=self.window)
+        else:
+            q, k, v = qkv.reshape(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
+            k, v = kv_cache.update(k, v, self.window)  # (B, nh, T, hs) -> (B, nh, cached + T, hs)
+            y = F.scaled_dot_product_attention(q, k, v, causal=True, dropout_p=p, window=self.window)
+            y = y.permute(0, 2, 1, 3).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
 
