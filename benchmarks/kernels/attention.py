@@ -8,6 +8,10 @@ actually computes (the reference and the masked parts of tiles do more).
   native:    tinygpt._C.cpu.attention_forward / _backward called directly (float32)
   reference: tinygpt.kernels.reference.attention_forward / _backward (NumPy, float32)
   torch:     torch.nn.functional.scaled_dot_product_attention(is_causal=True) (+ autograd backward)
+Kernel 'attention_qkv' is the whole op as a model runs it, from c_attn's output qkv (B, T, 3C) to
+c_proj's input (B, T, C): native cpu.attention_qkv_* (heads read and written in place), the
+reference's split / attention / merge, and torch's split + view + transpose, SDPA, transpose +
+contiguous (nanoGPT's CausalSelfAttention), each with its backward to qkv.
 Threads: torch.set_num_threads(os.cpu_count()) and OpenMP (native) at its default, both overridden
 by OMP_NUM_THREADS when it is set (OMP_NUM_THREADS=1 gives a single-core comparison).
 Run directly for a table: python benchmarks/kernels/attention.py [--quick]
@@ -98,14 +102,58 @@ def rows(quick: bool = False) -> list[dict]:
             fwd["torch"], fb["torch"] = torch_f, torch_fb
         flops_f = 4.0 * B * nh * T * T * hs / 2
         kernel = "attention" if p == 0.0 else f"attention_dropout{p}"
-        for pass_, contenders, flops in (("fwd", fwd, flops_f), ("fwd+bwd", fb, 3.5 * flops_f)):
-            med = _time(contenders, steps, warmup, budget)
-            for impl, s in med.items():
-                out.append(dict(kernel=kernel, shape=f"B={B} nh={nh} T={T} hs={hs}", impl=impl, pass_=pass_,
-                                median_ms=s * 1e3, gflops=flops / s / 1e9))
+        families = [(kernel, fwd, fb)]
+        if p == 0.0:
+            families.append(("attention_qkv",) + _packed_contenders(cpu, R, torch, B, nh, T, hs, scale))
+        for name, f_, fb_ in families:
+            for pass_, contenders, flops in (("fwd", f_, flops_f), ("fwd+bwd", fb_, 3.5 * flops_f)):
+                med = _time(contenders, steps, warmup, budget)
+                for impl, s in med.items():
+                    out.append(dict(kernel=name, shape=f"B={B} nh={nh} T={T} hs={hs}", impl=impl, pass_=pass_,
+                                    median_ms=s * 1e3, gflops=flops / s / 1e9))
     for r in out:
         r["pass"] = r.pop("pass_")
     return out
+
+
+def _packed_contenders(cpu, R, torch, B, nh, T, hs, scale):
+    """(forward, forward+backward) contenders for attention on a packed qkv (B, T, 3C)."""
+    import numpy as np
+
+    C = nh * hs
+    rng = np.random.default_rng(1)
+    qkv = rng.standard_normal((B, T, 3 * C)).astype(np.float32)
+    g = rng.standard_normal((B, T, C)).astype(np.float32)
+
+    def native_fb():
+        y, saved = cpu.attention_qkv_forward(qkv, nh, True, None, 0.0, 1, scale)
+        cpu.attention_qkv_backward(g, qkv, nh, 0.0, scale, saved)
+
+    def reference_fb():
+        y, saved = R.attention_qkv_forward(qkv, nh, True, None, 0.0, 1, scale)
+        R.attention_qkv_backward(g, qkv, nh, 0.0, scale, saved)
+
+    fwd = {"native": lambda: cpu.attention_qkv_forward(qkv, nh, True, None, 0.0, 1, scale),
+           "reference": lambda: R.attention_qkv_forward(qkv, nh, True, None, 0.0, 1, scale)}
+    fb = {"native": native_fb, "reference": reference_fb}
+    if torch is not None:
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        tqkv, tg_ = torch.from_numpy(qkv.copy()).requires_grad_(), torch.from_numpy(g)
+
+        def torch_attn(x):
+            q, k, v = (t.view(B, T, nh, hs).transpose(1, 2) for t in x.split(C, dim=2))
+            return sdpa(q, k, v, is_causal=True).transpose(1, 2).contiguous().view(B, T, C)
+
+        def torch_f():
+            with torch.no_grad():
+                torch_attn(tqkv)
+
+        def torch_fb():
+            tqkv.grad = None
+            torch_attn(tqkv).backward(tg_)
+
+        fwd["torch"], fb["torch"] = torch_f, torch_fb
+    return fwd, fb
 
 
 def _print(rs):

@@ -96,6 +96,9 @@ struct Problem {
   // backward reads q, k and grad also as plain row-major B operands with rows of Dp / Dvp floats:
   // true when they must first be copied (width not a multiple of kAlign, or rows strided)
   bool pad_q, pad_k, pad_g;
+  // forward: k and v rows are not contiguous (packed qkv); each key block is copied into a
+  // contiguous buffer first, which streams through the GEMMs far better than rows 3C apart
+  bool strided_kv;
 };
 
 // Carves one thread's workspace into regions (offsets in floats, each 64-byte aligned). Under
@@ -123,7 +126,7 @@ struct Carver {
 };
 
 struct FwdLayout {
-  int64_t qT, sT, oT, m, l, alpha, lo, hi, total;
+  int64_t qT, sT, oT, m, l, alpha, lo, hi, kb, vb, total;
   Carver carver;
 };
 
@@ -139,12 +142,14 @@ inline FwdLayout fwd_layout(const Problem& P) {
   L.alpha = c.take(Brp);
   L.lo = c.take(Brp);
   L.hi = c.take(Brp);
+  L.kb = c.take(P.strided_kv ? int64_t(P.Bc) * P.D : 0);
+  L.vb = c.take(P.strided_kv ? int64_t(P.Bc) * P.Dv : 0);
   L.total = c.at;
   return L;
 }
 
 struct BwdLayout {
-  int64_t qT, doT, m, linv, Drow, lo, hi, qn, kn, gn, dq, sT, dpT, dk, dv, total;
+  int64_t qT, doT, m, linv, Drow, lo, hi, qn, kn, gn, vn, dq, sT, dpT, dk, dv, total;
   Carver carver;
 };
 
@@ -162,6 +167,7 @@ inline BwdLayout bwd_layout(const Problem& P) {
   L.qn = c.take(P.pad_q ? P.Tq * P.Dp : 0);
   L.kn = c.take(P.pad_k ? P.Tk * P.Dp : 0);
   L.gn = c.take(P.pad_g ? P.Tq * P.Dvp : 0);
+  L.vn = c.take(P.lv.st != P.Dv ? P.Tk * P.Dv : 0);
   L.dq = c.take(P.Tq * P.Dp);
   L.sT = c.take(int64_t(P.Bc) * Br);
   L.dpT = c.take(int64_t(P.Bc) * Br);
@@ -456,6 +462,7 @@ Problem make_problem(int64_t BH, int64_t Tq, int64_t Tk, int64_t D, int64_t Dv, 
   P.pad_q = P.Dp != D || lq.st != P.Dp;
   P.pad_k = P.Dp != D || lk.st != P.Dp;
   P.pad_g = P.Dvp != Dv || lout.st != P.Dvp;
+  P.strided_kv = lk.st != D || lv.st != Dv;
   return P;
 }
 

@@ -305,6 +305,19 @@ static void forward_tile(const Problem& P, int64_t bh, int64_t i0, int nq, float
   const int lo_max = lo[nq - 1], hi_min = hi[0];  // keys in [lo_max, hi_min) are visible to every row
   for (int j0 = jlo; j0 < jhi; j0 += P.Bc) {
     const int nk = std::min<int>(P.Bc, jhi - j0);
+    // this key block's k and v rows (kr + (j - j0) * ksb: contiguous copies when strided)
+    const float* kr = k + j0 * ks;
+    const float* vr = v + j0 * vs;
+    int64_t ksb = ks, vsb = vs;
+    if (P.strided_kv) {
+      float* kb = ws + L.kb;
+      float* vb = ws + L.vb;
+      for (int j = 0; j < nk; ++j) {
+        std::memcpy(kb + j * D, kr + j * ks, sizeof(float) * D);
+        std::memcpy(vb + j * Dv, vr + j * vs, sizeof(float) * Dv);
+      }
+      kr = kb, vr = vb, ksb = D, vsb = Dv;
+    }
     const bool full = lo_max <= j0 && j0 + nk <= hi_min;
     // rows (keys - j0) that some query among columns [n0, n1) of the tile sees
     auto band = [&](int n0, int n1, int& b, int& e) {
@@ -314,9 +327,9 @@ static void forward_tile(const Problem& P, int64_t bh, int64_t i0, int nq, float
       e = std::max(std::min(hi[n1 - 1] - j0, nk), b);
     };
     if (full) {
-      gemm(sT, Brp, k + j0 * ks, ks, 1, qT, Brp, nk, Brp, static_cast<int>(D), false);  // S^T = K Q^T
+      gemm(sT, Brp, kr, ksb, 1, qT, Brp, nk, Brp, static_cast<int>(D), false);  // S^T = K Q^T
     } else {
-      gemm_ex(sT, Brp, k + j0 * ks, ks, 1, qT, Brp, nk, Brp, static_cast<int>(D), false, 1, band,
+      gemm_ex(sT, Brp, kr, ksb, 1, qT, Brp, nk, Brp, static_cast<int>(D), false, 1, band,
               AllKs{static_cast<int>(D)});
     }
     for (int cc = 0; cc < Brp; cc += W) {
@@ -357,9 +370,9 @@ static void forward_tile(const Problem& P, int64_t bh, int64_t i0, int nq, float
         for (int cc = 0; cc < Brp; cc += W) vstore(oT + d * Brp + cc, vmul(vload(oT + d * Brp + cc), vload(alpha + cc)));
     }
     if (full) {
-      gemm(oT, Brp, v + j0 * vs, 1, vs, sT, Brp, static_cast<int>(Dv), Brp, nk, true);  // O^T += V^T P^T
+      gemm(oT, Brp, vr, 1, vsb, sT, Brp, static_cast<int>(Dv), Brp, nk, true);  // O^T += V^T P^T
     } else {
-      gemm_ex(oT, Brp, v + j0 * vs, 1, vs, sT, Brp, static_cast<int>(Dv), Brp, nk, true, 1,
+      gemm_ex(oT, Brp, vr, 1, vsb, sT, Brp, static_cast<int>(Dv), Brp, nk, true, 1,
               AllRows{static_cast<int>(Dv)}, [&](int n0, int n1, int, int, int& b, int& e) { band(n0, n1, b, e); });
     }
   }
@@ -415,6 +428,12 @@ static void backward_task(const Problem& P, int64_t bh, int split, int nsplit, f
   const float* qn = P.pad_q ? padded(ws + L.qn, q, Tq, D, qs, Dp) : q;
   const float* kn = P.pad_k ? padded(ws + L.kn, k, Tk, D, ks, Dp) : k;
   const float* gn = P.pad_g ? padded(ws + L.gn, g, Tq, Dv, os, Dvp) : g;
+  // k and v as the A operands of S^T = K Q^T and dP^T = V dO^T: contiguous copies when strided
+  // (packed qkv), which the GEMMs stream far better than rows 3C apart
+  const float* ka = P.pad_k ? kn : k;
+  const int64_t ksa = P.pad_k ? Dp : ks;
+  const float* va = vs != Dv ? padded(ws + L.vn, v, Tk, Dv, vs, Dv) : v;
+  const int64_t vsa = vs != Dv ? Dv : vs;
   for (int64_t t = 0; t < nqt; ++t) {
     float* qt = qT + t * D * Br;
     float* gt = doT + t * Dv * Br;
@@ -474,11 +493,12 @@ static void backward_task(const Problem& P, int64_t bh, int split, int nsplit, f
       const float* qB = qT + t * D * Br;
       const float* gB = doT + t * Dv * Br;
       if (full) {
-        gemm(sT, Br, k + j0 * ks, ks, 1, qB, Br, nk, Br, static_cast<int>(D), false);      // S^T = K Q^T
-        gemm(dpT, Br, v + j0 * vs, vs, 1, gB, Br, nk, Br, static_cast<int>(Dv), false);  // dP^T = V dO^T
+        gemm(sT, Br, ka + j0 * ksa, ksa, 1, qB, Br, nk, Br, static_cast<int>(D), false);      // S^T = K Q^T
+        gemm(dpT, Br, va + j0 * vsa, vsa, 1, gB, Br, nk, Br, static_cast<int>(Dv), false);  // dP^T = V dO^T
       } else {
-        gemm_ex(sT, Br, k + j0 * ks, ks, 1, qB, Br, nk, Br, static_cast<int>(D), false, 1, band, AllKs{static_cast<int>(D)});
-        gemm_ex(dpT, Br, v + j0 * vs, vs, 1, gB, Br, nk, Br, static_cast<int>(Dv), false, 1, band,
+        gemm_ex(sT, Br, ka + j0 * ksa, ksa, 1, qB, Br, nk, Br, static_cast<int>(D), false, 1, band,
+                AllKs{static_cast<int>(D)});
+        gemm_ex(dpT, Br, va + j0 * vsa, vsa, 1, gB, Br, nk, Br, static_cast<int>(Dv), false, 1, band,
                 AllKs{static_cast<int>(Dv)});
       }
       for (int cc = 0; cc < Br; cc += W) {
