@@ -287,7 +287,7 @@ def timed_functions(acc):
     for cls in _function_classes():
         for kind in ("forward", "backward"):
             raw = cls.__dict__.get(kind)
-            if not isinstance(raw, staticmethod):
+            if not isinstance(raw, (staticmethod, classmethod)):
                 continue
             fn = raw.__func__
 
@@ -301,7 +301,7 @@ def timed_functions(acc):
                     entry[1] += 1
 
             patched.append((cls, kind, raw))
-            setattr(cls, kind, staticmethod(wrapper))
+            setattr(cls, kind, type(raw)(wrapper))  # Linear's forward is a classmethod (LinearGELU reuses it)
     original_adamw = tg.kernels.adamw_step
 
     def adamw(*a, **kw):

@@ -25,6 +25,7 @@ void bind_adamw(pybind11::module_& m);          // csrc/cpu/adamw.cpp
 void bind_layernorm(pybind11::module_& m);      // csrc/cpu/layernorm.cpp (+ add_layernorm)
 void bind_gelu(pybind11::module_& m);           // csrc/cpu/gelu.cpp
 void bind_matmul(pybind11::module_& m);         // csrc/cpu/matmul.cpp (linear, linear_gelu, sgemm)
+void bind_embedding(pybind11::module_& m);      // csrc/cpu/embedding.cpp
 
 #ifdef TINYGPT_WITH_CUDA
 // csrc/cuda/registry.cpp: fills the submodule tinygpt._C.cuda.

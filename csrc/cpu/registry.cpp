@@ -60,6 +60,8 @@ void register_cpu_kernels(py::module_& m, KernelFamilies& families) {
   families.push_back("cpu.gelu");
   bind_matmul(m);
   families.push_back("cpu.matmul");
+  bind_embedding(m);
+  families.push_back("cpu.embedding");
 }
 
 }  // namespace tinygpt
