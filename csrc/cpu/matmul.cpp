@@ -31,6 +31,7 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -818,20 +819,24 @@ void sgemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t rsa, int64_t
   const int64_t ntiles_max = nc_max / NR;
 
   // Static partition, nothing shared: the work is cut into tasks of (a row block) x (a chunk of
-  // NR-column tiles), ordered column chunk by column chunk, and thread t runs the contiguous range
+  // NR-column tiles), ordered column chunk by column chunk, and thread t owns the contiguous range
   // [ntasks t / nt, ntasks (t + 1) / nt). Rows are split first, so with enough rows each thread owns
   // one band of rows of C, the same band on every call of this shape; columns are split only when
   // M is short. Each thread packs the B panels its tasks use into its own buffer (with a row split
   // that is all of B: the second thread repeats the packing, ~1/(2 M) of the flops), so no thread
   // reads data the other wrote and the threads meet only at fork and join.
+  // Work stealing keeps a late thread from holding up the product: a thread claims each task (one
+  // atomic flag) just before running it, its own range front to back; when done it takes the
+  // others' unclaimed tasks from the back. Balanced runs steal nothing (the other thread has already
+  // claimed its last task); without it, a worker the OS had descheduled (another library's spinning
+  // thread pool, other jobs) made a 0.09 ms product take up to 9 ms (`matmul.py --sequential`, right
+  // after OpenBLAS's block).
   // Why not dynamic scheduling over a B packed by all threads together (what this was before): on
   // the 2-vCPU VM this is developed on, for seconds at a time 2-thread products ran 1.4-1.8x slower
   // (c_attn forward at 768 rows: 0.57-0.70 instead of 0.39 ms) while NumPy's OpenBLAS next to them,
   // the same code on one thread, and an OpenMP loop that shares no data ran at full speed: the
   // signature of traffic between the two cores (vCPUs placed far apart, e.g. on two CCDs). Static
   // bands plus private B cut that slowdown to 1.2x and are 3-8% faster when the cores are close.
-  // The price: a thread the OS preempts (other jobs on the cores) delays the whole product, where
-  // dynamic scheduling let the other thread take its share.
   // Row blocks: at most MC rows (the A block stays in L2), a multiple of the thread count, split
   // evenly in whole MR tiles (768 rows = 55 tiles -> 9,9,9,9,9,10, not 5 x 140 + 68).
   const int64_t mtiles = ceil_div(M, MR);
@@ -850,24 +855,28 @@ void sgemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t rsa, int64_t
   const int64_t kblock = kc_max * nc_max;  // floats per packed KC block of B
   const int64_t bsize = round_up(nkb * kblock, 16) + 64, asize = round_up(mc * kc_max, 16) + 64;
   float* const buf = scratch.get(nt * (bsize + asize));
+  const int64_t njc = ceil_div(N, nc_max);
+  std::vector<std::atomic<unsigned char>> claimed(nt > 1 ? static_cast<size_t>(njc * ntasks) : 0);
+  for (auto& f : claimed) f.store(0, std::memory_order_relaxed);
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     const int tid = thread_id();
     float* const bp = buf + tid * (bsize + asize);
     float* const ap = bp + bsize;
-    const int64_t t0 = ntasks * tid / nt, t1 = ntasks * (tid + 1) / nt;
     for (int64_t jc = 0; jc < N; jc += nc_max) {
       const int64_t nc = std::min(nc_max, N - jc);
       const int64_t npanels = ceil_div(nc, NR);
       const int64_t chunk = ceil_div(npanels, nchunks);  // tiles per column chunk
+      std::atomic<unsigned char>* const flags = nt > 1 ? claimed.data() + (jc / nc_max) * ntasks : nullptr;
       int64_t packed = -1;                               // the column chunk now in bp
-      for (int64_t t = t0; t < t1; ++t) {
+      auto run = [&](int64_t t) {
+        if (flags != nullptr && flags[t].exchange(1, std::memory_order_acq_rel) != 0) return;  // taken
         const int64_t blk = t % mblocks, cchunk = t / mblocks;
         const int64_t ic = mtiles * blk / mblocks * MR;
         const int64_t m = std::min(M, mtiles * (blk + 1) / mblocks * MR) - ic;
         const int64_t p0 = cchunk * chunk, p1 = std::min(npanels, p0 + chunk);
-        if (p0 >= p1) continue;
+        if (p0 >= p1) return;
         if (cchunk != packed) {  // this chunk's panels of B, every KC block
           for (int64_t q = 0; q < nkb; ++q) {
             const int64_t pc = q * kc_max, kc = std::min(kc_max, K - pc);
@@ -896,6 +905,11 @@ void sgemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t rsa, int64_t
             }
           }
         }
+      };
+      for (int64_t t = ntasks * tid / nt; t < ntasks * (tid + 1) / nt; ++t) run(t);  // own range, in order
+      for (int u = 1; u < nt; ++u) {  // then what the others have not started, from the back
+        const int o = (tid + u) % nt;
+        for (int64_t t = ntasks * (o + 1) / nt - 1; t >= ntasks * o / nt; --t) run(t);
       }
     }
   }
