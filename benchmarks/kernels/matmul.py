@@ -56,6 +56,10 @@ TRAIN_CONFIGS = ((768, 128), (4096, 384))
 LARGER = ((16384, 768),)  # GPT-2 small width at a long batch (not quick)
 _clock = time.perf_counter
 _SEQUENTIAL = False  # --sequential: time each library's calls in one block instead of interleaving
+# --sequential pauses this long before each library's block: OpenBLAS's workers spin for ~0.1 s
+# (2^28 cycles) after a call, and while they do, a 2-thread native call on 2 cores waits up to two
+# scheduler ticks (~8 ms instead of 0.6 ms) for its own worker; libgomp's (native, torch) spin less.
+_SETTLE_S = 0.3
 
 
 def _torch():
@@ -107,6 +111,7 @@ def _time(fns, reps, min_s=2e-3):
     names = list(fns)
     if _SEQUENTIAL:  # one library at a time: its calls back to back, after two more warm-up calls
         for name in names:
+            time.sleep(_SETTLE_S)  # let the previous library's thread pool stop spinning
             fns[name]()
             fns[name]()
             for _ in range(reps):
