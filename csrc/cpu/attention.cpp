@@ -559,7 +559,7 @@ void bind_attention(py::module_& m) {
         const uint64_t sd = seed_from_py(seed, "attention_forward: seed");
         std::vector<int> lo, hi;
         key_spans(op, s.Tq, s.Tk, causal, w, lo, hi);
-        py::array_t<float> out(with_tail(s.lead, {s.Tq, s.Dv}));
+        py::array_t<float> out = aligned_array(with_tail(s.lead, {s.Tq, s.Dv}));
         py::array_t<float> mx(with_tail(s.lead, {s.Tq}));
         py::array_t<float> sum(with_tail(s.lead, {s.Tq}));
         return forward_result(make_problem(s, q, k, v, lo, hi, scale, dropout_p, sd, false), out, mx, sum, causal, w,
@@ -580,9 +580,9 @@ void bind_attention(py::module_& m) {
         const uint64_t sd = sv.seed;
         std::vector<int> lo, hi;
         key_spans(op, s.Tq, s.Tk, sv.causal, sv.window, lo, hi);
-        py::array_t<float> dq(with_tail(s.lead, {s.Tq, s.D}));
-        py::array_t<float> dk(with_tail(s.lead, {s.Tk, s.D}));
-        py::array_t<float> dv(with_tail(s.lead, {s.Tk, s.Dv}));
+        py::array_t<float> dq = aligned_array(with_tail(s.lead, {s.Tq, s.D}));
+        py::array_t<float> dk = aligned_array(with_tail(s.lead, {s.Tk, s.D}));
+        py::array_t<float> dv = aligned_array(with_tail(s.lead, {s.Tk, s.Dv}));
         const Problem P = make_problem(s, q, k, v, lo, hi, scale, dropout_p, sd, true);
         const Isa& isa = current_isa();
         const float* gp = static_cast<const float*>(grad.data());
@@ -617,7 +617,7 @@ void bind_attention(py::module_& m) {
         const uint64_t sd = seed_from_py(seed, "attention_qkv_forward: seed");
         std::vector<int> lo, hi;
         key_spans(op, d.T, d.T, causal, w, lo, hi);
-        py::array_t<float> out({d.B, d.T, d.C});
+        py::array_t<float> out = aligned_array({d.B, d.T, d.C});
         py::array_t<float> mx({d.B, d.nh, d.T});
         py::array_t<float> sum({d.B, d.nh, d.T});
         const Problem P = packed_problem(d, static_cast<const float*>(qkv.data()), lo, hi, scale, dropout_p, sd, false);
@@ -638,7 +638,7 @@ void bind_attention(py::module_& m) {
         const Saved sv = unpack_saved(op, saved, grad, {d.B, d.T, d.C}, {d.B, d.nh, d.T});
         std::vector<int> lo, hi;
         key_spans(op, d.T, d.T, sv.causal, sv.window, lo, hi);
-        py::array_t<float> dqkv({d.B, d.T, 3 * d.C});
+        py::array_t<float> dqkv = aligned_array({d.B, d.T, 3 * d.C});
         const Problem P =
             packed_problem(d, static_cast<const float*>(qkv.data()), lo, hi, scale, dropout_p, sv.seed, true);
         const Isa& isa = current_isa();

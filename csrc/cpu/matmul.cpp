@@ -988,19 +988,6 @@ void check_grad_shape(const char* what, const py::array& g, const py::array& x, 
   TG_CHECK(same, what, " must have shape ", tuple_str(want.begin(), want.end()), ", got ", shape_str(g));
 }
 
-// A new C-contiguous float32 array whose data is 64-byte aligned (NumPy's allocator gives 16): every
-// full-vector store of a GEMM tile then covers whole cache lines instead of straddling two. The
-// memory still comes from NumPy (a view into a slightly larger array), so large outputs keep its
-// huge-page hint and allocation cache: fresh 4 KiB page faults would cost more than the GELU.
-py::array_t<float> new_array(const std::vector<py::ssize_t>& shape) {
-  py::ssize_t n = 1;
-  for (py::ssize_t d : shape) n *= d;
-  py::array_t<float> buf(n + 16);
-  float* p = buf.mutable_data();
-  const size_t misalign = reinterpret_cast<uintptr_t>(p) % 64;
-  float* aligned = p + (misalign == 0 ? 0 : (64 - misalign) / sizeof(float));
-  return py::array_t<float>(shape, aligned, buf);
-}
 
 py::tuple linear_forward_impl(const char* op, const py::array& x, const py::array& weight, const py::object& bias,
                               bool gelu) {
@@ -1008,8 +995,8 @@ py::tuple linear_forward_impl(const char* op, const py::array& x, const py::arra
   const LinearDims d = check_linear_inputs(op, x, weight, bias, &bp);
   std::vector<py::ssize_t> yshape = shape_of(x);
   yshape.back() = d.out;
-  py::array_t<float> h = new_array(yshape);
-  py::array_t<float> y = gelu ? new_array(yshape) : h;
+  py::array_t<float> h = aligned_array(yshape);
+  py::array_t<float> y = gelu ? aligned_array(yshape) : h;
   const float* xp = static_cast<const float*>(x.data());
   const float* wp = static_cast<const float*>(weight.data());
   float* hp = h.mutable_data();
@@ -1029,12 +1016,12 @@ py::tuple linear_forward_impl(const char* op, const py::array& x, const py::arra
 // dx = g @ W, dW = g^T @ x, db = column sums of g, for g (rows, out).
 py::tuple linear_grads(const float* g, const py::array& x, const py::array& weight, const LinearDims& d,
                        bool has_bias) {
-  py::array_t<float> dx = new_array(shape_of(x));
-  py::array_t<float> dw = new_array({static_cast<py::ssize_t>(d.out), static_cast<py::ssize_t>(d.in)});
+  py::array_t<float> dx = aligned_array(shape_of(x));
+  py::array_t<float> dw = aligned_array({static_cast<py::ssize_t>(d.out), static_cast<py::ssize_t>(d.in)});
   py::object db = py::none();
   float* dbp = nullptr;
   if (has_bias) {
-    py::array_t<float> dba = new_array({static_cast<py::ssize_t>(d.out)});
+    py::array_t<float> dba = aligned_array({static_cast<py::ssize_t>(d.out)});
     dbp = dba.mutable_data();
     db = dba;
   }
@@ -1076,7 +1063,7 @@ py::tuple linear_gelu_backward(const py::array& grad, const py::array& x, const 
            "linear_gelu_backward: saved must be the (h,) tuple linear_gelu_forward returned");
   const py::array h = py::reinterpret_borrow<py::array>(saved[0]);
   check_grad_shape("linear_gelu_backward: saved h", h, x, d.out);
-  py::array_t<float> dh = new_array(shape_of(h));
+  py::array_t<float> dh = aligned_array(shape_of(h));
   {
     py::gil_scoped_release nogil;
     gelu_grad(static_cast<const float*>(grad.data()), static_cast<const float*>(h.data()), dh.mutable_data(), d.rows,
@@ -1093,7 +1080,7 @@ py::array_t<float> sgemm_py(const py::array& a, const py::array& b, bool transpo
   const int64_t Kb = transpose_b ? b.shape(1) : b.shape(0), N = transpose_b ? b.shape(0) : b.shape(1);
   TG_CHECK(K == Kb, "sgemm: b must have ", K, (transpose_b ? " columns" : " rows"), " to match a ",
            shape_str(a), ", got shape ", shape_str(b));
-  py::array_t<float> c = new_array({static_cast<py::ssize_t>(M), static_cast<py::ssize_t>(N)});
+  py::array_t<float> c = aligned_array({static_cast<py::ssize_t>(M), static_cast<py::ssize_t>(N)});
   const float* ap = static_cast<const float*>(a.data());
   const float* bp = static_cast<const float*>(b.data());
   float* cp = c.mutable_data();
