@@ -18,14 +18,15 @@ rows(quick) returns dicts with kernel, shape, impl ('native' | 'reference' | 'to
 median_ms, best_ms, gflops (from the median; 2 M N K per product, bias and GELU not counted) and
 pct_peak (median GFLOP/s over the measured peak).
 
-    python benchmarks/kernels/matmul.py [--quick] [--grid] [--threads N] [--cpu-time] [--sequential]
+    python benchmarks/kernels/matmul.py [--quick] [--grid] [--threads N] [--cpu-time] [--interleaved]
 
---sequential times each library's calls as one block (after warm-up) instead of interleaving the
-three libraries call by call. With 2 threads on 2 cores this matters: after a call returns, that
-library's workers keep spinning for a while (libgomp for native and torch, OpenBLAS's own pool), and
-the next library's threads then share the cores with them. Interleaved, native 2-thread products
-measured 0.56-0.94x NumPy's speed at 4096 rows; run back to back (as in a training step, where
-consecutive GEMMs are native) the two are level (see BENCHMARKS.md).
+By default each library's calls are timed as one block (after a 0.3 s pause and warm-up calls), the
+libraries one after another in the same run. --interleaved alternates the three libraries call by
+call instead. With 2 threads on 2 cores that measures mostly interference: after a call returns,
+that library's workers keep spinning (OpenBLAS's pool for ~0.1 s, libgomp's for native and torch),
+and the next library's 2-thread call then waits scheduler ticks for its own worker (a 0.5 ms native
+product measured 6 ms right after OpenBLAS calls). A training step runs consecutive native GEMMs,
+which the block timing matches (see BENCHMARKS.md).
 
 --threads N pins OpenMP, OpenBLAS and torch to N threads (set before they load); --cpu-time (with
 --threads 1) times with the thread's CPU clock instead of the wall clock, which a busy machine
@@ -55,8 +56,8 @@ VOCAB = 65
 TRAIN_CONFIGS = ((768, 128), (4096, 384))
 LARGER = ((16384, 768),)  # GPT-2 small width at a long batch (not quick)
 _clock = time.perf_counter
-_SEQUENTIAL = False  # --sequential: time each library's calls in one block instead of interleaving
-# --sequential pauses this long before each library's block: OpenBLAS's workers spin for ~0.1 s
+_SEQUENTIAL = True  # time each library's calls in one block (False: --interleaved, call by call)
+# the block timing pauses this long before each library's block: OpenBLAS's workers spin for ~0.1 s
 # (2^28 cycles) after a call, and while they do, a 2-thread native call on 2 cores waits up to two
 # scheduler ticks (~8 ms instead of 0.6 ms) for its own worker; libgomp's (native, torch) spin less.
 _SETTLE_S = 0.3
@@ -311,5 +312,5 @@ if __name__ == "__main__":
         if os.environ.get("OMP_NUM_THREADS") != "1":
             sys.exit("--cpu-time needs --threads 1 (the thread CPU clock sees only the calling thread)")
         _clock = time.thread_time
-    _SEQUENTIAL = "--sequential" in sys.argv
+    _SEQUENTIAL = "--interleaved" not in sys.argv
     _print(rows(quick="--quick" in sys.argv, grid="--grid" in sys.argv))
