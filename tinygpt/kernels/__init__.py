@@ -105,10 +105,11 @@ def _qualifies(arrays):
 # up to 2.9x for a few rows with few outputs. From ~1300 outputs (rows x out; ~650 when in > 512) the
 # native one wins every measured shape, by 1.24-3.4x in the 2-32 row band where OpenBLAS switches to
 # an unblocked GEMM. Below the line native is at most 1.09x faster (in = 128, out <= 128).
-# With 2 threads, isolated products favour OpenBLAS on the 4096-row shapes (0.57-0.94x native/NumPy
-# time, `matmul.py --quick`), but sending them there made the whole medium training step 1.36x
-# slower (2424 vs 1782 ms, `benchmarks/train_step.py --config medium`, same quiet machine): OpenBLAS's
-# thread pool then competes with libgomp's spinning workers. So the policy ignores the thread count.
+# With 2 threads (`matmul.py --quick`, each library timed in a block), native is within 6% of
+# OpenBLAS or faster on all 30 training products (0.94-1.82x NumPy's speed, BENCHMARKS.md). Mixing
+# the two inside a step costs more than any shape could gain: OpenBLAS's pool keeps spinning ~0.1 s
+# after a call and the native workers then wait scheduler ticks (sending the 4096-row products to
+# OpenBLAS made the medium step 1.36x slower, 2424 vs 1782 ms). So the policy ignores the thread count.
 _LINEAR_SMALL = ((512, 1280), (None, 640))  # (in_features up to, rows * out below which NumPy wins)
 
 
