@@ -159,6 +159,24 @@ class _Int8ExpertLinear(Function):
 
 
 class _QuantizedModule(Module):
+    def __init__(self, qweight=None, scale=None, tied: Module | None = None):
+        super().__init__()
+        object.__setattr__(self, "_tied", tied)  # not a child module: the table is stored once, by its owner
+        if tied is None:
+            self.register_buffer("qweight", qweight)
+            self.register_buffer("scale", scale)
+
+    def _set_bias(self, bias):
+        if bias is not None:
+            self.register_buffer("bias", bias)
+        else:
+            self.bias = None
+
+    def _rows_cols(self):
+        """(rows, logical columns) of a 2-D table: int4 packs two columns per byte."""
+        q = self._table()[0]
+        return q.shape[0], q.shape[1] * (2 if self.bits == 4 else 1)
+
     def _check_mode(self):
         if self.training:
             raise RuntimeError(f"{type(self).__name__} {_NO_TRAINING}")
@@ -193,18 +211,10 @@ class QuantizedLinear(_QuantizedModule):
     _reduce_axis = 1
 
     def __init__(self, qweight=None, scale=None, bias=None, tied: Module | None = None, block_rows: int = 4096):
-        super().__init__()
-        object.__setattr__(self, "_tied", tied)  # not a child module: the table is stored once, by its owner
-        if tied is None:
-            self.register_buffer("qweight", qweight)
-            self.register_buffer("scale", scale)
-        if bias is not None:
-            self.register_buffer("bias", bias)
-        else:
-            self.bias = None
+        super().__init__(qweight, scale, tied)
+        self._set_bias(bias)
         self.block_rows = block_rows
-        q = self._table()[0]
-        self.out_features, self.in_features = q.shape[0], q.shape[1] * (2 if self.bits == 4 else 1)
+        self.out_features, self.in_features = self._rows_cols()
 
     @classmethod
     def from_linear(cls, linear: Linear, block_rows: int = 4096, bits: int = 8, group_size: int = 32):
@@ -229,13 +239,8 @@ class QuantizedEmbedding(_QuantizedModule):
     _reduce_axis = 1
 
     def __init__(self, qweight=None, scale=None, tied: Module | None = None):
-        super().__init__()
-        object.__setattr__(self, "_tied", tied)
-        if tied is None:
-            self.register_buffer("qweight", qweight)
-            self.register_buffer("scale", scale)
-        q = self._table()[0]
-        self.num_embeddings, self.embedding_dim = q.shape[0], q.shape[1] * (2 if self.bits == 4 else 1)
+        super().__init__(qweight, scale, tied=tied)
+        self.num_embeddings, self.embedding_dim = self._rows_cols()
 
     @classmethod
     def from_embedding(cls, emb: Embedding, bits: int = 8, group_size: int = 32):
@@ -261,14 +266,8 @@ class QuantizedExpertLinear(_QuantizedModule):
     _reduce_axis = 1
 
     def __init__(self, qweight, scale, bias=None):
-        super().__init__()
-        object.__setattr__(self, "_tied", None)
-        self.register_buffer("qweight", qweight)
-        self.register_buffer("scale", scale)
-        if bias is not None:
-            self.register_buffer("bias", bias)
-        else:
-            self.bias = None
+        super().__init__(qweight, scale)
+        self._set_bias(bias)
         if self.bits == 4:  # stored output-major (E, out, in/2) so groups and packing run along `in`
             E, out_f, half_in = qweight.shape
             self.n_expert, self.out_features, self.in_features = E, out_f, 2 * half_in
