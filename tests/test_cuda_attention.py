@@ -29,20 +29,17 @@ import tinygpt as tg
 from tinygpt.kernels import cuda as K
 from tinygpt.kernels import reference as R
 
+from kernel_checks import assert_attention_within_bound
+from kernel_checks import random_arrays as _arrays
+
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not K.has("attention"), reason="tinygpt._C was built without the CUDA attention kernel")]
 
-EPS32 = 2.0 ** -24
 C1, C2 = 128.0, 64.0
 
 
 def _cp():
     return tg.backend.cupy()
-
-
-def _arrays(seed, shapes, mags):
-    rng = np.random.default_rng(seed)
-    return [(rng.standard_normal(s) * m).astype(np.float32) for s, m in zip(shapes, mags)]
 
 
 def _run(q, k, v, g, causal, window, p, seed, scale):
@@ -54,35 +51,11 @@ def _run(q, k, v, g, causal, window, p, seed, scale):
     return tuple(cp.asnumpy(a) for a in (out, dq, dk, dv)), saved
 
 
-def _ref64(q, k, v, g, causal, window, p, seed, scale):
-    """The reference in float64, plus the componentwise magnitudes `nat` of every output."""
-    q64, k64, v64, g64 = (a.astype(np.float64) for a in (q, k, v, g))
-    out, saved = R.attention_forward(q64, k64, v64, causal, window, p, seed, scale)
-    dq, dk, dv = R.attention_backward(g64, q64, k64, v64, p, scale, saved)
-    att, keep = saved
-    kd = np.ones_like(att) if keep is None else keep / (1.0 - p)
-    sw = np.swapaxes
-    P, Pd = np.abs(att), np.abs(att) * kd
-    dP = (np.abs(g64) @ sw(np.abs(v64), -1, -2)) * kd
-    Dn = (np.abs(g64) * np.abs(out)).sum(-1, keepdims=True)
-    dS = P * (dP + Dn) * abs(scale)
-    nat = dict(out=Pd @ np.abs(v64), dq=dS @ np.abs(k64), dk=sw(dS, -1, -2) @ np.abs(q64), dv=sw(Pd, -1, -2) @ np.abs(g64))
-    smax = float(np.abs(q64 @ sw(k64, -1, -2)).max() * abs(scale)) if q.size and k.size else 0.0
-    return dict(out=out, dq=dq, dk=dk, dv=dv), nat, smax
-
-
 def assert_close_to_reference(q, k, v, g, causal, window, p=0.0, seed=0, scale=None):
     scale = 1.0 / math.sqrt(max(q.shape[-1], 1)) if scale is None else scale
     (out, dq, dk, dv), _ = _run(q, k, v, g, causal, window, p, seed, scale)
-    ref, nat, smax = _ref64(q, k, v, g, causal, window, p, seed, scale)
-    for name, got in dict(out=out, dq=dq, dk=dk, dv=dv).items():
-        assert got.dtype == np.float32 and got.shape == ref[name].shape, name
-        bound = EPS32 * (C1 + C2 * smax) * nat[name] + 1e-30
-        err = np.abs(got - ref[name])
-        worst = np.unravel_index(np.argmax(err / bound), err.shape) if err.size else None
-        assert np.all(err <= bound), (
-            f"{name}: error {err[worst]:.3g} > bound {bound[worst]:.3g} at {worst} "
-            f"(ref {ref[name][worst]:.6g}, gpu {got[worst]:.6g}, Smax {smax:.3g})")
+    assert_attention_within_bound(dict(out=out, dq=dq, dk=dk, dv=dv), q, k, v, g, causal, window, p, seed, scale,
+                                  C1, C2, "gpu")
     return out
 
 

@@ -22,77 +22,24 @@ import tinygpt.functional as F
 from tinygpt import kernels
 from tinygpt.kernels import reference as ref
 
+from kernel_checks import LN_EPS32 as EPS32
+from kernel_checks import assert_layernorm_backward as _check_backward
+from kernel_checks import assert_layernorm_forward as _check_forward
+from kernel_checks import assert_within as _check
+from kernel_checks import f64 as _f64
+from kernel_checks import layernorm_problem as _draw
+
 CPU = getattr(kernels._native, "cpu", None)
 pytestmark = pytest.mark.skipif(
     not (hasattr(CPU, "layernorm_forward") and hasattr(CPU, "add_layernorm_forward")),
     reason="tinygpt._C.cpu has no layernorm kernels (extension not built)",
 )
 
-EPS32 = float(np.finfo(np.float32).eps)
-K = 4.0
 
 LEADING = st.sampled_from([(1,), (2,), (3,), (7,), (13,), (31,), (64,), (97,), (2, 3), (3, 17), (2, 2, 5)])
 WIDTHS = st.sampled_from([1, 2, 3, 5, 7, 8, 13, 16, 17, 31, 61, 64, 127, 128, 131, 257, 768])
 SCALES = st.sampled_from([1e-3, 1.0, 30.0, 1e4])
 OFFSETS = st.sampled_from([0.0, 1.0, 10.0, 300.0])  # in units of the scale: conditioning
-
-
-def _draw(seed, lead, C, scale, offset, affine):
-    rng = np.random.default_rng(seed)
-    shape = lead + (C,)
-    x = ((rng.standard_normal(shape) + offset * rng.standard_normal(lead + (1,))) * scale).astype(np.float32)
-    g = (rng.standard_normal(shape) * rng.choice([1e-2, 1.0, 1e3])).astype(np.float32)
-    w = (rng.standard_normal(C) * 2).astype(np.float32) if affine in ("wb", "w") else None
-    b = rng.standard_normal(C).astype(np.float32) if affine in ("wb", "b") else None
-    return rng, x, g, w, b
-
-
-def _f64(a):
-    return None if a is None else a.astype(np.float64)
-
-
-def _row_terms(s64, eps):
-    """rstd and cond = max|x| * rstd per row, shaped (..., 1), from the float64 input."""
-    mean = s64.mean(axis=-1, keepdims=True)
-    rstd = 1.0 / np.sqrt(((s64 - mean) ** 2).mean(axis=-1, keepdims=True) + eps)
-    return rstd, np.abs(s64).max(axis=-1, keepdims=True) * rstd
-
-
-def _check(name, got, want, tol):
-    got = np.asarray(got, dtype=np.float64)
-    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
-    assert np.isfinite(got).all(), f"{name}: non-finite values"
-    err = np.abs(got - want)
-    bad = err > tol
-    assert not bad.any(), (
-        f"{name}: {bad.sum()} of {bad.size} outside tolerance; worst err {err.max():.3e}, "
-        f"err/tol {np.max(err / tol):.3g}")
-
-
-def _check_forward(y, y_ref, s64, w, b, eps):
-    C = s64.shape[-1]
-    rstd, cond = _row_terms(s64, eps)
-    wmag = 1.0 if w is None else np.abs(w.astype(np.float64))
-    bmag = 0.0 if b is None else np.abs(b.astype(np.float64))
-    _check("y", y, y_ref, K * EPS32 * np.sqrt(C) * ((1 + cond) * wmag + bmag))
-
-
-def _check_backward(dx, dw, db, ref_grads, s64, g, w, eps, extra_dx=None):
-    dx_ref, dw_ref, db_ref = ref_grads
-    C = s64.shape[-1]
-    rstd, cond = _row_terms(s64, eps)
-    g64 = g.astype(np.float64)
-    dxhat = np.abs(g64 * (1.0 if w is None else w.astype(np.float64)))
-    dx_scale = rstd * dxhat.max(axis=-1, keepdims=True) * (1 + cond)
-    if extra_dx is not None:
-        dx_scale = dx_scale + np.abs(extra_dx)
-    _check("dx", dx, dx_ref, K * EPS32 * np.sqrt(C) * dx_scale)
-    g2, c2 = np.abs(g64).reshape(-1, C), (1 + cond).reshape(-1, 1)
-    if w is None:
-        assert dw is None
-    else:
-        _check("dweight", dw, dw_ref, K * EPS32 * (g2 * c2).sum(axis=0) + 1e-30)
-    _check("dbias", db, db_ref, K * EPS32 * g2.sum(axis=0) + 1e-30)
 
 
 # ----------------------------------------------------------------------------- layernorm
