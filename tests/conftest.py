@@ -4,8 +4,15 @@ Profiles (pick one with HYPOTHESIS_PROFILE=ci|dev|thorough; ci is the default):
   ci        25 examples, derandomized (reproducible CI), no deadline
   dev       50 examples
   thorough  500 examples
+
+TINYGPT_CUDA_EMULATOR=1 runs the GPU tests without a GPU: CuPy is played by tests/fake_cupy.py and
+tinygpt._C.cuda by csrc/cuda's kernels compiled for the CPU emulator (tests/cuda_emu), so
+    TINYGPT_CUDA_EMULATOR=1 pytest tests/test_cuda_*.py tests/test_gpu.py
+checks every CUDA kernel and wrapper against the float64 references (not CuPy, not speed).
+Only the GPU tests are meant for this mode: the rest of the suite expects no GPU.
 """
 import os
+import sys
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -20,9 +27,30 @@ settings.register_profile("thorough", max_examples=500, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+EMULATOR = os.environ.get("TINYGPT_CUDA_EMULATOR", "").strip() not in ("", "0")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU and CuPy (skipped without one)")
     config.addinivalue_line("markers", "slow: takes long; deselect with -m 'not slow'")
+    if EMULATOR:  # before collection: the test modules' skipif(not kcuda.has(...)) see the kernels
+        sys.path.insert(0, os.path.join(os.path.dirname(__file__), "cuda_emu"))
+        import build as cuda_emu_build
+        import fake_cupy
+
+        config._tg_emulator_patch = pytest.MonkeyPatch()
+        fake_cupy.install(config._tg_emulator_patch, kernels=cuda_emu_build.load())
+
+
+def pytest_unconfigure(config):
+    patch = getattr(config, "_tg_emulator_patch", None)
+    if patch is not None:
+        patch.undo()
+
+
+def pytest_report_header(config):
+    if EMULATOR:
+        return "CUDA kernels: on the CPU emulator (TINYGPT_CUDA_EMULATOR=1), CuPy: tests/fake_cupy.py"
 
 
 def _gpu_skip_reason():

@@ -6,12 +6,21 @@ functions are numpy's with the results marked as device arrays. `install(monkeyp
 cupy arrays (device 'cuda', the cupy branch of every `xp`), so a host array that leaks into
 the GPU path shows up as a mixed-device error, as it would on a real GPU.
 
-What this does NOT check: CuPy's own API and numerics (the arithmetic is numpy's), the CUDA
-kernels (kernels.cuda is switched off), streams and synchronisation. Those need tests/test_gpu.py
-on a real GPU.
+With `install(monkeypatch, kernels=...)` the CUDA kernels run too, on the CPU emulator
+(tests/cuda_emu: csrc/cuda compiled for the host, see tests/cuda_emu/include/tg_emu.h):
+`kernels.cuda` then calls its launchers with the GpuArrays' host pointers. Arrays from `empty`
+/ `zeros` then come from guarded buffers: 256-byte aligned like CuPy's pool, `empty` filled
+with 0xFF bytes (NaN as floats, so a kernel that leaves part of an output unwritten poisons
+the result), and canaries on both sides that are checked after every launch (a write out of
+bounds fails the launch, naming the array's shape).
+
+What this does NOT check: CuPy's own API and numerics (the arithmetic is numpy's), streams and
+synchronisation, and whatever the emulator cannot (timing, the hardware's MMA accumulation
+order). Those need tests/test_gpu.py and tests/test_cuda_*.py on a real GPU.
 """
 import time
 import types
+import weakref
 
 import numpy as np
 
@@ -39,6 +48,10 @@ class GpuArray(np.ndarray):
     @property
     def data(self):  # cupy: a MemoryPointer (numpy's C code does not go through this property)
         return _MemoryPointer(self)
+
+    @property
+    def device(self):  # cupy: the array's Device
+        return _Device()
 
 
 def _to_gpu(r):
@@ -84,6 +97,28 @@ class _Pool:
         pass
 
 
+class _Random:
+    """cupy.random's legacy API (seed, and dtype= on the samplers, which numpy's lacks)."""
+
+    def __init__(self):
+        self._rng = np.random.default_rng(0)
+
+    def seed(self, seed=None):
+        self._rng = np.random.default_rng(seed)
+
+    def standard_normal(self, size=None, dtype=np.float64):
+        return self._rng.standard_normal(size).astype(dtype).view(GpuArray)
+
+    def random(self, size=None, dtype=np.float64):
+        return self._rng.random(size).astype(dtype).view(GpuArray)
+
+    def uniform(self, low=0.0, high=1.0, size=None, dtype=np.float64):
+        return self._rng.uniform(low, high, size).astype(dtype).view(GpuArray)
+
+    def randint(self, low, high=None, size=None, dtype=np.int64):
+        return self._rng.integers(low, high, size, dtype=dtype).view(GpuArray)
+
+
 class FakeCupy(types.ModuleType):
     """numpy's functions, results as GpuArrays; types, ufuncs and constants unchanged."""
 
@@ -99,6 +134,7 @@ class FakeCupy(types.ModuleType):
             get_current_stream=lambda: _Stream(), Device=_Device, Event=_Event,
             get_elapsed_time=lambda a, b: (b.t - a.t) * 1e3)
         self.get_default_memory_pool = lambda: _Pool()
+        self.random = _Random()
 
     def __getattr__(self, name):
         obj = getattr(np, name)
@@ -128,8 +164,64 @@ class FakeCupy(types.ModuleType):
         return np.array(np.asarray(x), copy=True)
 
 
-def install(monkeypatch):
-    """Make tinygpt.backend use FakeCupy as CuPy (with a 'GPU'); returns the fake module."""
+# ----------------------------------------------------------------------------- guarded buffers
+_GUARD = 256  # bytes of canary on each side, also CuPy's allocation alignment
+_CANARY = 0xA5
+_guarded = weakref.WeakValueDictionary()  # id -> the full buffer (alive while any view is)
+
+
+class _Buffer(np.ndarray):
+    """The uint8 buffer behind a guarded array (a subclass only so that it can be weakly referenced)."""
+
+
+def _guarded_empty(shape, dtype=np.float32, fill=0xFF):
+    dtype = np.dtype(dtype)
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + 3 * _GUARD, np.uint8).view(_Buffer)
+    start = _GUARD + (-(raw.ctypes.data + _GUARD)) % _GUARD  # the array 256-byte aligned
+    raw[:] = _CANARY
+    raw[start:start + nbytes] = fill
+    raw.tg_span = (start, start + nbytes, shape, dtype)
+    _guarded[id(raw)] = raw
+    return raw[start:start + nbytes].view(dtype).reshape(shape).view(GpuArray)
+
+
+def check_guards(what="a kernel launch"):
+    """Raise if any live guarded array's canaries were overwritten (then re-arm them)."""
+    for raw in list(_guarded.values()):
+        start, end, shape, dtype = raw.tg_span
+        if (raw[:start] != _CANARY).any() or (raw[end:] != _CANARY).any():
+            raw[:start] = _CANARY
+            raw[end:] = _CANARY
+            raise RuntimeError(f"{what} wrote outside a device array of shape {shape} ({dtype})")
+
+
+class EmulatedKernels:
+    """tinygpt._C.cuda played by the emulator's module; every launcher call checks the guards."""
+
+    def __init__(self, module):
+        self._module = module
+
+    def __getattr__(self, name):
+        fn = getattr(self._module, name)
+        if not callable(fn):
+            return fn
+
+        def launch(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            check_guards(f"tinygpt._C.cuda.{name} (emulated)")
+            return out
+
+        return launch
+
+
+def install(monkeypatch, kernels=None):
+    """Make tinygpt.backend use FakeCupy as CuPy (with a 'GPU'); returns the fake module.
+
+    kernels: None (the CUDA kernels are switched off), or the emulator's module
+    (tests/cuda_emu/build.py load()), which then plays tinygpt._C.cuda.
+    """
     from tinygpt import backend
     from tinygpt.kernels import cuda as kcuda
     from tinygpt.kernels import reference
@@ -138,5 +230,10 @@ def install(monkeypatch):
     monkeypatch.setattr(backend, "_cupy", fake)
     monkeypatch.setattr(backend, "_cuda_ok", True)
     monkeypatch.setattr(backend, "erf", lambda x: reference.erf(np.asarray(x)).view(GpuArray))
-    monkeypatch.setattr(kcuda, "has", lambda op: False)  # no real CUDA kernels for fake arrays
+    if kernels is None:
+        monkeypatch.setattr(kcuda, "has", lambda op: False)  # no real CUDA kernels for fake arrays
+    else:
+        monkeypatch.setattr(kcuda, "_cuda", EmulatedKernels(kernels))
+        monkeypatch.setattr(fake, "empty", lambda shape, dtype=np.float32: _guarded_empty(shape, dtype))
+        monkeypatch.setattr(fake, "zeros", lambda shape, dtype=np.float32: _guarded_empty(shape, dtype, 0))
     return fake
