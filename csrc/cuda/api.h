@@ -87,6 +87,16 @@ void tg_attention_backward_cuda(std::uintptr_t dq, std::uintptr_t dk, std::uintp
                                 std::uintptr_t out, std::uintptr_t row_max, std::uintptr_t row_sum, int64_t BH,
                                 int64_t Tq, int64_t Tk, int64_t D, int64_t Dv, bool causal, int64_t window,
                                 double dropout_p, uint64_t seed, double scale, std::uintptr_t stream);
+// The same on c_attn's packed qkv (B, T, 3C), C = n_head * hs, read in place: out (and grad) are the
+// merged (B, T, C), row_max / row_sum (B, n_head, T), dqkv (B, T, 3C); drow a (B * n_head * T) workspace.
+void tg_attention_qkv_forward_cuda(std::uintptr_t out, std::uintptr_t row_max, std::uintptr_t row_sum,
+                                   std::uintptr_t qkv, int64_t B, int64_t T, int64_t n_head, int64_t hs, bool causal,
+                                   int64_t window, double dropout_p, uint64_t seed, double scale,
+                                   std::uintptr_t stream);
+void tg_attention_qkv_backward_cuda(std::uintptr_t dqkv, std::uintptr_t drow, std::uintptr_t grad, std::uintptr_t qkv,
+                                    std::uintptr_t out, std::uintptr_t row_max, std::uintptr_t row_sum, int64_t B,
+                                    int64_t T, int64_t n_head, int64_t hs, bool causal, int64_t window,
+                                    double dropout_p, uint64_t seed, double scale, std::uintptr_t stream);
 // Row-wise over (rows, C) float32 arrays.
 void tg_softmax_forward_cuda(std::uintptr_t y, std::uintptr_t x, int64_t rows, int64_t C, std::uintptr_t stream);
 void tg_softmax_backward_cuda(std::uintptr_t dx, std::uintptr_t grad, std::uintptr_t y, int64_t rows, int64_t C,

@@ -30,6 +30,10 @@
 // dS = P (dP * keep - D), dK += dS^T (q * scale); (3) dQ kernel, grid BH x query tiles:
 // dQ = scale * sum dS K, recomputing S and dP. The dQ kernel repeats two of the five matmuls
 // (7 instead of 5) but needs no float atomics and no zeroed accumulator, and is deterministic.
+// Layouts: every (head, position) row of q, k, v, out (and of dq, dk, dv, dO, which share them) is
+// addressed through a Layout (batch, head and row strides; bh = b * H + h), so the same kernels run
+// on split heads (BH, T, hs) and in place on c_attn's packed (B, T, 3C) output, writing the merged
+// (B, T, C) output directly (attention_qkv: no split / merge copies, as the CPU kernel).
 // Dropout: the counter-based mask of csrc/cpu/rng.h with the flat index of the (BH, Tq, Tk)
 // attention matrix, regenerated per tile in every kernel, bit-identical to
 // reference.dropout_mask(att.shape, p, seed).
@@ -57,10 +61,17 @@
 namespace tinygpt {
 namespace cuda_attention {
 
+// Element (bh, t, 0) of a head-major tensor sits at (bh / H) * sb + (bh % H) * sh + t * st.
+struct Layout {
+  int64_t sb, sh, st;
+};
+
 struct Params {
   const float* q;
   const float* k;
   const float* v;
+  int H;                   // heads per batch row of the layouts (1 for split heads)
+  Layout lq, lk, lv, lo;   // q / dq, k / dk, v / dv, out / dO
   int Tq, Tk, D, Dv;
   bool causal;
   int window;  // 0: no window
@@ -70,6 +81,10 @@ struct Params {
   uint32_t threshold;  // rng::keep_threshold(p)
   float drop_scale;    // float32(1 / (1 - p))
 };
+
+__device__ __forceinline__ int64_t row_offset(const Params& P, const Layout& L, int64_t bh, int64_t t) {
+  return (bh / P.H) * L.sb + (bh % P.H) * L.sh + t * L.st;
+}
 
 // Visible key span [lo, hi) of query i (reference.attention_mask, row i); empty for i >= Tq.
 __device__ __forceinline__ void key_span(const Params& P, int i, int& lo, int& hi) {
@@ -108,13 +123,14 @@ struct Cfg {
   static_assert(B % 16 == 0 && HD % 16 == 0, "tile sizes");
 };
 
-// dst[r][d] = src[r * ncols + d] * mult for r < nrows, d < ncols; zero elsewhere in (B, HD).
+// dst[r][d] = src[r * stride + d] * mult for r < nrows, d < ncols; zero elsewhere in (B, HD).
 template <int HD, int B>
-__device__ __forceinline__ void load_rows(float* dst, const float* src, int nrows, int ncols, float mult) {
+__device__ __forceinline__ void load_rows(float* dst, const float* src, int nrows, int ncols, int64_t stride,
+                                          float mult) {
   using C = Cfg<HD, B>;
   for (int e = threadIdx.x; e < B * HD; e += C::NT) {
     const int r = e / HD, d = e % HD;
-    dst[r * C::LD + d] = (r < nrows && d < ncols) ? src[static_cast<int64_t>(r) * ncols + d] * mult : 0.0f;
+    dst[r * C::LD + d] = (r < nrows && d < ncols) ? src[static_cast<int64_t>(r) * stride + d] * mult : 0.0f;
   }
 }
 
@@ -196,11 +212,11 @@ __global__ void __launch_bounds__(Cfg<HD, B>::NT) attention_forward_kernel(Param
   const int i0 = (gridDim.y - 1 - blockIdx.y) * B;
   const int nq = min(B, P.Tq - i0);
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  const float* q = P.q + (bh * P.Tq + i0) * P.D;
-  const float* k = P.k + bh * P.Tk * P.D;
-  const float* v = P.v + bh * P.Tk * P.Dv;
+  const float* q = P.q + row_offset(P, P.lq, bh, i0);
+  const float* k = P.k + row_offset(P, P.lk, bh, 0);
+  const float* v = P.v + row_offset(P, P.lv, bh, 0);
 
-  load_rows<HD, B>(Qs, q, nq, P.D, P.scale);
+  load_rows<HD, B>(Qs, q, nq, P.D, P.lq.st, P.scale);
   int lo_first, hi_first, lo_last, hi_last, lo[4], hi[4];
   key_span(P, i0, lo_first, hi_first);
   key_span(P, i0 + nq - 1, lo_last, hi_last);
@@ -219,8 +235,8 @@ __global__ void __launch_bounds__(Cfg<HD, B>::NT) attention_forward_kernel(Param
   for (int j0 = lo_first / B * B; j0 < hi_last; j0 += B) {
     const int nk = min(B, P.Tk - j0);
     __syncthreads();  // the previous tile's readers of Ks, Vs, Ps are done
-    load_rows<HD, B>(Ks, k + static_cast<int64_t>(j0) * P.D, nk, P.D, 1.0f);
-    load_rows<HD, B>(Vs, v + static_cast<int64_t>(j0) * P.Dv, nk, P.Dv, 1.0f);
+    load_rows<HD, B>(Ks, k + j0 * P.lk.st, nk, P.D, P.lk.st, 1.0f);
+    load_rows<HD, B>(Vs, v + j0 * P.lv.st, nk, P.Dv, P.lv.st, 1.0f);
     __syncthreads();
     float s[4][C::CN];
     tile_dot<HD, B>(s, Qs, Ks, P.D, ty, tx);  // (B, D) @ (D, B) -> (B, B) scores
@@ -260,11 +276,12 @@ __global__ void __launch_bounds__(Cfg<HD, B>::NT) attention_forward_kernel(Param
     const int r = ty * 4 + i;
     if (r >= nq) continue;
     const int64_t row = bh * P.Tq + i0 + r;
+    float* o = out + row_offset(P, P.lo, bh, i0 + r);
     const float inv = P.drop_scale / l[i];
 #pragma unroll
     for (int jj = 0; jj < C::DN; ++jj) {
       const int d = tx + 16 * jj;
-      if (d < P.Dv) out[row * P.Dv + d] = acc[i][jj] * inv;
+      if (d < P.Dv) o[d] = acc[i][jj] * inv;
     }
     if (tx == 0) {
       mrow[row] = m[i];
@@ -274,14 +291,15 @@ __global__ void __launch_bounds__(Cfg<HD, B>::NT) attention_forward_kernel(Param
 }
 
 // ------------------------------------------------------------------------------------ backward
-// D[r] = sum_d dO[r][d] * O[r][d], one warp per row.
-__global__ void attention_rowdot_kernel(float* __restrict__ Drow, const float* __restrict__ g,
-                                        const float* __restrict__ o, int64_t rows, int Dv) {
+// D[r] = sum_d dO[r][d] * O[r][d] for rows r = bh * Tq + t, one warp per row.
+__global__ void attention_rowdot_kernel(Params P, float* __restrict__ Drow, const float* __restrict__ g,
+                                        const float* __restrict__ o, int64_t rows) {
   const int lane = threadIdx.x % 32;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
   for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + threadIdx.x / 32; r < rows; r += warps) {
+    const int64_t off = row_offset(P, P.lo, r / P.Tq, r % P.Tq);
     float acc = 0.0f;
-    for (int d = lane; d < Dv; d += 32) acc = fmaf(g[r * Dv + d], o[r * Dv + d], acc);
+    for (int d = lane; d < P.Dv; d += 32) acc = fmaf(g[off + d], o[off + d], acc);
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
     if (lane == 0) Drow[r] = acc;
@@ -348,8 +366,8 @@ __global__ void __launch_bounds__(Cfg<HD, B>::NT) attention_backward_kv_kernel(
   const int j0 = blockIdx.y * B;
   const int nk = min(B, P.Tk - j0);
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  load_rows<HD, B>(Ks, P.k + (bh * P.Tk + j0) * P.D, nk, P.D, 1.0f);
-  load_rows<HD, B>(Vs, P.v + (bh * P.Tk + j0) * P.Dv, nk, P.Dv, 1.0f);
+  load_rows<HD, B>(Ks, P.k + row_offset(P, P.lk, bh, j0), nk, P.D, P.lk.st, 1.0f);
+  load_rows<HD, B>(Vs, P.v + row_offset(P, P.lv, bh, j0), nk, P.Dv, P.lv.st, 1.0f);
 
   float dK[4][C::DN], dV[4][C::DN];  // rows = keys ty*4 + i
 #pragma unroll
@@ -366,8 +384,8 @@ __global__ void __launch_bounds__(Cfg<HD, B>::NT) attention_backward_kv_kernel(
     key_span(P, i0 + nq - 1, lo_last, hi_last);
     if (hi_last <= j0 || lo_first >= j0 + nk) continue;  // no query of this tile sees these keys (uniform)
     __syncthreads();  // previous readers of Qs, dOs, Ps are done
-    load_rows<HD, B>(Qs, P.q + (bh * P.Tq + i0) * P.D, nq, P.D, P.scale);
-    load_rows<HD, B>(dOs, g + (bh * P.Tq + i0) * P.Dv, nq, P.Dv, 1.0f);
+    load_rows<HD, B>(Qs, P.q + row_offset(P, P.lq, bh, i0), nq, P.D, P.lq.st, P.scale);
+    load_rows<HD, B>(dOs, g + row_offset(P, P.lo, bh, i0), nq, P.Dv, P.lo.st, 1.0f);
     float mr[4], linv[4], Dr[4];
     load_row_stats<HD, B>(P, bh, i0, mrow, lrow, Drow, mr, linv, Dr, ty);
     __syncthreads();
@@ -392,12 +410,13 @@ __global__ void __launch_bounds__(Cfg<HD, B>::NT) attention_backward_kv_kernel(
   for (int i = 0; i < 4; ++i) {
     const int r = ty * 4 + i;
     if (r >= nk) continue;
-    const int64_t row = bh * P.Tk + j0 + r;
+    float* dkr = dk + row_offset(P, P.lk, bh, j0 + r);
+    float* dvr = dv + row_offset(P, P.lv, bh, j0 + r);
 #pragma unroll
     for (int jj = 0; jj < C::DN; ++jj) {
       const int d = tx + 16 * jj;
-      if (d < P.D) dk[row * P.D + d] = dK[i][jj];
-      if (d < P.Dv) dv[row * P.Dv + d] = dV[i][jj];
+      if (d < P.D) dkr[d] = dK[i][jj];
+      if (d < P.Dv) dvr[d] = dV[i][jj];
     }
   }
 }
@@ -418,8 +437,8 @@ __global__ void __launch_bounds__(Cfg<HD, B>::NT) attention_backward_q_kernel(
   const int i0 = (gridDim.y - 1 - blockIdx.y) * B;
   const int nq = min(B, P.Tq - i0);
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  load_rows<HD, B>(Qs, P.q + (bh * P.Tq + i0) * P.D, nq, P.D, P.scale);
-  load_rows<HD, B>(dOs, g + (bh * P.Tq + i0) * P.Dv, nq, P.Dv, 1.0f);
+  load_rows<HD, B>(Qs, P.q + row_offset(P, P.lq, bh, i0), nq, P.D, P.lq.st, P.scale);
+  load_rows<HD, B>(dOs, g + row_offset(P, P.lo, bh, i0), nq, P.Dv, P.lo.st, 1.0f);
   float mr[4], linv[4], Dr[4];
   load_row_stats<HD, B>(P, bh, i0, mrow, lrow, Drow, mr, linv, Dr, ty);
   int lo_first, hi_first, lo_last, hi_last;
@@ -435,8 +454,8 @@ __global__ void __launch_bounds__(Cfg<HD, B>::NT) attention_backward_q_kernel(
   for (int j0 = lo_first / B * B; j0 < hi_last; j0 += B) {
     const int nk = min(B, P.Tk - j0);
     __syncthreads();  // previous readers of Ks, Vs, Ps are done
-    load_rows<HD, B>(Ks, P.k + (bh * P.Tk + j0) * P.D, nk, P.D, 1.0f);
-    load_rows<HD, B>(Vs, P.v + (bh * P.Tk + j0) * P.Dv, nk, P.Dv, 1.0f);
+    load_rows<HD, B>(Ks, P.k + row_offset(P, P.lk, bh, j0), nk, P.D, P.lk.st, 1.0f);
+    load_rows<HD, B>(Vs, P.v + row_offset(P, P.lv, bh, j0), nk, P.Dv, P.lv.st, 1.0f);
     __syncthreads();
     float p[4][C::CN], pd[4][C::CN], ds[4][C::CN];
     probs_and_dscores<HD, B>(P, bh, i0, j0, Qs, dOs, Ks, Vs, mr, linv, Dr, p, pd, ds, ty, tx);
@@ -452,11 +471,11 @@ __global__ void __launch_bounds__(Cfg<HD, B>::NT) attention_backward_q_kernel(
   for (int i = 0; i < 4; ++i) {
     const int r = ty * 4 + i;
     if (r >= nq) continue;
-    const int64_t row = bh * P.Tq + i0 + r;
+    float* dqr = dq + row_offset(P, P.lq, bh, i0 + r);
 #pragma unroll
     for (int jj = 0; jj < C::DN; ++jj) {
       const int d = tx + 16 * jj;
-      if (d < P.D) dq[row * P.D + d] = dQ[i][jj] * P.scale;
+      if (d < P.D) dqr[d] = dQ[i][jj] * P.scale;
     }
   }
 }
@@ -476,6 +495,11 @@ Params make_params(std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, int64_t
   P.q = reinterpret_cast<const float*>(q);
   P.k = reinterpret_cast<const float*>(k);
   P.v = reinterpret_cast<const float*>(v);
+  P.H = 1;  // split heads: (BH, T, hs) each
+  P.lq = {Tq * D, 0, D};
+  P.lk = {Tk * D, 0, D};
+  P.lv = {Tk * Dv, 0, Dv};
+  P.lo = {Tq * Dv, 0, Dv};
   P.Tq = static_cast<int>(Tq);
   P.Tk = static_cast<int>(Tk);
   P.D = static_cast<int>(D);
@@ -488,6 +512,23 @@ Params make_params(std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, int64_t
   P.seed = seed;
   P.threshold = rng::keep_threshold(dropout_p);
   P.drop_scale = static_cast<float>(1.0 / (1.0 - dropout_p));
+  return P;
+}
+
+// c_attn's packed output qkv (B, T, 3C), C = n_head * hs: q, k, v read in place, out (and dO) the
+// merged (B, T, C), dq / dk / dv written into a (B, T, 3C) dqkv.
+Params make_packed_params(std::uintptr_t qkv, int64_t B, int64_t T, int64_t n_head, int64_t hs, bool causal,
+                          int64_t window, double dropout_p, uint64_t seed, double scale) {
+  TG_CHECK(B >= 0 && T >= 0 && n_head >= 1 && hs >= 1,
+           "attention_qkv (cuda): need B, T >= 0 and n_head, hs >= 1, got B = ", B, ", T = ", T, ", n_head = ",
+           n_head, ", hs = ", hs);
+  TG_CHECK(n_head * hs < (int64_t(1) << 24), "attention_qkv (cuda): n_embd ", n_head * hs, " is too large");
+  const int64_t C = n_head * hs;
+  Params P = make_params(qkv, qkv + sizeof(float) * C, qkv + 2 * sizeof(float) * C, B * n_head, T, T, hs, hs,
+                         causal, window, dropout_p, seed, scale);
+  P.H = static_cast<int>(n_head);
+  P.lq = P.lk = P.lv = {T * 3 * C, hs, 3 * C};
+  P.lo = {T * C, hs, C};
   return P;
 }
 
@@ -533,6 +574,46 @@ int head_class(int64_t D, int64_t Dv) {
   return h <= 32 ? 32 : h <= 64 ? 64 : h <= 128 ? 128 : 256;
 }
 
+void forward(const Params& P, int64_t BH, std::uintptr_t out, std::uintptr_t row_max, std::uintptr_t row_sum,
+             std::uintptr_t stream) {
+  if (BH == 0 || P.Tq == 0) return;
+  TG_CHECK(P.Tk > 0, "attention_forward (cuda): no keys (Tk = 0) for ", P.Tq, " queries");
+  auto s = reinterpret_cast<cudaStream_t>(stream);
+  auto* o = reinterpret_cast<float*>(out);
+  auto* m = reinterpret_cast<float*>(row_max);
+  auto* l = reinterpret_cast<float*>(row_sum);
+  switch (head_class(P.D, P.Dv)) {
+    case 32: forward_hd<32, 64>(P, BH, o, m, l, s); break;
+    case 64: forward_hd<64, 64>(P, BH, o, m, l, s); break;
+    case 128: forward_hd<128, 64>(P, BH, o, m, l, s); break;
+    default: forward_hd<256, 32>(P, BH, o, m, l, s); break;
+  }
+}
+
+// Needs Tq > 0 and Tk > 0 (the callers handle the empty cases).
+void backward(const Params& P, int64_t BH, std::uintptr_t dq, std::uintptr_t dk, std::uintptr_t dv,
+              std::uintptr_t drow, std::uintptr_t grad, std::uintptr_t out, std::uintptr_t row_max,
+              std::uintptr_t row_sum, cudaStream_t s) {
+  const auto* g = reinterpret_cast<const float*>(grad);
+  const auto* o = reinterpret_cast<const float*>(out);
+  const auto* m = reinterpret_cast<const float*>(row_max);
+  const auto* l = reinterpret_cast<const float*>(row_sum);
+  auto* Dp = reinterpret_cast<float*>(drow);
+  const int64_t rows = BH * P.Tq;
+  const int64_t blocks = (rows + 7) / 8;
+  attention_rowdot_kernel<<<static_cast<unsigned>(blocks < 65536 ? blocks : 65536), 256, 0, s>>>(P, Dp, g, o, rows);
+  TG_CUDA_CHECK_LAUNCH();
+  auto* dqp = reinterpret_cast<float*>(dq);
+  auto* dkp = reinterpret_cast<float*>(dk);
+  auto* dvp = reinterpret_cast<float*>(dv);
+  switch (head_class(P.D, P.Dv)) {
+    case 32: backward_hd<32, 64>(P, BH, g, m, l, Dp, dqp, dkp, dvp, s); break;
+    case 64: backward_hd<64, 64>(P, BH, g, m, l, Dp, dqp, dkp, dvp, s); break;
+    case 128: backward_hd<128, 64>(P, BH, g, m, l, Dp, dqp, dkp, dvp, s); break;
+    default: backward_hd<256, 32>(P, BH, g, m, l, Dp, dqp, dkp, dvp, s); break;
+  }
+}
+
 }  // namespace cuda_attention
 }  // namespace tinygpt
 
@@ -542,19 +623,8 @@ void tg_attention_forward_cuda(std::uintptr_t out, std::uintptr_t row_max, std::
                                std::uintptr_t k, std::uintptr_t v, int64_t BH, int64_t Tq, int64_t Tk, int64_t D,
                                int64_t Dv, bool causal, int64_t window, double dropout_p, uint64_t seed,
                                double scale, std::uintptr_t stream) {
-  const Params P = make_params(q, k, v, BH, Tq, Tk, D, Dv, causal, window, dropout_p, seed, scale);
-  if (BH == 0 || Tq == 0) return;
-  TG_CHECK(Tk > 0, "attention_forward (cuda): no keys (Tk = 0) for ", Tq, " queries");
-  auto s = reinterpret_cast<cudaStream_t>(stream);
-  auto* o = reinterpret_cast<float*>(out);
-  auto* m = reinterpret_cast<float*>(row_max);
-  auto* l = reinterpret_cast<float*>(row_sum);
-  switch (head_class(D, Dv)) {
-    case 32: forward_hd<32, 64>(P, BH, o, m, l, s); break;
-    case 64: forward_hd<64, 64>(P, BH, o, m, l, s); break;
-    case 128: forward_hd<128, 64>(P, BH, o, m, l, s); break;
-    default: forward_hd<256, 32>(P, BH, o, m, l, s); break;
-  }
+  forward(make_params(q, k, v, BH, Tq, Tk, D, Dv, causal, window, dropout_p, seed, scale), BH, out, row_max,
+          row_sum, stream);
 }
 
 void tg_attention_backward_cuda(std::uintptr_t dq, std::uintptr_t dk, std::uintptr_t dv, std::uintptr_t drow,
@@ -573,21 +643,24 @@ void tg_attention_backward_cuda(std::uintptr_t dq, std::uintptr_t dk, std::uintp
     return;
   }
   TG_CHECK(Tk > 0, "attention_backward (cuda): no keys (Tk = 0) for ", Tq, " queries");
-  const auto* g = reinterpret_cast<const float*>(grad);
-  const auto* o = reinterpret_cast<const float*>(out);
-  const auto* m = reinterpret_cast<const float*>(row_max);
-  const auto* l = reinterpret_cast<const float*>(row_sum);
-  auto* Dp = reinterpret_cast<float*>(drow);
-  const int64_t rows = BH * Tq;
-  const int64_t blocks = (rows + 7) / 8;
-  attention_rowdot_kernel<<<static_cast<unsigned>(blocks < 65536 ? blocks : 65536), 256, 0, s>>>(Dp, g, o, rows,
-                                                                                                 P.Dv);
-  TG_CUDA_CHECK_LAUNCH();
-  auto* dqp = reinterpret_cast<float*>(dq);
-  switch (head_class(D, Dv)) {
-    case 32: backward_hd<32, 64>(P, BH, g, m, l, Dp, dqp, dkp, dvp, s); break;
-    case 64: backward_hd<64, 64>(P, BH, g, m, l, Dp, dqp, dkp, dvp, s); break;
-    case 128: backward_hd<128, 64>(P, BH, g, m, l, Dp, dqp, dkp, dvp, s); break;
-    default: backward_hd<256, 32>(P, BH, g, m, l, Dp, dqp, dkp, dvp, s); break;
-  }
+  backward(P, BH, dq, dk, dv, drow, grad, out, row_max, row_sum, s);
+}
+
+void tg_attention_qkv_forward_cuda(std::uintptr_t out, std::uintptr_t row_max, std::uintptr_t row_sum,
+                                   std::uintptr_t qkv, int64_t B, int64_t T, int64_t n_head, int64_t hs, bool causal,
+                                   int64_t window, double dropout_p, uint64_t seed, double scale,
+                                   std::uintptr_t stream) {
+  forward(make_packed_params(qkv, B, T, n_head, hs, causal, window, dropout_p, seed, scale), B * n_head, out,
+          row_max, row_sum, stream);
+}
+
+void tg_attention_qkv_backward_cuda(std::uintptr_t dqkv, std::uintptr_t drow, std::uintptr_t grad, std::uintptr_t qkv,
+                                    std::uintptr_t out, std::uintptr_t row_max, std::uintptr_t row_sum, int64_t B,
+                                    int64_t T, int64_t n_head, int64_t hs, bool causal, int64_t window,
+                                    double dropout_p, uint64_t seed, double scale, std::uintptr_t stream) {
+  const Params P = make_packed_params(qkv, B, T, n_head, hs, causal, window, dropout_p, seed, scale);
+  if (B == 0 || T == 0) return;  // dqkv is empty
+  const int64_t C = n_head * hs;
+  backward(P, B * n_head, dqkv, dqkv + sizeof(float) * C, dqkv + 2 * sizeof(float) * C, drow, grad, out, row_max,
+           row_sum, reinterpret_cast<cudaStream_t>(stream));
 }

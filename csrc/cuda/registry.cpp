@@ -109,6 +109,16 @@ void bind_cuda_attention(py::module_& m) {
         py::arg("Tk"), py::arg("D"), py::arg("Dv"), py::arg("causal"), py::arg("window"), py::arg("dropout_p"),
         py::arg("seed"), py::arg("scale"), py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
         "Flash attention backward (dq, dk, dv) on raw device pointers; drow is a (BH, Tq) workspace.");
+  m.def("attention_qkv_forward", &tg_attention_qkv_forward_cuda, py::arg("out"), py::arg("row_max"),
+        py::arg("row_sum"), py::arg("qkv"), py::arg("B"), py::arg("T"), py::arg("n_head"), py::arg("hs"),
+        py::arg("causal"), py::arg("window"), py::arg("dropout_p"), py::arg("seed"), py::arg("scale"),
+        py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
+        "Flash attention forward reading c_attn's packed qkv (B, T, 3C) in place; out is the merged (B, T, C).");
+  m.def("attention_qkv_backward", &tg_attention_qkv_backward_cuda, py::arg("dqkv"), py::arg("drow"),
+        py::arg("grad"), py::arg("qkv"), py::arg("out"), py::arg("row_max"), py::arg("row_sum"), py::arg("B"),
+        py::arg("T"), py::arg("n_head"), py::arg("hs"), py::arg("causal"), py::arg("window"), py::arg("dropout_p"),
+        py::arg("seed"), py::arg("scale"), py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
+        "Flash attention backward into a packed dqkv (B, T, 3C); grad is the merged (B, T, C).");
 }
 
 void bind_cuda_softmax(py::module_& m) {

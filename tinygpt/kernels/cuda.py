@@ -716,7 +716,58 @@ def attention_backward(grad, q, k, v, dropout_p, scale, saved):
     return dq, dk, dv
 
 
-# attention on c_attn's packed (B, T, 3C) output: the CUDA kernels above on heads split and merged by
-# CuPy copies (the CPU kernel reads the packed layout in place; the CUDA one does not yet)
-LAUNCHERS["attention_qkv"] = LAUNCHERS["attention"]
-attention_qkv_forward, attention_qkv_backward = reference.packed_attention(attention_forward, attention_backward)
+# ----------------------------------------------------------------------------- attention on packed qkv
+# c_attn's (B, T, 3C) output read in place (the kernels above with strided row addressing): no split
+# into heads, and the output written merged (B, T, C); the backward writes dqkv (B, T, 3C) directly.
+LAUNCHERS["attention_qkv"] = ("attention_qkv_forward", "attention_qkv_backward")
+
+
+def _qkv_dims(op, qkv, n_head):
+    """Checks qkv (B, T, 3C); returns (B, T, n_head, hs)."""
+    _arg(f"{op}: qkv", qkv, ndim=3)
+    n_head = _int(f"{op}: n_head", n_head)
+    B, T, C3 = qkv.shape
+    if n_head < 1 or C3 % (3 * n_head):
+        raise ValueError(f"{op}: qkv's last dim {C3} must be 3 * n_embd with n_embd divisible by n_head {n_head}")
+    hs = C3 // (3 * n_head)
+    if hs > ATTENTION_MAX_HEAD:
+        raise ValueError(f"{op}: head sizes up to {ATTENTION_MAX_HEAD} are supported on CUDA, got {hs}")
+    return B, T, n_head, hs
+
+
+def attention_qkv_forward(qkv, n_head, causal, window, dropout_p, seed, scale):
+    """Flash attention on packed qkv; saved = (out, row max, row sum, causal, window, seed)."""
+    op = "attention_qkv_forward"
+    B, T, nh, hs = _qkv_dims(op, qkv, n_head)
+    causal = bool(causal)
+    w = _window(op, window)
+    p = _probability(f"{op}: dropout_p", dropout_p)
+    s = _seed64(f"{op}: seed", seed)
+    _check_key_spans(op, T, T, causal, w)
+    out = _empty((B, T, nh * hs))
+    row_max, row_sum = _empty((B, nh, T)), _empty((B, nh, T))
+    _launch("attention_qkv_forward")(out.data.ptr, row_max.data.ptr, row_sum.data.ptr, qkv.data.ptr, B, T, nh, hs,
+                                     causal, w or 0, p, s, float(scale), _stream())
+    return out, (out, row_max, row_sum, causal, w, s)
+
+
+def attention_qkv_backward(grad, qkv, n_head, dropout_p, scale, saved):
+    op = "attention_qkv_backward"
+    B, T, nh, hs = _qkv_dims(op, qkv, n_head)
+    if not isinstance(saved, tuple) or len(saved) != 6:
+        raise ValueError(f"{op}: saved must be the 6-tuple attention_qkv_forward returned")
+    out, row_max, row_sum, causal, window, seed = saved
+    gp = _arg(f"{op}: grad", grad, shape=(B, T, nh * hs))
+    op_ = _arg(f"{op}: saved out", out, shape=(B, T, nh * hs))
+    mp = _arg(f"{op}: saved row max", row_max, shape=(B, nh, T))
+    lp = _arg(f"{op}: saved row sum", row_sum, shape=(B, nh, T))
+    causal = bool(causal)
+    w = _window(op, window)
+    p = _probability(f"{op}: dropout_p", dropout_p)
+    s = _seed64(f"{op}: saved seed", seed)
+    _check_key_spans(op, T, T, causal, w)
+    dqkv = _empty(qkv.shape)
+    drow = _empty((max(B * nh * T, 1),))  # workspace: D = rowsum(grad * out)
+    _launch("attention_qkv_backward")(dqkv.data.ptr, drow.data.ptr, gp, qkv.data.ptr, op_, mp, lp, B, T, nh, hs,
+                                      causal, w or 0, p, s, float(scale), _stream())
+    return dqkv
