@@ -34,6 +34,7 @@ def _load(name):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer shapes and repetitions")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes, one repetition: the code paths only")
     ap.add_argument("--only", default="", help="comma-separated kernel families (default: all)")
     args = ap.parse_args(argv)
     import tinygpt as tg  # noqa: PLC0415
@@ -46,7 +47,8 @@ def main(argv=None):
         chosen = [f for f in families if not only or f in only]
         if chosen:
             print(f"\n# {part}: {', '.join(chosen)}")
-            _load(part).main((["--quick"] if args.quick else []) + ["--only", ",".join(chosen)])
+            _load(part).main((["--quick"] if args.quick else []) + (["--smoke"] if args.smoke else [])
+                             + ["--only", ",".join(chosen)])
     return 0
 
 

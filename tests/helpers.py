@@ -27,6 +27,31 @@ def load_example(name):
     return module
 
 
+def load_benchmark(name, monkeypatch):
+    """benchmarks/<name>.py as a module, with its folder on sys.path for its own imports."""
+    path = os.path.join(ROOT, "benchmarks", f"{name}.py")
+    monkeypatch.syspath_prepend(os.path.dirname(path))
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name.replace('/', '_')}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_tiny_gpu_benchmark(monkeypatch, tmp_path):
+    """benchmarks/gpu.py --no-torch --quick on two tiny configurations; returns its JSON report."""
+    import json
+
+    bench = load_benchmark("gpu", monkeypatch)
+    monkeypatch.setitem(bench.CONFIGS, "shakespeare", dict(vocab_size=11, block_size=16, n_layer=2, n_head=2,
+                                                           n_embd=8, batch_size=3, dropout=0.2))
+    monkeypatch.setitem(bench.CONFIGS, "gpt2", dict(vocab_size=50, block_size=32, n_layer=2, n_head=2, n_embd=16,
+                                                    batch_size=2, dropout=0.0))
+    out = tmp_path / "gpu.json"
+    assert bench.main(["--no-torch", "--quick", "--steps", "2", "--warmup", "1", "--copy-mib", "4",
+                       "--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
 FD_EPS = 1e-6
 FD_RTOL = 1e-5
 FD_ATOL = 1e-6

@@ -37,23 +37,9 @@ def test_the_stand_in_is_in_use():
 
 def test_gpu_benchmark_runs_on_the_stand_in(monkeypatch, tmp_path, capsys):
     """benchmarks/gpu.py end to end on tiny configurations (its code paths, not its timings)."""
-    import importlib.util
-    import json
-    import os
+    from helpers import run_tiny_gpu_benchmark
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    monkeypatch.syspath_prepend(os.path.join(root, "benchmarks"))
-    spec = importlib.util.spec_from_file_location("bench_gpu_sim", os.path.join(root, "benchmarks", "gpu.py"))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    monkeypatch.setitem(bench.CONFIGS, "shakespeare", dict(vocab_size=11, block_size=16, n_layer=2, n_head=2,
-                                                           n_embd=8, batch_size=3, dropout=0.2))
-    monkeypatch.setitem(bench.CONFIGS, "gpt2", dict(vocab_size=50, block_size=32, n_layer=2, n_head=2, n_embd=16,
-                                                    batch_size=2, dropout=0.0))
-    out = tmp_path / "gpu.json"
-    assert bench.main(["--no-torch", "--quick", "--steps", "2", "--warmup", "1", "--copy-mib", "4",
-                       "--json", str(out)]) == 0
-    report = json.loads(out.read_text())
+    report = run_tiny_gpu_benchmark(monkeypatch, tmp_path)
     assert report["device"]["gpu"] == "Fake GPU (numpy)" and report["device"]["peaks"] is None
     for r in report["model"]:
         assert r["errors"] == {} and set(r["results"]) == {"tinygpt-ref"}

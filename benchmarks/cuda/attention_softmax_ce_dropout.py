@@ -13,6 +13,8 @@ it with its napkin math:
 
     python benchmarks/cuda_kernels.py [--quick] [--only attention,softmax]   (or this file directly)
 
+--smoke runs every code path once on tiny shapes (what the tests do on the CPU emulator).
+
 Needs CuPy, a GPU, and tinygpt._C built with TINYGPT_CUDA=ON; exits with a message otherwise.
 """
 from __future__ import annotations
@@ -48,8 +50,8 @@ def _row(name, shape, pass_, ms, nbytes=None, copy=None, flops=None, ref_ms=None
     print(f"{name:14s} {str(shape):22s} {pass_:4s} {ms:9.3f} ms  {extra}")
 
 
-def bench_dropout(cp, K, copy, reps, quick):
-    for n in ([1 << 24] if quick else [1 << 24, 1 << 28]):
+def bench_dropout(cp, K, copy, reps, quick, smoke=False):
+    for n in ([1000] if smoke else [1 << 24] if quick else [1 << 24, 1 << 28]):
         x = cp.random.standard_normal(n, dtype=cp.float32)
         y, saved = K.dropout_forward(x, 0.1, 1)
         t = time_ms(cp, {"fwd": lambda: K.dropout_forward(x, 0.1, 1), "bwd": lambda: K.dropout_backward(y, 0.1, saved)}, reps)
@@ -57,8 +59,8 @@ def bench_dropout(cp, K, copy, reps, quick):
         _row("dropout", (n,), "bwd", t["bwd"], 8 * n, copy)
 
 
-def bench_softmax(cp, K, copy, reps, quick):
-    shapes = [(8 * 12 * 1024, 1024)] if quick else [(8 * 12 * 1024, 1024), (8 * 1024, 50304), (8 * 1024, 50257), (65536, 65)]
+def bench_softmax(cp, K, copy, reps, quick, smoke=False):
+    shapes = [(37, 65)] if smoke else [(8 * 12 * 1024, 1024)] if quick else [(8 * 12 * 1024, 1024), (8 * 1024, 50304), (8 * 1024, 50257), (65536, 65)]
     for op in ("softmax", "log_softmax"):
         fwd, bwd = getattr(K, f"{op}_forward"), getattr(K, f"{op}_backward")
         for shape in shapes:
@@ -71,8 +73,8 @@ def bench_softmax(cp, K, copy, reps, quick):
             _row(op, shape, "bwd", t["bwd"], 12 * n, copy)
 
 
-def bench_cross_entropy(cp, K, copy, reps, quick):
-    shapes = [(8 * 1024, 50304)] if quick else [(8 * 1024, 50304), (8 * 1024, 50257), (65536, 65)]
+def bench_cross_entropy(cp, K, copy, reps, quick, smoke=False):
+    shapes = [(37, 65)] if smoke else [(8 * 1024, 50304)] if quick else [(8 * 1024, 50304), (8 * 1024, 50257), (65536, 65)]
     for N, V in shapes:
         x = cp.random.standard_normal((N, V), dtype=cp.float32)
         t_ = cp.random.randint(0, V, N).astype(cp.int64)
@@ -84,7 +86,7 @@ def bench_cross_entropy(cp, K, copy, reps, quick):
         _row("cross_entropy", (N, V), "bwd", t["bwd"], 8 * N * V, copy)
 
 
-def bench_attention(cp, K, reps, quick):
+def bench_attention(cp, K, reps, quick, smoke=False):
     from tinygpt.kernels import reference as R
 
     try:
@@ -92,7 +94,7 @@ def bench_attention(cp, K, reps, quick):
         torch_ok = torch.cuda.is_available()
     except ImportError:
         torch, torch_ok = None, False
-    configs = [(8, 12, 1024, 64, True)] if quick else [(8, 12, 1024, 64, True), (4, 16, 2048, 128, True),
+    configs = [(1, 2, 70, 32, True), (1, 2, 70, 32, False)] if smoke else [(8, 12, 1024, 64, True)] if quick else [(8, 12, 1024, 64, True), (4, 16, 2048, 128, True),
                                                         (8, 12, 1024, 64, False), (16, 12, 256, 64, True)]
     for B, nh, T, hs, causal in configs:
         shape = (B, nh, T, hs)
@@ -118,14 +120,28 @@ def bench_attention(cp, K, reps, quick):
             fns["ref fwd"] = lambda: R.attention_forward(q, k, v, causal, None, 0.0, 0, scale)
             fns["ref bwd"] = lambda: R.attention_backward(g, q, k, v, 0.0, scale, rs)
             other = {"fwd": "ref fwd", "bwd": "ref bwd"}
+        # the packed op CausalSelfAttention runs: c_attn's (B, T, 3C) read in place, merged output,
+        # against the same kernels on heads split and merged by copies
+        qkv = cp.random.standard_normal((B, T, 3 * nh * hs), dtype=cp.float32)
+        gm = cp.random.standard_normal((B, T, nh * hs), dtype=cp.float32)
+        _, psaved = K.attention_qkv_forward(qkv, nh, causal, None, 0.0, 0, scale)
+        split_fwd, split_bwd = R.packed_attention(K.attention_forward, K.attention_backward)
+        _, ssaved = split_fwd(qkv, nh, causal, None, 0.0, 0, scale)
+        fns["qkv fwd"] = lambda: K.attention_qkv_forward(qkv, nh, causal, None, 0.0, 0, scale)
+        fns["qkv bwd"] = lambda: K.attention_qkv_backward(gm, qkv, nh, 0.0, scale, psaved)
+        fns["split fwd"] = lambda: split_fwd(qkv, nh, causal, None, 0.0, 0, scale)
+        fns["split bwd"] = lambda: split_bwd(gm, qkv, nh, 0.0, scale, ssaved)
         t = time_ms(cp, fns, reps)
         name = "attention" + ("" if causal else " full")
         _row(name, shape, "fwd", t["fwd"], flops=fl, ref_ms=t.get(other.get("fwd")))
         _row(name, shape, "bwd", t["bwd"], flops=2.5 * fl, ref_ms=t.get(other.get("bwd")))
+        _row("attention_qkv", (B, T, 3 * nh * hs), "fwd", t["qkv fwd"], flops=fl, ref_ms=t["split fwd"])
+        _row("attention_qkv", (B, T, 3 * nh * hs), "bwd", t["qkv bwd"], flops=2.5 * fl, ref_ms=t["split bwd"])
     if torch_ok:
         print("(other = torch F.scaled_dot_product_attention, float32, its own backend choice)")
     else:
         print("(other = CuPy reference; torch with CUDA not installed)")
+    print("(attention_qkv: other = the same kernels on heads split and merged by CuPy copies)")
 
 
 def main(argv=None):
@@ -133,17 +149,19 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated: dropout,softmax,cross_entropy,attention")
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes, one repetition: code paths only")
     args = ap.parse_args(argv)
     cp, K = _setup()
     only = set(filter(None, args.only.split(",")))
+    reps = 1 if args.smoke else args.reps
     dev = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
-    copy = copy_gbps(cp, args.reps)
+    copy = copy_gbps(cp, reps, 1 << 16) if args.smoke else copy_gbps(cp, reps)
     print(f"device: {dev['name'].decode()}; device-to-device copy {copy:.0f} GB/s")
     for name, fn in [("dropout", bench_dropout), ("softmax", bench_softmax), ("cross_entropy", bench_cross_entropy)]:
         if not only or name in only:
-            fn(cp, K, copy, args.reps, args.quick)
+            fn(cp, K, copy, reps, args.quick, args.smoke)
     if not only or "attention" in only:
-        bench_attention(cp, K, args.reps, args.quick)
+        bench_attention(cp, K, reps, args.quick, args.smoke)
 
 
 if __name__ == "__main__":

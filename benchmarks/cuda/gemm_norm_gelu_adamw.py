@@ -2,6 +2,9 @@
 
     python benchmarks/cuda_kernels.py [--quick] [--only matmul,layernorm,gelu,adamw]   (or this file directly, --json out.json)
 
+--smoke runs every code path once on tiny shapes (what the tests do on the CPU emulator); its
+timings mean nothing.
+
 matmul: our GEMM in each precision vs cupy.matmul (cuBLAS; fp32, or TF32 when CuPy runs with
 CUPY_TF32=1) on the products of a GPT training step (rows = B*T up to 16384; C in 384..1536; the
 4C MLP; the 50257-wide logits), forward (x W^T), dX (dY W) and dW (dY^T X), in TFLOP/s; these are
@@ -24,9 +27,9 @@ def timer(cp, fn, reps):
     return time_ms(cp, {"fn": fn}, reps)["fn"]
 
 
-def bench_matmul(cp, k, quick):
-    reps = 5 if quick else 20
-    shapes = [(4096, 768, 768), (4096, 768, 3072), (4096, 3072, 768)] if quick else [
+def bench_matmul(cp, k, quick, smoke=False):
+    reps = 1 if smoke else 5 if quick else 20
+    shapes = [(70, 33, 45)] if smoke else [(4096, 768, 768), (4096, 768, 3072), (4096, 3072, 768)] if quick else [
         (768, 384, 384), (4096, 384, 1536), (4096, 768, 768), (4096, 768, 2304), (4096, 768, 3072),
         (4096, 3072, 768), (16384, 768, 3072), (16384, 3072, 768), (16384, 1024, 4096), (16384, 1536, 6144),
         (8192, 768, 50257)]
@@ -37,18 +40,20 @@ def bench_matmul(cp, k, quick):
         g = cp.random.standard_normal((M, n_out), dtype=cp.float32)
         flop = 2.0 * M * n_in * n_out
         shape = f"{M}x{n_in}->{n_out}"
+        # outputs (and dW's split-K workspace, with the split count the wrapper would use) allocated once
+        y, dx, dw = (cp.empty(s, cp.float32) for s in ((M, n_out), (M, n_in), (n_out, n_in)))
+        splits = k._cuda.linear_dw_splits(M, n_in, n_out)
+        ws = cp.empty(splits * n_out * n_in, cp.float32) if splits > 1 else None
         products = {
             "fwd": (lambda p: lambda: k._cuda.linear_forward_launch(
-                        cp.empty((M, n_out), cp.float32).data.ptr, 0, x.data.ptr, w.data.ptr, 0, M, n_in, n_out, p,
-                        k._stream()),
+                        y.data.ptr, 0, x.data.ptr, w.data.ptr, 0, M, n_in, n_out, p, k._stream()),
                     lambda: cp.matmul(x, w.T)),
             "dx": (lambda p: lambda: k._cuda.linear_backward_dx_launch(
-                       cp.empty((M, n_in), cp.float32).data.ptr, g.data.ptr, w.data.ptr, M, n_in, n_out, p,
-                       k._stream()),
+                       dx.data.ptr, g.data.ptr, w.data.ptr, M, n_in, n_out, p, k._stream()),
                    lambda: cp.matmul(g, w)),
             "dw": (lambda p: lambda: k._cuda.linear_backward_dw_launch(
-                       cp.empty((n_out, n_in), cp.float32).data.ptr, g.data.ptr, x.data.ptr, M, n_in, n_out, p,
-                       k._stream()),
+                       dw.data.ptr, g.data.ptr, x.data.ptr, 0 if ws is None else ws.data.ptr, M, n_in, n_out, splits,
+                       p, k._stream()),
                    lambda: cp.matmul(g.T, x)),
         }
         for pas, (ours, cublas) in products.items():
@@ -75,10 +80,10 @@ def bench_matmul(cp, k, quick):
     return rows
 
 
-def bench_memory_bound(cp, k, quick, only):
-    reps = 10 if quick else 50
+def bench_memory_bound(cp, k, quick, only, smoke=False):
+    reps = 1 if smoke else 10 if quick else 50
     rows = []
-    shapes = [(4096, 768)] if quick else [(768, 384), (4096, 768), (16384, 768), (16384, 1024), (16384, 1536),
+    shapes = [(37, 64)] if smoke else [(4096, 768)] if quick else [(768, 384), (4096, 768), (16384, 768), (16384, 1024), (16384, 1536),
                                           (8192, 3072)]
     for N, C in shapes:
         x = cp.random.standard_normal((N, C), dtype=cp.float32)
@@ -116,6 +121,7 @@ def bench_memory_bound(cp, k, quick, only):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes, one repetition: code paths only")
     ap.add_argument("--only", default="matmul,layernorm,gelu,adamw")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -134,8 +140,8 @@ def main(argv=None):
     only = set(args.only.split(","))
     props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
     print(f"device: {props['name'].decode() if isinstance(props['name'], bytes) else props['name']}")
-    rows = bench_matmul(cp, k, args.quick) if "matmul" in only else []
-    rows += bench_memory_bound(cp, k, args.quick, only)
+    rows = bench_matmul(cp, k, args.quick, args.smoke) if "matmul" in only else []
+    rows += bench_memory_bound(cp, k, args.quick, only, args.smoke)
     for r in rows:
         rate = f"{r['tflops']:.1f} TFLOP/s" if "tflops" in r else \
             f"{r['gbps']:.0f} GB/s ({100 * r['of_copy']:.0f}% of copy {r['copy_gbps']:.0f})"

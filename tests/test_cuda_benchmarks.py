@@ -1,0 +1,37 @@
+"""The GPU benchmarks' code paths with the CUDA kernels on: benchmarks/cuda_kernels.py --smoke and
+benchmarks/gpu.py on tiny configurations. Marked `gpu`; without a GPU they run on the CPU emulator
+(TINYGPT_CUDA_EMULATOR=1), so a benchmark that has never met a GPU does not first fail there.
+Timings are not checked: only that every row is produced, without errors.
+"""
+import pytest
+
+import tinygpt as tg
+from tinygpt.kernels import cuda as kcuda
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not (kcuda.has("linear_gelu") and kcuda.has("attention_qkv")),
+                                 reason="tinygpt._C was built without the CUDA kernels")]
+
+from helpers import load_benchmark, run_tiny_gpu_benchmark
+
+
+def test_cuda_kernels_smoke(monkeypatch, capsys):
+    bench = load_benchmark("cuda_kernels", monkeypatch)
+    assert bench.main(["--smoke"]) == 0
+    text = capsys.readouterr().out
+    for what in ("matmul", "ours-fp32", "ours-tf32", "ours-bf16", "cublas", "linear_gelu", "layernorm",
+                 "add_layernorm", "gelu-tanh", "gelu-none", "adamw_step", "dropout", "softmax", "log_softmax",
+                 "cross_entropy", "attention", "attention full", "attention_qkv"):
+        assert what in text, what
+    assert "Traceback" not in text
+
+
+def test_gpu_benchmark_with_the_cuda_kernels(monkeypatch, tmp_path, capsys):
+    report = run_tiny_gpu_benchmark(monkeypatch, tmp_path)
+    assert report["device"]["tinygpt_cuda_ops"] == tg.kernels.cuda_ops() and "attention_qkv" in tg.kernels.cuda_ops()
+    for r in report["model"]:
+        assert r["errors"] == {}, r["errors"]
+        assert set(r["results"]) == {"tinygpt-cuda", "tinygpt-ref"}
+        assert all(v["tokens_per_s"] > 0 for v in r["results"].values())
+    assert not [r for r in report["kernels"] if "error" in r]
+    assert any("native" in r.get("impls", {}) for r in report["kernels"])
