@@ -14,12 +14,14 @@ _C = kernels._native
 built_with_cuda = _C is not None and bool(_C.build_info().get("cuda"))
 needs_cuda_build = pytest.mark.skipif(not built_with_cuda, reason="tinygpt._C was built without CUDA")
 
-OURS = ["linear", "linear_gelu", "layernorm", "add_layernorm", "gelu", "adamw_step", "adamw_multi_step"]
+OURS = ["linear", "linear_gelu", "layernorm", "add_layernorm", "gelu", "adamw_step", "adamw_multi_step", "grad_norm",
+        "attention", "attention_qkv", "softmax", "log_softmax", "cross_entropy", "dropout"]
 
 
 @needs_cuda_build
 def test_every_wrapped_op_has_its_launchers():
-    for family in ("cuda.matmul", "cuda.layernorm", "cuda.gelu", "cuda.adamw"):
+    for family in ("cuda.matmul", "cuda.layernorm", "cuda.gelu", "cuda.adamw", "cuda.grad_norm", "cuda.attention",
+                   "cuda.softmax", "cuda.cross_entropy", "cuda.dropout"):
         assert family in _C.build_info()["kernels"]
     for op in OURS:
         missing = [n for n in kcuda.LAUNCHERS[op] if not hasattr(_C.cuda, n)]

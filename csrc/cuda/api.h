@@ -74,6 +74,16 @@ void tg_adamw_multi_step_cuda(std::uintptr_t table, std::uintptr_t block_start, 
                               double eps, double weight_decay, long long step,
                               std::uintptr_t stream);
 
+// grad_norm.cu (clip_grad_norm_). table: int64 device array (num_tensors, 2) = (pointer, n) of float32
+// tensors; block_start as for adamw_multi_step with tg_grad_norm_chunk() elements per block.
+// out: 0-d float64 = sum of g^2 over all tensors (max |g| when max_abs); partial: num_blocks doubles.
+long long tg_grad_norm_chunk();
+void tg_grad_norm_cuda(std::uintptr_t out, std::uintptr_t partial, std::uintptr_t table, std::uintptr_t block_start,
+                       int num_tensors, long long num_blocks, bool max_abs, std::uintptr_t stream);
+// Every tensor of the table *= float32(scale), in place.
+void tg_grad_scale_cuda(std::uintptr_t table, std::uintptr_t block_start, int num_tensors, long long num_blocks,
+                        double scale, std::uintptr_t stream);
+
 // --- attention, softmax, cross-entropy, dropout (csrc/cuda/{attention,softmax,cross_entropy,dropout}.cu)
 // Shapes are flattened: q (BH, Tq, D), k (BH, Tk, D), v (BH, Tk, Dv), out (BH, Tq, Dv); row_max
 // and row_sum (BH, Tq) are written by forward and read by backward; window 0 means none.

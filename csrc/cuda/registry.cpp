@@ -74,6 +74,16 @@ void bind_cugemm_families(py::module_& m, KernelFamilies& families) {
         py::arg("step"), py::arg("stream"), nogil,
         "In-place AdamW update of a list of parameters (one param group) in one launch.");
   families.push_back("cuda.adamw");
+
+  m.def("grad_norm_chunk", &tg_grad_norm_chunk, "Elements per block of grad_norm_launch / grad_scale_launch.");
+  m.def("grad_norm_launch", &tg_grad_norm_cuda, py::arg("out"), py::arg("partial"), py::arg("table"),
+        py::arg("block_start"), py::arg("num_tensors"), py::arg("num_blocks"), py::arg("max_abs"),
+        py::arg("stream"), nogil,
+        "out (0-d float64) = sum of squares (or max |g|) over a list of float32 tensors, one multi-tensor launch.");
+  m.def("grad_scale_launch", &tg_grad_scale_cuda, py::arg("table"), py::arg("block_start"),
+        py::arg("num_tensors"), py::arg("num_blocks"), py::arg("scale"), py::arg("stream"), nogil,
+        "Every tensor of the list *= float32(scale), in place, one launch.");
+  families.push_back("cuda.grad_norm");
 }
 
 }  // namespace

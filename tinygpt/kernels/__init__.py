@@ -168,6 +168,45 @@ def adamw_step(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weigh
        weight_decay=weight_decay, step=step)
 
 
+def adamw_multi_step(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2, eps, weight_decay, step):
+    """adamw_step on every (param, grad, exp_avg, exp_avg_sq) of the lists, which share the scalars and
+    the step count (one param group). On the GPU that is one multi-tensor launch instead of one per
+    parameter (the launches dominate for a small model's many small tensors); elsewhere, or if any
+    array does not qualify, one adamw_step per parameter (the same arithmetic either way)."""
+    hyper = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, step=step)
+    lists = (params, grads, exp_avgs, exp_avg_sqs)
+    if (_enabled and params and _cuda_kernels.has("adamw_multi_step")
+            and all(_qualifies(arrays) == "cuda" for arrays in zip(*lists))):
+        _cuda_kernels.adamw_multi_step(*lists, **hyper)
+        return
+    for arrays in zip(*lists):
+        adamw_step(*arrays, **hyper)
+
+
+def _all_cuda(arrays) -> bool:
+    return all(_qualifies((a,)) == "cuda" for a in arrays)
+
+
+def grad_norm(grads, norm_type):
+    """For clip_grad_norm_: the sum of g^2 (norm_type 2) or max |g| (inf) over a list of float32 CuPy
+    arrays as a 0-d float64 device array, from one multi-tensor CUDA launch; None when that kernel
+    does not apply (CPU arrays, other dtypes or norms, no CUDA build): the caller then reduces per array."""
+    norm_type = float(norm_type)
+    if (_enabled and grads and norm_type in (2.0, float("inf")) and _cuda_kernels.has("grad_norm")
+            and _all_cuda(grads)):
+        return _cuda_kernels.grad_norm(grads, norm_type)
+    return None
+
+
+def grad_scale_(grads, scale: float) -> None:
+    """Every array of the list *= scale in place (one CUDA launch for float32 CuPy arrays)."""
+    if _enabled and grads and _cuda_kernels.has("grad_norm") and _all_cuda(grads):
+        _cuda_kernels.grad_scale_(grads, scale)
+        return
+    for g in grads:
+        g *= scale
+
+
 def native_enabled() -> bool:
     return _enabled and _native is not None
 

@@ -21,7 +21,6 @@ import operator
 import numpy as np
 
 from .. import backend
-from . import reference
 
 try:
     from .. import _C as _native  # noqa: F401 - optional extension
@@ -460,20 +459,60 @@ def adamw_multi_step(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2, 
                          f"{[len(a) for a in lists]}")
     if not params:
         return
-    chunk = _launch("adamw_multi_chunk")()
-    table = np.empty((len(params), 5), dtype=np.int64)
-    starts = np.zeros(len(params) + 1, dtype=np.int64)
+    rows = []
     for i, arrays in enumerate(zip(*lists)):
         ptrs, n = _adamw_state(f"{op}: tensor {i}", *arrays)
-        table[i, :4] = ptrs
-        table[i, 4] = n
-        starts[i + 1] = starts[i] + -(-n // chunk)
-    cp = backend.cupy()
-    table_d = cp.asarray(table)  # copied on the current stream, so ordered before the launch
-    starts_d = cp.asarray(starts)
-    _launch("adamw_multi_step_launch")(table_d.data.ptr, starts_d.data.ptr, len(params), int(starts[-1]),
+        rows.append((*ptrs, n))
+    table_d, starts_d, blocks = _tensor_table(rows, _launch("adamw_multi_chunk")())
+    _launch("adamw_multi_step_launch")(table_d.data.ptr, starts_d.data.ptr, len(params), blocks,
                                        float(lr), float(beta1), float(beta2), float(eps), float(weight_decay),
                                        int(step), _stream())
+
+
+def _tensor_table(rows, chunk):
+    """The device table of a multi-tensor launch: rows (pointers..., n) as int64 (T, len(row)), the
+    first block of each tensor (cumulative ceil(n / chunk)), and the total block count."""
+    table = np.array(rows, dtype=np.int64).reshape(len(rows), -1)
+    starts = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(-(-table[:, -1] // chunk), out=starts[1:])
+    cp = backend.cupy()
+    # copied on the current stream, so ordered before the launch that reads them
+    return cp.asarray(table), cp.asarray(starts), int(starts[-1])
+
+
+# ----------------------------------------------------------------------------- grad norm (csrc/cuda/grad_norm.cu)
+# clip_grad_norm_'s two passes over every gradient, each one launch for the whole list.
+LAUNCHERS["grad_norm"] = ("grad_norm_launch", "grad_scale_launch", "grad_norm_chunk")
+
+
+def _grad_rows(op, grads):
+    rows = []
+    for i, g in enumerate(grads):
+        rows.append((_arg(f"{op}: tensor {i}", g), g.size))
+    if not rows:
+        raise ValueError(f"{op}: need at least one tensor")
+    return rows
+
+
+def grad_norm(grads, norm_type):
+    """0-d float64 device array: sum of g^2 over every float32 array of the list (norm_type 2), or
+    max |g| (norm_type inf); NaN propagates. Deterministic (fixed reduction order)."""
+    op = "grad_norm"
+    norm_type = float(norm_type)
+    if norm_type not in (2.0, float("inf")):
+        raise ValueError(f"{op}: norm_type must be 2 or inf, got {norm_type}")
+    table_d, starts_d, blocks = _tensor_table(_grad_rows(op, grads), _launch("grad_norm_chunk")())
+    out, partial = _empty((), np.float64), _empty((max(blocks, 1),), np.float64)
+    _launch("grad_norm_launch")(out.data.ptr, partial.data.ptr, table_d.data.ptr, starts_d.data.ptr, len(grads),
+                                blocks, norm_type != 2.0, _stream())
+    return out
+
+
+def grad_scale_(grads, scale):
+    """Every float32 array of the list *= float32(scale), in place, in one launch."""
+    op = "grad_scale_"
+    table_d, starts_d, blocks = _tensor_table(_grad_rows(op, grads), _launch("grad_norm_chunk")())
+    _launch("grad_scale_launch")(table_d.data.ptr, starts_d.data.ptr, len(grads), blocks, float(scale), _stream())
 
 # ============================================================================= end cugemm
 

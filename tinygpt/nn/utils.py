@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from .. import backend
+from .. import backend, kernels
 
 
 def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False) -> float:
@@ -37,12 +37,13 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_i
         raise ValueError(f"clip_grad_norm_: norm_type must be > 0 or inf, got {norm_type}")
     if not grads:
         return 0.0
-    # Per-grad partial results stay on their device and are combined there in order, so a GPU
-    # run synchronises once per device (one float() below), not once per parameter.
-    partial = {}  # array module -> running max or float64 sum, a 0-d array on that device
-    for g in grads:
-        if g.size == 0:
-            continue
+    grads = [g for g in grads if g.size]
+    # On the GPU one multi-tensor CUDA launch reduces every grad (kernels.grad_norm; None where it does
+    # not apply). Otherwise per-grad partial results stay on their device and are combined there in
+    # order, so a GPU run synchronises once per device (one float() below), not once per parameter.
+    fused = kernels.grad_norm(grads, norm_type)
+    partial = {} if fused is None else {"cuda": fused}  # -> running max or float64 sum, 0-d on its device
+    for g in grads if fused is None else ():
         xp = backend.xp(g)
         if math.isinf(norm_type):
             part = xp.abs(g).max().astype(np.float64)
@@ -62,6 +63,5 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_i
             "anyway, set `error_if_nonfinite=False`")
     coef = max_norm / (total + 1e-6)
     if not coef >= 1.0:  # also scales by nan when the norm is nan, as torch does
-        for g in grads:
-            g *= coef
+        kernels.grad_scale_(grads, coef)
     return total

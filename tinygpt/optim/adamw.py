@@ -50,6 +50,7 @@ class AdamW(Optimizer):
         loss = closure() if closure is not None else None
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
+            by_step = {}  # step count -> the (param, grad, exp_avg, exp_avg_sq) lists updated with it
             for p in group["params"]:
                 if p.grad is None or not p.requires_grad:  # no grad, or frozen
                     continue
@@ -62,7 +63,12 @@ class AdamW(Optimizer):
                     state = self.state[id(p)] = {
                         "step": 0, "exp_avg": xp.zeros_like(p.data), "exp_avg_sq": xp.zeros_like(p.data)}
                 state["step"] += 1
-                kernels.adamw_step(p.data, grad, state["exp_avg"], state["exp_avg_sq"],
-                                   lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
-                                   weight_decay=group["weight_decay"], step=state["step"])
+                lists = by_step.setdefault(state["step"], ([], [], [], []))
+                for lst, a in zip(lists, (p.data, grad, state["exp_avg"], state["exp_avg_sq"])):
+                    lst.append(a)
+            # Usually one bucket: every parameter has been updated as often as the others. On the GPU
+            # a bucket is one multi-tensor launch; elsewhere one fused update per parameter.
+            for step, lists in by_step.items():
+                kernels.adamw_multi_step(*lists, lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
+                                         weight_decay=group["weight_decay"], step=step)
         return loss
