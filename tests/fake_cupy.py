@@ -53,6 +53,15 @@ class GpuArray(np.ndarray):
     def device(self):  # cupy: the array's Device
         return _Device()
 
+    @property
+    def base(self):
+        """As CuPy: None for a fresh result (here the whole of a numpy result this array views)."""
+        b = np.ndarray.base.__get__(self)
+        if self.__dict__.get("owns_memory") or (type(b) is np.ndarray and b.base is None and b.size == self.size
+                and b.__array_interface__["data"][0] == self.__array_interface__["data"][0]):
+            return None
+        return b
+
 
 def _to_gpu(r):
     if isinstance(r, np.ndarray) and not isinstance(r, GpuArray):
@@ -184,7 +193,9 @@ def _guarded_empty(shape, dtype=np.float32, fill=0xFF):
     raw[start:start + nbytes] = fill
     raw.tg_span = (start, start + nbytes, shape, dtype)
     _guarded[id(raw)] = raw
-    return raw[start:start + nbytes].view(dtype).reshape(shape).view(GpuArray)
+    out = raw[start:start + nbytes].view(dtype).reshape(shape).view(GpuArray)
+    out.owns_memory = True  # as cupy.empty's arrays (its views are not)
+    return out
 
 
 def check_guards(what="a kernel launch"):

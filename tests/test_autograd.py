@@ -56,6 +56,49 @@ def test_grad_is_not_aliased_between_leaves():
     np.testing.assert_array_equal(grad(b), [1.0, 1.0])
 
 
+def test_leaf_grads_are_taken_uncopied_only_when_nothing_else_holds_them():
+    """Backward outputs no one else holds become .grad as they are (no copy); the root grad, views
+    and arrays handed to two leaves are copied, so in-place updates of one .grad touch nothing else."""
+    class Fresh(Function):  # backward returns a new array: nothing else holds it
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2.0
+
+        @staticmethod
+        def backward(ctx, g):
+            ctx.returned = g * 2.0
+            return ctx.returned
+
+    a = leaf([1.0, 2.0])
+    y = Fresh.apply(a)
+    y.backward(np.ones(2))
+    assert a.grad.data is y._node.ctx.returned  # taken, not copied
+
+    g_root = np.array([5.0, 6.0])
+    b, c = leaf([1.0, 2.0]), leaf([3.0, 4.0])
+    (b + c).backward(g_root)  # Add hands the root grad itself to both leaves
+    b.grad.data += 1.0
+    c.grad.data += 2.0
+    np.testing.assert_array_equal(g_root, [5.0, 6.0])
+    np.testing.assert_array_equal(grad(b), [6.0, 7.0])
+    np.testing.assert_array_equal(grad(c), [7.0, 8.0])
+
+    d = leaf(np.arange(6.0))
+    h = d * 1.0  # non-leaf fed the same array as the leaf e below
+    e = leaf(np.zeros(6))
+    (h.reshape(2, 3) + e.reshape(2, 3)).sum().backward()  # reshape backward: views of one array
+    e.grad.data += 1.0
+    np.testing.assert_array_equal(grad(d), np.ones(6))
+    np.testing.assert_array_equal(grad(e), 2 * np.ones(6))
+
+
+def test_accumulating_into_a_taken_grad_keeps_later_passes_right():
+    a = leaf([1.0, 2.0, 3.0])
+    for _ in range(3):
+        (a * a).sum().backward()  # the first pass takes its array, later ones add into it
+    np.testing.assert_array_equal(grad(a), [6.0, 12.0, 18.0])
+
+
 # ------------------------------------------------------------------ graph shape
 def test_diamond_graph():
     x = leaf([0.3, -0.7])

@@ -173,6 +173,18 @@ def backward(root, grad=None):
         root._accumulate(grad)
         return
 
+    # Leaf gradients are handed to .grad once the whole pass is done: by then no backward can still
+    # read them, so an array that no one else holds becomes .grad as it is (torch steals it too)
+    # instead of being copied; views, arrays given to two leaves and the root grad are still copied.
+    leaf_grads = {}  # id(leaf) -> [leaf, gradient, sum of several contributions (ours)]
+
+    def to_leaf(leaf, g):
+        entry = leaf_grads.get(id(leaf))
+        if entry is None:
+            leaf_grads[id(leaf)] = [leaf, g, False]
+        else:
+            entry[1], entry[2] = entry[1] + g, True
+
     order = _topological_order(root)
     # Multi-output calls (keyed by their shared ctx): how many of their outputs are still to
     # be visited, and the gradients gathered so far.
@@ -216,8 +228,20 @@ def backward(root, grad=None):
             if pg.dtype != parent.dtype:
                 pg = pg.astype(parent.dtype)
             if parent._node is None:
-                parent._accumulate(pg)
+                to_leaf(parent, pg)
             elif id(parent) in grads:
                 grads[id(parent)] = grads[id(parent)] + pg
             else:
                 grads[id(parent)] = pg
+    uses = {}
+    for _, g, _ in leaf_grads.values():
+        uses[id(g)] = uses.get(id(g), 0) + 1
+    for leaf, g, summed in leaf_grads.values():
+        leaf._accumulate(g, own=summed or (uses[id(g)] == 1 and g is not grad and _owns_memory(g)))
+
+
+def _owns_memory(a) -> bool:
+    """Not a view of another array (its base, if any, is a memory owner such as a native kernel's
+    capsule, not an array)."""
+    base = getattr(a, "base", None)
+    return base is None or not hasattr(base, "shape")

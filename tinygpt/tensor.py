@@ -138,9 +138,10 @@ class Tensor:
     def zero_grad(self):
         self.grad = None
 
-    def _accumulate(self, g):
+    def _accumulate(self, g, own: bool = False):
+        """Add g into .grad; own=True: g is referenced nowhere else, so it may become .grad uncopied."""
         if self.grad is None:
-            self.grad = Tensor._wrap(g.copy())  # copy: g may alias another tensor's gradient
+            self.grad = Tensor._wrap(g if own else g.copy())  # copy: g may alias another tensor's gradient
         else:
             self.grad.data += g
 
