@@ -143,7 +143,11 @@ std::mutex g_pool_mutex;
 std::vector<std::unique_ptr<Worker>> g_pool;
 std::mutex g_attr_mutex;
 std::map<const void*, int> g_max_dynamic;
-std::atomic<int> g_sm_count{132};
+std::atomic<int> g_sm_count{[] {  // an H100 SXM's 132, or TG_EMU_SM_COUNT (the kernels' tiling heuristics)
+  const char* e = std::getenv("TG_EMU_SM_COUNT");
+  const int v = e != nullptr ? std::atoi(e) : 0;
+  return v > 0 ? v : 132;
+}()};
 
 struct Error : std::runtime_error {
   using std::runtime_error::runtime_error;

@@ -95,7 +95,9 @@ namespace tg_emu {
 [[noreturn]] void fail(const std::string& what);  // a device-side error: the launch throws it
 
 cudaError_t func_set_attribute(const void* func, cudaFuncAttribute attr, int value);
-int set_sm_count(int n);  // what cudaDevAttrMultiProcessorCount reports (132, an H100 SXM); returns the old
+// What cudaDevAttrMultiProcessorCount reports: 132 (an H100 SXM) or the environment's TG_EMU_SM_COUNT
+// (1 sends every GEMM to the large tiling, 1000 to the small one with split-K); returns the old value.
+int set_sm_count(int n);
 
 struct LaunchConfig {
   dim3 grid, block;
