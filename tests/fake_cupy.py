@@ -14,7 +14,11 @@ with 0xFF bytes (NaN as floats, so a kernel that leaves part of an output unwrit
 the result), and canaries on both sides that are checked after every launch (a write out of
 bounds fails the launch, naming the array's shape).
 
-What this does NOT check: CuPy's own API and numerics (the arithmetic is numpy's), streams and
+Where CuPy is installed (it imports without a GPU; CI installs it for the emulator pass), the
+stand-in offers only the functions and array attributes that CuPy has, so the GPU path cannot
+lean on a NumPy-only one unnoticed.
+
+What this does NOT check: CuPy's numerics and argument conventions (the arithmetic is numpy's), streams and
 synchronisation, and whatever the emulator cannot (timing, the hardware's MMA accumulation
 order). Those need tests/test_gpu.py and tests/test_cuda_*.py on a real GPU.
 """
@@ -23,6 +27,12 @@ import types
 import weakref
 
 import numpy as np
+
+try:  # CuPy imports without a GPU; when it is installed the stand-in only offers what CuPy has
+    import cupy as _real_cupy
+except Exception:  # not installed, or a broken CUDA install
+    _real_cupy = None
+_REAL_ARRAY_NAMES = None if _real_cupy is None else frozenset(dir(_real_cupy.ndarray))
 
 
 class _MemoryPointer:
@@ -37,6 +47,12 @@ class _MemoryPointer:
 
 class GpuArray(np.ndarray):
     """A 'device' array: numpy storage, but tinygpt sees it as a cupy array."""
+
+    if _REAL_ARRAY_NAMES is not None:
+        def __getattribute__(self, name):
+            if name[0] != "_" and name not in _REAL_ARRAY_NAMES:
+                raise AttributeError(f"cupy.ndarray has no attribute {name!r} (the GPU path would fail here)")
+            return super().__getattribute__(name)
 
     def __array_wrap__(self, arr, context=None, return_scalar=False):
         return np.asarray(arr).view(GpuArray)  # reductions stay 0-d device arrays, as in CuPy
@@ -146,6 +162,8 @@ class FakeCupy(types.ModuleType):
         self.random = _Random()
 
     def __getattr__(self, name):
+        if _real_cupy is not None and not hasattr(_real_cupy, name):
+            raise AttributeError(f"cupy has no {name!r} (the GPU path would fail here)")
         obj = getattr(np, name)
         if isinstance(obj, (type, np.ufunc)) or not callable(obj):
             return obj
