@@ -40,6 +40,7 @@ def _run(emu, name, out, inp=None, arg=0):
     ("early_return_then_sync", r"__syncthreads after 16 of the block's 64 threads returned"),
     ("half_warp_shuffle", r"returned while lanes of its warp wait|deadlock"),
     ("shared_overflow", r"wrote past the end of __shared__ small \(128 bytes\)"),
+    ("above_launch_bounds", r"128 threads per block, above its __launch_bounds__\(64\)"),
 ])
 def test_device_bugs_are_errors(emu, name, message):
     with pytest.raises(RuntimeError, match=message) as info:
@@ -128,7 +129,8 @@ void launch(float* o, cudaStream_t s) {
                 32>>>(o, 1);
 }
 '''
-    out = translate.translate(src, "x.cu")
+    out = translate.translate(src.replace("__global__ void k(", "__global__ void __launch_bounds__(64, 2) k("), "x.cu")
+    assert "k(float* o) { ::tg_emu::check_launch_bounds(64);" in out
     assert 'auto& red = ::tg_emu::shared_var<float[8][33]>(__COUNTER__, "red");' in out
     assert "unsigned char* raw = ::tg_emu::dynamic_smem<unsigned char>();" in out
     assert "::tg_emu::cp_async(static_cast<unsigned>(addr(o)), o, 16, n)" in out

@@ -397,6 +397,13 @@ void run_grid(const char* name, const void* func, const LaunchConfig& cfg, void 
   if (!first_error.empty()) throw std::runtime_error(first_error);
 }
 
+void check_launch_bounds(long long n) {
+  const long long threads = static_cast<long long>(blockDim.x) * blockDim.y * blockDim.z;
+  if (threads > n)
+    fail("launched with " + std::to_string(threads) + " threads per block, above its __launch_bounds__(" +
+         std::to_string(n) + ") (the hardware refuses: too many resources requested for launch)");
+}
+
 void syncthreads() {
   Worker& w = *t_worker;
   Fiber& f = *w.cur;

@@ -84,6 +84,8 @@ __global__ void mma_tf32(const float* a, const float* b, float* c) {
 
 __global__ void nothing(float*) {}
 
+__global__ void __launch_bounds__(64) bounded(float* out) { out[threadIdx.x] = 1.0f; }
+
 }  // namespace
 
 void tg_emu_selftest(const std::string& name, std::uintptr_t out, std::uintptr_t in, int arg) {
@@ -112,6 +114,8 @@ void tg_emu_selftest(const std::string& name, std::uintptr_t out, std::uintptr_t
       case 2: mma_tf32<wmma::row_major, wmma::col_major><<<1, 32>>>(a, b, o); break;
       default: mma_tf32<wmma::col_major, wmma::col_major><<<1, 32>>>(a, b, o); break;
     }
+  } else if (name == "above_launch_bounds") {
+    bounded<<<1, 128>>>(o);
   } else if (name == "too_many_threads") {
     nothing<<<1, 2048>>>(o);
   } else if (name == "too_much_dynamic_smem") {

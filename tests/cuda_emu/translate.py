@@ -8,6 +8,7 @@ lines):
   __shared__ T name[N];                   ->  auto& name = ::tg_emu::shared_var<T[N]>(__COUNTER__, "name");
   extern __shared__ T name[];             ->  T* name = ::tg_emu::dynamic_smem<T>();
   asm volatile("cp.async....")            ->  ::tg_emu::cp_async(...) / cp_async_commit() / cp_async_wait(n)
+  __launch_bounds__(N) k(...) {           ->  k(...) { ::tg_emu::check_launch_bounds(N);
 
 Any other inline PTX, or a __shared__ declaration of another form, is an error naming the file
 and line, so a new construct in csrc/cuda fails loudly here rather than being skipped.
@@ -122,6 +123,34 @@ def _launches(text: str, filename: str) -> str:
     return "".join(out)
 
 
+# ------------------------------------------------------------------------------ launch bounds
+def _launch_bounds(text: str, filename: str) -> str:
+    """__launch_bounds__(N) kernel(...) { ... -> the body starts by checking blockDim against N (a
+    launch with more threads fails on the hardware: too many resources requested)."""
+    out, pos = [], 0
+    for m in re.finditer(r"__launch_bounds__\s*(?=\()", text):
+        if m.start() < pos:
+            continue
+        close = _match_paren(text, m.end(), filename)
+        bound = text[m.end() + 1:close]
+        params = text.find("(", close + 1)
+        body = text.find("{", _match_paren(text, params, filename))
+        if params < 0 or body < 0:
+            raise TranslationError(f"{filename}:{_line(text, m.start())}: __launch_bounds__ without a kernel body")
+        out.append(text[pos:m.start()])
+        out.append(text[close + 1:body + 1])
+        depth, first = 0, len(bound)  # the first argument: max threads (a comma inside <> does not count)
+        for i, c in enumerate(bound):
+            depth += (c in "(<[") - (c in ")>]")
+            if c == "," and depth == 0:
+                first = i
+                break
+        out.append(f" ::tg_emu::check_launch_bounds({bound[:first].strip()});")
+        pos = body + 1
+    out.append(text[pos:])
+    return "".join(out)
+
+
 # ------------------------------------------------------------------------------ inline PTX
 _CP_ASYNC = re.compile(r"cp\.async\.c[ag]\.shared\.global \[%0\], \[%1\], (\d+), %2;")
 
@@ -190,4 +219,4 @@ def _shared(text: str, filename: str) -> str:
 
 def translate(text: str, filename: str = "<cuda source>") -> str:
     """The emulator's C++ for one .cu / .cuh file."""
-    return _shared(_asm(_launches(text, filename), filename), filename)
+    return _shared(_asm(_launch_bounds(_launches(text, filename), filename), filename), filename)

@@ -15,8 +15,8 @@
 //     shared memory poison results, and writes past a shared array are caught by canaries;
 //   - cp.async copies land only at cp.async.wait_group (as late as the hardware may land
 //     them), and a misaligned cp.async or WMMA pointer is an error;
-//   - launch limits (1024 threads, 48 KiB static / dynamic shared memory without the
-//     cudaFuncSetAttribute opt-in, 227 KiB at most) are checked as on an H100.
+//   - launch limits (1024 threads, the kernel's __launch_bounds__, 48 KiB static / dynamic shared
+//     memory without the cudaFuncSetAttribute opt-in, 227 KiB at most) are checked as on an H100.
 // What it cannot check: timing, occupancy, bank conflicts, register pressure, and the
 // hardware's own accumulation order inside a tensor-core MMA (it accumulates in fp32 order).
 #pragma once
@@ -126,6 +126,9 @@ void launch_kernel(const char* name, void (*kernel)(P...), const LaunchConfig& c
            },
            &ctx);
 }
+
+// A kernel declared __launch_bounds__(n) launched with more than n threads per block: an error.
+void check_launch_bounds(long long n);
 
 // Block-level built-ins.
 void syncthreads();
