@@ -24,7 +24,8 @@ CONFIGS = {"shakespeare": dict(vocab_size=65, block_size=256, n_layer=6, n_head=
 NOT_LAUNCHES = {"linear_dw_splits", "adamw_multi_chunk", "grad_norm_chunk"}  # host-side queries
 
 
-def count_step(config: str, batch: int = 1, seq: int = 16):
+def count_step(config: str, batch: int = 1, seq: int = 16, native: bool = True):
+    """(counts per operation, parameter count) for one training step; native=False: no CUDA kernels."""
     sys.path[:0] = [os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "cuda_emu")]
     import build
     import fake_cupy
@@ -83,6 +84,7 @@ def count_step(config: str, batch: int = 1, seq: int = 16):
     patch.setattr(array, "__array_function__", on_function)
     patch.setattr(fake_cupy.EmulatedKernels, "__getattr__", on_launcher)
     try:
+        patch.setattr(tg.kernels, "_enabled", native)  # whatever TINYGPT_NATIVE says
         tg.manual_seed(0)
         model = tg.GPT(tg.GPTConfig(**{**CONFIGS[config], "block_size": seq})).to("cuda")
         opt = model.configure_optimizers(weight_decay=0.1, learning_rate=1e-3, betas=(0.9, 0.99))
@@ -108,8 +110,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", choices=sorted(CONFIGS), default="shakespeare")
     ap.add_argument("--top", type=int, default=20, help="list the most frequent operations")
+    ap.add_argument("--reference", action="store_true", help="without the CUDA kernels (array code on CuPy)")
     args = ap.parse_args(argv)
-    counts, n_params = count_step(args.config)
+    counts, n_params = count_step(args.config, native=not args.reference)
     native = sum(v for k, v in counts.items() if k.startswith("native"))
     cupy = sum(v for k, v in counts.items() if k.startswith("cupy"))
     print(f"{args.config}: {n_params} parameters; one training step = {native} native launcher calls + "
