@@ -574,3 +574,70 @@ def test_example_trains_on_gpu(tmp_path):
     assert math.isfinite(s["final_val_loss"]) and len(s["sample"]) == 20
     first = s["train_losses"]["0"]
     assert s["last_train_loss"] < first
+
+
+# ------------------------------------------------------------------ quantized inference, LoRA, the other examples
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_model_on_gpu_matches_the_cpu(bits):
+    from tinygpt.quantize import quantize
+
+    cpu = quantize(_small_gpt(seed=11, n_embd=32), bits=bits)
+    gpu = quantize(_small_gpt(seed=11, n_embd=32), bits=bits).to("cuda")
+    x, y = _batch()
+    with tg.no_grad():
+        lc, loss_c = cpu(tg.Tensor(x), tg.Tensor(y))
+        lg, loss_g = gpu(tg.Tensor(x, device="cuda"), tg.Tensor(y, device="cuda"))
+    assert lg.device == "cuda"
+    np.testing.assert_allclose(lg.numpy(), lc.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(loss_g.item(), loss_c.item(), rtol=1e-5)
+    np.testing.assert_array_equal(gpu.generate(x[:1, :4], 6, temperature=0), cpu.generate(x[:1, :4], 6, temperature=0))
+
+
+def test_lora_training_on_gpu_matches_the_cpu():
+    from tinygpt import lora
+
+    x, y = _batch()
+    runs = {}
+    for device in ("cpu", "cuda"):
+        model = lora.apply(_small_gpt(seed=12).to(device), rank=2, targets=("c_attn", "c_fc"))
+        opt = tg.optim.AdamW(lora.trainable_parameters(model), lr=1e-2)
+        xs, ys = tg.Tensor(x, device=device), tg.Tensor(y, device=device)
+        losses = []
+        for _ in range(3):
+            _, loss = model(xs, ys)
+            opt.zero_grad()
+            loss.backward()
+            tg.nn.utils.clip_grad_norm_(lora.trainable_parameters(model), 1.0)
+            opt.step()
+            losses.append(loss.item())
+        runs[device] = (losses, {k: backend.to_numpy(v) for k, v in lora.lora_state_dict(model).items()})
+    np.testing.assert_allclose(runs["cuda"][0], runs["cpu"][0], rtol=1e-5)
+    for k, v in runs["cpu"][1].items():
+        np.testing.assert_allclose(runs["cuda"][1][k], v, rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+def test_finetune_and_sample_examples_on_gpu(tmp_path):
+    """examples/finetune_classifier.py (with a LoRA run) and examples/sample.py with --device cuda give
+    the CPU's results (same seeds: dropout masks are the same on both devices)."""
+    from helpers import load_example
+    from test_finetune_example import _text
+
+    train, ft, sample = (load_example(n) for n in ("train_shakespeare", "finetune_classifier", "sample"))
+    data = tmp_path / "speeches.txt"
+    data.write_text(_text(np.random.default_rng(0))[0], encoding="utf-8")
+    ckpt = tmp_path / "ckpt"
+    train.main(["--data", str(data), "--out-dir", str(ckpt), "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
+                "--block-size", "24", "--batch-size", "4", "--max-iters", "6", "--eval-interval", "6",
+                "--eval-iters", "1", "--final-eval-iters", "1", "--warmup-iters", "2", "--no-progress",
+                "--sample-tokens", "0", "--seed", "3"])
+    common = ["--init-from", str(ckpt), "--data", str(data), "--n-classes", "3", "--max-iters", "6",
+              "--batch-size", "4", "--eval-interval", "3", "--lora", "2", "--no-progress", "--seed", "5"]
+    s_cpu, s_gpu = (ft.main(common + ["--device", d]) for d in ("cpu", "cuda"))
+    for run in s_cpu["runs"]:
+        for key in ("val_loss", "train_loss", "first_task_loss", "last_task_loss"):
+            np.testing.assert_allclose(s_gpu["runs"][run][key], s_cpu["runs"][run][key], rtol=1e-4, err_msg=(run, key))
+        for key in ("val_accuracy", "train_accuracy"):
+            assert s_gpu["runs"][run][key] == s_cpu["runs"][run][key], (run, key)
+    args = ["--out-dir", str(ckpt), "--prompt", "RO", "--num-samples", "2", "--max-new-tokens", "12",
+            "--temperature", "0", "--quiet"]
+    assert sample.main(args + ["--device", "cuda"]) == sample.main(args + ["--device", "cpu"])
