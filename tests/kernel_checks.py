@@ -28,9 +28,12 @@ def attention_ref64(q, k, v, g, causal, window, p, seed, scale):
     sw = np.swapaxes
     P, Pd = np.abs(att), np.abs(att) * kd
     dP = (np.abs(g64) @ sw(np.abs(v64), -1, -2)) * kd
-    Dn = (np.abs(g64) * np.abs(out)).sum(-1, keepdims=True)
+    out_nat = Pd @ np.abs(v64)
+    # D = rowsum(dO * O) is formed from the float32 O, whose error scales with out_nat, not with |O|:
+    # |O| << out_nat when O cancels (many keys, v of both signs, Dv = 1), and D's error then does not
+    Dn = (np.abs(g64) * out_nat).sum(-1, keepdims=True)
     dS = P * (dP + Dn) * abs(scale)
-    nat = dict(out=Pd @ np.abs(v64), dq=dS @ np.abs(k64), dk=sw(dS, -1, -2) @ np.abs(q64), dv=sw(Pd, -1, -2) @ np.abs(g64))
+    nat = dict(out=out_nat, dq=dS @ np.abs(k64), dk=sw(dS, -1, -2) @ np.abs(q64), dv=sw(Pd, -1, -2) @ np.abs(g64))
     smax = float(np.abs(q64 @ sw(k64, -1, -2)).max() * abs(scale)) if q.size and k.size else 0.0
     return dict(out=out, dq=dq, dk=dk, dv=dv), nat, smax
 
