@@ -170,3 +170,86 @@ def table(headers, rows, align=None) -> str:
 
     sep = "|" + "|".join(("-" * (w + 1) + ":") if a == ">" else ("-" * (w + 2)) for a, w in zip(align, widths)) + "|"
     return "\n".join([line(cells[0]), sep] + [line(r) for r in cells[1:]])
+
+
+# ============================================================================ PyTorch peer
+def torch_gpt_class(torch):
+    """nanoGPT's model in PyTorch with tinygpt's (GPT-2's) parameter names and a tied head: the peer
+    of benchmarks/train_step.py and gpu.py. `torch` is passed in, so this module never imports it.
+    Dropout layers exist only when config.dropout > 0."""
+    nn, F = torch.nn, torch.nn.functional
+
+    def dropout(c):
+        return nn.Dropout(c.dropout) if c.dropout > 0 else nn.Identity()
+
+    class Attention(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.n_head, self.dropout = c.n_head, c.dropout
+            self.c_attn = nn.Linear(c.n_embd, 3 * c.n_embd, bias=c.bias)
+            self.c_proj = nn.Linear(c.n_embd, c.n_embd, bias=c.bias)
+            self.resid_dropout = dropout(c)
+
+        def forward(self, x):
+            B, T, C = x.shape
+            q, k, v = self.c_attn(x).split(C, dim=2)
+            q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                               dropout_p=self.dropout if self.training else 0.0)
+            return self.resid_dropout(self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C)))
+
+    class MLP(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.c_fc = nn.Linear(c.n_embd, 4 * c.n_embd, bias=c.bias)
+            self.c_proj = nn.Linear(4 * c.n_embd, c.n_embd, bias=c.bias)
+            self.dropout = dropout(c)
+
+        def forward(self, x):
+            return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+    class Block(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.ln_1 = nn.LayerNorm(c.n_embd, bias=c.bias)
+            self.attn = Attention(c)
+            self.ln_2 = nn.LayerNorm(c.n_embd, bias=c.bias)
+            self.mlp = MLP(c)
+
+        def forward(self, x):
+            x = x + self.attn(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+
+    class TorchGPT(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.transformer = nn.ModuleDict(dict(
+                wte=nn.Embedding(c.vocab_size, c.n_embd), wpe=nn.Embedding(c.block_size, c.n_embd),
+                drop=dropout(c), h=nn.ModuleList(Block(c) for _ in range(c.n_layer)),
+                ln_f=nn.LayerNorm(c.n_embd, bias=c.bias)))
+            self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+            self.lm_head.weight = self.transformer.wte.weight  # tied
+
+        def forward(self, idx, targets):
+            T = idx.shape[1]
+            pos = torch.arange(T, device=idx.device)
+            x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+            for block in self.transformer.h:
+                x = block(x)
+            logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
+            return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+
+    return TorchGPT
+
+
+def torch_gpt_copy(torch, weights: dict, config):
+    """A torch_gpt_class model (on the CPU) holding exactly `weights` (name -> host numpy array)."""
+    model = torch_gpt_class(torch)(config)
+    params = dict(model.named_parameters())
+    if set(params) != set(weights):
+        raise RuntimeError(f"parameter names differ: only tinygpt {sorted(set(weights) - set(params))}, "
+                           f"only torch {sorted(set(params) - set(weights))}")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(torch.from_numpy(weights[name].copy()))
+    return model

@@ -42,8 +42,6 @@ from tinygpt.nn.utils import clip_grad_norm_  # noqa: E402
 
 try:
     import torch
-    import torch.nn as tnn
-    import torch.nn.functional as TF
 except ImportError:  # the benchmark still times tinygpt alone
     torch = None
 
@@ -57,74 +55,9 @@ LR, BETAS, WEIGHT_DECAY, GRAD_CLIP, EPS = 1e-3, (0.9, 0.99), 0.1, 1.0, 1e-8
 
 
 # ============================================================================ PyTorch peer
-if torch is not None:
-    class TorchAttention(tnn.Module):
-        def __init__(self, c):
-            super().__init__()
-            self.n_head = c.n_head
-            self.c_attn = tnn.Linear(c.n_embd, 3 * c.n_embd, bias=c.bias)
-            self.c_proj = tnn.Linear(c.n_embd, c.n_embd, bias=c.bias)
-
-        def forward(self, x):
-            B, T, C = x.shape
-            q, k, v = self.c_attn(x).split(C, dim=2)
-            q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-            y = TF.scaled_dot_product_attention(q, k, v, is_causal=True)
-            return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
-
-    class TorchMLP(tnn.Module):
-        def __init__(self, c):
-            super().__init__()
-            self.c_fc = tnn.Linear(c.n_embd, 4 * c.n_embd, bias=c.bias)
-            self.c_proj = tnn.Linear(4 * c.n_embd, c.n_embd, bias=c.bias)
-
-        def forward(self, x):
-            return self.c_proj(TF.gelu(self.c_fc(x), approximate="tanh"))
-
-    class TorchBlock(tnn.Module):
-        def __init__(self, c):
-            super().__init__()
-            self.ln_1 = tnn.LayerNorm(c.n_embd, bias=c.bias)
-            self.attn = TorchAttention(c)
-            self.ln_2 = tnn.LayerNorm(c.n_embd, bias=c.bias)
-            self.mlp = TorchMLP(c)
-
-        def forward(self, x):
-            x = x + self.attn(self.ln_1(x))
-            return x + self.mlp(self.ln_2(x))
-
-    class TorchGPT(tnn.Module):
-        """nanoGPT's model (dropout 0), parameter names as tinygpt / GPT-2."""
-
-        def __init__(self, c):
-            super().__init__()
-            self.transformer = tnn.ModuleDict(dict(
-                wte=tnn.Embedding(c.vocab_size, c.n_embd), wpe=tnn.Embedding(c.block_size, c.n_embd),
-                h=tnn.ModuleList(TorchBlock(c) for _ in range(c.n_layer)), ln_f=tnn.LayerNorm(c.n_embd, bias=c.bias)))
-            self.lm_head = tnn.Linear(c.n_embd, c.vocab_size, bias=False)
-            self.lm_head.weight = self.transformer.wte.weight  # tied
-
-        def forward(self, idx, targets):
-            T = idx.shape[1]
-            x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(T))  # (B, T, C)
-            for block in self.transformer.h:
-                x = block(x)
-            logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
-            return logits, TF.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
-
-
-def torch_copy_of(model: tg.GPT) -> "TorchGPT":
-    """A TorchGPT holding exactly tinygpt's current weights."""
-    tm = TorchGPT(model.config)
-    src = {k: np.asarray(v) for k, v in model.state_dict().items()}
-    dst = dict(tm.named_parameters())
-    if set(src) != set(dst):
-        raise RuntimeError(f"parameter names differ: only tinygpt {sorted(set(src) - set(dst))}, "
-                           f"only torch {sorted(set(dst) - set(src))}")
-    with torch.no_grad():
-        for name, p in dst.items():
-            p.copy_(torch.from_numpy(src[name].copy()))
-    return tm
+def torch_copy_of(model: tg.GPT):
+    """nanoGPT's model in PyTorch (benchmarks/common.py) holding exactly tinygpt's current weights."""
+    return common.torch_gpt_copy(torch, {k: np.asarray(v) for k, v in model.state_dict().items()}, model.config)
 
 
 # ============================================================================ the contenders
