@@ -18,6 +18,26 @@ def threads() -> int:
     return int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count())
 
 
+def native_cpu(op: str):
+    """tinygpt._C.cpu, which must have `<op>_forward` (a benchmark of that kernel cannot run without it)."""
+    from tinygpt import kernels
+
+    cpu = getattr(kernels._native, "cpu", None)
+    if not hasattr(cpu, f"{op}_forward"):
+        raise RuntimeError(f"tinygpt._C.cpu.{op}_forward is not built")
+    return cpu
+
+
+def torch_or_none():
+    """torch with threads() threads (the native kernels' count), or None when it is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(threads())
+    return torch
+
+
 def interleaved_median(fns: dict, reps: int, warmup: int = 1) -> dict:
     """Median seconds per implementation over `reps` rounds, the order alternating each round.
 

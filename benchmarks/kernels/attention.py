@@ -46,25 +46,18 @@ def _time(contenders: dict, steps: int, warmup: int, budget_s: float) -> dict:
     return {n: statistics.median(t) for n, t in times.items()}
 
 
+from _timing import native_cpu, torch_or_none  # noqa: E402
 from _timing import threads as _threads  # noqa: E402
 
 
 def rows(quick: bool = False) -> list[dict]:
     import numpy as np
 
-    from tinygpt import kernels
     from tinygpt.kernels import reference as R
 
-    cpu = getattr(kernels._native, "cpu", None)
-    if not hasattr(cpu, "attention_forward"):
-        raise RuntimeError("tinygpt._C.cpu.attention_forward is not built")
-    try:
-        import torch
-
-        torch.set_num_threads(_threads())
-        sdpa = torch.nn.functional.scaled_dot_product_attention
-    except ImportError:
-        torch = None
+    cpu = native_cpu("attention")
+    torch = torch_or_none()
+    sdpa = None if torch is None else torch.nn.functional.scaled_dot_product_attention
     steps, warmup, budget = (5, 1, 1.5) if quick else (21, 2, 6.0)
     out = []
     cases = [(s, 0.0) for s in SHAPES] + [(DROPOUT_SHAPE, 0.1)]

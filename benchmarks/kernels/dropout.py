@@ -35,24 +35,17 @@ def _time(contenders: dict, steps: int, warmup: int) -> dict:
     return {n: statistics.median(t) for n, t in times.items()}
 
 
+from _timing import native_cpu, torch_or_none  # noqa: E402
 from _timing import threads as _threads  # noqa: E402
 
 
 def rows(quick: bool = False) -> list[dict]:
     import numpy as np
 
-    from tinygpt import kernels
     from tinygpt.kernels import reference as R
 
-    cpu = getattr(kernels._native, "cpu", None)
-    if not hasattr(cpu, "dropout_forward"):
-        raise RuntimeError("tinygpt._C.cpu.dropout_forward is not built")
-    try:
-        import torch
-
-        torch.set_num_threads(_threads())
-    except ImportError:
-        torch = None
+    cpu = native_cpu("dropout")
+    torch = torch_or_none()
     out = []
     for N, C in SHAPES:
         steps = 7 if quick else (41 if N * C < 4e6 else 21)

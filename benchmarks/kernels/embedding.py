@@ -15,7 +15,7 @@ import os
 import sys
 
 from _timing import interleaved_median
-from _timing import threads as _threads
+from _timing import native_cpu, torch_or_none
 
 SHAPES = [(65, 768, 128), (65, 4096, 384), (50257, 8192, 768)]  # (vocab V, tokens N = B*T, C)
 
@@ -23,18 +23,10 @@ SHAPES = [(65, 768, 128), (65, 4096, 384), (50257, 8192, 768)]  # (vocab V, toke
 def rows(quick: bool = False) -> list[dict]:
     import numpy as np
 
-    from tinygpt import kernels
     from tinygpt.kernels import reference as R
 
-    cpu = getattr(kernels._native, "cpu", None)
-    if not hasattr(cpu, "embedding_forward"):
-        raise RuntimeError("tinygpt._C.cpu.embedding_forward is not built")
-    try:
-        import torch
-
-        torch.set_num_threads(_threads())
-    except ImportError:
-        torch = None
+    cpu = native_cpu("embedding")
+    torch = torch_or_none()
     out = []
     for V, N, C in SHAPES:
         reps = 5 if quick else (21 if V * C < 1e7 else 7)
