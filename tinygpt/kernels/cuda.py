@@ -714,15 +714,33 @@ def _check_key_spans(op, Tq, Tk, causal, window):
                              f"{' (causal attention needs Tq <= Tk)' if causal else ''}; its softmax would be undefined")
 
 
+def _attention_flags(op, Tq, Tk, causal, window, dropout_p, seed, seed_name="seed"):
+    """(causal, window or None, dropout p, seed mod 2^64), checked; every query must see a key."""
+    causal = bool(causal)
+    w = _window(op, window)
+    p = _probability(f"{op}: dropout_p", dropout_p)
+    s = _seed64(f"{op}: {seed_name}", seed)
+    _check_key_spans(op, Tq, Tk, causal, w)
+    return causal, w, p, s
+
+
+def _attention_saved(op, grad, saved, out_shape, row_shape, Tq, Tk, dropout_p):
+    """Backward's inputs from forward's saved 6-tuple: pointers (grad, out, row max, row sum), each
+    checked against its shape, and the flags."""
+    if not isinstance(saved, tuple) or len(saved) != 6:
+        raise ValueError(f"{op}: saved must be the 6-tuple {op.replace('backward', 'forward')} returned")
+    out, row_max, row_sum, causal, window, seed = saved
+    ptrs = (_arg(f"{op}: grad", grad, shape=out_shape), _arg(f"{op}: saved out", out, shape=out_shape),
+            _arg(f"{op}: saved row max", row_max, shape=row_shape),
+            _arg(f"{op}: saved row sum", row_sum, shape=row_shape))
+    return ptrs, _attention_flags(op, Tq, Tk, causal, window, dropout_p, seed, "saved seed")
+
+
 def attention_forward(q, k, v, causal, window, dropout_p, seed, scale):
     """Flash attention; saved = (out, row max, row sum, causal, window, seed), as the CPU kernel."""
     op = "attention_forward"
     lead, BH, Tq, Tk, D, Dv = _attention_dims(op, q, k, v)
-    causal = bool(causal)
-    w = _window(op, window)
-    p = _probability(f"{op}: dropout_p", dropout_p)
-    s = _seed64(f"{op}: seed", seed)
-    _check_key_spans(op, Tq, Tk, causal, w)
+    causal, w, p, s = _attention_flags(op, Tq, Tk, causal, window, dropout_p, seed)
     out = _empty(lead + (Tq, Dv))  # (..., Tq, Dv)
     row_max, row_sum = _empty(lead + (Tq,)), _empty(lead + (Tq,))
     _cuda.attention_forward(out.data.ptr, row_max.data.ptr, row_sum.data.ptr, q.data.ptr, k.data.ptr, v.data.ptr,
@@ -733,18 +751,8 @@ def attention_forward(q, k, v, causal, window, dropout_p, seed, scale):
 def attention_backward(grad, q, k, v, dropout_p, scale, saved):
     op = "attention_backward"
     lead, BH, Tq, Tk, D, Dv = _attention_dims(op, q, k, v)
-    if not isinstance(saved, tuple) or len(saved) != 6:
-        raise ValueError(f"{op}: saved must be the 6-tuple attention_forward returned")
-    out, row_max, row_sum, causal, window, seed = saved
-    gp = _arg(f"{op}: grad", grad, shape=lead + (Tq, Dv))
-    op_ = _arg(f"{op}: saved out", out, shape=lead + (Tq, Dv))
-    mp = _arg(f"{op}: saved row max", row_max, shape=lead + (Tq,))
-    lp = _arg(f"{op}: saved row sum", row_sum, shape=lead + (Tq,))
-    causal = bool(causal)
-    w = _window(op, window)
-    p = _probability(f"{op}: dropout_p", dropout_p)
-    s = _seed64(f"{op}: saved seed", seed)
-    _check_key_spans(op, Tq, Tk, causal, w)
+    (gp, op_, mp, lp), (causal, w, p, s) = _attention_saved(op, grad, saved, lead + (Tq, Dv), lead + (Tq,), Tq, Tk,
+                                                            dropout_p)
     dq = _empty(lead + (Tq, D))  # (..., Tq, D)
     dk = _empty(lead + (Tk, D))  # (..., Tk, D)
     dv = _empty(lead + (Tk, Dv))  # (..., Tk, Dv)
@@ -778,11 +786,7 @@ def attention_qkv_forward(qkv, n_head, causal, window, dropout_p, seed, scale):
     """Flash attention on packed qkv; saved = (out, row max, row sum, causal, window, seed)."""
     op = "attention_qkv_forward"
     B, T, nh, hs = _qkv_dims(op, qkv, n_head)
-    causal = bool(causal)
-    w = _window(op, window)
-    p = _probability(f"{op}: dropout_p", dropout_p)
-    s = _seed64(f"{op}: seed", seed)
-    _check_key_spans(op, T, T, causal, w)
+    causal, w, p, s = _attention_flags(op, T, T, causal, window, dropout_p, seed)
     out = _empty((B, T, nh * hs))
     row_max, row_sum = _empty((B, nh, T)), _empty((B, nh, T))
     _launch("attention_qkv_forward")(out.data.ptr, row_max.data.ptr, row_sum.data.ptr, qkv.data.ptr, B, T, nh, hs,
@@ -793,18 +797,8 @@ def attention_qkv_forward(qkv, n_head, causal, window, dropout_p, seed, scale):
 def attention_qkv_backward(grad, qkv, n_head, dropout_p, scale, saved):
     op = "attention_qkv_backward"
     B, T, nh, hs = _qkv_dims(op, qkv, n_head)
-    if not isinstance(saved, tuple) or len(saved) != 6:
-        raise ValueError(f"{op}: saved must be the 6-tuple attention_qkv_forward returned")
-    out, row_max, row_sum, causal, window, seed = saved
-    gp = _arg(f"{op}: grad", grad, shape=(B, T, nh * hs))
-    op_ = _arg(f"{op}: saved out", out, shape=(B, T, nh * hs))
-    mp = _arg(f"{op}: saved row max", row_max, shape=(B, nh, T))
-    lp = _arg(f"{op}: saved row sum", row_sum, shape=(B, nh, T))
-    causal = bool(causal)
-    w = _window(op, window)
-    p = _probability(f"{op}: dropout_p", dropout_p)
-    s = _seed64(f"{op}: saved seed", seed)
-    _check_key_spans(op, T, T, causal, w)
+    (gp, op_, mp, lp), (causal, w, p, s) = _attention_saved(op, grad, saved, (B, T, nh * hs), (B, nh, T), T, T,
+                                                            dropout_p)
     dqkv = _empty(qkv.shape)
     drow = _empty((max(B * nh * T, 1),))  # workspace: D = rowsum(grad * out)
     _launch("attention_qkv_backward")(dqkv.data.ptr, drow.data.ptr, gp, qkv.data.ptr, op_, mp, lp, B, T, nh, hs,
