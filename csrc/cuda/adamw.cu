@@ -19,6 +19,7 @@
 
 #include "common.h"
 #include "cuda/api.h"
+#include "cuda/multi_tensor.cuh"
 
 namespace tinygpt {
 namespace cuda_adamw {
@@ -75,20 +76,16 @@ __global__ void __launch_bounds__(256)
   update_range(p, g, m, v, 0, n, first, step, vec, s);
 }
 
-// Multi-tensor: table[5 * t + 0..3] = p, g, m, v device pointers of tensor t, table[5 * t + 4] = its
-// size; block_start[t] = the first block of tensor t (block_start[T] = total blocks). Block b
-// updates elements [c * kChunk, (c + 1) * kChunk) of its tensor, c = b - block_start[t].
-constexpr long long kChunk = 16384;  // multiple of 4: chunks start 16-byte aligned
+// Multi-tensor (csrc/cuda/multi_tensor.cuh): table[5 * t + 0..3] = p, g, m, v device pointers of
+// tensor t, table[5 * t + 4] = its size. Block b updates elements [c * kChunk, (c + 1) * kChunk) of
+// its tensor, c = b - block_start[t].
+using multi_tensor::kChunk;
 
 __global__ void __launch_bounds__(256)
     adamw_multi_kernel(const long long* __restrict__ table, const long long* __restrict__ block_start,
                        int T, Scalars s) {
   const long long b = blockIdx.x;
-  int lo = 0, hi = T - 1;  // the last t with block_start[t] <= b
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (block_start[mid] <= b) lo = mid; else hi = mid - 1;
-  }
+  const int lo = multi_tensor::tensor_of(block_start, T, b);
   const long long* e = table + 5 * lo;
   float* p = reinterpret_cast<float*>(e[0]);
   const float* g = reinterpret_cast<const float*>(e[1]);

@@ -7,9 +7,8 @@
 //          kernel combines the partials in a fixed order into a 0-d float64 (no atomics: the result is
 //          deterministic). NaN propagates through both (also through max, as numpy's max does).
 //   scale: g *= scale (float32 multiply, as `g *= coef` on a float32 array with a Python float).
-// Tensors are described as in adamw.cu's multi-tensor launch: table[2 t] = device pointer of tensor t,
-// table[2 t + 1] = its size, block_start[t] = its first block (cumulative ceil(n / kChunk)), each block
-// one kChunk-element chunk of one tensor.
+// Tensors are described as in every multi-tensor launch (csrc/cuda/multi_tensor.cuh): table[2 t] =
+// device pointer of tensor t, table[2 t + 1] = its size; each block one kChunk-element chunk of one tensor.
 // Napkin math: one read of every gradient (4 B/element) for the norm, read + write (8 B) for the scale;
 // GPT-2 small, 124M gradients -> 0.5 GB -> ~0.15 ms at 3.35 TB/s.
 #include <cuda_runtime.h>
@@ -19,27 +18,19 @@
 
 #include "common.h"
 #include "cuda/api.h"
+#include "cuda/multi_tensor.cuh"
 
 namespace tinygpt {
 namespace cuda_grad_norm {
 namespace {
 
-constexpr long long kChunk = 16384;
+using multi_tensor::kChunk;
+using multi_tensor::tensor_of;
 constexpr int kThreads = 256;
 
 __device__ __forceinline__ double combine(double a, double b, bool max_abs) {
   if (!max_abs) return a + b;
   return (a != a || b != b) ? a + b : fmax(a, b);  // a NaN wins, as numpy's max
-}
-
-// The tensor of block b: the last t with block_start[t] <= b.
-__device__ __forceinline__ int tensor_of(const long long* __restrict__ block_start, int T, long long b) {
-  int lo = 0, hi = T - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (block_start[mid] <= b) lo = mid; else hi = mid - 1;
-  }
-  return lo;
 }
 
 // The block's threads' values combined in a fixed order (warp shuffles, then the 8 warps in order);
