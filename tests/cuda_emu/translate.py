@@ -45,8 +45,10 @@ def _match_paren(text: str, open_pos: int, filename: str) -> int:
     raise TranslationError(f"{filename}:{_line(text, open_pos)}: unbalanced parentheses")
 
 
-def _split_top(s: str, sep: str) -> list[str]:
-    """Split at `sep` outside parentheses, brackets and string literals."""
+def _split_top(s: str, sep: str, opening: str = "([{") -> list[str]:
+    """Split at `sep` outside parentheses, brackets (and `opening`'s other brackets: "<" for template
+    arguments) and string literals."""
+    closing = opening.translate(str.maketrans("([{<", ")]}>"))
     out, depth, cur, i = [], 0, [], 0
     while i < len(s):
         c = s[i]
@@ -57,9 +59,9 @@ def _split_top(s: str, sep: str) -> list[str]:
             cur.append(s[i:j + 1])
             i = j + 1
             continue
-        if c in "([{":
+        if c in opening:
             depth += 1
-        elif c in ")]}":
+        elif c in closing:
             depth -= 1
         if c == sep and depth == 0:
             out.append("".join(cur))
@@ -139,13 +141,8 @@ def _launch_bounds(text: str, filename: str) -> str:
             raise TranslationError(f"{filename}:{_line(text, m.start())}: __launch_bounds__ without a kernel body")
         out.append(text[pos:m.start()])
         out.append(text[close + 1:body + 1])
-        depth, first = 0, len(bound)  # the first argument: max threads (a comma inside <> does not count)
-        for i, c in enumerate(bound):
-            depth += (c in "(<[") - (c in ")>]")
-            if c == "," and depth == 0:
-                first = i
-                break
-        out.append(f" ::tg_emu::check_launch_bounds({bound[:first].strip()});")
+        max_threads = _split_top(bound, ",", "([{<")[0].strip()  # a comma inside <> does not count
+        out.append(f" ::tg_emu::check_launch_bounds({max_threads});")
         pos = body + 1
     out.append(text[pos:])
     return "".join(out)
