@@ -176,15 +176,11 @@ def adamw_multi_step(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2, 
     hyper = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, step=step)
     lists = (params, grads, exp_avgs, exp_avg_sqs)
     if (_enabled and params and _cuda_kernels.has("adamw_multi_step")
-            and all(_qualifies(arrays) == "cuda" for arrays in zip(*lists))):
+            and _qualifies([a for arrays in lists for a in arrays]) == "cuda"):
         _cuda_kernels.adamw_multi_step(*lists, **hyper)
         return
     for arrays in zip(*lists):
         adamw_step(*arrays, **hyper)
-
-
-def _all_cuda(arrays) -> bool:
-    return all(_qualifies((a,)) == "cuda" for a in arrays)
 
 
 def grad_norm(grads, norm_type):
@@ -193,14 +189,14 @@ def grad_norm(grads, norm_type):
     does not apply (CPU arrays, other dtypes or norms, no CUDA build): the caller then reduces per array."""
     norm_type = float(norm_type)
     if (_enabled and grads and norm_type in (2.0, float("inf")) and _cuda_kernels.has("grad_norm")
-            and _all_cuda(grads)):
+            and _qualifies(grads) == "cuda"):
         return _cuda_kernels.grad_norm(grads, norm_type)
     return None
 
 
 def grad_scale_(grads, scale: float) -> None:
     """Every array of the list *= scale in place (one CUDA launch for float32 CuPy arrays)."""
-    if _enabled and grads and _cuda_kernels.has("grad_norm") and _all_cuda(grads):
+    if _enabled and grads and _cuda_kernels.has("grad_norm") and _qualifies(grads) == "cuda":
         _cuda_kernels.grad_scale_(grads, scale)
         return
     for g in grads:
