@@ -5,9 +5,10 @@ Two parts (one file per group of kernel families, in benchmarks/cuda/):
     the products of a GPT training step, in TFLOP/s; layernorm, add_layernorm, GELU and AdamW in GB/s
     against a device-to-device copy measured in the same run;
   - attention_softmax_ce_dropout.py: flash attention vs torch's scaled_dot_product_attention (and
-    the CuPy reference), TFLOP/s; softmax, log_softmax, cross-entropy and dropout in GB/s and % of copy.
+    the CuPy reference), TFLOP/s; softmax, log_softmax, cross-entropy, dropout and embedding in GB/s
+    and % of copy.
 
-    python benchmarks/cuda_kernels.py [--quick] [--only matmul,layernorm,gelu,adamw,attention,softmax,cross_entropy,dropout]
+    python benchmarks/cuda_kernels.py [--quick] [--only matmul,layernorm,gelu,adamw,attention,softmax,cross_entropy,dropout,embedding]
 
 Needs CuPy, a GPU and tinygpt._C built with CUDA; says so and exits otherwise.
 """
@@ -21,7 +22,7 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent / "cuda"
 sys.path.insert(0, str(HERE))  # their shared _events module
 PARTS = {"gemm_norm_gelu_adamw": ("matmul", "layernorm", "gelu", "adamw"),
-         "attention_softmax_ce_dropout": ("attention", "softmax", "cross_entropy", "dropout")}
+         "attention_softmax_ce_dropout": ("attention", "softmax", "cross_entropy", "dropout", "embedding")}
 
 
 def _load(name):

@@ -73,7 +73,7 @@ def count_step(config: str, batch: int = 1, seq: int = 16, native: bool = True):
     def advanced(index, *rest):  # fancy indexing gathers (a kernel); basic slicing makes a view
         return any(isinstance(i, np.ndarray) for i in (index if isinstance(index, tuple) else (index,)))
 
-    for name in ("astype", "copy", "fill", "__setitem__"):
+    for name in ("astype", "copy", "fill", "sort", "__setitem__"):
         method(name, getattr(np.ndarray, name))
     method("__getitem__", np.ndarray.__getitem__, advanced)
     to_device = fake_cupy.FakeCupy.asarray

@@ -17,6 +17,16 @@ def random_arrays(seed, shapes, mags):
     return [(rng.standard_normal(s) * m).astype(np.float32) for s, m in zip(shapes, mags)]
 
 
+# ----------------------------------------------------------------------------- embedding
+def embedding_problem(seed, V, ids_shape, C, dtype):
+    """(ids of `dtype` in [0, V), weight (V, C), grad (*ids_shape, C) scaled by 10), all random."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, min(V, np.iinfo(dtype).max + 1), size=ids_shape).astype(dtype)
+    w = rng.standard_normal((V, C)).astype(np.float32)
+    g = (rng.standard_normal(tuple(ids_shape) + (C,)) * 10).astype(np.float32)
+    return ids, w, g
+
+
 # ----------------------------------------------------------------------------- attention
 def attention_ref64(q, k, v, g, causal, window, p, seed, scale):
     """The reference in float64, plus the componentwise magnitudes `nat` of every output and Smax."""

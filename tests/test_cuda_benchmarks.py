@@ -21,7 +21,7 @@ def test_cuda_kernels_smoke(monkeypatch, capsys):
     text = capsys.readouterr().out
     for what in ("matmul", "ours-fp32", "ours-tf32", "ours-bf16", "cublas", "linear_gelu", "layernorm",
                  "add_layernorm", "gelu-tanh", "gelu-none", "adamw_step", "dropout", "softmax", "log_softmax",
-                 "cross_entropy", "attention", "attention full", "attention_qkv"):
+                 "cross_entropy", "embedding", "attention", "attention full", "attention_qkv"):
         assert what in text, what
     assert "Traceback" not in text
 

@@ -15,13 +15,13 @@ built_with_cuda = _C is not None and bool(_C.build_info().get("cuda"))
 needs_cuda_build = pytest.mark.skipif(not built_with_cuda, reason="tinygpt._C was built without CUDA")
 
 OURS = ["linear", "linear_gelu", "layernorm", "add_layernorm", "gelu", "adamw_step", "adamw_multi_step", "grad_norm",
-        "attention", "attention_qkv", "softmax", "log_softmax", "cross_entropy", "dropout"]
+        "attention", "attention_qkv", "softmax", "log_softmax", "cross_entropy", "dropout", "embedding"]
 
 
 @needs_cuda_build
 def test_every_wrapped_op_has_its_launchers():
     for family in ("cuda.matmul", "cuda.layernorm", "cuda.gelu", "cuda.adamw", "cuda.grad_norm", "cuda.attention",
-                   "cuda.softmax", "cuda.cross_entropy", "cuda.dropout"):
+                   "cuda.softmax", "cuda.cross_entropy", "cuda.dropout", "cuda.embedding"):
         assert family in _C.build_info()["kernels"]
     for op in OURS:
         missing = [n for n in kcuda.LAUNCHERS[op] if not hasattr(_C.cuda, n)]
@@ -54,6 +54,11 @@ def test_launcher_argument_checks_need_no_gpu():
     with pytest.raises(ValueError, match="adamw_multi_step: need at least one tensor"):
         c.adamw_multi_step_launch(0, 0, 0, 0, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1, 0)
     assert c.adamw_multi_chunk() % 4 == 0
+    with pytest.raises(ValueError, match=r"embedding_forward \(cuda\): need n >= 0, V >= 1 and C >= 1"):
+        c.embedding_forward_launch(0, 0, 0, 3, 0, 4, 0)
+    with pytest.raises(ValueError, match=r"embedding_keys \(cuda\): n \* \(V \+ 1\) = .* overflows the int64 sort keys"):
+        c.embedding_keys_launch(0, 0, 2**40, 2**30, 0)
+    c.embedding_keys_launch(0, 0, 0, 5, 0)  # n = 0: nothing to launch
 
 
 def test_precision_and_backend_settings():

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from tinygpt import kernels
 from tinygpt.kernels import reference as R
 
+from kernel_checks import embedding_problem
+
 _cpu = getattr(kernels._native, "cpu", None)
 pytestmark = pytest.mark.skipif(not hasattr(_cpu, "embedding_forward"),
                                 reason="tinygpt._C is not built or has no cpu.embedding_forward")
@@ -21,10 +23,7 @@ pytestmark = pytest.mark.skipif(not hasattr(_cpu, "embedding_forward"),
        C=st.integers(1, 130), dtype=st.sampled_from([np.int64, np.int32, np.uint8, np.int16]),
        seed=st.integers(0, 2**32 - 1))
 def test_matches_reference_bit_for_bit(V, ids_shape, C, dtype, seed):
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(0, min(V, np.iinfo(dtype).max + 1), size=ids_shape).astype(dtype)
-    w = rng.standard_normal((V, C)).astype(np.float32)
-    g = (rng.standard_normal(ids_shape + (C,)) * 10).astype(np.float32)
+    ids, w, g = embedding_problem(seed, V, ids_shape, C, dtype)
     out, saved = _cpu.embedding_forward(ids, w)
     ref_out, ref_saved = R.embedding_forward(ids, w)
     assert out.dtype == np.float32 and saved == ref_saved == ()

@@ -2,8 +2,9 @@
 
 Times each kernel with CUDA events (median of interleaved repetitions, after warm-up) and prints
 it with its napkin math:
-  - memory-bound kernels (dropout, softmax, log_softmax, cross_entropy): useful bytes per pass
-    (dropout 8 B/element each pass; softmax 8 B fwd, 12 B bwd; cross-entropy 4 B fwd, 8 B bwd)
+  - memory-bound kernels (dropout, softmax, log_softmax, cross_entropy, embedding): useful bytes per
+    pass (dropout 8 B/element each pass; softmax 8 B fwd, 12 B bwd; cross-entropy 4 B fwd, 8 B bwd;
+    embedding 8 B per gathered float fwd, the gradient read and dW written bwd, vs cupy.add.at)
     over the time, as GB/s and as % of the device-to-device copy bandwidth measured in the same
     run (cupy copy of a 1 GiB buffer, 2 bytes moved per byte copied). The goal is >= 80%.
   - attention: TFLOP/s (forward 4 B nh Tq Tk hs, halved for causal; backward 2.5x forward, the
@@ -32,7 +33,8 @@ def _setup():
 
     if not tg.backend.cuda_available():
         sys.exit("cuda_kernels.py needs CuPy and a CUDA GPU")
-    missing = [op for op in ("attention", "softmax", "log_softmax", "cross_entropy", "dropout") if not K.has(op)]
+    missing = [op for op in ("attention", "softmax", "log_softmax", "cross_entropy", "dropout", "embedding")
+               if not K.has(op)]
     if missing:
         sys.exit(f"tinygpt._C has no CUDA kernels for {missing}: rebuild with TINYGPT_CUDA=ON")
     return tg.backend.cupy(), K
@@ -84,6 +86,22 @@ def bench_cross_entropy(cp, K, copy, reps, quick, smoke=False):
                           "bwd": lambda: K.cross_entropy_backward(one, x, t_, saved)}, reps)
         _row("cross_entropy", (N, V), "fwd", t["fwd"], 4 * N * V, copy)
         _row("cross_entropy", (N, V), "bwd", t["bwd"], 8 * N * V, copy)
+
+
+def bench_embedding(cp, K, copy, reps, quick, smoke=False):
+    """Forward gather (reads and writes n * C floats) and the deterministic backward (reads the n * C
+    gradient, writes dW; plus the key sort), the backward against the reference's cupy.add.at (atomics)."""
+    from tinygpt.kernels import reference as R
+
+    shapes = [(37, 5, 12)] if smoke else [(64 * 256, 65, 384)] if quick else [(64 * 256, 65, 384), (8 * 1024, 50257, 768)]
+    for n, V, C in shapes:
+        w = cp.random.standard_normal((V, C), dtype=cp.float32)
+        ids = cp.random.randint(0, V, n).astype(cp.int64)
+        g = cp.random.standard_normal((n, C), dtype=cp.float32)
+        t = time_ms(cp, {"fwd": lambda: K.embedding_forward(ids, w), "bwd": lambda: K.embedding_backward(g, ids, (V, C), ()),
+                         "ref": lambda: R.embedding_backward(g, ids, (V, C), ())}, reps)
+        _row("embedding", (n, V, C), "fwd", t["fwd"], 8 * n * C, copy)
+        _row("embedding", (n, V, C), "bwd", t["bwd"], 4 * (n + V) * C, copy, ref_ms=t["ref"])
 
 
 def bench_attention(cp, K, reps, quick, smoke=False):
@@ -147,7 +165,7 @@ def bench_attention(cp, K, reps, quick, smoke=False):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", default="", help="comma-separated: dropout,softmax,cross_entropy,attention")
+    ap.add_argument("--only", default="", help="comma-separated: dropout,softmax,cross_entropy,embedding,attention")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, one repetition: code paths only")
     args = ap.parse_args(argv)
@@ -157,7 +175,8 @@ def main(argv=None):
     dev = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
     copy = copy_gbps(cp, reps, 1 << 16) if args.smoke else copy_gbps(cp, reps)
     print(f"device: {dev['name'].decode()}; device-to-device copy {copy:.0f} GB/s")
-    for name, fn in [("dropout", bench_dropout), ("softmax", bench_softmax), ("cross_entropy", bench_cross_entropy)]:
+    for name, fn in [("dropout", bench_dropout), ("softmax", bench_softmax), ("cross_entropy", bench_cross_entropy),
+                     ("embedding", bench_embedding)]:
         if not only or name in only:
             fn(cp, K, copy, reps, args.quick, args.smoke)
     if not only or "attention" in only:

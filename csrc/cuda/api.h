@@ -84,6 +84,15 @@ void tg_grad_norm_cuda(std::uintptr_t out, std::uintptr_t partial, std::uintptr_
 void tg_grad_scale_cuda(std::uintptr_t table, std::uintptr_t block_start, int num_tensors, long long num_blocks,
                         double scale, std::uintptr_t stream);
 
+// embedding.cu. weight (V, C) float32, ids (n,) int64, out (n, C); an id outside [0, V) gives a NaN row.
+void tg_embedding_forward_cuda(std::uintptr_t out, std::uintptr_t weight, std::uintptr_t ids, int64_t n, int64_t V,
+                               int64_t C, std::uintptr_t stream);
+// keys (n,) int64 = ids * n + position (V * n + position for ids outside [0, V)), to be sorted ascending.
+void tg_embedding_keys_cuda(std::uintptr_t keys, std::uintptr_t ids, int64_t n, int64_t V, std::uintptr_t stream);
+// dw (V, C) = grad (n, C) rows summed per id in position order, from the sorted keys (zeroes dw first).
+void tg_embedding_backward_cuda(std::uintptr_t dw, std::uintptr_t grad, std::uintptr_t sorted_keys, int64_t n,
+                                int64_t V, int64_t C, std::uintptr_t stream);
+
 // --- attention, softmax, cross-entropy, dropout (csrc/cuda/{attention,softmax,cross_entropy,dropout}.cu)
 // Shapes are flattened: q (BH, Tq, D), k (BH, Tk, D), v (BH, Tk, Dv), out (BH, Tq, Dv); row_max
 // and row_sum (BH, Tq) are written by forward and read by backward; window 0 means none.

@@ -165,6 +165,20 @@ void bind_cuda_dropout(py::module_& m) {
 }
 // --- end cuattn --------------------------------------------------------------------------------
 
+// --- embedding (csrc/cuda/embedding.cu) ---
+void bind_cuda_embedding(py::module_& m) {
+  m.def("embedding_forward_launch", &tg_embedding_forward_cuda, py::arg("out"), py::arg("weight"), py::arg("ids"),
+        py::arg("n"), py::arg("V"), py::arg("C"), py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
+        "out (n, C) = weight[ids] for int64 ids (n,).");
+  m.def("embedding_keys_launch", &tg_embedding_keys_cuda, py::arg("keys"), py::arg("ids"), py::arg("n"), py::arg("V"),
+        py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
+        "keys = ids * n + position (int64), the sort keys of embedding_backward_launch.");
+  m.def("embedding_backward_launch", &tg_embedding_backward_cuda, py::arg("dw"), py::arg("grad"),
+        py::arg("sorted_keys"), py::arg("n"), py::arg("V"), py::arg("C"), py::arg("stream"),
+        py::call_guard<py::gil_scoped_release>(),
+        "dw (V, C) = grad rows summed per id in position order (deterministic), from the sorted keys.");
+}
+
 }  // namespace
 
 void register_cuda_kernels(pybind11::module_& m, KernelFamilies& families) {
@@ -179,6 +193,8 @@ void register_cuda_kernels(pybind11::module_& m, KernelFamilies& families) {
   bind_cuda_dropout(m);
   families.push_back("cuda.dropout");
   // --- end cuattn
+  bind_cuda_embedding(m);
+  families.push_back("cuda.embedding");
 }
 
 }  // namespace tinygpt
