@@ -480,12 +480,19 @@ def _bench_fused(op, fwd_args, arrays, row, tg, R, cp, torch_ops, timer, reps, t
     if kernel.name == "native-cuda":
         impls = {"native": (kernel.forward, kernel.backward), **impls}
     outs = {}
+    kc = tg.kernels.cuda
     for impl, (fwd, bwd) in impls.items():
-        out, saved = fwd(*fwd_args)
-        outs[impl] = out
-        bargs = _backward_args(op, fwd_args, out, saved, cp)
-        row["impls"][impl] = {"fwd": timer(lambda: fwd(*fwd_args), reps=reps, warmup=2),
-                              "bwd": timer(lambda: bwd(*bargs), reps=reps, warmup=2)}
+        # 'native' linear layers: our GEMM (not what 'auto' would pick: cuBLAS is timed on its own below)
+        old = kc.set_matmul_backend("ours") if impl == "native" and op in ("linear", "linear_gelu") else None
+        try:
+            out, saved = fwd(*fwd_args)
+            outs[impl] = out
+            bargs = _backward_args(op, fwd_args, out, saved, cp)
+            row["impls"][impl] = {"fwd": timer(lambda: fwd(*fwd_args), reps=reps, warmup=2),
+                                  "bwd": timer(lambda: bwd(*bargs), reps=reps, warmup=2)}
+        finally:
+            if old is not None:
+                kc.set_matmul_backend(old)
     if "native" in outs:
         row["max_rel_err"] = _max_rel_err(cp, outs["native"], outs["reference"])
     del outs
@@ -513,6 +520,30 @@ def _bench_fused(op, fwd_args, arrays, row, tg, R, cp, torch_ops, timer, reps, t
         bwd_ms = max(both["median_ms"] - fwd_s["median_ms"], 1e-6)
         row["impls"]["torch"] = {"fwd": fwd_s, "bwd": {**both, "median_ms": bwd_ms}}
         del tq, tk, tv, gout
+
+
+def matmul_choices(tg):
+    """What tinygpt's 'auto' GEMM dispatch measured during the model runs (tinygpt/kernels/cuda.py), one
+    dict per shape class: our GEMM vs cuBLAS on that layer's own arguments, and which one then ran."""
+    kc = tg.kernels.cuda
+    if not hasattr(kc, "matmul_choices"):
+        return []
+    rows = []
+    for (_, op, direction, rows_class, n_in, n_out, precision), c in sorted(kc.matmul_choices().items()):
+        rows.append({"op": op, "direction": direction, "rows_up_to": rows_class, "n_in": n_in, "n_out": n_out,
+                     "precision": precision, "ours_ms": c.ours_ms, "cublas_ms": c.cublas_ms,
+                     "choice": "ours" if c.ours else "cublas"})
+    return rows
+
+
+def choices_table(choices):
+    body = [[c["op"], c["direction"], f"<= {c['rows_up_to']}", f"{c['n_in']} -> {c['n_out']}", c["precision"],
+             f"{c['ours_ms']:.3f}", f"{c['cublas_ms']:.3f}", c["choice"],
+             f"{max(c['ours_ms'], c['cublas_ms']) / max(min(c['ours_ms'], c['cublas_ms']), 1e-9):.2f}x"]
+            for c in choices]
+    return ("GEMM dispatch ('auto': both timed on each layer's first call, the faster kept)\n"
+            + common.table(["op", "pass", "rows", "in -> out", "precision", "ours ms", "cuBLAS ms", "runs", "margin"],
+                           body))
 
 
 def _rate(kind, work, ms, copy_gbps):
@@ -661,6 +692,8 @@ def main(argv=None) -> int:
     if args.tf32 and hasattr(kc, "set_matmul_precision"):
         kc.set_matmul_precision("tf32")
     info["tinygpt_matmul_precision"] = kc.get_matmul_precision() if hasattr(kc, "get_matmul_precision") else None
+    if hasattr(kc, "clear_matmul_choices"):
+        kc.clear_matmul_choices()  # this run's own GEMM measurements (matmul_choices below)
     timer = Timer(cp)
     bw = copy_bandwidth(cp, timer, args.copy_mib << 20)
     free_memory(cp)
@@ -687,6 +720,9 @@ def main(argv=None) -> int:
         for name in names:
             model_results.append(bench_model(name, args, tg, np, cp, torch, timer, peaks))
         print("\n" + model_table(model_results))
+        choices = matmul_choices(tg)
+        if choices:
+            print("\n" + choices_table(choices))
     if args.part in ("kernels", "all"):
         print("\nkernels (CUDA events, median of repetitions; 'peer' = cuBLAS for linear, torch otherwise; "
               "'ours achieved' = the native kernel when there is one, else the reference)")
@@ -694,7 +730,8 @@ def main(argv=None) -> int:
             kernel_rows += bench_kernels(name, args, tg, np, cp, torch, timer, copy_gbps)
         print("\n" + kernel_table(kernel_rows, copy_gbps))
     if args.json:
-        _write_json(args.json, {"device": info, "args": vars(args), "model": model_results, "kernels": kernel_rows})
+        _write_json(args.json, {"device": info, "args": vars(args), "model": model_results, "kernels": kernel_rows,
+                                "matmul_choices": matmul_choices(tg) if args.part in ("model", "all") else []})
     return 0
 
 

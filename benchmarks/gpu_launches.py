@@ -24,8 +24,10 @@ CONFIGS = {"shakespeare": dict(vocab_size=65, block_size=256, n_layer=6, n_head=
 NOT_LAUNCHES = {"linear_dw_splits", "adamw_multi_chunk", "grad_norm_chunk"}  # host-side queries
 
 
-def count_step(config: str, batch: int = 1, seq: int = 16, native: bool = True):
-    """(counts per operation, parameter count) for one training step; native=False: no CUDA kernels."""
+def count_step(config: str, batch: int = 1, seq: int = 16, native: bool = True, matmul: str = "ours"):
+    """(counts per operation, parameter count) for one training step; native=False: no CUDA kernels.
+    matmul: which GEMM runs every linear layer ('ours' | 'cublas'). On a GPU the default 'auto' measures
+    both per shape class (tinygpt/kernels/cuda.py); on the emulator that would time the emulation."""
     sys.path[:0] = [os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "cuda_emu")]
     import build
     import fake_cupy
@@ -85,6 +87,7 @@ def count_step(config: str, batch: int = 1, seq: int = 16, native: bool = True):
     patch.setattr(fake_cupy.EmulatedKernels, "__getattr__", on_launcher)
     try:
         patch.setattr(tg.kernels, "_enabled", native)  # whatever TINYGPT_NATIVE says
+        patch.setattr(tg.kernels.cuda, "_matmul_backend", matmul)
         tg.manual_seed(0)
         model = tg.GPT(tg.GPTConfig(**{**CONFIGS[config], "block_size": seq})).to("cuda")
         opt = model.configure_optimizers(weight_decay=0.1, learning_rate=1e-3, betas=(0.9, 0.99))
@@ -111,8 +114,10 @@ def main(argv=None) -> int:
     ap.add_argument("--config", choices=sorted(CONFIGS), default="shakespeare")
     ap.add_argument("--top", type=int, default=20, help="list the most frequent operations")
     ap.add_argument("--reference", action="store_true", help="without the CUDA kernels (array code on CuPy)")
+    ap.add_argument("--matmul", choices=("ours", "cublas"), default="ours",
+                    help="the GEMM of every linear layer (a GPU measures and mixes them: 'auto')")
     args = ap.parse_args(argv)
-    counts, n_params = count_step(args.config, native=not args.reference)
+    counts, n_params = count_step(args.config, native=not args.reference, matmul=args.matmul)
     native = sum(v for k, v in counts.items() if k.startswith("native"))
     cupy = sum(v for k, v in counts.items() if k.startswith("cupy"))
     print(f"{args.config}: {n_params} parameters; one training step = {native} native launcher calls + "

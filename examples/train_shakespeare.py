@@ -157,8 +157,15 @@ def check_device(device: str) -> str:
 def kernels_label(device: str) -> str:
     """Which kernels run: native CPU ones, CUDA ones (the reference on CuPy for the rest), or the reference."""
     if device == "cuda":
-        ops = tg.kernels.cuda_ops() if tg.kernels.native_enabled() else []
-        return f"CUDA ({', '.join(ops)}) + reference on CuPy" if ops else "reference on CuPy"
+        ops = tg.kernels.cuda_ops() if tg.kernels.cuda_enabled() else []
+        if not ops:
+            return "reference on CuPy"
+        kc = tg.kernels.cuda
+        gemm = kc.get_matmul_backend()
+        if gemm == "auto":  # which GEMM the measured dispatch picked for the layers' shapes
+            chosen = list(kc.matmul_choices().values())
+            gemm = f"ours for {sum(c.ours for c in chosen)} of {len(chosen)} measured shape classes, cuBLAS for the rest"
+        return f"CUDA ({', '.join(ops)}; GEMM: {gemm}) + reference on CuPy"
     return "native" if tg.kernels.native_enabled() else "reference"
 
 

@@ -33,5 +33,11 @@ def test_gpu_benchmark_with_the_cuda_kernels(monkeypatch, tmp_path, capsys):
         assert r["errors"] == {}, r["errors"]
         assert set(r["results"]) == {"tinygpt-cuda", "tinygpt-ref"}
         assert all(v["tokens_per_s"] > 0 for v in r["results"].values())
+    # the 'auto' GEMM dispatch measured every linear layer's forward and backward, and says so
+    choices = report["matmul_choices"]
+    assert {(c["op"], c["direction"]) for c in choices} == {(op, d) for op in ("linear", "linear_gelu")
+                                                           for d in ("forward", "backward")}
+    assert all(c["choice"] in ("ours", "cublas") and c["ours_ms"] > 0 and c["cublas_ms"] > 0 for c in choices)
+    assert "GEMM dispatch ('auto'" in capsys.readouterr().out
     assert not [r for r in report["kernels"] if "error" in r]
     assert any("native" in r.get("impls", {}) for r in report["kernels"])

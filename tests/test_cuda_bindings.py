@@ -76,9 +76,7 @@ def test_precision_and_backend_settings():
         assert kcuda.matmul_policy("linear", 4096, 768, 768)
         kcuda.set_matmul_backend("cublas")
         assert not kcuda.matmul_policy("linear_gelu", 4096, 768, 3072)
-        kcuda.set_matmul_backend("auto")  # the documented (not yet measured) default
-        assert not kcuda.matmul_policy("linear", 4096, 768, 768)
-        assert kcuda.matmul_policy("linear_gelu", 4096, 768, 3072)
+        kcuda.set_matmul_backend("auto")  # measured per shape class on the GPU (tests/test_cuda_matmul.py)
         with pytest.raises(ValueError, match="matmul backend must be"):
             kcuda.set_matmul_backend("cutlass")
     finally:

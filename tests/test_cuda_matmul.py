@@ -18,6 +18,7 @@ reference is exact enough. Two checks per output:
      only the accumulation term remains: this catches a wrong or missing term even in bf16, where
      bound 1 (2^-7 relative) would not for large K.
 """
+import collections
 import contextlib
 import math
 import os
@@ -293,18 +294,90 @@ def test_misaligned_and_strided_edges(precision):
             c.testing.assert_allclose(got, want, rtol=0, atol=0)
 
 
-def test_default_policy_and_cublas_path():
-    """The default dispatch (cuBLAS for linear, ours for linear_gelu) gives the same results within
-    the fp32 bound; the policy hook answers as documented."""
-    assert kcuda.matmul_policy("linear_gelu", 4096, 768, 3072) or kcuda._matmul_backend == "cublas"
+def test_cublas_path():
+    """The products sent to cuBLAS (cupy.matmul plus the separate bias and GELU passes) are within the
+    same bounds (fp32, or TF32 when CuPy itself was started with CUPY_TF32=1)."""
     prec = "tf32" if os.environ.get("CUPY_TF32") == "1" else "fp32"  # CuPy's own cuBLAS setting
     rng = np.random.default_rng(1)
     with matmul_mode("fp32", "cublas"):
+        assert kcuda.matmul_policy("linear", 4096, 768, 768) is False
         check_linear(*_case(rng, (5, 7), 33, 19, 1.0, True), prec, emulate=False)
         check_linear_gelu(*_case(rng, (3,), 17, 65, 1.0, True), prec, emulate=False)
-    with matmul_mode("fp32", "auto"):
-        assert not kcuda.matmul_policy("linear", 4096, 768, 768)
-        assert kcuda.matmul_policy("linear_gelu", 4096, 768, 3072)
+
+
+@contextlib.contextmanager
+def fake_timings(monkeypatch, ours_ms, cublas_ms):
+    """'auto' with the measurement replaced: every class measures (ours_ms, cublas_ms); yields the list of
+    measurements made (each one still calls both implementations, as the real one does)."""
+    made = []
+
+    def median_ms(fns, reps):
+        assert set(fns) == {"ours", "cublas"} and reps == kcuda._TUNE_REPS
+        for fn in fns.values():
+            fn()
+        made.append(len(made))
+        return {"ours": ours_ms, "cublas": cublas_ms}
+
+    monkeypatch.setattr(kcuda, "_median_ms", median_ms)
+    kcuda.clear_matmul_choices()
+    try:
+        with matmul_mode("fp32", "auto"):
+            yield made
+    finally:
+        kcuda.clear_matmul_choices()
+
+
+def _count_gemm_calls(monkeypatch):
+    """{'ours': launches of our forward / dx GEMM, 'cublas': cupy.matmul calls}, counted from now on."""
+    calls = collections.Counter()
+    c = cp()
+    real_matmul = c.matmul
+    monkeypatch.setattr(c, "matmul", lambda *a, **k: calls.update(["cublas"]) or real_matmul(*a, **k))
+    for name in ("linear_forward_launch", "linear_backward_dx_launch"):
+        real = kcuda._launch(name)
+        monkeypatch.setattr(kcuda._cuda, name, lambda *a, _real=real, **k: calls.update(["ours"]) or _real(*a, **k))
+    return calls
+
+
+@pytest.mark.parametrize("ours_ms, cublas_ms, winner", [(1.0, 2.0, "ours"), (2.0, 1.0, "cublas")])
+def test_auto_measures_each_shape_class_once_and_runs_the_faster(monkeypatch, ours_ms, cublas_ms, winner):
+    rng = np.random.default_rng(2)
+    with fake_timings(monkeypatch, ours_ms, cublas_ms) as made:
+        assert kcuda.matmul_policy("linear", 100, 33, 19) is None  # not measured yet
+        check_linear(*_case(rng, (100,), 33, 19, 1.0, True), "fp32", emulate=False)
+        assert len(made) == 2  # forward and backward are separate classes
+        choices = kcuda.matmul_choices()
+        assert {k[1:] for k in choices} == {("linear", d, 128, 33, 19, "fp32") for d in ("forward", "backward")}
+        assert all(c == kcuda.MatmulChoice(winner == "ours", ours_ms, cublas_ms) for c in choices.values())
+        assert kcuda.matmul_policy("linear", 100, 33, 19) is (winner == "ours")
+        calls = _count_gemm_calls(monkeypatch)
+        check_linear(*_case(rng, (120,), 33, 19, 1.0, True), "fp32", emulate=False)  # same class: 120 -> 128
+        assert len(made) == 2, "a measured class is not measured again"
+        assert calls == ({"ours": 2} if winner == "ours" else {"cublas": 3})  # fwd + dx (+ dW) products
+        check_linear_gelu(*_case(rng, (129,), 33, 19, 1.0, True), "fp32", emulate=False)  # new op and rows class
+        assert len(made) == 4 and len(kcuda.matmul_choices()) == 4
+        old = kcuda.set_matmul_precision("tf32")  # the precision is part of the class
+        try:
+            assert kcuda.matmul_policy("linear", 100, 33, 19) is None
+        finally:
+            kcuda.set_matmul_precision(old)
+    assert kcuda.matmul_choices() == {}
+
+
+def test_auto_times_both_on_the_gpu():
+    """The real measurement: both implementations timed with CUDA events, medians recorded, results right."""
+    rng = np.random.default_rng(3)
+    kcuda.clear_matmul_choices()
+    try:
+        with matmul_mode("fp32", "auto"):
+            check_linear_gelu(*_case(rng, (4, 16), 40, 24, 1.0, True), "fp32", emulate=False)
+            choices = kcuda.matmul_choices()
+            assert len(choices) == 2
+            for choice in choices.values():
+                assert choice.ours_ms > 0 and choice.cublas_ms > 0
+                assert choice.ours == (choice.ours_ms < choice.cublas_ms)
+    finally:
+        kcuda.clear_matmul_choices()
 
 
 def test_empty_and_zero_k():

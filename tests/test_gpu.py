@@ -574,6 +574,9 @@ def test_example_trains_on_gpu(tmp_path):
     assert math.isfinite(s["final_val_loss"]) and len(s["sample"]) == 20
     first = s["train_losses"]["0"]
     assert s["last_train_loss"] < first
+    if "linear" in tg.kernels.cuda_ops():  # the summary says which GEMM the 'auto' dispatch picked
+        assert "GEMM: " in s["kernels"] and ("measured shape classes" in s["kernels"]
+                                              or tg.kernels.cuda.get_matmul_backend() != "auto")
 
 
 # ------------------------------------------------------------------ quantized inference, LoRA, the other examples

@@ -7,9 +7,9 @@ timings mean nothing.
 
 matmul: our GEMM in each precision vs cupy.matmul (cuBLAS; fp32, or TF32 when CuPy runs with
 CUPY_TF32=1) on the products of a GPT training step (rows = B*T up to 16384; C in 384..1536; the
-4C MLP; the 50257-wide logits), forward (x W^T), dX (dY W) and dW (dY^T X), in TFLOP/s; these are
-the figures the dispatch table in tinygpt/kernels/cuda.py (`matmul_policy`, NOT YET MEASURED)
-should be built from. Memory-bound kernels: GB/s (bytes read + written / time) next to a
+4C MLP; the 50257-wide logits), forward (x W^T), dX (dY W) and dW (dY^T X), in TFLOP/s. (The
+library itself does not use a table built from these: its default 'auto' dispatch times both GEMMs
+on each layer's first call, tinygpt/kernels/cuda.py.) Memory-bound kernels: GB/s (bytes read + written / time) next to a
 device-to-device copy of the same size (the target is >= 80% of it).
 Needs CuPy and a GPU; prints why and exits 0 otherwise.
 """
@@ -66,15 +66,16 @@ def bench_matmul(cp, k, quick, smoke=False):
                                  tflops=flop / ms / 1e9))
         # the fused epilogue vs cuBLAS + bias + a separate GELU pass
         b = cp.random.standard_normal(n_out, dtype=cp.float32)
+        old_backend = k.set_matmul_backend("ours")
         for name in k._PRECISIONS:
             old = k.set_matmul_precision(name)
             ms = timer(cp, lambda: k.linear_gelu_forward(x, w, b), reps)
             k.set_matmul_precision(old)
             rows.append(dict(kernel="linear_gelu", shape=shape, impl=f"ours-{name}", **{"pass": "fwd"},
                              median_ms=ms, tflops=flop / ms / 1e9))
-        old = k.set_matmul_backend("cublas")
+        k.set_matmul_backend("cublas")
         ms = timer(cp, lambda: k.linear_gelu_forward(x, w, b), reps)
-        k.set_matmul_backend(old)
+        k.set_matmul_backend(old_backend)
         rows.append(dict(kernel="linear_gelu", shape=shape, impl="cublas+gelu", **{"pass": "fwd"}, median_ms=ms,
                          tflops=flop / ms / 1e9))
     return rows

@@ -204,7 +204,13 @@ def grad_scale_(grads, scale: float) -> None:
 
 
 def native_enabled() -> bool:
+    """True when native kernels are on (TINYGPT_NATIVE, use_native) and tinygpt._C is built."""
     return _enabled and _native is not None
+
+
+def cuda_enabled() -> bool:
+    """True when native kernels are on and select() has CUDA kernels for CuPy arrays (cuda_ops())."""
+    return _enabled and bool(cuda_ops())
 
 
 @contextlib.contextmanager

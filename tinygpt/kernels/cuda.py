@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numbers
 import operator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -133,43 +134,103 @@ def get_matmul_precision() -> str:
 
 
 # ----------------------------------------------------------------------------- matmul: cuBLAS or ours
-# matmul_policy(op, rows, n_in, n_out) -> True to run our GEMM, False for cuBLAS (cupy.matmul).
-# NOT YET MEASURED: no GPU was available when this was written. The default is the conservative
-# one: cuBLAS for plain `linear` (a mature GEMM with split-K and per-shape heuristics), ours for
-# `linear_gelu`, where the fused bias + GELU epilogue saves a read and a write of the (rows, 4C)
-# activation and a launch. Replace the table below with measured shape classes
-# (`python benchmarks/cuda_kernels.py --only matmul` on the GPU) before relying on it.
-# TINYGPT_CUDA_MATMUL=ours|cublas (or set_matmul_backend) overrides it for every shape (the tests
-# use 'ours' to cover our kernel). Shape classes, first match wins:
-# (op, rows >=, in_features >=, out_features >=, ours?).
-_MATMUL_CLASSES: list[tuple[str, int, int, int, bool]] = [
-    ("linear_gelu", 0, 0, 0, True),  # fused epilogue: ours everywhere (NOT YET MEASURED)
-    ("linear", 0, 0, 0, False),      # plain product: cuBLAS everywhere (NOT YET MEASURED)
-]
+# Which GEMM runs each product: ours (csrc/cuda/matmul.cu) or cuBLAS through cupy.matmul. Neither wins
+# everywhere (cuBLAS has per-shape heuristics and split-K; ours fuses the bias + GELU epilogue, saving a
+# read and a write of the (rows, 4C) activation and two launches), and the answer depends on the GPU,
+# so by default ('auto') it is measured on the GPU at hand, like torch.backends.cudnn.benchmark:
+# the first product of each shape class runs both implementations on its own arguments (one warm-up
+# each, then _TUNE_REPS timed runs, interleaved, timed with CUDA events), and the one with the lower
+# median runs that class from then on. A shape class is (device, op, direction, rows rounded up to a
+# power of two, in_features, out_features, precision): the forward and the backward (dx + dW) of a
+# layer are measured separately, and generation's changing row counts reuse a handful of classes.
+# Tuning synchronises the GPU once per class (a few per model, in the first step); `matmul_choices()`
+# lists what was measured (benchmarks/gpu.py prints it). The choice can differ between processes when
+# the two are within noise, and the two GEMMs round differently (both within the fp32 / TF32 bounds);
+# for bit-reproducible runs across processes pin one with TINYGPT_CUDA_MATMUL=ours|cublas (or
+# set_matmul_backend), which also never synchronises.
+_TUNE_REPS = 3
+_BACKENDS = ("auto", "ours", "cublas")
 _matmul_backend = _os.environ.get("TINYGPT_CUDA_MATMUL", "auto").strip().lower()
-if _matmul_backend not in ("auto", "ours", "cublas"):
+if _matmul_backend not in _BACKENDS:
     raise ValueError(f"TINYGPT_CUDA_MATMUL must be 'auto', 'ours' or 'cublas', got {_matmul_backend!r}")
 
 
+class MatmulChoice(NamedTuple):
+    ours: bool        # True: our GEMM runs this shape class, False: cuBLAS
+    ours_ms: float    # median of the timed runs
+    cublas_ms: float
+
+
+_matmul_choices: dict[tuple, MatmulChoice] = {}
+
+
 def set_matmul_backend(name: str) -> str:
-    """'auto' (matmul_policy), 'ours' or 'cublas' for every linear / linear_gelu; returns the previous."""
+    """'auto' (measured per shape class), 'ours' or 'cublas' for every linear / linear_gelu; returns the previous."""
     global _matmul_backend
-    if name not in ("auto", "ours", "cublas"):
+    if name not in _BACKENDS:
         raise ValueError(f"matmul backend must be 'auto', 'ours' or 'cublas', got {name!r}")
     previous, _matmul_backend = _matmul_backend, name
     return previous
 
 
-def matmul_policy(op: str, rows: int, n_in: int, n_out: int) -> bool:
-    """True when our GEMM should run `op` on x (rows, n_in), weight (n_out, n_in) (see above)."""
-    if _matmul_backend == "ours":
-        return True
-    if _matmul_backend == "cublas":
-        return False
-    for cls_op, min_rows, min_in, min_out, ours in _MATMUL_CLASSES:
-        if cls_op == op and rows >= min_rows and n_in >= min_in and n_out >= min_out:
-            return ours
-    return False
+def get_matmul_backend() -> str:
+    return _matmul_backend
+
+
+def _shape_class(op: str, direction: str, rows: int, n_in: int, n_out: int) -> tuple:
+    if direction not in ("forward", "backward"):
+        raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
+    bucket = 1 << max(0, rows - 1).bit_length()  # rows rounded up to a power of two
+    return (backend.cupy().cuda.Device().id, op, direction, bucket, n_in, n_out, _matmul_precision)
+
+
+def matmul_policy(op: str, rows: int, n_in: int, n_out: int, direction: str = "forward") -> bool | None:
+    """True when our GEMM runs `op` ('linear' | 'linear_gelu') on x (rows, n_in), weight (n_out, n_in) in
+    that direction, False for cuBLAS; None when the backend is 'auto' and that class is not measured yet."""
+    if _matmul_backend != "auto":
+        return _matmul_backend == "ours"
+    choice = _matmul_choices.get(_shape_class(op, direction, rows, n_in, n_out))
+    return None if choice is None else choice.ours
+
+
+def matmul_choices() -> dict[tuple, MatmulChoice]:
+    """What 'auto' measured so far: {(device, op, direction, rows class, n_in, n_out, precision): MatmulChoice}."""
+    return dict(_matmul_choices)
+
+
+def clear_matmul_choices() -> None:
+    """Forget the measurements (the next product of each class is measured again)."""
+    _matmul_choices.clear()
+
+
+def _median_ms(fns: dict, reps: int) -> dict:
+    """Median GPU time in ms of each callable (one warm-up each, then `reps` rounds, interleaved)."""
+    cp = backend.cupy()
+    stream = cp.cuda.get_current_stream()
+    for fn in fns.values():
+        fn()
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            start.record(stream)
+            fn()
+            end.record(stream)
+            end.synchronize()
+            times[name].append(cp.cuda.get_elapsed_time(start, end))
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def _run_gemm(op, direction, rows, n_in, n_out, ours, cublas) -> None:
+    """Run `ours()` or `cublas()` (each computes the same outputs in place) as the policy says, measuring
+    the class first when it has no choice yet."""
+    use = matmul_policy(op, rows, n_in, n_out, direction)
+    if use is None:
+        t = _median_ms({"ours": ours, "cublas": cublas}, _TUNE_REPS)
+        choice = MatmulChoice(t["ours"] < t["cublas"], t["ours"], t["cublas"])
+        _matmul_choices[_shape_class(op, direction, rows, n_in, n_out)] = choice
+        use = choice.ours
+    (ours if use else cublas)()
 
 
 _dw_splits: int | None = None  # tests force a split-K count here (None: linear_dw_splits decides)
@@ -205,16 +266,21 @@ def _linear_out(op, x, weight, bias, gelu):
     out_shape = tuple(x.shape[:-1]) + (n_out,)
     h = _empty(out_shape)
     y = _empty(out_shape) if gelu else h
-    if matmul_policy("linear_gelu" if gelu else "linear", rows, n_in, n_out):
+    stream = _stream()
+
+    def ours():
         _launch("linear_forward_launch")(h.data.ptr, y.data.ptr if gelu else 0, xptr, wptr, bptr, rows,
-                                         n_in, n_out, _PRECISIONS[_matmul_precision], _stream())
-    else:  # cuBLAS: (rows, in) @ (in, out), then the epilogue as separate passes
+                                         n_in, n_out, _PRECISIONS[_matmul_precision], stream)
+
+    def cublas():  # (rows, in) @ (in, out), then the epilogue as separate passes
         cp = backend.cupy()
         cp.matmul(x.reshape(rows, n_in), weight.T, out=h.reshape(rows, n_out))
         if bias is not None:
-            h += bias
+            cp.add(h, bias, out=h)
         if gelu:
-            _launch("gelu_forward_launch")(y.data.ptr, h.data.ptr, h.size, True, _stream())
+            _launch("gelu_forward_launch")(y.data.ptr, h.data.ptr, h.size, True, stream)
+
+    _run_gemm("linear_gelu" if gelu else "linear", "forward", rows, n_in, n_out, ours, cublas)
     return h, y
 
 
@@ -223,8 +289,9 @@ def _linear_grads(op, g, x, weight, has_bias, rows, n_in, n_out):
     dx = _empty(x.shape)
     dw = _empty(weight.shape)
     db = _empty((n_out,)) if has_bias else None
-    if matmul_policy(op, rows, n_in, n_out):
-        prec, stream = _PRECISIONS[_matmul_precision], _stream()
+    prec, stream = _PRECISIONS[_matmul_precision], _stream()
+
+    def ours():
         _launch("linear_backward_dx_launch")(dx.data.ptr, g.data.ptr, weight.data.ptr, rows, n_in, n_out,
                                              prec, stream)
         # split-K over rows when dW has few output tiles (the launcher's device-aware choice)
@@ -232,11 +299,14 @@ def _linear_grads(op, g, x, weight, has_bias, rows, n_in, n_out):
         ws = _empty((splits * n_out * n_in,)) if splits > 1 else None
         _launch("linear_backward_dw_launch")(dw.data.ptr, g.data.ptr, x.data.ptr, 0 if ws is None else ws.data.ptr,
                                              rows, n_in, n_out, splits, prec, stream)
-    else:
+
+    def cublas():
         cp = backend.cupy()
         g2 = g.reshape(rows, n_out)
         cp.matmul(g2, weight, out=dx.reshape(rows, n_in))  # (rows, out) @ (out, in)
         cp.matmul(g2.T, x.reshape(rows, n_in), out=dw)  # (out, rows) @ (rows, in)
+
+    _run_gemm(op, "backward", rows, n_in, n_out, ours, cublas)
     if has_bias:
         chunks = _colsum_chunks(rows)
         partial = _empty((chunks * n_out,))
