@@ -143,7 +143,7 @@ def get_matmul_precision() -> str:
 # median runs that class from then on. A shape class is (device, op, direction, rows rounded up to a
 # power of two, in_features, out_features, precision): the forward and the backward (dx + dW) of a
 # layer are measured separately, and generation's changing row counts reuse a handful of classes.
-# Tuning synchronises the GPU once per class (a few per model, in the first step); `matmul_choices()`
+# Measuring waits on the GPU after each timed run (once per class, in the first step); `matmul_choices()`
 # lists what was measured (benchmarks/gpu.py prints it). The choice can differ between processes when
 # the two are within noise, and the two GEMMs round differently (both within the fp32 / TF32 bounds);
 # for bit-reproducible runs across processes pin one with TINYGPT_CUDA_MATMUL=ours|cublas (or
