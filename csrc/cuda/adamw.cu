@@ -19,6 +19,7 @@
 
 #include "common.h"
 #include "cuda/api.h"
+#include "cuda/launch.cuh"
 #include "cuda/multi_tensor.cuh"
 
 namespace tinygpt {
@@ -84,18 +85,14 @@ using multi_tensor::kChunk;
 __global__ void __launch_bounds__(256)
     adamw_multi_kernel(const long long* __restrict__ table, const long long* __restrict__ block_start,
                        int T, Scalars s) {
-  const long long b = blockIdx.x;
-  const int lo = multi_tensor::tensor_of(block_start, T, b);
-  const long long* e = table + 5 * lo;
+  const multi_tensor::Chunk c = multi_tensor::chunk_of(table, 5, block_start, T, blockIdx.x);
+  const long long* e = c.row;
   float* p = reinterpret_cast<float*>(e[0]);
   const float* g = reinterpret_cast<const float*>(e[1]);
   float* m = reinterpret_cast<float*>(e[2]);
   float* v = reinterpret_cast<float*>(e[3]);
-  const long long n = e[4];
-  const long long begin = (b - block_start[lo]) * kChunk;
-  const long long end = begin + kChunk < n ? begin + kChunk : n;
   const bool vec = ((e[0] | e[1] | e[2] | e[3]) & 15) == 0;
-  update_range(p, g, m, v, begin, end, threadIdx.x, blockDim.x, vec, s);
+  update_range(p, g, m, v, c.begin, c.end, threadIdx.x, blockDim.x, vec, s);
 }
 
 Scalars make_scalars(double lr, double beta1, double beta2, double eps, double weight_decay,
@@ -112,13 +109,6 @@ Scalars make_scalars(double lr, double beta1, double beta2, double eps, double w
   return s;
 }
 
-int sm_count() {
-  int dev = 0, v = 0;
-  TG_CUDA_CHECK(cudaGetDevice(&dev));
-  TG_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
-  return v;
-}
-
 }  // namespace
 }  // namespace cuda_adamw
 }  // namespace tinygpt
@@ -133,12 +123,8 @@ void tg_adamw_step_cuda(std::uintptr_t param, std::uintptr_t grad, std::uintptr_
   TG_CHECK(n >= 0, "adamw_step: negative size ", n);
   if (n == 0) return;
   const bool vec = ((param | grad | exp_avg | exp_avg_sq) & 15) == 0;
-  long long blocks = ((vec ? n / 4 : n) + 255) / 256;
-  static int cap = 0;
-  if (cap == 0) cap = sm_count() * 8;
-  if (blocks > cap) blocks = cap;
-  if (blocks < 1) blocks = 1;
-  adamw_kernel<<<static_cast<unsigned>(blocks), 256, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
+  const unsigned blocks = tinygpt::cuda_launch::grid_stride_blocks(vec ? n / 4 : n, 256, 8);
+  adamw_kernel<<<blocks, 256, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
       reinterpret_cast<float*>(param), reinterpret_cast<const float*>(grad),
       reinterpret_cast<float*>(exp_avg), reinterpret_cast<float*>(exp_avg_sq), n, vec, s);
   TG_CUDA_CHECK_LAUNCH();

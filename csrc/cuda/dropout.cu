@@ -19,6 +19,7 @@
 #include "common.h"
 #include "cpu/rng.h"
 #include "cuda/api.h"
+#include "cuda/launch.cuh"
 
 namespace tinygpt {
 namespace cuda_dropout {
@@ -68,11 +69,7 @@ void tg_dropout_cuda(std::uintptr_t y, std::uintptr_t x, int64_t n, double p, ui
   const auto* xp = reinterpret_cast<const float*>(x);
   const bool vec = ((y | x) & 15u) == 0;
   const int64_t items = vec ? (n + 3) / 4 : n;
-  int dev = 0, sms = 0;
-  TG_CUDA_CHECK(cudaGetDevice(&dev));
-  TG_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  const int64_t want = (items + 255) / 256, cap = 8 * static_cast<int64_t>(sms > 0 ? sms : 1);
-  const unsigned blocks = static_cast<unsigned>(want < cap ? want : cap);
+  const unsigned blocks = tinygpt::cuda_launch::grid_stride_blocks(items, 256, 8);
   if (vec)
     dropout_kernel<true><<<blocks, 256, 0, s>>>(yp, xp, n, seed, threshold, scale);
   else

@@ -27,6 +27,7 @@
 
 #include "common.h"
 #include "cuda/api.h"
+#include "cuda/launch.cuh"
 
 namespace tinygpt {
 namespace cuda_embedding {
@@ -107,14 +108,6 @@ __global__ void __launch_bounds__(kThreads) embedding_backward_kernel(float* __r
   }
 }
 
-unsigned grid_for(int64_t items, int threads) {
-  int dev = 0, sms = 0;
-  TG_CUDA_CHECK(cudaGetDevice(&dev));
-  TG_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  const int64_t want = (items + threads - 1) / threads, cap = 8 * static_cast<int64_t>(sms > 0 ? sms : 1);
-  return static_cast<unsigned>(want < cap ? want : cap);
-}
-
 void check_sizes(const char* op, int64_t n, int64_t V, int64_t C) {
   TG_CHECK(n >= 0 && V >= 1 && C >= 1, op, ": need n >= 0, V >= 1 and C >= 1, got n=", n, ", V=", V, ", C=", C);
   // keys reach (V + 1) * n: they must fit in int64
@@ -127,6 +120,7 @@ void check_sizes(const char* op, int64_t n, int64_t V, int64_t C) {
 }  // namespace tinygpt
 
 using namespace tinygpt::cuda_embedding;
+using tinygpt::cuda_launch::grid_stride_blocks;
 
 void tg_embedding_forward_cuda(std::uintptr_t out, std::uintptr_t weight, std::uintptr_t ids, int64_t n, int64_t V,
                                int64_t C, std::uintptr_t stream) {
@@ -137,9 +131,9 @@ void tg_embedding_forward_cuda(std::uintptr_t out, std::uintptr_t weight, std::u
   const auto* wp = reinterpret_cast<const float*>(weight);
   const auto* ip = reinterpret_cast<const int64_t*>(ids);
   if (C % 4 == 0 && ((out | weight) & 15u) == 0) {
-    embedding_forward_kernel<true><<<grid_for(n * (C / 4), 256), 256, 0, s>>>(op, wp, ip, n, V, C);
+    embedding_forward_kernel<true><<<grid_stride_blocks(n * (C / 4), 256, 8), 256, 0, s>>>(op, wp, ip, n, V, C);
   } else {
-    embedding_forward_kernel<false><<<grid_for(n * C, 256), 256, 0, s>>>(op, wp, ip, n, V, C);
+    embedding_forward_kernel<false><<<grid_stride_blocks(n * C, 256, 8), 256, 0, s>>>(op, wp, ip, n, V, C);
   }
   TG_CUDA_CHECK_LAUNCH();
 }
@@ -147,7 +141,7 @@ void tg_embedding_forward_cuda(std::uintptr_t out, std::uintptr_t weight, std::u
 void tg_embedding_keys_cuda(std::uintptr_t keys, std::uintptr_t ids, int64_t n, int64_t V, std::uintptr_t stream) {
   check_sizes("embedding_keys (cuda)", n, V, 1);
   if (n == 0) return;
-  embedding_keys_kernel<<<grid_for(n, 256), 256, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
+  embedding_keys_kernel<<<grid_stride_blocks(n, 256, 8), 256, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
       reinterpret_cast<int64_t*>(keys), reinterpret_cast<const int64_t*>(ids), n, V);
   TG_CUDA_CHECK_LAUNCH();
 }

@@ -19,6 +19,7 @@
 
 #include "common.h"
 #include "cuda/api.h"
+#include "cuda/launch.cuh"
 
 namespace tinygpt {
 namespace cuda_gelu {
@@ -84,24 +85,14 @@ __global__ void __launch_bounds__(256)
   for (long long i = done + i0; i < n; i += stride) out[i] = op(__ldg(a + i), __ldg(b + i));
 }
 
-int sm_count() {
-  int dev = 0, v = 0;
-  TG_CUDA_CHECK(cudaGetDevice(&dev));
-  TG_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
-  return v;
-}
-
 template <class Op>
 void launch(const float* a, const float* b, float* out, long long n, cudaStream_t st) {
   const bool vec = reinterpret_cast<std::uintptr_t>(a) % 16 == 0 &&
                    reinterpret_cast<std::uintptr_t>(b) % 16 == 0 &&
                    reinterpret_cast<std::uintptr_t>(out) % 16 == 0;
-  long long blocks = ((vec ? n / 4 : n) + 255) / 256;
-  static int cap = 0;  // 16 blocks of 256 threads per SM: full occupancy, then grid-stride
-  if (cap == 0) cap = sm_count() * 16;
-  if (blocks > cap) blocks = cap;
-  if (blocks < 1) blocks = 1;
-  map2_kernel<Op><<<static_cast<unsigned>(blocks), 256, 0, st>>>(a, b, out, n, vec, Op());
+  // 16 blocks of 256 threads per SM: full occupancy, then grid-stride
+  const unsigned blocks = cuda_launch::grid_stride_blocks(vec ? n / 4 : n, 256, 16);
+  map2_kernel<Op><<<blocks, 256, 0, st>>>(a, b, out, n, vec, Op());
   TG_CUDA_CHECK_LAUNCH();
 }
 

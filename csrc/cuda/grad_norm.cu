@@ -25,7 +25,6 @@ namespace cuda_grad_norm {
 namespace {
 
 using multi_tensor::kChunk;
-using multi_tensor::tensor_of;
 constexpr int kThreads = 256;
 
 __device__ __forceinline__ double combine(double a, double b, bool max_abs) {
@@ -52,13 +51,10 @@ __global__ void __launch_bounds__(kThreads)
     norm_partial_kernel(const long long* __restrict__ table, const long long* __restrict__ block_start, int T,
                         bool max_abs, double* __restrict__ partial) {
   const long long b = blockIdx.x;
-  const int t = tensor_of(block_start, T, b);
-  const float* g = reinterpret_cast<const float*>(table[2 * t]);
-  const long long n = table[2 * t + 1];
-  const long long begin = (b - block_start[t]) * kChunk;
-  const long long end = begin + kChunk < n ? begin + kChunk : n;
+  const multi_tensor::Chunk c = multi_tensor::chunk_of(table, 2, block_start, T, b);
+  const float* g = reinterpret_cast<const float*>(c.row[0]);
   double acc = 0.0;
-  for (long long i = begin + threadIdx.x; i < end; i += kThreads) {
+  for (long long i = c.begin + threadIdx.x; i < c.end; i += kThreads) {
     const double v = static_cast<double>(__ldg(g + i));
     acc = max_abs ? combine(acc, fabs(v), true) : fma(v, v, acc);
   }
@@ -78,13 +74,9 @@ __global__ void __launch_bounds__(kThreads)
 __global__ void __launch_bounds__(kThreads)
     scale_kernel(const long long* __restrict__ table, const long long* __restrict__ block_start, int T,
                  float scale) {
-  const long long b = blockIdx.x;
-  const int t = tensor_of(block_start, T, b);
-  float* g = reinterpret_cast<float*>(table[2 * t]);
-  const long long n = table[2 * t + 1];
-  const long long begin = (b - block_start[t]) * kChunk;
-  const long long end = begin + kChunk < n ? begin + kChunk : n;
-  for (long long i = begin + threadIdx.x; i < end; i += kThreads) g[i] *= scale;
+  const multi_tensor::Chunk c = multi_tensor::chunk_of(table, 2, block_start, T, blockIdx.x);
+  float* g = reinterpret_cast<float*>(c.row[0]);
+  for (long long i = c.begin + threadIdx.x; i < c.end; i += kThreads) g[i] *= scale;
 }
 
 void check_counts(const char* op, int num_tensors, long long num_blocks) {

@@ -54,6 +54,7 @@
 
 #include "common.h"
 #include "cuda/api.h"
+#include "cuda/launch.cuh"
 
 namespace tinygpt {
 namespace cuda_matmul {
@@ -505,18 +506,7 @@ __global__ void splitk_reduce_kernel(const float* __restrict__ ws, float* __rest
 }
 
 // ------------------------------------------------------------------------------ launch plumbing
-int sm_count() {
-  int dev = 0;
-  TG_CUDA_CHECK(cudaGetDevice(&dev));
-  static int cached_dev = -1, cached = 0;  // launches come from Python threads holding no lock:
-  if (dev != cached_dev) {                  // a race only recomputes the same value
-    int v = 0;
-    TG_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev));
-    cached = v;
-    cached_dev = dev;
-  }
-  return cached;
-}
+using cuda_launch::sm_count;
 
 inline bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 
@@ -664,9 +654,7 @@ void tg_linear_backward_dw_cuda(std::uintptr_t dw, std::uintptr_t grad, std::uin
   a.kt_per_split = per;
   launch_gemm<false, false>(a, precision, st);
   const long long mn = static_cast<long long>(n_out) * n_in;
-  long long blocks = (mn + 255) / 256;
-  if (blocks > sm_count() * 16LL) blocks = sm_count() * 16LL;
-  splitk_reduce_kernel<<<static_cast<unsigned>(blocks), 256, 0, st>>>(
+  splitk_reduce_kernel<<<tinygpt::cuda_launch::grid_stride_blocks(mn, 256, 16), 256, 0, st>>>(
       ptr<const float*>(workspace), ptr<float*>(dw), mn, used);
   TG_CUDA_CHECK_LAUNCH();
 }

@@ -20,5 +20,20 @@ __device__ __forceinline__ int tensor_of(const long long* __restrict__ block_sta
   return lo;
 }
 
+// Block b's share: its tensor's row of the table (`width` entries, the size last) and the element range
+// [begin, end) of its chunk.
+struct Chunk {
+  const long long* row;
+  long long begin, end;
+};
+__device__ __forceinline__ Chunk chunk_of(const long long* __restrict__ table, int width,
+                                          const long long* __restrict__ block_start, int T, long long b) {
+  const int t = tensor_of(block_start, T, b);
+  const long long* row = table + static_cast<long long>(width) * t;
+  const long long n = row[width - 1];
+  const long long begin = (b - block_start[t]) * kChunk;
+  return {row, begin, begin + kChunk < n ? begin + kChunk : n};
+}
+
 }  // namespace multi_tensor
 }  // namespace tinygpt

@@ -15,6 +15,7 @@
 #include <initializer_list>
 
 #include "common.h"
+#include "cuda/launch.cuh"
 
 namespace tinygpt {
 namespace cuda_rows {
@@ -124,14 +125,7 @@ inline bool same_alignment(std::initializer_list<std::uintptr_t> ptrs) {
 
 // Blocks of kWarpsPerBlock warps for `rows` rows: one row per warp, capped at 8 blocks per SM
 // (a full SM of 256-thread blocks); the kernels grid-stride over the rest.
-inline unsigned row_blocks(int64_t rows) {
-  int dev = 0, sms = 0;
-  TG_CUDA_CHECK(cudaGetDevice(&dev));
-  TG_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  const int64_t want = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  const int64_t cap = 8 * static_cast<int64_t>(sms > 0 ? sms : 1);
-  return static_cast<unsigned>(want < cap ? (want > 0 ? want : 1) : cap);
-}
+inline unsigned row_blocks(int64_t rows) { return cuda_launch::grid_stride_blocks(rows, kWarpsPerBlock, 8); }
 
 // First row of this warp and the stride over rows.
 __device__ __forceinline__ int64_t first_row() {
