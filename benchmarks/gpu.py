@@ -525,11 +525,8 @@ def _bench_fused(op, fwd_args, arrays, row, tg, R, cp, torch_ops, timer, reps, t
 def matmul_choices(tg):
     """What tinygpt's 'auto' GEMM dispatch measured during the model runs (tinygpt/kernels/cuda.py), one
     dict per shape class: our GEMM vs cuBLAS on that layer's own arguments, and which one then ran."""
-    kc = tg.kernels.cuda
-    if not hasattr(kc, "matmul_choices"):
-        return []
     rows = []
-    for (_, op, direction, rows_class, n_in, n_out, precision), c in sorted(kc.matmul_choices().items()):
+    for (_, op, direction, rows_class, n_in, n_out, precision), c in sorted(tg.kernels.cuda.matmul_choices().items()):
         rows.append({"op": op, "direction": direction, "rows_up_to": rows_class, "n_in": n_in, "n_out": n_out,
                      "precision": precision, "ours_ms": c.ours_ms, "cublas_ms": c.cublas_ms,
                      "choice": "ours" if c.ours else "cublas"})
@@ -692,8 +689,7 @@ def main(argv=None) -> int:
     if args.tf32 and hasattr(kc, "set_matmul_precision"):
         kc.set_matmul_precision("tf32")
     info["tinygpt_matmul_precision"] = kc.get_matmul_precision() if hasattr(kc, "get_matmul_precision") else None
-    if hasattr(kc, "clear_matmul_choices"):
-        kc.clear_matmul_choices()  # this run's own GEMM measurements (matmul_choices below)
+    kc.clear_matmul_choices()  # this run's own GEMM measurements (matmul_choices below)
     timer = Timer(cp)
     bw = copy_bandwidth(cp, timer, args.copy_mib << 20)
     free_memory(cp)

@@ -162,9 +162,11 @@ def kernels_label(device: str) -> str:
             return "reference on CuPy"
         kc = tg.kernels.cuda
         gemm = kc.get_matmul_backend()
-        if gemm == "auto":  # which GEMM the measured dispatch picked for the layers' shapes
-            chosen = list(kc.matmul_choices().values())
+        chosen = list(kc.matmul_choices().values())
+        if gemm == "auto" and chosen:  # which GEMM the measured dispatch picked for the layers' shapes
             gemm = f"ours for {sum(c.ours for c in chosen)} of {len(chosen)} measured shape classes, cuBLAS for the rest"
+        elif gemm == "auto":  # before the first step
+            gemm = "auto, measured per layer shape at first use"
         return f"CUDA ({', '.join(ops)}; GEMM: {gemm}) + reference on CuPy"
     return "native" if tg.kernels.native_enabled() else "reference"
 

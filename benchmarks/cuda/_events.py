@@ -5,26 +5,13 @@ and benchmarks/cuda_kernels.py puts it there).
 """
 from __future__ import annotations
 
-import statistics
+from tinygpt.kernels import cuda as _kcuda
 
 
 def time_ms(cp, fns: dict, reps: int, warmup: int = 3) -> dict:
-    """Median milliseconds per call of each function (CUDA events around each call), rounds interleaved."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    cp.cuda.get_current_stream().synchronize()
-    times = {n: [] for n in fns}
-    names = list(fns)
-    start, stop = cp.cuda.Event(), cp.cuda.Event()
-    for r in range(reps):
-        for n in names if r % 2 == 0 else names[::-1]:
-            start.record()
-            fns[n]()
-            stop.record()
-            stop.synchronize()
-            times[n].append(cp.cuda.get_elapsed_time(start, stop))
-    return {n: statistics.median(t) for n, t in times.items()}
+    """Median milliseconds per call of each function (CUDA events around each call), rounds interleaved:
+    the timer tinygpt's GEMM dispatch measures with (tinygpt.kernels.cuda._median_ms)."""
+    return _kcuda._median_ms(fns, reps, warmup)
 
 
 def copy_gbps(cp, reps: int, nbytes: int = 1 << 30) -> float:

@@ -203,18 +203,23 @@ def clear_matmul_choices() -> None:
     _matmul_choices.clear()
 
 
-def _median_ms(fns: dict, reps: int) -> dict:
-    """Median GPU time in ms of each callable (one warm-up each, then `reps` rounds, interleaved)."""
+def _median_ms(fns: dict, reps: int, warmup: int = 1) -> dict:
+    """Median GPU time in ms of each callable, timed with CUDA events on the current stream: `warmup`
+    calls each, then `reps` rounds, interleaved (every other round in reverse order, so neither goes
+    first every time). Also what benchmarks/cuda/_events.py times with."""
     cp = backend.cupy()
     stream = cp.cuda.get_current_stream()
     for fn in fns.values():
-        fn()
-    start, end = cp.cuda.Event(), cp.cuda.Event()
-    times = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            start.record(stream)
+        for _ in range(warmup):
             fn()
+    stream.synchronize()
+    names = list(fns)
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+    times = {name: [] for name in names}
+    for r in range(reps):
+        for name in names if r % 2 == 0 else names[::-1]:
+            start.record(stream)
+            fns[name]()
             end.record(stream)
             end.synchronize()
             times[name].append(cp.cuda.get_elapsed_time(start, end))
@@ -225,7 +230,7 @@ def _run_gemm(op, direction, rows, n_in, n_out, ours, cublas) -> None:
     """Run `ours()` or `cublas()` (each computes the same outputs in place) as the policy says, measuring
     the class first when it has no choice yet."""
     use = matmul_policy(op, rows, n_in, n_out, direction)
-    if use is None:
+    if use is None:  # once per class: the key is built a second time only here
         t = _median_ms({"ours": ours, "cublas": cublas}, _TUNE_REPS)
         choice = MatmulChoice(t["ours"] < t["cublas"], t["ours"], t["cublas"])
         _matmul_choices[_shape_class(op, direction, rows, n_in, n_out)] = choice
@@ -539,15 +544,26 @@ def adamw_multi_step(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2, 
                                        int(step), _stream())
 
 
+_last_table: tuple = ((), None)  # (key, result) of the last _tensor_table call
+
+
 def _tensor_table(rows, chunk):
     """The device table of a multi-tensor launch: rows (pointers..., n) as int64 (T, len(row)), the
-    first block of each tensor (cumulative ceil(n / chunk)), and the total block count."""
+    first block of each tensor (cumulative ceil(n / chunk)), and the total block count.
+    The table is a function of (rows, chunk) alone, so the last one is reused when they repeat
+    (clip_grad_norm_'s norm and scale launches describe the same gradients)."""
+    global _last_table
+    key = (tuple(rows), chunk)
+    if _last_table[0] == key:
+        return _last_table[1]
     table = np.array(rows, dtype=np.int64).reshape(len(rows), -1)
     starts = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum(-(-table[:, -1] // chunk), out=starts[1:])
     cp = backend.cupy()
     # copied on the current stream, so ordered before the launch that reads them
-    return cp.asarray(table), cp.asarray(starts), int(starts[-1])
+    result = cp.asarray(table), cp.asarray(starts), int(starts[-1])
+    _last_table = (key, result)
+    return result
 
 
 # ----------------------------------------------------------------------------- grad norm (csrc/cuda/grad_norm.cu)
