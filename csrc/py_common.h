@@ -87,7 +87,11 @@ inline py::array_t<float> aligned_array(const std::vector<py::ssize_t>& shape) {
   float* p = buf.mutable_data();
   const size_t misalign = reinterpret_cast<uintptr_t>(p) % 64;
   float* aligned = p + (misalign == 0 ? 0 : (64 - misalign) / sizeof(float));
-  return py::array_t<float>(shape, aligned, buf);
+  // The result's base is a capsule holding `buf`, not `buf` itself: to Python it is a fresh array that
+  // owns its memory (not a view of another array), so the autograd hands it to .grad uncopied.
+  const void* held = buf.release().ptr();  // the capsule's reference, dropped with the capsule
+  py::capsule owner(held, [](void* o) { Py_DECREF(static_cast<PyObject*>(o)); });
+  return py::array_t<float>(shape, aligned, owner);
 }
 
 }  // namespace tinygpt
