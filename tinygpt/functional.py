@@ -347,15 +347,8 @@ def qkv_attention(qkv: Tensor, n_head: int, causal: bool = True, dropout_p: floa
     if not isinstance(n_head, (int, np.integer)) or n_head < 1 or qkv.shape[-1] % (3 * n_head):
         raise ValueError(f"qkv_attention: qkv's last dim {qkv.shape[-1]} must be 3 * n_embd with n_embd "
                          f"divisible by n_head {n_head!r}")
-    if window is not None and (not isinstance(window, (int, np.integer)) or window < 1):
-        raise ValueError(f"qkv_attention: window must be a positive int, got {window!r}")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"qkv_attention: dropout_p must be in [0, 1), got {dropout_p}")
-    hs = qkv.shape[-1] // (3 * n_head)
-    scale = 1.0 / math.sqrt(hs) if scale is None else float(scale)
-    seed = _draw_seed() if dropout_p > 0.0 else 0
-    return AttentionQKV.apply(qkv, n_head=int(n_head), causal=causal, window=None if window is None else int(window),
-                              dropout_p=float(dropout_p), seed=seed, scale=scale)
+    options = _attention_options("qkv_attention", window, dropout_p, scale, qkv.shape[-1] // (3 * n_head))
+    return AttentionQKV.apply(qkv, n_head=int(n_head), causal=causal, **options)
 
 
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, dropout_p: float = 0.0,
@@ -376,11 +369,16 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
         )
     if causal and q.shape[-2] > k.shape[-2]:
         raise ValueError(f"scaled_dot_product_attention: causal attention needs Tq <= Tk, got {q.shape[-2]} > {k.shape[-2]}")
+    options = _attention_options("scaled_dot_product_attention", window, dropout_p, scale, q.shape[-1])
+    return Attention.apply(q, k, v, causal=causal, **options)
+
+
+def _attention_options(op, window, dropout_p, scale, hs) -> dict:
+    """The checked window, dropout_p, scale (default 1/sqrt(hs)) and a drawn dropout seed of an attention call."""
     if window is not None and (not isinstance(window, (int, np.integer)) or window < 1):
-        raise ValueError(f"scaled_dot_product_attention: window must be a positive int, got {window!r}")
+        raise ValueError(f"{op}: window must be a positive int, got {window!r}")
     if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"scaled_dot_product_attention: dropout_p must be in [0, 1), got {dropout_p}")
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    seed = _draw_seed() if dropout_p > 0.0 else 0
-    return Attention.apply(q, k, v, causal=causal, window=None if window is None else int(window),
-                           dropout_p=float(dropout_p), seed=seed, scale=scale)
+        raise ValueError(f"{op}: dropout_p must be in [0, 1), got {dropout_p}")
+    return dict(window=None if window is None else int(window), dropout_p=float(dropout_p),
+                seed=_draw_seed() if dropout_p > 0.0 else 0,
+                scale=1.0 / math.sqrt(hs) if scale is None else float(scale))

@@ -477,7 +477,7 @@ Problem make_problem(const Shapes& s, const py::array& q, const py::array& k, co
                       backward);
 }
 
-// The packed kernels' operand: qkv (B, T, 3C) as c_attn returns it, C = n_head * hs. Returns B, T, C.
+// The packed kernels' operand: qkv (B, T, 3C) as c_attn returns it, C = n_head * hs, in nh heads of hs.
 struct Packed {
   int64_t B, T, C, nh, hs;
 };
@@ -577,13 +577,12 @@ void bind_attention(py::module_& m) {
         const Shapes s = check_qkv(op, q, k, v);
         check_dropout_p(dropout_p, op);
         const Saved sv = unpack_saved(op, saved, grad, with_tail(s.lead, {s.Tq, s.Dv}), with_tail(s.lead, {s.Tq}));
-        const uint64_t sd = sv.seed;
         std::vector<int> lo, hi;
         key_spans(op, s.Tq, s.Tk, sv.causal, sv.window, lo, hi);
         py::array_t<float> dq = aligned_array(with_tail(s.lead, {s.Tq, s.D}));
         py::array_t<float> dk = aligned_array(with_tail(s.lead, {s.Tk, s.D}));
         py::array_t<float> dv = aligned_array(with_tail(s.lead, {s.Tk, s.Dv}));
-        const Problem P = make_problem(s, q, k, v, lo, hi, scale, dropout_p, sd, true);
+        const Problem P = make_problem(s, q, k, v, lo, hi, scale, dropout_p, sv.seed, true);
         const Isa& isa = current_isa();
         const float* gp = static_cast<const float*>(grad.data());
         const float* outp = static_cast<const float*>(sv.out.data());

@@ -856,8 +856,7 @@ void sgemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t rsa, int64_t
   const int64_t bsize = round_up(nkb * kblock, 16) + 64, asize = round_up(mc * kc_max, 16) + 64;
   float* const buf = scratch.get(nt * (bsize + asize));
   const int64_t njc = ceil_div(N, nc_max);
-  std::vector<std::atomic<unsigned char>> claimed(nt > 1 ? static_cast<size_t>(njc * ntasks) : 0);
-  for (auto& f : claimed) f.store(0, std::memory_order_relaxed);
+  std::vector<std::atomic<unsigned char>> claimed(nt > 1 ? static_cast<size_t>(njc * ntasks) : 0);  // all 0
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
@@ -987,7 +986,6 @@ void check_grad_shape(const char* what, const py::array& g, const py::array& x, 
   const bool same = g.ndim() == x.ndim() && std::equal(want.begin(), want.end(), g.shape());
   TG_CHECK(same, what, " must have shape ", tuple_str(want.begin(), want.end()), ", got ", shape_str(g));
 }
-
 
 py::tuple linear_forward_impl(const char* op, const py::array& x, const py::array& weight, const py::object& bias,
                               bool gelu) {

@@ -31,27 +31,29 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_i
     """
     if hasattr(parameters, "grad"):
         parameters = [parameters]
-    grads = [p.grad.data for p in parameters if p.grad is not None]
+    grads = [p.grad.data for p in parameters if p.grad is not None and p.grad.data.size]
     norm_type = float(norm_type)
     if not norm_type > 0:
         raise ValueError(f"clip_grad_norm_: norm_type must be > 0 or inf, got {norm_type}")
     if not grads:
         return 0.0
-    grads = [g for g in grads if g.size]
     # On the GPU one multi-tensor CUDA launch reduces every grad (kernels.grad_norm; None where it does
     # not apply). Otherwise per-grad partial results stay on their device and are combined there in
     # order, so a GPU run synchronises once per device (one float() below), not once per parameter.
     fused = kernels.grad_norm(grads, norm_type)
-    partial = {} if fused is None else {"cuda": fused}  # -> running max or float64 sum, 0-d on its device
-    for g in grads if fused is None else ():
-        xp = backend.xp(g)
-        if math.isinf(norm_type):
-            part = xp.abs(g).max().astype(np.float64)
-            partial[xp] = part if xp not in partial else xp.maximum(partial[xp], part)
-        else:  # sum |g|^p over every grad, accumulated in float64
-            a = xp.abs(g.astype(np.float64, copy=False))
-            part = xp.sum(a * a) if norm_type == 2.0 else xp.sum(a ** norm_type)
-            partial[xp] = part if xp not in partial else partial[xp] + part
+    if fused is not None:
+        partial = {"cuda": fused}
+    else:
+        partial = {}  # device -> running max or float64 sum, 0-d on that device
+        for g in grads:
+            xp = backend.xp(g)
+            if math.isinf(norm_type):
+                part = xp.abs(g).max().astype(np.float64)
+                partial[xp] = part if xp not in partial else xp.maximum(partial[xp], part)
+            else:  # sum |g|^p over every grad, accumulated in float64
+                a = xp.abs(g.astype(np.float64, copy=False))
+                part = xp.sum(a * a) if norm_type == 2.0 else xp.sum(a ** norm_type)
+                partial[xp] = part if xp not in partial else partial[xp] + part
     if math.isinf(norm_type):
         total = max((float(v) for v in partial.values()), default=0.0)
     else:
