@@ -28,14 +28,13 @@ def count_step(config: str, batch: int = 1, seq: int = 16, native: bool = True, 
     """(counts per operation, parameter count) for one training step; native=False: no CUDA kernels.
     matmul: which GEMM runs every linear layer ('ours' | 'cublas'). On a GPU the default 'auto' measures
     both per shape class (tinygpt/kernels/cuda.py); on the emulator that would time the emulation."""
-    sys.path[:0] = [os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "cuda_emu")]
-    import build
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
     import fake_cupy
     import numpy as np
     import pytest
 
     patch = pytest.MonkeyPatch()
-    fake_cupy.install(patch, kernels=build.load())
+    fake_cupy.install_emulator(patch)
     import tinygpt as tg
 
     counts = collections.Counter()

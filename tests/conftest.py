@@ -12,7 +12,6 @@ checks every CUDA kernel and wrapper against the float64 references (not CuPy, n
 Only the GPU tests are meant for this mode: the rest of the suite expects no GPU.
 """
 import os
-import sys
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -34,12 +33,10 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU and CuPy (skipped without one)")
     config.addinivalue_line("markers", "slow: takes long; deselect with -m 'not slow'")
     if EMULATOR:  # before collection: the test modules' skipif(not kcuda.has(...)) see the kernels
-        sys.path.insert(0, os.path.join(os.path.dirname(__file__), "cuda_emu"))
-        import build as cuda_emu_build
         import fake_cupy
 
         config._tg_emulator_patch = pytest.MonkeyPatch()
-        fake_cupy.install(config._tg_emulator_patch, kernels=cuda_emu_build.load())
+        fake_cupy.install_emulator(config._tg_emulator_patch)
 
 
 def pytest_unconfigure(config):

@@ -22,6 +22,8 @@ What this does NOT check: CuPy's numerics and argument conventions (the arithmet
 synchronisation, and whatever the emulator cannot (timing, the hardware's MMA accumulation
 order). Those need tests/test_gpu.py and tests/test_cuda_*.py on a real GPU.
 """
+import os
+import sys
 import time
 import types
 import weakref
@@ -133,12 +135,6 @@ class _Random:
 
     def standard_normal(self, size=None, dtype=np.float64):
         return self._rng.standard_normal(size).astype(dtype).view(GpuArray)
-
-    def random(self, size=None, dtype=np.float64):
-        return self._rng.random(size).astype(dtype).view(GpuArray)
-
-    def uniform(self, low=0.0, high=1.0, size=None, dtype=np.float64):
-        return self._rng.uniform(low, high, size).astype(dtype).view(GpuArray)
 
     def randint(self, low, high=None, size=None, dtype=np.int64):
         return self._rng.integers(low, high, size, dtype=dtype).view(GpuArray)
@@ -266,3 +262,13 @@ def install(monkeypatch, kernels=None):
         monkeypatch.setattr(fake, "empty", lambda shape, dtype=np.float32: _guarded_empty(shape, dtype))
         monkeypatch.setattr(fake, "zeros", lambda shape, dtype=np.float32: _guarded_empty(shape, dtype, 0))
     return fake
+
+
+def install_emulator(monkeypatch):
+    """install() with the CUDA emulator (tests/cuda_emu, built or reused) playing tinygpt._C.cuda."""
+    emu = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cuda_emu")
+    if emu not in sys.path:
+        sys.path.insert(0, emu)
+    import build  # noqa: PLC0415 - tests/cuda_emu/build.py
+
+    return install(monkeypatch, kernels=build.load())

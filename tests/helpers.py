@@ -19,22 +19,23 @@ import tinygpt as tg
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 
 
-def load_example(name):
-    """examples/<name>.py as a module (the examples are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"examples_{name}", os.path.join(ROOT, "examples", f"{name}.py"))
+def _load_script(folder, name):
+    """<folder>/<name>.py as a module (the examples and benchmarks are scripts, not packages)."""
+    spec = importlib.util.spec_from_file_location(f"{folder}_{name}", os.path.join(ROOT, folder, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_example(name):
+    """examples/<name>.py as a module."""
+    return _load_script("examples", name)
 
 
 def load_benchmark(name, monkeypatch):
     """benchmarks/<name>.py as a module, with its folder on sys.path for its own imports."""
-    path = os.path.join(ROOT, "benchmarks", f"{name}.py")
-    monkeypatch.syspath_prepend(os.path.dirname(path))
-    spec = importlib.util.spec_from_file_location(f"benchmarks_{name.replace('/', '_')}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    return _load_script("benchmarks", name)
 
 
 def run_tiny_gpu_benchmark(monkeypatch, tmp_path):

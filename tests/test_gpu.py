@@ -18,6 +18,8 @@ from tinygpt import backend, kernels
 from tinygpt.kernels import reference as R
 from tinygpt.nn.utils import clip_grad_norm_
 
+from test_finetune_example import checkpoint  # noqa: F401 - fixture: a tiny trained checkpoint and its text
+
 pytestmark = pytest.mark.gpu
 
 F64 = dict(rtol=1e-9, atol=1e-11)
@@ -619,20 +621,14 @@ def test_lora_training_on_gpu_matches_the_cpu():
         np.testing.assert_allclose(runs["cuda"][1][k], v, rtol=1e-4, atol=1e-6, err_msg=k)
 
 
-def test_finetune_and_sample_examples_on_gpu(tmp_path):
+def test_finetune_and_sample_examples_on_gpu(checkpoint):
     """examples/finetune_classifier.py (with a LoRA run) and examples/sample.py with --device cuda give
     the CPU's results (same seeds: dropout masks are the same on both devices)."""
     from helpers import load_example
-    from test_finetune_example import _text
+    from test_finetune_example import ft
 
-    train, ft, sample = (load_example(n) for n in ("train_shakespeare", "finetune_classifier", "sample"))
-    data = tmp_path / "speeches.txt"
-    data.write_text(_text(np.random.default_rng(0))[0], encoding="utf-8")
-    ckpt = tmp_path / "ckpt"
-    train.main(["--data", str(data), "--out-dir", str(ckpt), "--n-layer", "1", "--n-head", "2", "--n-embd", "16",
-                "--block-size", "24", "--batch-size", "4", "--max-iters", "6", "--eval-interval", "6",
-                "--eval-iters", "1", "--final-eval-iters", "1", "--warmup-iters", "2", "--no-progress",
-                "--sample-tokens", "0", "--seed", "3"])
+    data, ckpt, _ = checkpoint  # test_finetune_example's tiny checkpoint and its text
+    sample = load_example("sample")
     common = ["--init-from", str(ckpt), "--data", str(data), "--n-classes", "3", "--max-iters", "6",
               "--batch-size", "4", "--eval-interval", "3", "--lora", "2", "--no-progress", "--seed", "5"]
     s_cpu, s_gpu = (ft.main(common + ["--device", d]) for d in ("cpu", "cuda"))

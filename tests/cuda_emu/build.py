@@ -27,6 +27,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 CSRC = REPO / "csrc"
 MODULE = "tg_cuda_emu"
+NOT_EMULATED = "runtime.cu"  # the real driver queries behind tinygpt._C.cuda_status(); registry.cpp needs none
 FLAGS = ["-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-pthread", "-Wall", "-Wno-unknown-pragmas",
          "-Wno-unused-function", "-Wno-unused-variable", "-Wno-unused-but-set-variable",
          "-D__CUDACC__", "-DTINYGPT_WITH_CUDA"]
@@ -36,7 +37,8 @@ import translate  # noqa: E402
 
 
 def _inputs() -> list[pathlib.Path]:
-    cuda = sorted(p for p in (CSRC / "cuda").iterdir() if p.suffix in {".cu", ".cuh", ".h", ".cpp"})
+    cuda = sorted(p for p in (CSRC / "cuda").iterdir()
+                  if p.suffix in {".cu", ".cuh", ".h", ".cpp"} and p.name != NOT_EMULATED)
     own = sorted(p for p in HERE.rglob("*") if p.suffix in {".h", ".cpp", ".cu", ".py"})
     return cuda + own + [CSRC / "common.h", CSRC / "registry.h", CSRC / "cpu" / "rng.h"]
 
@@ -70,12 +72,14 @@ def build(out_root: pathlib.Path | None = None, jobs: int | None = None, quiet: 
         (src / "cuda").mkdir(parents=True)
         units = []
         for p in sorted((CSRC / "cuda").iterdir()):
+            if p.name == NOT_EMULATED:
+                continue
             if p.suffix in {".cu", ".cuh"}:
                 text = translate.translate(p.read_text(), str(p.relative_to(REPO)))
                 dst = src / "cuda" / (p.name + (".cpp" if p.suffix == ".cu" else ""))
                 # Compiler messages name the original file and lines (the rewrite keeps lines).
                 dst.write_text(f'#line 1 "{p}"\n' + text)
-                if p.suffix == ".cu" and p.name != "runtime.cu":  # runtime.cu: real driver queries only
+                if p.suffix == ".cu":
                     units.append(dst)
             elif p.suffix == ".h":
                 shutil.copy(p, src / "cuda" / p.name)

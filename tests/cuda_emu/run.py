@@ -15,12 +15,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def main() -> None:
     if len(sys.argv) < 2:
         sys.exit(__doc__)
-    sys.path[:0] = [HERE, os.path.dirname(HERE)]
-    import build
+    sys.path.insert(0, os.path.dirname(HERE))
     import fake_cupy
     import pytest
 
-    fake_cupy.install(pytest.MonkeyPatch(), kernels=build.load())
+    fake_cupy.install_emulator(pytest.MonkeyPatch())
     script = sys.argv[1]
     sys.argv = sys.argv[1:]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))

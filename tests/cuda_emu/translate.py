@@ -136,8 +136,8 @@ def _launch_bounds(text: str, filename: str) -> str:
         close = _match_paren(text, m.end(), filename)
         bound = text[m.end() + 1:close]
         params = text.find("(", close + 1)
-        body = text.find("{", _match_paren(text, params, filename))
-        if params < 0 or body < 0:
+        body = -1 if params < 0 else text.find("{", _match_paren(text, params, filename))
+        if body < 0:
             raise TranslationError(f"{filename}:{_line(text, m.start())}: __launch_bounds__ without a kernel body")
         out.append(text[pos:m.start()])
         out.append(text[close + 1:body + 1])
