@@ -43,12 +43,16 @@ void check_array(const py::array& a, const char* what, py::ssize_t ndim = -1) {
 }
 
 // Checks that `a` has exactly `shape` (which also fixes ndim).
-inline void check_shape(const py::array& a, const char* what,
-                        std::initializer_list<py::ssize_t> shape) {
-  const bool same = a.ndim() == static_cast<py::ssize_t>(shape.size()) &&
-                    std::equal(shape.begin(), shape.end(), a.shape());
-  TG_CHECK(same, what, " must have shape ", tuple_str(shape.begin(), shape.end()), ", got ",
-           shape_str(a));
+template <typename It>
+void check_shape(const py::array& a, const char* what, It begin, It end) {
+  const bool same = a.ndim() == static_cast<py::ssize_t>(end - begin) && std::equal(begin, end, a.shape());
+  TG_CHECK(same, what, " must have shape ", tuple_str(begin, end), ", got ", shape_str(a));
+}
+inline void check_shape(const py::array& a, const char* what, std::initializer_list<py::ssize_t> shape) {
+  check_shape(a, what, shape.begin(), shape.end());
+}
+inline void check_shape(const py::array& a, const char* what, const std::vector<py::ssize_t>& shape) {
+  check_shape(a, what, shape.begin(), shape.end());
 }
 
 // Read-only typed pointer to a checked input with `ndim` dimensions.

@@ -512,8 +512,7 @@ struct Saved {
 
 void check_exact_shape(const py::array& a, const std::string& what, const std::vector<py::ssize_t>& shape) {
   check_array<float>(a, what.c_str());
-  TG_CHECK(a.ndim() == static_cast<py::ssize_t>(shape.size()) && std::equal(shape.begin(), shape.end(), a.shape()),
-           what, " must have shape ", tuple_str(shape.begin(), shape.end()), ", got ", shape_str(a));
+  check_shape(a, what.c_str(), shape);
 }
 
 Saved unpack_saved(const char* op, const py::tuple& saved, const py::array& grad,

@@ -983,8 +983,7 @@ void check_grad_shape(const char* what, const py::array& g, const py::array& x, 
   std::vector<py::ssize_t> want = shape_of(x);
   want.back() = out;
   check_array<float>(g, what);
-  const bool same = g.ndim() == x.ndim() && std::equal(want.begin(), want.end(), g.shape());
-  TG_CHECK(same, what, " must have shape ", tuple_str(want.begin(), want.end()), ", got ", shape_str(g));
+  check_shape(g, what, want);
 }
 
 py::tuple linear_forward_impl(const char* op, const py::array& x, const py::array& weight, const py::object& bias,
