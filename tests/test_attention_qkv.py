@@ -22,6 +22,8 @@ from tinygpt.kernels import reference as R
 from tinygpt.nn import CausalSelfAttention
 
 from helpers import check_grads
+from test_native_attention import tiles as tile_sizes
+from test_native_attention import use_isa
 
 _cpu = getattr(kernels._native, "cpu", None)
 native = pytest.mark.skipif(not hasattr(_cpu, "attention_qkv_forward"),
@@ -45,23 +47,6 @@ def _plain(qkv, g, nh, window, p, seed, scale):
     return R.merge_heads(out), saved, R.merge_qkv(dq, dk, dv)
 
 
-class _isa_and_tiles:
-    def __init__(self, isa, t):
-        self.isa, self.t = isa, t
-
-    def __enter__(self):
-        self.before = _cpu.attention_isa(), _cpu.attention_tiles()
-        try:
-            _cpu.attention_isa(self.isa)
-        except ValueError:
-            pytest.skip(f"this CPU does not support the {self.isa} path")
-        _cpu.attention_tiles(*self.t)
-
-    def __exit__(self, *exc):
-        _cpu.attention_isa(self.before[0])
-        _cpu.attention_tiles(*self.before[1])
-
-
 # ------------------------------------------------------------------ native packed == native plain
 @native
 @given(B=st.integers(1, 3), T=st.integers(1, 80), nh=st.sampled_from([1, 2, 3, 4]),
@@ -74,7 +59,7 @@ class _isa_and_tiles:
 def test_packed_equals_plain_kernel(isa, B, T, nh, hs, window, p, mag, seed, tiles, data):
     qkv, g = _qkv(data, B, T, nh, hs, mag)
     scale = 1.0 / np.sqrt(hs)
-    with _isa_and_tiles(isa, tiles):
+    with use_isa(isa), tile_sizes(tiles):
         y, saved = _cpu.attention_qkv_forward(qkv, nh, True, window, p, seed, scale)
         dqkv = _cpu.attention_qkv_backward(g, qkv, nh, p, scale, saved)
         y_ref, saved_ref, dqkv_ref = _plain(qkv, g, nh, window, p, seed, scale)
