@@ -68,7 +68,7 @@ def run(name, extra, args, train_ids, val_ids, vocab):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=os.path.join("data", "tinyshakespeare.txt"))
+    p.add_argument("--data", default=None, help="text file (default: data/tinyshakespeare.txt or the packaged copy)")
     p.add_argument("--iters", type=int, default=300)
     p.add_argument("--eval-batches", type=int, default=50)
     p.add_argument("--seed", type=int, default=1337)

@@ -41,7 +41,7 @@ def val_loss(model, val_ids, block_size, batches, batch_size, seed):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out-dir", default="out-shakespeare-char", help="directory holding ckpt.safetensors")
-    p.add_argument("--data", default=os.path.join("data", "tinyshakespeare.txt"))
+    p.add_argument("--data", default=None, help="text file (default: data/tinyshakespeare.txt or the packaged copy)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="as in train_shakespeare.py")
     p.add_argument("--batches", type=int, default=100, help="validation batches")
     p.add_argument("--batch-size", type=int, default=12)

@@ -30,12 +30,11 @@ from tqdm import tqdm
 import tinygpt as tg
 from tinygpt import backend, lora
 from tinygpt.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_metadata
-from tinygpt.data import TINY_SHAKESPEARE_URL, CharTokenizer, load_text
+from tinygpt.data import DEFAULT_TEXT, CharTokenizer, load_text
 from tinygpt.models import GPTClassifier
 from tinygpt.nn.utils import clip_grad_norm_
 from tinygpt.optim import cosine_with_warmup
 
-DEFAULT_DATA = os.path.join("data", "tinyshakespeare.txt")
 CKPT_NAME = "ckpt.safetensors"  # what train_shakespeare.py writes in its --out-dir
 SPEAKER = re.compile(r"^[A-Za-z][A-Za-z' .,&-]*:$")
 
@@ -47,10 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     io = p.add_argument_group("data and model")
     io.add_argument("--init-from", required=True,
                     help=f"a train_shakespeare.py checkpoint: its --out-dir or the {CKPT_NAME} file")
-    io.add_argument("--data", default=DEFAULT_DATA, help="the Tiny Shakespeare text")
-    io.add_argument("--data-url", default=None,
-                    help="where to download --data from when it is missing (default: the Tiny Shakespeare "
-                         "URL when the file is named tinyshakespeare.txt)")
+    io.add_argument("--data", default=None,
+                    help=f"the Tiny Shakespeare text (default: {DEFAULT_TEXT} if it exists, else the copy shipped "
+                         "inside the package)")
+    io.add_argument("--data-url", default=None, help="where to download --data from when that file is missing")
     io.add_argument("--n-classes", type=int, default=4, help="keep the speeches of the N most frequent speakers")
     io.add_argument("--val-fraction", type=float, default=0.2, help="share of the speeches held out")
     io.add_argument("--keep", choices=("start", "end"), default="start",
@@ -253,18 +252,15 @@ def main(argv=None) -> dict:
     config = tg.GPTConfig.from_dict(meta["config"])
     tokenizer = CharTokenizer.from_dict(meta["tokenizer"])
 
-    url = args.data_url
-    if url is None and os.path.basename(args.data) == "tinyshakespeare.txt":
-        url = TINY_SHAKESPEARE_URL
     try:
-        text = load_text(args.data, url=url)
+        text = load_text(args.data, url=args.data_url)
     except RuntimeError as exc:  # the download failed; the message names the URL and where to save it
         raise _fail(f"no text: {exc} (or pass --data PATH)") from None
     except FileNotFoundError:
         raise _fail(f"no text at {os.path.abspath(args.data)}: pass --data PATH") from None
     speeches = parse_speeches(text)
     if not speeches:
-        raise _fail(f"{args.data} has no speeches ('NAME:' lines after a blank line, then text)")
+        raise _fail(f"{args.data or DEFAULT_TEXT} has no speeches ('NAME:' lines after a blank line, then text)")
     classes, train_pairs, val_pairs = make_splits(speeches, args.n_classes, args.val_fraction, args.seed)
     tr_x, tr_y = encode(tokenizer, train_pairs, config.block_size, args.keep)
     va_x, va_y = encode(tokenizer, val_pairs, config.block_size, args.keep)

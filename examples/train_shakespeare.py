@@ -42,11 +42,10 @@ from tqdm import tqdm
 import tinygpt as tg
 from tinygpt import backend, tokenizers
 from tinygpt.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_metadata, save_checkpoint
-from tinygpt.data import TINY_SHAKESPEARE_URL, BatchSampler, CharTokenizer, load_text, train_val_split
+from tinygpt.data import DEFAULT_TEXT, BatchSampler, CharTokenizer, load_text, train_val_split
 from tinygpt.nn.utils import clip_grad_norm_
 from tinygpt.optim import cosine_with_warmup
 
-DEFAULT_DATA = os.path.join("data", "tinyshakespeare.txt")
 CKPT_NAME = "ckpt.safetensors"
 SUMMARY_NAME = "summary.json"
 DEFAULT_BPE_VOCAB = 1024
@@ -65,10 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a character-level (or BPE) GPT on Tiny Shakespeare with tinygpt (nanoGPT's CPU config).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     io = p.add_argument_group("data and output")
-    io.add_argument("--data", default=DEFAULT_DATA, help="text file to train on")
-    io.add_argument("--data-url", default=None,
-                    help="where to download --data from when it is missing (default: the Tiny Shakespeare "
-                         "URL when the file is named tinyshakespeare.txt, else no download)")
+    io.add_argument("--data", default=None,
+                    help=f"UTF-8 text file to train on (default: {DEFAULT_TEXT} if it exists, else the copy of "
+                         "Tiny Shakespeare shipped inside the package: no download needed)")
+    io.add_argument("--data-url", default=None, help="where to download --data from when that file is missing")
     io.add_argument("--val-fraction", type=float, default=0.1, help="the last part of the text held out")
     io.add_argument("--tokenizer", choices=("char", "bpe"), default=None,
                     help="char: one token per character (default); bpe: GPT-2's byte-level BPE trained on the "
@@ -172,12 +171,9 @@ def kernels_label(device: str) -> str:
 
 
 def load_data(args):
-    url = args.data_url
-    if url is None and os.path.basename(args.data) == "tinyshakespeare.txt":
-        url = TINY_SHAKESPEARE_URL
-    where = os.path.abspath(args.data)
+    where = os.path.abspath(args.data) if args.data else "the packaged Tiny Shakespeare"
     try:
-        text = load_text(args.data, url=url)
+        text = load_text(args.data, url=args.data_url)
     except RuntimeError as exc:  # the download failed; the message names the URL and where to save it
         raise _fail(f"no training text: {exc} (or pass --data PATH)") from None
     except FileNotFoundError:
@@ -305,7 +301,7 @@ def main(argv=None) -> dict:
     try:
         train_ids, val_ids = encode(tokenizer, train_text), encode(tokenizer, val_text)
     except ValueError as exc:
-        raise _fail(f"{args.data} does not fit the checkpoint's vocabulary: {exc}") from None
+        raise _fail(f"{args.data or DEFAULT_TEXT} does not fit the checkpoint's vocabulary: {exc}") from None
     n_tokens = len(train_ids) + len(val_ids)
 
     # ---------------------------------------------------------------- model and optimiser

@@ -186,6 +186,20 @@ def test_load_text_offline_says_where_to_put_the_file(tmp_path, monkeypatch):
         load_text(path)
 
 
+def test_tiny_shakespeare_is_packaged():
+    text = data.tiny_shakespeare()
+    assert len(text) == 1_115_394 and text.startswith("First Citizen:\nBefore we proceed any further")
+    assert len(set(text)) == 65
+
+
+def test_load_text_without_a_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_text() == data.tiny_shakespeare()  # no data/tinyshakespeare.txt: the packaged copy
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "tinyshakespeare.txt").write_text("my own copy", encoding="utf-8")
+    assert load_text() == "my own copy"
+
+
 def test_train_val_split():
     tokens = np.arange(1000)
     train, val = train_val_split(tokens)

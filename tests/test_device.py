@@ -276,7 +276,7 @@ def test_import_tinygpt_does_not_import_cupy():
 
 
 def test_only_the_backend_imports_cupy():
-    pkg = os.path.join(ROOT, "tinygpt")
+    pkg = os.path.join(ROOT, "src", "tinygpt")
     offenders = []
     for folder, _, files in os.walk(pkg):
         for name in files:

@@ -144,11 +144,26 @@ def test_missing_data_with_failing_download(tmp_path, monkeypatch):
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     missing = tmp_path / "data" / "tinyshakespeare.txt"
+    url = "https://example.org/tinyshakespeare.txt"
     with pytest.raises(SystemExit) as info:
-        train_shakespeare.main(["--data", str(missing), "--out-dir", str(tmp_path / "out"), "--max-iters", "1"])
+        train_shakespeare.main(["--data", str(missing), "--data-url", url, "--out-dir", str(tmp_path / "out"),
+                                "--max-iters", "1"])
     message = str(info.value)
-    assert str(missing) in message and "download" in message.lower() and "raw.githubusercontent.com" in message
+    assert str(missing) in message and "download" in message.lower() and url in message
     assert not missing.exists()
+
+
+def test_no_data_flag_trains_offline_on_the_packaged_text(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise AssertionError("no download may be attempted")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.chdir(tmp_path)  # no data/tinyshakespeare.txt here
+    summary = train_shakespeare.main(["--out-dir", "out", "--max-iters", "2", "--eval-interval", "2",
+                                      "--eval-iters", "1", "--n-layer", "1", "--n-embd", "16", "--n-head", "2",
+                                      "--block-size", "16", "--batch-size", "2", "--sample-tokens", "0", "--no-progress"])
+    assert summary["vocab_size"] == 65  # Tiny Shakespeare's 65 characters
+    assert not (tmp_path / "data").exists()
 
 
 def test_missing_custom_data_file(tmp_path):

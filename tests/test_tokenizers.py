@@ -171,7 +171,7 @@ def _corpus():
     """A fixed corpus present in every checkout: tinygpt's own sources and README, plus some
     multilingual text (so merges of multi-byte characters are learned too)."""
     parts = []
-    for path in sorted(glob.glob(os.path.join(ROOT, "tinygpt", "*.py")))[:6] + [os.path.join(ROOT, "README.md")]:
+    for path in sorted(glob.glob(os.path.join(ROOT, "src", "tinygpt", "*.py")))[:6] + [os.path.join(ROOT, "README.md")]:
         with open(path, encoding="utf-8") as f:
             parts.append(f.read())
     return "\n".join(parts) + MULTILINGUAL * 20 + f"{EOT}The end.{EOT}"

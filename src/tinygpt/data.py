@@ -1,6 +1,9 @@
 """Text data: a character tokenizer, a seeded batch sampler, and dataset loading."""
 from __future__ import annotations
 
+import gzip
+import hashlib
+import importlib.resources
 import json
 import os
 import urllib.request
@@ -11,6 +14,7 @@ from . import backend
 from .checkpoint import atomic_write
 
 TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+_TINY_SHAKESPEARE_MD5 = "6fb458f1232090904fb40fe944165e91"  # of the text at that URL (1,115,394 bytes)
 
 
 class CharTokenizer:
@@ -149,8 +153,18 @@ class BatchSampler:
         self.rng.bit_generator.state = state["rng"]
 
 
-def load_text(path, url: str | None = None, timeout: float = 30.0) -> str:
-    """The text of `path`; if it is missing and `url` is given, download it there first."""
+DEFAULT_TEXT = os.path.join("data", "tinyshakespeare.txt")  # nanoGPT's place for it, relative to the working directory
+
+
+def load_text(path=None, url: str | None = None, timeout: float = 30.0) -> str:
+    """The text of `path`; if it is missing and `url` is given, download it there first.
+
+    Without a path: DEFAULT_TEXT if that file exists, else the Tiny Shakespeare shipped in the package
+    (no network needed)."""
+    if path is None:
+        if not os.path.exists(DEFAULT_TEXT):
+            return tiny_shakespeare()
+        path = DEFAULT_TEXT
     path = os.fspath(path)
     if not os.path.exists(path):
         if url is None:
@@ -166,6 +180,15 @@ def load_text(path, url: str | None = None, timeout: float = 30.0) -> str:
         atomic_write(path, lambda tmp: _write_bytes(tmp, data))
     with open(path, encoding="utf-8") as f:
         return f.read()
+
+
+def tiny_shakespeare() -> str:
+    """Tiny Shakespeare (1,115,394 characters), from the gzip copy shipped inside the package
+    (tinygpt/assets, see its README for the source), checked against the original's MD5."""
+    data = gzip.decompress(importlib.resources.files("tinygpt").joinpath("assets/tinyshakespeare.txt.gz").read_bytes())
+    if hashlib.md5(data).hexdigest() != _TINY_SHAKESPEARE_MD5:
+        raise RuntimeError("tiny_shakespeare: the packaged copy is corrupted (MD5 mismatch); reinstall tinygpt")
+    return data.decode("utf-8")
 
 
 def train_val_split(tokens, val_fraction: float = 0.1):
