@@ -30,8 +30,8 @@ using cpu::blocked_sum;
 using cpu::row_max;
 
 // Rows [r0, r1): fills row_max / row_logsum and returns the sum of loss_row over valid rows.
-TG_SIMD_CLONES
-double forward_rows(float* __restrict rmax, float* __restrict rlogsum,
+template <cpu::Isa>
+TG_INLINE double forward_rows_body(float* __restrict rmax, float* __restrict rlogsum,
                     const float* __restrict logits, const int64_t* __restrict targets,
                     int64_t ignore_index, int64_t r0, int64_t r1, int64_t V) {
   double total = 0.0;
@@ -47,9 +47,10 @@ double forward_rows(float* __restrict rmax, float* __restrict rlogsum,
   }
   return total;
 }
+TG_PER_ISA(forward_rows, forward_rows_body)
 
-TG_SIMD_CLONES
-void backward_rows(float* __restrict dlogits, const float* __restrict logits,
+template <cpu::Isa>
+TG_INLINE void backward_rows_body(float* __restrict dlogits, const float* __restrict logits,
                    const int64_t* __restrict targets, const float* __restrict rmax,
                    const float* __restrict rlogsum, int64_t ignore_index, float scale, int64_t r0,
                    int64_t r1, int64_t V) {
@@ -69,6 +70,7 @@ void backward_rows(float* __restrict dlogits, const float* __restrict logits,
     d[t] = (exp_approx((x[t] - m) - ls) - 1.0f) * scale;
   }
 }
+TG_PER_ISA(backward_rows, backward_rows_body)
 
 // Checks targets (int64 (N,)) lie in [0, V) wherever they are not ignore_index; returns how
 // many are not (the number of rows the loss averages over).
@@ -154,6 +156,8 @@ py::array_t<float> cross_entropy_backward(const py::object& grad, const py::arra
 
 }  // namespace
 
+namespace cpu {
+
 void bind_cross_entropy(py::module_& m) {
   m.def("cross_entropy_forward", &cross_entropy_forward, py::arg("logits"), py::arg("targets"),
         py::arg("ignore_index"),
@@ -164,4 +168,5 @@ void bind_cross_entropy(py::module_& m) {
         "dlogits (N, V) = (softmax(logits) - onehot(targets)) * grad / count (0 on ignored rows).");
 }
 
+}  // namespace cpu
 }  // namespace tinygpt

@@ -58,6 +58,8 @@ void embedding_backward_impl(float* dw, const float* g, const int64_t* ids, int6
 
 }  // namespace
 
+namespace cpu {
+
 void bind_embedding(py::module_& m) {
   m.def(
       "embedding_forward",
@@ -106,4 +108,5 @@ void bind_embedding(py::module_& m) {
       "dW (V, C): grad rows summed per id, in index order (bit-identical to numpy.add.at).");
 }
 
+}  // namespace cpu
 }  // namespace tinygpt

@@ -17,9 +17,8 @@
 // Max error vs the float64 reference on float32 inputs (3e6 points in [-12, 12] and N(0, 3)):
 // see tests/test_native_gelu.py (relative <= 2e-6, absolute <= 5e-7).
 //
-// SIMD: `#pragma omp simd` loops compiled for AVX-512, AVX2+FMA and baseline x86-64, picked
-// once at run time with __builtin_cpu_supports (TINYGPT_CPU_ISA=avx2|baseline caps the
-// choice); OpenMP threads split the array.
+// SIMD: `#pragma omp simd` loops, one copy per instruction set (isa.h: TG_PER_ISA); OpenMP threads
+// split the array.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -32,22 +31,10 @@
 #include "py_common.h"
 #include "registry.h"
 
-#if defined(__x86_64__) || defined(__i386__)
-#define TG_X86 1
-#else
-#define TG_X86 0
-#endif
-
 namespace tinygpt {
 namespace {
 
 using index_t = std::int64_t;
-
-#define TG_INLINE inline __attribute__((always_inline))
-#if TG_X86
-#define TG_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,bmi2")))
-#define TG_AVX2 __attribute__((target("avx2,fma,bmi2")))
-#endif
 
 template <bool kFma>
 TG_INLINE float madd(float a, float b, float c) {
@@ -158,39 +145,17 @@ TG_INLINE void chunk(const float* __restrict x, const float* __restrict g, float
   }
 }
 
-#define TG_CHUNK_ARGS const float *x, const float *g, float *out, index_t n
-#if TG_X86
-TG_AVX512 void tanh_avx512(TG_CHUNK_ARGS) { chunk<true, true>(x, g, out, n); }
-TG_AVX512 void erf_avx512(TG_CHUNK_ARGS) { chunk<true, false>(x, g, out, n); }
-TG_AVX2 void tanh_avx2(TG_CHUNK_ARGS) { chunk<true, true>(x, g, out, n); }
-TG_AVX2 void erf_avx2(TG_CHUNK_ARGS) { chunk<true, false>(x, g, out, n); }
-#endif
-void tanh_base(TG_CHUNK_ARGS) { chunk<false, true>(x, g, out, n); }
-void erf_base(TG_CHUNK_ARGS) { chunk<false, false>(x, g, out, n); }
-
-using ChunkFn = void (*)(TG_CHUNK_ARGS);
-
-struct Impl {
-  ChunkFn tanh, erf;
-  const char* isa;
-};
-
-// The widest variant the CPU supports, capped by TINYGPT_CPU_ISA (isa.h).
-const Impl& impl() {
-  static const Impl chosen = [] {
-    switch (cpu_isa()) {
-#if TG_X86
-      case CpuIsa::avx512:
-        return Impl{tanh_avx512, erf_avx512, "avx512"};
-      case CpuIsa::avx2:
-        return Impl{tanh_avx2, erf_avx2, "avx2"};
-#endif
-      default:
-        return Impl{tanh_base, erf_base, "baseline"};
-    }
-  }();
-  return chosen;
+// One copy per ISA (isa.h): FMA where the instruction set has it (avx2, avx512).
+template <cpu::Isa I, class... A>
+TG_INLINE void tanh_body(A... a) {
+  chunk<I != cpu::Isa::baseline, true>(a...);
 }
+template <cpu::Isa I, class... A>
+TG_INLINE void erf_body(A... a) {
+  chunk<I != cpu::Isa::baseline, false>(a...);
+}
+TG_PER_ISA(tanh_chunk, tanh_body)
+TG_PER_ISA(erf_chunk, erf_body)
 
 // Parallel only from 2^20 elements (4 MiB per float array, ~0.3-0.5 ms on one thread): waking
 // a second thread costs a few microseconds on an idle machine but a whole scheduler time slice
@@ -200,12 +165,17 @@ constexpr index_t kParallelMinElems = index_t{1} << 20;
 constexpr index_t kBlock = 1 << 12;  // elements per scheduling unit (16 KiB: cache-line aligned)
 
 void run(bool tanh, const float* x, const float* g, float* out, index_t n) {
-  const ChunkFn fn = tanh ? impl().tanh : impl().erf;
   const index_t nblocks = (n + kBlock - 1) / kBlock;
 #pragma omp parallel for schedule(static) if (n >= kParallelMinElems)
   for (index_t b = 0; b < nblocks; ++b) {
     const index_t lo = b * kBlock;
-    fn(x + lo, g != nullptr ? g + lo : nullptr, out + lo, std::min(n, lo + kBlock) - lo);
+    const float* gb = g != nullptr ? g + lo : nullptr;
+    const index_t len = std::min(n, lo + kBlock) - lo;
+    if (tanh) {
+      tanh_chunk(x + lo, gb, out + lo, len);
+    } else {
+      erf_chunk(x + lo, gb, out + lo, len);
+    }
   }
 }
 
@@ -254,13 +224,14 @@ py::array gelu_backward_py(const py::array& grad, const py::array& x,
 
 }  // namespace
 
+namespace cpu {
+
 void bind_gelu(py::module_& m) {
   m.def("gelu_forward", &gelu_forward_py, py::arg("x"), py::arg("approximate"),
         "GELU of float32 x (any shape): (y, ()); approximate 'tanh' or 'none' (exact, erf).");
   m.def("gelu_backward", &gelu_backward_py, py::arg("grad"), py::arg("x"), py::arg("approximate"),
         py::arg("saved"), "Gradient grad * gelu'(x) of gelu_forward.");
-  m.def("gelu_isa", [] { return std::string(impl().isa); },
-        "Which compiled variant the gelu kernels run: avx512, avx2 or baseline.");
 }
 
+}  // namespace cpu
 }  // namespace tinygpt

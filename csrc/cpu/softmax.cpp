@@ -26,8 +26,8 @@ using cpu::exp_approx;
 using cpu::blocked_sum;
 using cpu::row_max;
 
-TG_SIMD_CLONES
-void softmax_forward_rows(float* __restrict y, const float* __restrict x, int64_t r0, int64_t r1,
+template <cpu::Isa>
+TG_INLINE void softmax_forward_rows_body(float* __restrict y, const float* __restrict x, int64_t r0, int64_t r1,
                           int64_t C) {
   for (int64_t r = r0; r < r1; ++r) {
     const float* xr = x + r * C;
@@ -43,9 +43,10 @@ void softmax_forward_rows(float* __restrict y, const float* __restrict x, int64_
     for (int64_t c = 0; c < C; ++c) yr[c] *= inv;
   }
 }
+TG_PER_ISA(softmax_forward_rows, softmax_forward_rows_body)
 
-TG_SIMD_CLONES
-void softmax_backward_rows(float* __restrict dx, const float* __restrict g,
+template <cpu::Isa>
+TG_INLINE void softmax_backward_rows_body(float* __restrict dx, const float* __restrict g,
                            const float* __restrict y, int64_t r0, int64_t r1, int64_t C) {
   for (int64_t r = r0; r < r1; ++r) {
     const float* gr = g + r * C;
@@ -57,9 +58,10 @@ void softmax_backward_rows(float* __restrict dx, const float* __restrict g,
     for (int64_t c = 0; c < C; ++c) dr[c] = yr[c] * (gr[c] - df);
   }
 }
+TG_PER_ISA(softmax_backward_rows, softmax_backward_rows_body)
 
-TG_SIMD_CLONES
-void log_softmax_forward_rows(float* __restrict y, const float* __restrict x, int64_t r0,
+template <cpu::Isa>
+TG_INLINE void log_softmax_forward_rows_body(float* __restrict y, const float* __restrict x, int64_t r0,
                               int64_t r1, int64_t C) {
   for (int64_t r = r0; r < r1; ++r) {
     const float* xr = x + r * C;
@@ -71,9 +73,10 @@ void log_softmax_forward_rows(float* __restrict y, const float* __restrict x, in
     for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - m) - ls;
   }
 }
+TG_PER_ISA(log_softmax_forward_rows, log_softmax_forward_rows_body)
 
-TG_SIMD_CLONES
-void log_softmax_backward_rows(float* __restrict dx, const float* __restrict g,
+template <cpu::Isa>
+TG_INLINE void log_softmax_backward_rows_body(float* __restrict dx, const float* __restrict g,
                                const float* __restrict y, int64_t r0, int64_t r1, int64_t C) {
   for (int64_t r = r0; r < r1; ++r) {
     const float* gr = g + r * C;
@@ -85,6 +88,7 @@ void log_softmax_backward_rows(float* __restrict dx, const float* __restrict g,
     for (int64_t c = 0; c < C; ++c) dr[c] = gr[c] - exp_approx(yr[c]) * gsf;
   }
 }
+TG_PER_ISA(log_softmax_backward_rows, log_softmax_backward_rows_body)
 
 // Checks x (float32, C-contiguous, ndim >= 1) and that axis is its last; returns (rows, C).
 std::pair<int64_t, int64_t> rows_of(const py::array& x, const char* what, int64_t axis,
@@ -139,6 +143,8 @@ py::array_t<float> backward(const py::array& grad, const py::array& y, int64_t a
 
 }  // namespace
 
+namespace cpu {
+
 void bind_softmax(py::module_& m) {
   m.def(
       "softmax_forward",
@@ -173,4 +179,5 @@ void bind_softmax(py::module_& m) {
       "dx = grad - exp(y) * sum(grad, last axis) for y = log_softmax(x).");
 }
 
+}  // namespace cpu
 }  // namespace tinygpt

@@ -4,7 +4,7 @@
 //   linear_backward(grad, x, weight, has_bias, saved)  -> (dx, dweight, dbias | None)
 //   linear_gelu_forward(x, weight, bias)               -> (y, (h,))      h = x @ weight.T + bias, y = gelu_tanh(h)
 //   linear_gelu_backward(grad, x, weight, has_bias, saved)
-// plus sgemm(a, b, transpose_a, transpose_b) for raw products, and gemm_isa / set_gemm_isa.
+// plus sgemm(a, b, transpose_a, transpose_b) for raw products.
 //
 // Backward products (g = grad as (N_rows, out)): dx = g @ W, dW = g^T @ x, db = column sums of g;
 // for linear_gelu, g is first replaced by dh = g * gelu'(h).
@@ -17,16 +17,10 @@
 #include "gemm.h"
 
 // The AVX2 / AVX-512 kernels are compiled per ISA with `#pragma GCC target` (no -march flags: the
-// wheel runs on any x86-64) and picked at run time; other compilers and CPUs get the scalar path.
-// A build may predefine TG_GEMM_SIMD=0 to compile the portable path only.
-#ifndef TG_GEMM_SIMD
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define TG_GEMM_SIMD 1
-#else
-#define TG_GEMM_SIMD 0
-#endif
-#endif
-#if TG_GEMM_SIMD
+// wheel runs on any x86-64) and picked by cpu::isa() (isa.h); other compilers and CPUs get the
+// baseline path.
+#include "isa.h"
+#if TG_X86_ISAS
 #include <immintrin.h>
 #endif
 
@@ -153,10 +147,10 @@ void gelu_grad_rows(const float* g, const float* h, float* dh, int64_t n) {
 
 }  // namespace scalar
 
-#if TG_GEMM_SIMD
+#if TG_X86_ISAS
 // ------------------------------------------------------------------------------------ AVX2
 #pragma GCC push_options
-#pragma GCC target("avx2,fma")
+#pragma GCC target("arch=x86-64-v3")
 namespace avx2 {
 
 constexpr int MR = 6, NR = 16;
@@ -334,7 +328,7 @@ void transpose_pack(int rows, int64_t kc, const float* src, int64_t ld, float* d
 
 // ------------------------------------------------------------------------------------ AVX-512
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512dq,avx2,fma")
+#pragma GCC target("arch=x86-64-v4")
 namespace avx512 {
 
 constexpr int MR = 14, NR = 32;
@@ -565,7 +559,7 @@ void transpose_pack(int rows, int64_t kc, const float* src, int64_t ld, float* d
 
 }  // namespace avx512
 #pragma GCC pop_options
-#endif  // TG_GEMM_SIMD
+#endif  // TG_X86_ISAS
 
 // ------------------------------------------------------------------------------------ packing
 // Transposes `rows` rows contiguous in k (leading dimension ld) into dst[k * stride + r], writing
@@ -624,8 +618,7 @@ using PackBFn = void (*)(int64_t, int, const float*, int64_t, int64_t, float*);
 using RowsFn = void (*)(const float*, float*, int64_t);
 using GradRowsFn = void (*)(const float*, const float*, float*, int64_t);
 
-struct Isa {
-  const char* name;
+struct GemmIsa {
   int mr, nr;
   int64_t kc, mc, nc;  // cache blocking: KC (reduction), MC (rows of A per L2 block), NC (columns of B)
   TileFn tile;
@@ -635,47 +628,21 @@ struct Isa {
   GradRowsFn gelu_grad;
 };
 
-const Isa kScalar{"scalar", scalar::MR, scalar::NR, 256, 128, 4096, scalar::tile, pack_a<scalar::MR, nullptr>,
-                  pack_b_panel<scalar::NR, nullptr, 1>, scalar::gelu_rows, scalar::gelu_grad_rows};
-#if TG_GEMM_SIMD
-// KC / MC from single-thread sweeps on Zen 4 (benchmarks/kernels/matmul.py shapes): KC = 512 keeps
-// a 14 x 32 tile's A and B panels streaming from L2 while cutting the passes over C.
-const Isa kAvx2{"avx2", avx2::MR, avx2::NR, 384, 144, 4096, avx2::tile, pack_a<avx2::MR, avx2::transpose_pack>,
-                pack_b_panel<avx2::NR, avx2::transpose_pack, 8>, avx2::gelu_rows, avx2::gelu_grad_rows};
-const Isa kAvx512{"avx512", avx512::MR, avx512::NR, 512, 140, 4096, avx512::tile,
-                  pack_a<avx512::MR, avx512::transpose_pack>, pack_b_panel<avx512::NR, avx512::transpose_pack, 16>,
-                  avx512::gelu_rows, avx512::gelu_grad_rows};
+// Indexed by cpu::Isa (baseline, avx2, avx512).
+const GemmIsa kGemm[] = {
+    {scalar::MR, scalar::NR, 256, 128, 4096, scalar::tile, pack_a<scalar::MR, nullptr>,
+     pack_b_panel<scalar::NR, nullptr, 1>, scalar::gelu_rows, scalar::gelu_grad_rows},
+#if TG_X86_ISAS
+    // KC / MC from single-thread sweeps on Zen 4 (benchmarks/kernels/matmul.py shapes): KC = 512 keeps
+    // a 14 x 32 tile's A and B panels streaming from L2 while cutting the passes over C.
+    {avx2::MR, avx2::NR, 384, 144, 4096, avx2::tile, pack_a<avx2::MR, avx2::transpose_pack>,
+     pack_b_panel<avx2::NR, avx2::transpose_pack, 8>, avx2::gelu_rows, avx2::gelu_grad_rows},
+    {avx512::MR, avx512::NR, 512, 140, 4096, avx512::tile, pack_a<avx512::MR, avx512::transpose_pack>,
+     pack_b_panel<avx512::NR, avx512::transpose_pack, 16>, avx512::gelu_rows, avx512::gelu_grad_rows},
 #endif
+};
 
-bool cpu_has(const char* name) {
-  if (std::strcmp(name, "scalar") == 0) return true;
-#if TG_GEMM_SIMD
-  __builtin_cpu_init();
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (std::strcmp(name, "avx2") == 0) return avx2;
-  if (std::strcmp(name, "avx512") == 0)
-    return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-           __builtin_cpu_supports("avx512dq");
-#endif
-  return false;
-}
-
-const Isa* isa_named(const char* name) {
-#if TG_GEMM_SIMD
-  if (std::strcmp(name, "avx512") == 0) return &kAvx512;
-  if (std::strcmp(name, "avx2") == 0) return &kAvx2;
-#endif
-  (void)name;
-  return &kScalar;
-}
-
-const Isa* best_isa() {
-  for (const char* name : {"avx512", "avx2"})
-    if (cpu_has(name)) return isa_named(name);
-  return &kScalar;
-}
-
-const Isa* g_isa = best_isa();
+const GemmIsa& current_gemm() { return kGemm[static_cast<int>(isa())]; }
 
 // Splits [0, n) into `parts` near-equal ranges; returns part p's [begin, end).
 inline void split(int64_t n, int parts, int p, int64_t* begin, int64_t* end) {
@@ -690,7 +657,7 @@ inline void split(int64_t n, int parts, int p, int64_t* begin, int64_t* end) {
 constexpr double kParallelFlops = 1 << 22;
 
 void fill_rows(int64_t M, int64_t N, float* c, int64_t ldc, bool accumulate, const GemmEpilogue& ep,
-               const Isa& isa) {  // K = 0: C = (C +) bias, then the epilogue
+               const GemmIsa& isa) {  // K = 0: C = (C +) bias, then the epilogue
   for (int64_t i = 0; i < M; ++i) {
     float* ci = c + i * ldc;
     for (int64_t j = 0; j < N; ++j) ci[j] = (accumulate ? ci[j] : 0.0f) + (ep.bias ? ep.bias[j] : 0.0f);
@@ -700,20 +667,10 @@ void fill_rows(int64_t M, int64_t N, float* c, int64_t ldc, bool accumulate, con
 
 }  // namespace
 
-const char* gemm_isa() { return g_isa->name; }
-
-bool set_gemm_isa(const char* name) {
-  if (std::strcmp(name, "auto") == 0) {
-    g_isa = best_isa();
-    return true;
-  }
-  if (!cpu_has(name)) return false;
-  g_isa = isa_named(name);
-  return true;
+void gelu_tanh_rows(const float* h, float* y, int64_t n) { current_gemm().gelu(h, y, n); }
+void gelu_tanh_grad_rows(const float* g, const float* h, float* dh, int64_t n) {
+  current_gemm().gelu_grad(g, h, dh, n);
 }
-
-void gelu_tanh_rows(const float* h, float* y, int64_t n) { g_isa->gelu(h, y, n); }
-void gelu_tanh_grad_rows(const float* g, const float* h, float* dh, int64_t n) { g_isa->gelu_grad(g, h, dh, n); }
 
 namespace {
 
@@ -723,7 +680,7 @@ constexpr int64_t kFullB = int64_t(4) << 20;
 
 // One thread's GEMM (no OpenMP inside) on private buffers: ap holds mc x kc_max, bp kc_max x nc_max.
 // Used by each thread of the K-split below; bias is added by the first KC block.
-void gemm_serial(const Isa& isa, int64_t M, int64_t N, int64_t K, const float* a, int64_t rsa, int64_t csa,
+void gemm_serial(const GemmIsa& isa, int64_t M, int64_t N, int64_t K, const float* a, int64_t rsa, int64_t csa,
                  const float* b, int64_t rsb, int64_t csb, float* c, int64_t ldc, bool accumulate,
                  const float* bias, float* ap, float* bp, int64_t kc_max, int64_t nc_max, int64_t mc) {
   const int MR = isa.mr, NR = isa.nr;
@@ -754,7 +711,7 @@ void gemm_serial(const Isa& isa, int64_t M, int64_t N, int64_t K, const float* a
 // contiguous K range into its own C (thread 0 into c, the others into scratch), packing its own A and
 // B: nothing is shared until one barrier before the sum, so a preempted thread never stalls the
 // other mid-way. Deterministic for a given thread count (the sum runs in thread order).
-void sgemm_ksplit(const Isa& isa, int nt, int64_t M, int64_t N, int64_t K, const float* a, int64_t rsa,
+void sgemm_ksplit(const GemmIsa& isa, int nt, int64_t M, int64_t N, int64_t K, const float* a, int64_t rsa,
                   int64_t csa, const float* b, int64_t rsb, int64_t csb, float* c, int64_t ldc, bool accumulate,
                   const GemmEpilogue& ep) {
   const int64_t kpart = ceil_div(K, nt);
@@ -797,7 +754,7 @@ void sgemm_ksplit(const Isa& isa, int nt, int64_t M, int64_t N, int64_t K, const
 
 void sgemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t rsa, int64_t csa, const float* b,
            int64_t rsb, int64_t csb, float* c, int64_t ldc, bool accumulate, const GemmEpilogue& ep) {
-  const Isa& isa = *g_isa;
+  const GemmIsa& isa = current_gemm();
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     fill_rows(M, N, c, ldc, accumulate, ep, isa);
@@ -1091,7 +1048,9 @@ py::array_t<float> sgemm_py(const py::array& a, const py::array& b, bool transpo
 }  // namespace
 }  // namespace cpu
 
-void bind_matmul(py::module_& m) {
+namespace cpu {
+
+void bind_linear(py::module_& m) {
   m.def("linear_forward", &cpu::linear_forward, py::arg("x"), py::arg("weight"), py::arg("bias"),
         "y = x @ weight.T + bias for x (..., in), weight (out, in), bias (out,) or None; returns (y, ()).");
   m.def("linear_backward", &cpu::linear_backward, py::arg("grad"), py::arg("x"), py::arg("weight"),
@@ -1104,16 +1063,7 @@ void bind_matmul(py::module_& m) {
         "Gradients of linear_gelu_forward: dh = grad * gelu'(h), then as linear_backward with dh.");
   m.def("sgemm", &cpu::sgemm_py, py::arg("a"), py::arg("b"), py::arg("transpose_a") = false,
         py::arg("transpose_b") = false, "op(a) @ op(b) for 2-D float32 arrays (op = transpose when asked).");
-  m.def("gemm_isa", [] { return std::string(cpu::gemm_isa()); }, "The SGEMM micro-kernel in use.");
-  m.def(
-      "set_gemm_isa",
-      [](const std::string& name) {
-        TG_CHECK(name == "auto" || name == "avx512" || name == "avx2" || name == "scalar",
-                 "set_gemm_isa: name must be 'auto', 'avx512', 'avx2' or 'scalar', got '", name, "'");
-        TG_CHECK(cpu::set_gemm_isa(name.c_str()), "set_gemm_isa: this CPU does not support '", name, "'");
-        return std::string(cpu::gemm_isa());
-      },
-      py::arg("name"), "Forces the SGEMM micro-kernel (tests, benchmarks); 'auto' picks the best.");
 }
 
+}  // namespace cpu
 }  // namespace tinygpt
