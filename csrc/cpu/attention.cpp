@@ -47,13 +47,11 @@
 #include <immintrin.h>
 #endif
 
-#ifdef TINYGPT_WITH_OPENMP
-#include <omp.h>
-#endif
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
 #endif
 
+#include "parallel.h"
 #include "py_common.h"
 #include "registry.h"
 #include "rng.h"
@@ -224,21 +222,8 @@ int g_fwd_br = 64, g_fwd_bc = 64, g_bwd_br = 64, g_bwd_bc = 64;
 
 const Kernels& current_kernels() { return kKernels[static_cast<int>(cpu::isa())]; }
 
-int max_threads() {
-#ifdef TINYGPT_WITH_OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
-
-int thread_id() {
-#ifdef TINYGPT_WITH_OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
+using cpu::max_threads;
+using cpu::thread_id;
 
 // One workspace per thread, 64-byte aligned, allocated before the parallel region.
 struct Workspace {

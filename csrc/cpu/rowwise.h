@@ -1,5 +1,5 @@
 // Helpers shared by the CPU row kernels (softmax, cross-entropy, AdamW, embedding): a vectorisable
-// exp, row reductions on GCC vectors, and an OpenMP split of rows into one contiguous block per thread.
+// exp and row reductions on GCC vectors (the thread split is parallel.h).
 //
 // The row kernels are plain float code under `#pragma omp simd`, compiled once per instruction set
 // with TG_PER_ISA (isa.h). Everything inlined into such a copy is vectorised for its target, which
@@ -13,14 +13,11 @@
 #include <limits>
 
 #include "isa.h"
+#include "parallel.h"
 
 // The 64-byte vector helpers below are always inlined, so the ABI note GCC gives for passing
 // them by value in the non-AVX-512 copies never applies.
 #pragma GCC diagnostic ignored "-Wpsabi"
-
-#ifdef TINYGPT_WITH_OPENMP
-#include <omp.h>
-#endif
 
 namespace tinygpt {
 namespace cpu {
@@ -139,38 +136,6 @@ TG_INLINE double blocked_sum(int64_t n, Term term) {
     total += sum_block(buf, len);
   }
   return total;
-}
-
-// Calls f(begin, end, thread) on contiguous blocks covering [0, n): one per OpenMP thread
-// (OMP_NUM_THREADS / set_num_threads decide how many) when the job is big enough to pay for
-// waking the team (n * cost >= kParallelMin, cost ~ floats touched per item), else f(0, n) on
-// the calling thread. Blocks are a fixed function of n and the thread count, so per-thread
-// partial sums combine in a deterministic order.
-constexpr int64_t kParallelMin = int64_t{1} << 15;
-
-template <typename F>
-void parallel_blocks(int64_t n, int64_t cost, F&& f) {
-#ifdef TINYGPT_WITH_OPENMP
-  if (n > 1 && n * cost >= kParallelMin && omp_get_max_threads() > 1) {
-#pragma omp parallel
-    {
-      const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
-      const int64_t begin = n * t / nt, end = n * (t + 1) / nt;
-      if (begin < end) f(begin, end, static_cast<int>(t));
-    }
-    return;
-  }
-#endif
-  f(int64_t{0}, n, 0);
-}
-
-// Upper bound on the thread index parallel_blocks passes to f (for per-thread partials).
-inline int max_threads() {
-#ifdef TINYGPT_WITH_OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
 }
 
 }  // namespace cpu
