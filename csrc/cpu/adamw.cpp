@@ -9,7 +9,8 @@
 // the reference's Python floats and rounded to float32 once, as NumPy does when it applies them.
 #include <cmath>
 
-#include "cpu/rowwise.h"
+#include "isa.h"
+#include "parallel.h"
 #include "py_common.h"
 #include "registry.h"
 

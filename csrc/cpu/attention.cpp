@@ -29,7 +29,7 @@
 // bit-identical to attention_forward/_backward on split heads, and the split and merge copies (plus
 // their backward) disappear from the training step.
 //
-// SIMD: attention_impl.h is compiled three times (AVX-512, AVX2+FMA, portable) and cpu::isa()
+// SIMD: attention_tiles.h is compiled three times (AVX-512, AVX2+FMA, portable) and cpu::isa()
 // (isa.h) picks the copy that runs.
 // Tile sizes: attention_tiles().
 #include <algorithm>
@@ -55,6 +55,7 @@
 #include "py_common.h"
 #include "registry.h"
 #include "rng.h"
+#include "simd.h"
 
 namespace tinygpt {
 namespace attn {
@@ -178,31 +179,8 @@ using BwdTaskFn = void (*)(const Problem&, int64_t, int, int, float*, const floa
                            const float*, float*, int64_t, float*, float*);
 
 // ------------------------------------------------------------------ the ISA-specific kernels
-#if TG_X86_ISAS
-#pragma GCC push_options
-#pragma GCC target("arch=x86-64-v4")
-namespace avx512 {
-#define TG_ISA 3
-#include "attention_impl.h"
-#undef TG_ISA
-}  // namespace avx512
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("arch=x86-64-v3")
-namespace avx2 {
-#define TG_ISA 2
-#include "attention_impl.h"
-#undef TG_ISA
-}  // namespace avx2
-#pragma GCC pop_options
-#endif
-
-namespace portable {
-#define TG_ISA 1
-#include "attention_impl.h"
-#undef TG_ISA
-}  // namespace portable
+#define TG_TILES "attention_tiles.h"
+#include "per_isa.h"
 
 struct Kernels {
   FwdTileFn forward;

@@ -25,12 +25,13 @@
 namespace tinygpt {
 namespace {
 
-using cpu::exp_approx;
+using cpu::exp_lanes;
+using cpu::Scalar;
 using cpu::blocked_sum;
 using cpu::row_max;
 
 // Rows [r0, r1): fills row_max / row_logsum and returns the sum of loss_row over valid rows.
-template <cpu::Isa>
+template <cpu::Isa I>
 TG_INLINE double forward_rows_body(float* __restrict rmax, float* __restrict rlogsum,
                     const float* __restrict logits, const int64_t* __restrict targets,
                     int64_t ignore_index, int64_t r0, int64_t r1, int64_t V) {
@@ -38,7 +39,7 @@ TG_INLINE double forward_rows_body(float* __restrict rmax, float* __restrict rlo
   for (int64_t r = r0; r < r1; ++r) {
     const float* x = logits + r * V;
     const float m = row_max(x, V);
-    const double s = blocked_sum(V, [&](int64_t c) { return exp_approx(x[c] - m); });
+    const double s = blocked_sum(V, [&](int64_t c) { return exp_lanes<Scalar<I>>(x[c] - m); });
     const double ls = std::log(static_cast<float>(s));  // logf (see top)
     rmax[r] = m;
     rlogsum[r] = static_cast<float>(ls);
@@ -49,7 +50,7 @@ TG_INLINE double forward_rows_body(float* __restrict rmax, float* __restrict rlo
 }
 TG_PER_ISA(forward_rows, forward_rows_body)
 
-template <cpu::Isa>
+template <cpu::Isa I>
 TG_INLINE void backward_rows_body(float* __restrict dlogits, const float* __restrict logits,
                    const int64_t* __restrict targets, const float* __restrict rmax,
                    const float* __restrict rlogsum, int64_t ignore_index, float scale, int64_t r0,
@@ -66,8 +67,8 @@ TG_INLINE void backward_rows_body(float* __restrict dlogits, const float* __rest
     }
     const float m = rmax[r], ls = rlogsum[r];
 #pragma omp simd
-    for (int64_t c = 0; c < V; ++c) d[c] = exp_approx((x[c] - m) - ls) * scale;
-    d[t] = (exp_approx((x[t] - m) - ls) - 1.0f) * scale;
+    for (int64_t c = 0; c < V; ++c) d[c] = exp_lanes<Scalar<I>>((x[c] - m) - ls) * scale;
+    d[t] = (exp_lanes<Scalar<I>>((x[t] - m) - ls) - 1.0f) * scale;
   }
 }
 TG_PER_ISA(backward_rows, backward_rows_body)

@@ -10,7 +10,7 @@
 #include <cstring>
 #include <vector>
 
-#include "cpu/rowwise.h"
+#include "parallel.h"
 #include "py_common.h"
 #include "registry.h"
 

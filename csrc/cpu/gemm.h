@@ -1,4 +1,4 @@
-// Packed, register-blocked, OpenMP-parallel single-precision GEMM (implemented in matmul.cpp).
+// Packed, register-blocked, OpenMP-parallel single-precision GEMM (implemented in gemm.cpp).
 //
 //   C[i, j] (=|+=) sum_k A[i, k] * B[k, j]  (+ bias[j])   then optionally  Y[i, j] = gelu_tanh(C[i, j])
 //
@@ -6,13 +6,12 @@
 // any strides, so a transposed operand is just swapped strides (it is repacked anyway). C is
 // row-major with leading dimension ldc. M, N, K may be anything >= 0 (K = 0 gives C = bias or 0).
 //
-// Structure (BLIS / GotoBLAS): loops jc (NC columns) -> pc (KC of the reduction) -> row blocks,
-// B's KC x NC block packed into NR-wide k-major panels shared by all threads (double-buffered: one
-// barrier per KC block), each row block of A packed into MR-tall panels by the thread that takes it,
-// and an MR x NR register-tile micro-kernel: AVX-512 14 x 32 or AVX2/FMA 6 x 16, picked by cpu::isa()
-// (isa.h; a portable scalar 4 x 16 on the baseline), plus a column kernel for narrow
-// N edges. Row blocks (x column chunks when M is short) are handed to threads dynamically, a few
-// per thread. Bias is added and GELU applied in the micro-kernel's epilogue, in registers.
+// Structure (BLIS / GotoBLAS): loops jc (NC columns) -> pc (KC of the reduction) -> row blocks, B
+// packed into NR-wide k-major panels and A into MR-tall panels, an MR x NR register-tile micro-kernel
+// per instruction set (gemm_tiles.h: AVX-512 14 x 32, AVX2 6 x 16, portable 4 x 16, picked by
+// cpu::isa()). Threads own static bands of tasks (row blocks x column chunks) with private packed B,
+// and steal what is left; a reduction much longer than both sides is split over K instead. Bias is
+// added and GELU applied in the micro-kernel's epilogue, in registers.
 #pragma once
 
 #include <cstdint>

@@ -10,7 +10,7 @@
 // capped by TINYGPT_CPU_ISA=avx2|baseline, and changed at run time by set_isa (tinygpt._C.cpu.set_isa:
 // tests run every copy the CPU supports in one process). Two ways to get the copies:
 //   - loops written as plain float code (vectorised by the compiler): TG_PER_ISA below;
-//   - explicit SIMD on the vector layer (simd.h): a *_tiles.h file included once per ISA.
+//   - explicit SIMD on the vector layer (simd.h): a *_tiles.h file compiled once per ISA by per_isa.h.
 #pragma once
 
 #include <atomic>

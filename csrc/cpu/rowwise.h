@@ -1,10 +1,9 @@
-// Helpers shared by the CPU row kernels (softmax, cross-entropy, AdamW, embedding): a vectorisable
-// exp and row reductions on GCC vectors (the thread split is parallel.h).
+// Helpers shared by the CPU row kernels (softmax, cross-entropy): row reductions on GCC vectors
+// (the thread split is parallel.h, the exp simd.h).
 //
 // The row kernels are plain float code under `#pragma omp simd`, compiled once per instruction set
-// with TG_PER_ISA (isa.h). Everything inlined into such a copy is vectorised for its target, which
-// is why exp_approx below is branch-free scalar code rather than intrinsics; the row reductions use
-// GCC's generic 16-float vectors (vfloat), lowered the same way. Such files also need
+// with TG_PER_ISA (isa.h). Everything inlined into such a copy is vectorised for its target: the exp
+// (simd.h: exp_lanes<Scalar<I>>) and the row reductions on GCC vectors (vfloat). Such files also need
 // -fno-math-errno -fno-trapping-math (set per file in CMakeLists.txt).
 #pragma once
 
@@ -14,6 +13,7 @@
 
 #include "isa.h"
 #include "parallel.h"
+#include "simd.h"
 
 // The 64-byte vector helpers below are always inlined, so the ABI note GCC gives for passing
 // them by value in the non-AVX-512 copies never applies.
@@ -21,36 +21,6 @@
 
 namespace tinygpt {
 namespace cpu {
-
-// exp(x) in float32, vectorisable (Cephes expf): x = n ln2 + r with |r| <= ln2/2, a degree-7
-// polynomial for exp(r), and 2^n built in the exponent bits. Relative error <= 2 ulp for
-// x >= -87.3 (checked against float64 exp in tests/test_native_softmax.py). Edge cases, chosen
-// for softmax-style use where arguments are x - max <= 0:
-//   x < -87.7 (including -inf) -> 0: x is clamped to -88, where n = -127 makes 2^n's bits 0
-//     (true values there are < 1e-38, float32 denormals); x > 88 -> exp(88); NaN -> NaN.
-// Files using it compile with -fno-trapping-math (CMakeLists.txt): otherwise GCC turns the
-// clamps into branches and vectorises it only for AVX-512.
-inline float exp_approx(float x) {
-  constexpr float kLo = -88.0f;
-  constexpr float kHi = 88.0f;
-  float xc = x < kLo ? kLo : x;  // comparisons (not fmax/fmin) so NaN passes through
-  xc = xc > kHi ? kHi : xc;
-  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float n = (xc * 1.44269504088896341f + kMagic) - kMagic;  // in [-127, 127]
-  float r = xc - n * 0.693359375f;  // ln2 split in two so n * hi is exact
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n; 0 (not 2^-127) at n = -127
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
 
 // 16 floats as one GCC vector: a zmm register on AVX-512, two ymm on AVX2, four xmm on SSE2.
 // Used for the row reductions: `#pragma omp simd reduction` would also vectorise them, but GCC

@@ -22,11 +22,12 @@
 namespace tinygpt {
 namespace {
 
-using cpu::exp_approx;
+using cpu::exp_lanes;
+using cpu::Scalar;
 using cpu::blocked_sum;
 using cpu::row_max;
 
-template <cpu::Isa>
+template <cpu::Isa I>
 TG_INLINE void softmax_forward_rows_body(float* __restrict y, const float* __restrict x, int64_t r0, int64_t r1,
                           int64_t C) {
   for (int64_t r = r0; r < r1; ++r) {
@@ -34,7 +35,7 @@ TG_INLINE void softmax_forward_rows_body(float* __restrict y, const float* __res
     float* yr = y + r * C;
     const float m = row_max(xr, C);
     const double s = blocked_sum(C, [&](int64_t c) {
-      const float e = exp_approx(xr[c] - m);
+      const float e = exp_lanes<Scalar<I>>(xr[c] - m);
       yr[c] = e;
       return e;
     });
@@ -45,7 +46,7 @@ TG_INLINE void softmax_forward_rows_body(float* __restrict y, const float* __res
 }
 TG_PER_ISA(softmax_forward_rows, softmax_forward_rows_body)
 
-template <cpu::Isa>
+template <cpu::Isa I>
 TG_INLINE void softmax_backward_rows_body(float* __restrict dx, const float* __restrict g,
                            const float* __restrict y, int64_t r0, int64_t r1, int64_t C) {
   for (int64_t r = r0; r < r1; ++r) {
@@ -60,14 +61,14 @@ TG_INLINE void softmax_backward_rows_body(float* __restrict dx, const float* __r
 }
 TG_PER_ISA(softmax_backward_rows, softmax_backward_rows_body)
 
-template <cpu::Isa>
+template <cpu::Isa I>
 TG_INLINE void log_softmax_forward_rows_body(float* __restrict y, const float* __restrict x, int64_t r0,
                               int64_t r1, int64_t C) {
   for (int64_t r = r0; r < r1; ++r) {
     const float* xr = x + r * C;
     float* yr = y + r * C;
     const float m = row_max(xr, C);
-    const double s = blocked_sum(C, [&](int64_t c) { return exp_approx(xr[c] - m); });
+    const double s = blocked_sum(C, [&](int64_t c) { return exp_lanes<Scalar<I>>(xr[c] - m); });
     const float ls = std::log(static_cast<float>(s));  // s in [1, C]
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - m) - ls;
@@ -75,7 +76,7 @@ TG_INLINE void log_softmax_forward_rows_body(float* __restrict y, const float* _
 }
 TG_PER_ISA(log_softmax_forward_rows, log_softmax_forward_rows_body)
 
-template <cpu::Isa>
+template <cpu::Isa I>
 TG_INLINE void log_softmax_backward_rows_body(float* __restrict dx, const float* __restrict g,
                                const float* __restrict y, int64_t r0, int64_t r1, int64_t C) {
   for (int64_t r = r0; r < r1; ++r) {
@@ -85,7 +86,7 @@ TG_INLINE void log_softmax_backward_rows_body(float* __restrict dx, const float*
     const double gs = blocked_sum(C, [&](int64_t c) { return gr[c]; });
     const float gsf = static_cast<float>(gs);
 #pragma omp simd
-    for (int64_t c = 0; c < C; ++c) dr[c] = gr[c] - exp_approx(yr[c]) * gsf;
+    for (int64_t c = 0; c < C; ++c) dr[c] = gr[c] - exp_lanes<Scalar<I>>(yr[c]) * gsf;
   }
 }
 TG_PER_ISA(log_softmax_backward_rows, log_softmax_backward_rows_body)
