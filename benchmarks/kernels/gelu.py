@@ -1,6 +1,6 @@
 """Benchmark: GELU, tanh and exact (native vs NumPy reference vs PyTorch).
 
-    python benchmarks/kernels/gelu.py [--quick] [--threads N]
+    python benchmarks/kernels/gelu.py [--quick]   (OMP_NUM_THREADS=N to set the threads)
 
 `rows(quick)` returns one dict per (kernel, shape, impl, pass): median_ms over many runs with
 the implementations interleaved round by round (and min_ms, the best run: on a loaded
