@@ -7,6 +7,7 @@ Tolerances: cached vs full-forward logits float64 rtol 1e-10 / atol 1e-12 (the s
 in another order), float32 rtol 1e-5 / atol 1e-5 (logits are O(1-10)); processors vs NumPy or
 torch float64 1e-12. Sampling frequencies: 5 standard deviations per token.
 """
+import dataclasses
 import warnings
 
 import numpy as np
@@ -404,6 +405,31 @@ def test_argument_errors(kw, exc, match):
         model.generate(prompt(1, 2), **args)
     with pytest.raises(exc, match=match):
         model.stream(prompt(1, 2), **args)  # checked at the call, before the first next()
+
+
+def test_options_by_position_or_keyword_are_one_generation_config():
+    """generate/stream take GenerationConfig's fields after idx, in its order, by position or keyword;
+    the config is checked once when made and cannot change afterwards."""
+    model = make_model()
+    idx = prompt(2, 3)
+    kw = dict(max_new_tokens=9, temperature=0.8, top_k=6, top_p=0.9, repetition_penalty=1.3, num_return_sequences=2,
+              eos_token_id=None, seed=3, use_cache=False)
+    assert [f.name for f in dataclasses.fields(G.GenerationConfig)] == list(kw)
+    by_keyword = model.generate(idx, **kw)
+    np.testing.assert_array_equal(model.generate(idx, *kw.values()), by_keyword)
+    np.testing.assert_array_equal(model.generate(idx, 9, 0.8, 6, top_p=0.9, repetition_penalty=1.3,
+                                                 num_return_sequences=2, seed=3, use_cache=False), by_keyword)
+    np.testing.assert_array_equal(np.stack(list(model.stream(idx, *kw.values())), axis=1), by_keyword[:, 3:])
+    opts = G.GenerationConfig(**kw)
+    np.testing.assert_array_equal(model.generate(idx, opts), by_keyword)  # or one GenerationConfig
+    np.testing.assert_array_equal(np.stack(list(model.stream(idx, opts)), axis=1), by_keyword[:, 3:])
+    assert opts.temperature == 0.8 and G.GenerationConfig(5, temperature=1).temperature == 1.0  # stored as float
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.temperature = -1.0
+    with pytest.raises(TypeError, match="top_q"):
+        model.generate(idx, 2, top_q=0.5)
+    with pytest.raises(TypeError, match="max_new_tokens"):
+        model.stream(idx)
 
 
 @pytest.mark.parametrize("idx,exc,match", [

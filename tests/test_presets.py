@@ -208,7 +208,9 @@ def test_banded_attention_layer_is_local(kernel_impl, monkeypatch, window):
 def test_banded_block_is_local(kernel_impl, monkeypatch, norm):
     ran = _spy_attention(monkeypatch)
     T, C, w = 10, 8, 3
-    block = _randomize(Block(C, 2, norm=norm, window=w), seed=2).eval()
+    cfg = GPTConfig(vocab_size=5, block_size=T, n_layer=1, n_head=2, n_embd=C, norm=norm, sparse_pattern="banded",
+                    attention_window=w)
+    block = _randomize(Block(cfg), seed=2).eval()
     x = np.random.default_rng(2).normal(0, 1, (1, T, C)).astype(np.float32)
     _check_locality(lambda a: block(tg.Tensor(a)).numpy(), x, T - 1, first_seen=T - w)
     assert set(ran) == {"native-cpu" if kernel_impl == "native" else "reference"}
