@@ -167,6 +167,12 @@ def sample(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One draw per row from softmax(logits) by inverse CDF (one uniform per row)."""
     probs = softmax(logits)
     cdf = np.cumsum(probs, axis=-1)
+    bad = ~np.isfinite(cdf[:, -1])  # NaN total: a +inf or NaN logit, or a row of -inf (would draw token 0)
+    if bad.any():
+        raise FloatingPointError(
+            f"generate: cannot sample row(s) {np.flatnonzero(bad).tolist()[:10]}: softmax of the processed logits "
+            "is not finite (a logit is +inf or NaN, or every logit is -inf; logits / temperature overflows "
+            "float64 at a tiny temperature: use temperature=0 for greedy decoding)")
     u = rng.random((probs.shape[0], 1)) * cdf[:, -1:]  # scaled by the total so rounding cannot overshoot
     return (cdf <= u).sum(axis=-1)  # first index whose cdf exceeds u: always a token with p > 0
 
@@ -292,6 +298,20 @@ def next_logits(model, ids: np.ndarray, cache: KVCache | None, state: dict) -> n
     return to_numpy(logits.data[:, 0, :]).astype(np.float64)
 
 
+def check_finite(logits: np.ndarray, step: int, n_steps: int) -> None:
+    """FloatingPointError naming the step and what is not finite when the model's logits (B, vocab)
+    hold NaN or inf (sampling from them would silently pick token 0)."""
+    if np.isfinite(logits).all():
+        return
+    nan, pos, neg = np.isnan(logits), np.isposinf(logits), np.isneginf(logits)
+    rows = np.flatnonzero((nan | pos | neg).any(axis=-1)).tolist()
+    shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+    raise FloatingPointError(
+        f"generate: step {step + 1} of {n_steps}: the model's next-token logits are not finite "
+        f"({int(nan.sum())} NaN, {int(pos.sum())} +inf, {int(neg.sum())} -inf) in row(s) {shown}; "
+        "a weight or an activation is NaN/inf (check the parameters with np.isfinite)")
+
+
 def stream_tokens(model, ids: np.ndarray, opts: GenerationConfig):
     """The iterator behind GPT.generate and GPT.stream: checks `opts` against the model now and
     returns generate_tokens' generator over the prompt ids (B, T) repeated num_return_sequences times."""
@@ -317,6 +337,7 @@ def generate_tokens(model, ids: np.ndarray, opts: GenerationConfig, rng: np.rand
     eos = opts.eos_token_id
     for step in range(opts.max_new_tokens):
         logits = next_logits(model, ids, cache, state)
+        check_finite(logits, step, opts.max_new_tokens)
         logits = apply_repetition_penalty(logits, ids, opts.repetition_penalty)
         nxt = sample_next(logits, opts.temperature, opts.top_k, opts.top_p, rng).astype(np.int64)
         if eos is not None:

@@ -171,7 +171,7 @@ class GPT(Module):
         Row b's n = num_return_sequences copies are rows b*n..b*n+n-1. A row that emits eos_token_id
         is padded with it, and generation stops once every row has (the result may be shorter than
         T + max_new_tokens). Prompts longer than block_size are cropped from the left for the model
-        (with a warning) but returned whole.
+        (with a warning) but returned whole. Non-finite logits raise FloatingPointError naming the step.
         """
         as_tensor = isinstance(idx, Tensor)
         out_device = array_device(idx.data if as_tensor else idx) or "cpu"  # hand the result back where it came from
