@@ -330,3 +330,15 @@ def test_block_reads_its_layer_from_the_config():
     with pytest.raises(TypeError, match="GPTConfig"):
         Block(8, 2)  # the old positional form
 
+
+@pytest.mark.parametrize("make, field", [
+    (lambda: CausalSelfAttention(8, 0), "n_head"),  # head size 0: was a ZeroDivisionError
+    (lambda: CausalSelfAttention(0, 2), "n_embd"),  # was accepted (empty weights)
+    (lambda: CausalSelfAttention(2, 4), "divisible"),
+    (lambda: CausalSelfAttention(8, 2.0), "n_head"),
+    (lambda: CausalSelfAttention(8, 2, window=0), "window"),
+    (lambda: nn.MLP(0), "n_embd"),
+])
+def test_layer_sizes_are_checked(make, field):
+    with pytest.raises(ValueError, match=field):
+        make()

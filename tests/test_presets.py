@@ -121,7 +121,9 @@ def test_num_params_matches_the_model(n_layer, n_head, hs, vocab, block, bias, n
 def test_sparse_pattern_forms():
     base = dict(n_layer=4, n_head=2, n_embd=8, attention_window=3)
     windows = lambda c: [c.layer_window(i) for i in range(c.n_layer)]  # noqa: E731
-    assert windows(GPTConfig(**base)) == [None] * 4
+    assert windows(GPTConfig(n_layer=4, n_head=2, n_embd=8)) == [None] * 4
+    with pytest.raises(ValueError, match="attention_window 3 is set but sparse_pattern 'dense'"):
+        GPTConfig(**base)  # a band that no layer uses would silently give a dense model
     assert windows(GPTConfig(**base, sparse_pattern="alternating")) == [None, 3, None, 3]
     assert windows(GPTConfig(**base, sparse_pattern="banded")) == [3] * 4
     c = GPTConfig(**base, sparse_pattern=["banded", "dense", 5, "banded"])

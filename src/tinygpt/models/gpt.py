@@ -65,11 +65,12 @@ class GPT(Module):
             raise TypeError(f"GPT: token ids must be integers, got dtype {ids.dtype}")
         if ids.ndim != 2:
             raise ValueError(f"GPT: idx must have shape (batch, time), got {ids.shape}")
-        T = ids.shape[1]
+        B, T = ids.shape
         if T > self.config.block_size:
             raise ValueError(f"GPT: sequence length {T} is longer than the context (block_size {self.config.block_size})")
-        if T == 0:
-            raise ValueError("GPT: empty sequence (time dimension 0)")
+        if B == 0 or T == 0:  # an error, not an empty result: a loss over no tokens would be NaN
+            raise ValueError(f"GPT: empty input: idx has shape {ids.shape}; batch size and sequence length "
+                             "must be at least 1")
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= self.config.vocab_size:
             bad = lo if lo < 0 else hi

@@ -12,6 +12,9 @@ class CausalSelfAttention(Module):
     def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = True,
                  window: int | None = None, proj_std: float = 0.02):
         super().__init__()
+        for name, value in (("n_embd", n_embd), ("n_head", n_head), ("window", 1 if window is None else window)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"CausalSelfAttention: {name} must be a positive int, got {value!r}")
         if n_embd % n_head != 0:
             raise ValueError(f"CausalSelfAttention: n_embd {n_embd} is not divisible by n_head {n_head}")
         self.n_head, self.n_embd, self.window, self.dropout = n_head, n_embd, window, dropout

@@ -12,6 +12,8 @@ class MLP(Module):
     def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = True, proj_std: float = 0.02,
                  approximate: str = "tanh"):
         super().__init__()
+        if not isinstance(n_embd, int) or isinstance(n_embd, bool) or n_embd < 1:
+            raise ValueError(f"MLP: n_embd must be a positive int, got {n_embd!r}")
         self.c_fc = Linear(n_embd, 4 * n_embd, bias=bias)
         self.gelu = GELU(approximate)
         self.c_proj = Linear(4 * n_embd, n_embd, bias=bias, std=proj_std)
