@@ -5,6 +5,8 @@ Tolerances: float64 finite differences rtol 1e-5 / atol 1e-7; torch parity float
 float32 logits/loss rtol 1e-4, grads rtol 1e-3 + atol 1e-4 x the largest |grad| of that tensor.
 """
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -205,6 +207,14 @@ def test_config_edge_values_that_are_valid():
     assert GPTConfig.gpt3("125M", sparse_pattern="banded").attention_window == 256
     with pytest.raises(ValueError, match="attention_window"):
         GPTConfig.gpt3("125M", sparse_pattern="dense", attention_window=64)  # asked for, unused: an error
+
+
+def test_package_exposes_the_modules_the_docs_use(tmp_path):
+    """`import tinygpt as tg`, then tg.checkpoint.save_checkpoint and tg.lora.apply as the docs write
+    them (docs/gpt4-style.md, README), in a fresh interpreter (here other tests import them)."""
+    code = ("import tinygpt as tg; assert callable(tg.checkpoint.save_checkpoint) and callable(tg.lora.apply); "
+            "assert tg.GenerationConfig is tg.models.GenerationConfig")
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
 
 
 # ------------------------------------------------------------------ generation

@@ -1,5 +1,5 @@
 """tinygpt: a GPT engine from scratch — NumPy autograd, every GPT layer, AdamW, native kernels."""
-from . import backend, functional, kernels, nn, optim
+from . import backend, checkpoint, functional, kernels, lora, models, nn, optim
 from .autograd import Function, enable_grad, is_grad_enabled, no_grad
 from .models import GPT, GenerationConfig, GPTConfig
 from .quantize import quantize, weight_memory  # tinygpt.quantize is the function; the module: tinygpt.quantize.*
@@ -14,6 +14,6 @@ __all__ = [
     "Tensor", "tensor", "zeros", "ones", "full", "randn", "rand", "arange", "zeros_like", "ones_like",
     "where", "maximum", "minimum", "concatenate", "cat", "stack", "split", "unbind", "Function", "no_grad",
     "enable_grad", "is_grad_enabled", "manual_seed", "get_rng_state", "set_rng_state", "GPT", "GPTConfig",
-    "GenerationConfig", "quantize", "weight_memory", "backend", "functional", "kernels", "nn", "optim",
-    "__version__",
+    "GenerationConfig", "quantize", "weight_memory", "backend", "checkpoint", "functional", "kernels", "lora",
+    "models", "nn", "optim", "__version__",
 ]
