@@ -375,15 +375,17 @@ class Evaluator:
         return out
 
 
-def moe_stats(model) -> tuple:
-    """(mean load-balancing loss or None, dropped fraction of the router's assignments or None) of
-    the last forward; None for a model without MoE layers."""
+def moe_stats(model, as_tensor: bool = False) -> tuple:
+    """(mean load-balancing loss, dropped fraction of the router's assignments) of the last forward,
+    (None, None) for a model without MoE layers. as_tensor: the loss as the model's 0-d Tensor."""
     layers = [m for m in model.modules() if isinstance(m, MoE) and m.stats]
     if not layers:
         return None, None
     dropped = sum(m.stats["dropped"] for m in layers)
     assigned = sum(int(np.asarray(tg.backend.to_numpy(m.stats["tokens_per_expert"])).sum()) for m in layers)
-    aux = model.moe_aux_loss.item() if getattr(model, "moe_aux_loss", None) is not None else None
+    aux = getattr(model, "moe_aux_loss", None)
+    if aux is not None and not as_tensor:
+        aux = aux.item()
     return aux, dropped / max(assigned, 1)
 
 
@@ -408,19 +410,23 @@ def train_step(model, optimizer, batches, *, lr: float, grad_clip: float, to_dev
     for x, y in batches:
         _, loss = model(to_device(x), to_device(y))
         (loss if n == 1 else loss * (1.0 / n)).backward()
-        aux, dropped = moe_stats(model)
-        value = loss.item()  # also synchronises a GPU
+        losses.append(loss.detach())
+        aux, dropped = moe_stats(model, as_tensor=True)
         if aux is not None:
-            value -= model.config.moe_aux_loss_coef * aux  # report the cross-entropy, as the evaluation does
             auxes.append(aux)
             drops.append(dropped)
-        losses.append(value)
     if reduce_gradients is not None:
         reduce_gradients(params)
     if grad_clip > 0:
         clip_grad_norm_(params, grad_clip)
     optimizer.step()
-    return {"loss": float(np.mean(losses)), "moe_aux_loss": float(np.mean(auxes)) if auxes else None,
+    # read the numbers only now (on a GPU .item() waits for the device: the step is already queued)
+    values = [v.item() for v in losses]
+    if auxes:
+        auxes = [a.item() for a in auxes]
+        coef = model.config.moe_aux_loss_coef  # report the cross-entropy, as the evaluation does
+        values = [v - coef * a for v, a in zip(values, auxes)]
+    return {"loss": float(np.mean(values)), "moe_aux_loss": float(np.mean(auxes)) if auxes else None,
             "moe_dropped_frac": float(np.mean(drops)) if drops else None}
 
 
