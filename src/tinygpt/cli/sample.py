@@ -126,7 +126,7 @@ def main(argv=None, prog: str | None = None) -> list[str]:
             out = np.concatenate([context] + [t[:, None] for t in steps], axis=1)
         else:
             out = model.generate(context, **opts)
-    except ValueError as exc:
+    except (ValueError, FloatingPointError) as exc:  # bad options; NaN/inf logits (a diverged model)
         raise _fail(str(exc)) from None
     texts = [tokenizer.decode(row) for row in np.asarray(out)]
     if show:
