@@ -18,9 +18,6 @@ from tinygpt.tokenizers import ByteLevelBPE, CharTokenizer, bytes_to_unicode
 regex = pytest.importorskip("regex")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHAKESPEARE = next((p for p in (os.environ.get("TINYGPT_SHAKESPEARE", ""),
-                                os.path.join(ROOT, "data", "tinyshakespeare.txt"),
-                                "/work/shared/data/tinyshakespeare.txt") if p and os.path.isfile(p)), None)
 PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 EOT = "<|endoftext|>"
 
@@ -613,11 +610,9 @@ def test_tokenizers_byte_level_bpe_any_text(tok, hf_fast, text):
         assert hf_fast.encode(text).ids == tok.encode(text).tolist()
 
 
-@pytest.mark.skipif(SHAKESPEARE is None, reason="Tiny Shakespeare not found (set TINYGPT_SHAKESPEARE=path)")
 def test_shakespeare_against_transformers(tmp_path):
     transformers = pytest.importorskip("transformers")
-    with open(SHAKESPEARE, encoding="utf-8") as f:
-        text = f.read()
+    text = tinygpt.data.tiny_shakespeare()  # the copy shipped in the package
     tok = ByteLevelBPE.train(text[:300_000], 1000)
     tok.save(tmp_path)
     hf = transformers.GPT2Tokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
