@@ -603,7 +603,7 @@ def test_with_tokenizer_and_save_with_tokenizer(tmp_path, bpe):
     from tinygpt.tokenizers import ByteLevelBPE
 
     model = randomize(GPT(tiny(vocab_size=300)), seed=8)
-    hf.save_pretrained(model, tmp_path, tokenizer=bpe)
+    model.save_pretrained(tmp_path, tokenizer=bpe)  # the method passes the tokenizer through
     assert sorted(os.listdir(tmp_path)) == sorted(FILES + ["merges.txt", "special_tokens_map.json", "tokenizer.json",
                                                            "tokenizer_config.json", "vocab.json"])
     config = json.load(open(tmp_path / "config.json"))

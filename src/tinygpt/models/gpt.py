@@ -153,11 +153,12 @@ class GPT(Module):
 
         return hf.from_pretrained(cls, path, **overrides)
 
-    def save_pretrained(self, path, dtype=np.float32) -> None:
-        """Write config.json + model.safetensors that transformers' GPT2LMHeadModel loads; see models/hf.py."""
+    def save_pretrained(self, path, dtype=np.float32, tokenizer=None) -> None:
+        """Write config.json + model.safetensors that transformers' GPT2LMHeadModel loads (and the
+        tokenizer's files, if given, so from_pretrained(path, with_tokenizer=True) reads both); see models/hf.py."""
         from . import hf  # noqa: PLC0415
 
-        hf.save_pretrained(self, path, dtype=dtype)
+        hf.save_pretrained(self, path, dtype=dtype, tokenizer=tokenizer)
 
     # ------------------------------------------------------------------ generation
     def generate(self, idx, *args, **kwargs):
