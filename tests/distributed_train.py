@@ -123,7 +123,17 @@ def train(spec: dict) -> dict:
             losses.append(dist.all_reduce(loss_sum))
         norms.append(norm)
         optimizer.step()
-    out = {"losses": np.array(losses), "norms": np.array(norms)}
+    # evaluation: 7 fixed batches (an uneven count for 2 and 3 ranks), split across ranks and reduced
+    eval_sampler = BatchSampler(ids, s["batch"], s["block"], seed=s["seed"] + 1, device=s["device"])
+    batches = [eval_sampler.sample() for _ in range(7)]
+    if reducer is None:
+        model.eval()
+        with tg.no_grad():
+            eval_loss = float(np.mean([model(x, y)[1].item() for x, y in batches]))
+        model.train()
+    else:
+        eval_loss = dist.evaluate(model, batches)
+    out = {"losses": np.array(losses), "norms": np.array(norms), "eval": np.array(eval_loss)}
     for k, v in model.state_dict().items():
         out[f"w/{k}"] = backend.to_numpy(v).copy()
     with dist.gathered_state(optimizer):

@@ -127,6 +127,8 @@ def test_n_ranks_train_the_one_process_model(runs, n, mode):
     # the global gradient norm (before clipping) is one process's, step by step
     np.testing.assert_allclose(many[f"{mode}/norms"], one["ddp/norms"], rtol=5e-5)
     _compare_weights(_weights(one, "ddp"), _weights(many, mode), WEIGHT_TOL)
+    # evaluation split across the ranks (7 batches: 4 + 3, or 3 + 2 + 2) and reduced: one process's mean
+    assert abs(float(many[f"{mode}/eval"]) - float(one["ddp/eval"])) <= 10 * LOSS_TOL
 
 
 @needs_mpi
