@@ -4,9 +4,10 @@ against the one-process loop, plus failures, one process without MPI, and the NC
 
 Skips (saying why) without mpi4py or mpiexec: `pip install ".[mpi]"` provides both.
 
-Measured bounds (200 steps, batch 5 split 3+2 and 2+2+1, clip 1.0 active on most steps, lr 3e-3 cosine):
-the loss of every step within 1e-6 of one process, final weights within 1e-5 (float32 summation order:
-the ranks' partial sums of dW over their rows and of the reduction), except the attention's key bias.
+Measured (200 steps, batch 5 split 3+2 and 2+2+1, clip 1.0 active on most steps, lr 3e-3 cosine), the
+largest difference from one process: every step's loss 2.9e-7 (N = 2) and 9.1e-7 (N = 3), final weights
+3.6e-7 and 2.3e-6 (float32 summation order: the ranks' partial sums of dW over their rows, and the
+reduction); asserted: 3e-6 and 1e-5 (docs/distributed.md has the table). Except the attention's key bias.
 Its gradient is zero in exact arithmetic (softmax ignores a constant added to every score of a row),
 so it is pure rounding noise, which AdamW normalises into full-size steps: it drifts by up to ~2e-3
 between any two summation orders (one process with other kernels too) while the model's function does
@@ -41,7 +42,7 @@ except ImportError:
 needs_mpi = pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")
 
 STEPS = 200
-LOSS_TOL, WEIGHT_TOL = 1e-6, 1e-5
+LOSS_TOL, WEIGHT_TOL = 3e-6, 1e-5
 
 
 _LAUNCHER_VARS = ("PMI_", "OMPI_", "PMIX_", "MV2_")
@@ -128,7 +129,7 @@ def test_n_ranks_train_the_one_process_model(runs, n, mode):
     np.testing.assert_allclose(many[f"{mode}/norms"], one["ddp/norms"], rtol=5e-5)
     _compare_weights(_weights(one, "ddp"), _weights(many, mode), WEIGHT_TOL)
     # evaluation split across the ranks (7 batches: 4 + 3, or 3 + 2 + 2) and reduced: one process's mean
-    assert abs(float(many[f"{mode}/eval"]) - float(one["ddp/eval"])) <= 10 * LOSS_TOL
+    assert abs(float(many[f"{mode}/eval"]) - float(one["ddp/eval"])) <= 10 * LOSS_TOL  # 3e-5
 
 
 @needs_mpi
@@ -396,3 +397,23 @@ def test_optimizer_zero_grad_works_with_the_reducer():
     model(x, y)[1].backward()  # plain autograd
     for n, p in model.named_parameters():
         np.testing.assert_array_equal(got[n], p.grad.numpy(), err_msg=n)
+
+
+def test_zero1_refuses_parameters_moved_after_the_reducer_was_built():
+    import tinygpt.distributed as dist
+
+    model, x, y = _tiny_model_and_batch()
+    opt = model.configure_optimizers(0.1, 1e-3)
+    reducer = dist.GradReducer(model, _Recording(), shard=True)
+    dist.shard_optimizer(opt, reducer)
+    reducer.zero_grad()
+    model(x, y)[1].backward()
+    reducer.wait()
+    opt.step()  # fine
+    model.to(dtype=np.float32)  # replaces every parameter's array (a copy) -> the flat buffers are detached
+    with pytest.raises(RuntimeError, match="build the GradReducer after moving the model"):
+        opt.step()
+    from tinygpt.optim import SGD
+
+    with pytest.raises(TypeError, match="ZeRO-1 is implemented for AdamW"):
+        dist.shard_optimizer(SGD(model.parameters(), lr=0.1), reducer)

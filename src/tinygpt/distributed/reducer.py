@@ -32,7 +32,7 @@ DEFAULT_BUCKET_MB = 4.0
 
 class _Bucket:
     __slots__ = ("index", "members", "offsets", "size", "grad", "views", "grad_tensors", "param_flat",
-                 "grad_shard", "lo", "hi", "ready", "work")
+                 "param_views", "grad_shard", "lo", "hi", "ready", "work")
 
     def __init__(self, index):
         self.index, self.members, self.offsets = index, [], []
@@ -131,15 +131,17 @@ class GradReducer:
             b.grad = xp.zeros(b.size, dtype=dtype)
             b.views = [b.grad[o:o + p.size].reshape(p.shape) for o, p in zip(b.offsets, members)]
             b.grad_tensors = [Tensor._wrap(v) for v in b.views]
-            b.param_flat = b.grad_shard = None
+            b.param_flat = b.grad_shard = b.param_views = None
             chunk = b.size // N
             b.lo, b.hi = (r * chunk, (r + 1) * chunk) if self.shard else (0, b.size)
             if self.shard:
                 b.param_flat = xp.zeros(b.size, dtype=dtype)
+                b.param_views = []
                 for o, p in zip(b.offsets, members):
                     view = b.param_flat[o:o + p.size].reshape(p.shape)
                     view[...] = p.data
                     p.data = view  # the parameter now lives in the flat buffer the all-gather fills
+                    b.param_views.append(view)
                 b.grad_shard = xp.zeros(chunk, dtype=dtype)
             buckets.append(b)
         return buckets

@@ -70,6 +70,11 @@ class ZeroShard:
     # ------------------------------------------------------------------ update
     def step(self, closure=None):
         loss = closure() if closure is not None else None
+        for b in self.reducer.buckets:
+            for p, view in zip(b.members, b.param_views):
+                if p.data is not view:
+                    raise RuntimeError("ZeRO-1: a parameter's array was replaced after the reducer was built (e.g. by "
+                                       "model.to()); build the GradReducer after moving the model")
         touched = self.reducer.touched  # got a gradient on some rank this step
         stepped = set()
         for p, t in zip(self.reducer.params, touched):
