@@ -2,7 +2,8 @@
 (a small GPT on Tiny Shakespeare, the loop of examples/train_shakespeare.py on tinygpt.distributed)
 against the one-process loop, plus failures, one process without MPI, and the NCCL path on fake GPUs.
 
-Skips (saying why) without mpi4py or mpiexec: `pip install ".[mpi]"` provides both.
+Skips (saying why) without mpi4py or mpiexec: `pip install ".[mpi]"` provides both. With
+TINYGPT_REQUIRE_MPI=1 (CI after installing the extra) their absence is an error instead.
 
 Measured (200 steps, batch 5 split 3+2 and 2+2+1, clip 1.0 active on most steps, lr 3e-3 cosine), the
 largest difference from one process: every step's loss 2.9e-7 (N = 2) and 9.1e-7 (N = 3), final weights
@@ -39,7 +40,12 @@ try:
     _MISSING = None if _find_mpiexec() else "no mpiexec on PATH or beside the interpreter (pip install \".[mpi]\")"
 except ImportError:
     _MISSING = "mpi4py is not installed (pip install \".[mpi]\" installs mpi4py and MPICH)"
-needs_mpi = pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")
+if _MISSING and os.environ.get("TINYGPT_REQUIRE_MPI") == "1":  # CI, after installing the [mpi] extra
+    raise RuntimeError(f"TINYGPT_REQUIRE_MPI=1, but {_MISSING}")
+
+def needs_mpi(test):
+    """Marked `mpi` (CI's MPI pass selects these) and skipped without MPI."""
+    return pytest.mark.mpi(pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")(test))
 
 STEPS = 200
 LOSS_TOL, WEIGHT_TOL = 3e-6, 1e-5
@@ -372,6 +378,8 @@ def test_no_sync_accumulates_and_two_synchronised_backwards_are_refused():
     assert len(comm.calls) == len(reducer.buckets)
     for n, p in model.named_parameters():
         np.testing.assert_allclose(p.grad.numpy(), 2 * once[n], rtol=1e-6, atol=1e-7, err_msg=n)
+    with pytest.raises(RuntimeError, match="no gradients since the last wait"):
+        reducer.wait()  # it would reduce the sums again
     reducer.zero_grad()
     model(x, y)[1].backward()
     with pytest.raises(RuntimeError, match="two synchronised backward passes"):

@@ -43,7 +43,8 @@ __all__ = [
     "print0", "shutdown", "launched_by_mpi", "describe_ranks", "install_fault_handler",
     "Communicator", "LocalComm", "MPIComm", "NCCLComm", "Work", "DistributedError", "DistributedTimeout",
     "broadcast_parameters", "verify_replicas", "batch_slice", "local_batch", "all_reduce", "evaluate",
-    "GradReducer", "DEFAULT_BUCKET_MB", "shard_optimizer", "ZeroShard", "gathered_state", "optimizer_state_nbytes", "dropout_seed",
+    "GradReducer", "DEFAULT_BUCKET_MB", "shard_optimizer", "ZeroShard", "gathered_state", "optimizer_state_nbytes",
+    "dropout_seed",
 ]
 
 

@@ -99,6 +99,7 @@ class GradReducer:
         self._marked = np.zeros(n, dtype=bool)   # hook fired during a synchronised backward
         self.touched = np.ones(n, dtype=bool)    # after wait(): got a gradient on any rank
         self._sync, self._next = True, 0
+        self._fresh = True  # gradients since the last wait(): a second wait() would reduce sums again
         self._handles = [p.register_post_accumulate_grad_hook(self._on_grad) for p in plist]
         # timing of the last wait(): seconds blocked waiting for collectives, bytes sent into them
         self.last_wait_s, self.bytes_per_step = 0.0, sum(b.grad.nbytes for b in self.buckets)
@@ -161,6 +162,7 @@ class GradReducer:
             for p, t in zip(b.members, b.grad_tensors):
                 p.grad = t
         self._touched[:] = False
+        self._fresh = True
 
     @contextlib.contextmanager
     def no_sync(self):
@@ -181,6 +183,7 @@ class GradReducer:
             view[...] = p.grad.data
             p.grad = b.grad_tensors[j]
         self._touched[i] = True
+        self._fresh = True
         if not self._sync:
             return
         if self._marked[i]:
@@ -193,8 +196,9 @@ class GradReducer:
         self._progress()
 
     def _launch_ready(self) -> None:
-        while self._next < len(self.buckets) and self.buckets[self._next].ready == len(self.buckets[self._next].members):
-            self._start(self.buckets[self._next])
+        buckets = self.buckets
+        while self._next < len(buckets) and buckets[self._next].ready == len(buckets[self._next].members):
+            self._start(buckets[self._next])
             self._next += 1
 
     def _start(self, b) -> None:
@@ -215,6 +219,9 @@ class GradReducer:
     def wait(self) -> None:
         """Finish the step's reduction: start the buckets not started yet, wait for all of them (bounded by
         the communicator's timeout), and drop the gradient of every parameter that got none on any rank."""
+        if not self._fresh:
+            raise RuntimeError("GradReducer.wait: no gradients since the last wait() (reducing the sums again would "
+                               "multiply them by the world size); call zero_grad() and backward() first")
         t0 = time.perf_counter()
         while self._next < len(self.buckets):
             self._start(self.buckets[self._next])
@@ -232,6 +239,7 @@ class GradReducer:
         self._next = 0
         self._marked[:] = False
         self._touched[:] = False
+        self._fresh = False
 
     # ------------------------------------------------------------------ after wait()
     @property
