@@ -339,14 +339,7 @@ class NCCLComm(Communicator):
     device = "cuda"
 
     def __init__(self, host: MPIComm):
-        cp = backend.cupy()
-        try:
-            from cupy.cuda import nccl  # noqa: PLC0415 - optional, needs CuPy built with NCCL
-        except Exception as exc:
-            raise RuntimeError(f"the NCCL backend needs CuPy with NCCL support (pip install \".[cuda]\" and the "
-                               f"NCCL runtime, e.g. nvidia-nccl-cu13): {type(exc).__name__}: {exc}") from exc
-        if not getattr(nccl, "available", True):
-            raise RuntimeError("the NCCL backend: this CuPy was built without NCCL")
+        cp, nccl = backend.cupy(), backend.nccl()
         self.cp, self.nccl, self.host = cp, nccl, host
         self.rank, self.size, self.timeout = host.rank, host.size, host.timeout
         uid = np.zeros(128, dtype=np.int8)
