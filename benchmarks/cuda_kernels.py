@@ -2,7 +2,7 @@
 
 Two parts (one file per group of kernel families, in benchmarks/cuda/):
   - gemm_norm_gelu_adamw.py: the tensor-core GEMM (fp32 / tf32 / bf16) vs cupy.matmul (cuBLAS) on
-    the products of a GPT training step, in TFLOP/s; layernorm, add_layernorm, GELU and AdamW in GB/s
+    the products of a GPT training step, in TFLOP/s; layernorm, add_layer_norm, GELU and AdamW in GB/s
     against a device-to-device copy measured in the same run;
   - attention_softmax_ce_dropout.py: flash attention vs torch's scaled_dot_product_attention (and
     the CuPy reference), TFLOP/s; softmax, log_softmax, cross-entropy, dropout and embedding in GB/s
@@ -21,7 +21,7 @@ import sys
 
 HERE = pathlib.Path(__file__).resolve().parent / "cuda"
 sys.path.insert(0, str(HERE))  # their shared _events module
-PARTS = {"gemm_norm_gelu_adamw": ("matmul", "layernorm", "gelu", "adamw"),
+PARTS = {"gemm_norm_gelu_adamw": ("matmul", "layer_norm", "gelu", "adamw"),
          "attention_softmax_ce_dropout": ("attention", "softmax", "cross_entropy", "dropout", "embedding")}
 
 

@@ -339,8 +339,8 @@ def kernel_cases(np, cp, config_name: str, batch=None):
          (rnd(N, 4 * C), rnd(C, 4 * C, scale=0.02), rnd(C)), "flop", 2 * N * 4 * C * C, 4 * N * 4 * C * C, None),
         ("linear lm_head", "linear", f"({N},{C})x({V},{C})", (x, rnd(V, C, scale=0.02), None),
          "flop", 2 * N * C * V, 4 * N * C * V, None),
-        ("layernorm", "layernorm", f"({N},{C})", (x, w, b, 1e-5), "mem", 8 * N * C, 12 * N * C, None),
-        ("add_layernorm", "add_layernorm", f"({N},{C})", (x, rnd(N, C), w, b, 1e-5), "mem", 16 * N * C, 20 * N * C,
+        ("layer_norm", "layer_norm", f"({N},{C})", (x, w, b, 1e-5), "mem", 8 * N * C, 12 * N * C, None),
+        ("add_layer_norm", "add_layer_norm", f"({N},{C})", (x, rnd(N, C), w, b, 1e-5), "mem", 16 * N * C, 20 * N * C,
          None),
         ("gelu", "gelu", f"({N},{4 * C})", (rnd(N, 4 * C), "tanh"), "mem", 8 * N * 4 * C, 12 * N * 4 * C, None),
         ("softmax", "softmax", f"({B * nh * T},{T})", (rnd(B * nh * T, T), -1), "mem", 8 * B * nh * T * T,
@@ -372,9 +372,9 @@ def _backward_args(op, fwd_args, out, saved, cp):
     if op in ("linear", "linear_gelu"):
         x, weight, bias = fwd_args
         return (cp.ones_like(out), x, weight, bias is not None, saved)
-    if op == "layernorm":
+    if op == "layer_norm":
         return (cp.ones_like(out), fwd_args[0], fwd_args[1], saved)
-    if op == "add_layernorm":
+    if op == "add_layer_norm":
         s, y = out
         return (cp.ones_like(s), cp.ones_like(y), fwd_args[0], fwd_args[1], fwd_args[2], saved)
     if op == "gelu":
@@ -406,7 +406,7 @@ def _torch_ops(torch):
     """PyTorch's forward of the same op, on torch tensors made from the case's arrays (None: no peer)."""
     F = torch.nn.functional
     return {
-        "layernorm": lambda x, w, b, eps: F.layer_norm(x, (x.shape[-1],), w, b, eps),
+        "layer_norm": lambda x, w, b, eps: F.layer_norm(x, (x.shape[-1],), w, b, eps),
         "gelu": lambda x, approx: F.gelu(x, approximate=approx),
         "softmax": lambda x, axis: torch.softmax(x, axis),
         "log_softmax": lambda x, axis: torch.log_softmax(x, axis),
@@ -438,7 +438,7 @@ def bench_kernels(config_name, args, tg, np, cp, torch, timer, copy_gbps) -> lis
             arrays = [a for a in fwd_args if hasattr(a, "shape")]
             if op == "adamw_step":
                 h = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1, step=1)
-                native_fn = tg.kernels._adamw_fn(tuple(arrays)) if tg.kernels.native_enabled() else None
+                native_fn = tg.kernels.implementation("adamw_step", "cuda") if tg.kernels.native_enabled() else None
                 impls = {"reference": R.adamw_step}
                 if native_fn is not None and native_fn is not R.adamw_step:
                     impls = {"native": native_fn, **impls}
@@ -480,7 +480,7 @@ def _bench_fused(op, fwd_args, arrays, row, tg, R, cp, torch_ops, timer, reps, t
     if kernel.name == "native-cuda":
         impls = {"native": (kernel.forward, kernel.backward), **impls}
     outs = {}
-    kc = tg.kernels.cuda
+    kc = tg.kernels.policy
     for impl, (fwd, bwd) in impls.items():
         # 'native' linear layers: our GEMM (not what 'auto' would pick: cuBLAS is timed on its own below)
         old = kc.set_matmul_backend("ours") if impl == "native" and op in ("linear", "linear_gelu") else None
@@ -523,10 +523,10 @@ def _bench_fused(op, fwd_args, arrays, row, tg, R, cp, torch_ops, timer, reps, t
 
 
 def matmul_choices(tg):
-    """What tinygpt's 'auto' GEMM dispatch measured during the model runs (tinygpt/kernels/cuda.py), one
+    """What tinygpt's 'auto' GEMM dispatch measured during the model runs (tinygpt/kernels/policy.py), one
     dict per shape class: our GEMM vs cuBLAS on that layer's own arguments, and which one then ran."""
     rows = []
-    for (_, op, direction, rows_class, n_in, n_out, precision), c in sorted(tg.kernels.cuda.matmul_choices().items()):
+    for (_, op, direction, rows_class, n_in, n_out, precision), c in sorted(tg.kernels.policy.matmul_choices().items()):
         rows.append({"op": op, "direction": direction, "rows_up_to": rows_class, "n_in": n_in, "n_out": n_out,
                      "precision": precision, "ours_ms": c.ours_ms, "cublas_ms": c.cublas_ms,
                      "choice": "ours" if c.ours else "cublas"})
@@ -685,10 +685,10 @@ def main(argv=None) -> int:
     info["tinygpt"] = tg.__version__
     info["tinygpt_cuda_ops"] = tg.kernels.cuda_ops()
     info["tinygpt_native_enabled"] = tg.kernels.native_enabled()
-    kc = tg.kernels.cuda  # the CUDA wrappers' matmul precision, when that build has the setting
-    if args.tf32 and hasattr(kc, "set_matmul_precision"):
+    kc = tg.kernels.policy  # the CUDA GEMM's precision and the 'auto' backend's measurements
+    if args.tf32:
         kc.set_matmul_precision("tf32")
-    info["tinygpt_matmul_precision"] = kc.get_matmul_precision() if hasattr(kc, "get_matmul_precision") else None
+    info["tinygpt_matmul_precision"] = kc.get_matmul_precision()
     kc.clear_matmul_choices()  # this run's own GEMM measurements (matmul_choices below)
     timer = Timer(cp)
     bw = copy_bandwidth(cp, timer, args.copy_mib << 20)

@@ -86,7 +86,7 @@ def count_step(config: str, batch: int = 1, seq: int = 16, native: bool = True, 
     patch.setattr(fake_cupy.EmulatedKernels, "__getattr__", on_launcher)
     try:
         patch.setattr(tg.kernels, "_enabled", native)  # whatever TINYGPT_NATIVE says
-        patch.setattr(tg.kernels.cuda, "_matmul_backend", matmul)
+        patch.setattr(tg.kernels.policy, "_matmul_backend", matmul)
         tg.manual_seed(0)
         model = tg.GPT(tg.GPTConfig(**{**CONFIGS[config], "block_size": seq})).to("cuda")
         opt = model.configure_optimizers(weight_decay=0.1, learning_rate=1e-3, betas=(0.9, 0.99))

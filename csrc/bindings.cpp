@@ -11,9 +11,6 @@
 #ifdef TINYGPT_WITH_OPENMP
 #include <omp.h>
 #endif
-#ifdef TINYGPT_WITH_CUDA
-#include "cuda/api.h"
-#endif
 
 namespace py = pybind11;
 
@@ -45,7 +42,7 @@ py::dict build_info(const tinygpt::KernelFamilies& families) {
 #endif
 #ifdef TINYGPT_WITH_CUDA
   info["cuda"] = true;
-  info["cuda_runtime_version"] = tg_cuda_runtime_version();
+  info["cuda_runtime_version"] = tinygpt::cuda::runtime_version();
 #else
   info["cuda"] = false;
   info["cuda_runtime_version"] = py::none();
@@ -77,7 +74,7 @@ PYBIND11_MODULE(_C, m) {
       "cuda_device_count",
       [] {
 #ifdef TINYGPT_WITH_CUDA
-        return tg_cuda_device_count();
+        return tinygpt::cuda::device_count();
 #else
         return 0;
 #endif
@@ -89,7 +86,7 @@ PYBIND11_MODULE(_C, m) {
       [] {
 #ifdef TINYGPT_WITH_CUDA
         std::string reason;
-        const int count = tg_cuda_device_count(&reason);
+        const int count = tinygpt::cuda::device_count(&reason);
         return count > 0 ? std::to_string(count) + " device(s)" : reason;
 #else
         return std::string(

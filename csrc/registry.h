@@ -1,9 +1,10 @@
-// How kernel families get into tinygpt._C, one family per file (forward and backward together):
-//  - CPU: csrc/cpu/<family>.cpp defines `void bind_<family>(pybind11::module_&)`, declared
-//    below; register_cpu_kernels calls it and records "cpu.<family>".
-//  - CUDA: csrc/cuda/<family>.cu defines plain launchers declared in cuda/api.h;
-//    register_cuda_kernels binds them and records "cuda.<family>".
-// build_info()["kernels"] reports the recorded names.
+// How kernel families get into tinygpt._C: one family per file, forward and backward together, its
+// pybind11 bindings at the end of the file.
+//   csrc/cpu/<family>.cpp  defines cpu::bind_<family>(m): checks NumPy arguments and returns what
+//                          tinygpt/kernels/reference.py returns; registered into tinygpt._C.cpu.
+//   csrc/cuda/<family>.cu  defines cuda::bind_<family>(m): launchers on raw device pointers and a
+//                          stream (tinygpt/kernels/cuda/<family>.py checks and allocates); into _C.cuda.
+// A new family is one X(<family>) below; build_info()["kernels"] reports "cpu.<family>" / "cuda.<family>".
 #pragma once
 
 #include <pybind11/pybind11.h>
@@ -11,25 +12,44 @@
 #include <string>
 #include <vector>
 
+#define TG_CPU_FAMILIES(X) X(linear) X(embedding) X(layer_norm) X(gelu) X(softmax) X(cross_entropy) X(dropout) \
+  X(attention) X(adamw)
+#define TG_CUDA_FAMILIES(X) TG_CPU_FAMILIES(X) X(grad_norm)
+
 namespace tinygpt {
 
+namespace py = pybind11;
 using KernelFamilies = std::vector<std::string>;
 
-// csrc/cpu/registry.cpp: fills the submodule tinygpt._C.cpu.
-void register_cpu_kernels(pybind11::module_& m, KernelFamilies& families);
-void bind_attention(pybind11::module_& m);  // csrc/cpu/attention.cpp
-void bind_dropout(pybind11::module_& m);    // csrc/cpu/dropout.cpp
-void bind_softmax(pybind11::module_& m);        // csrc/cpu/softmax.cpp (last axis)
-void bind_cross_entropy(pybind11::module_& m);  // csrc/cpu/cross_entropy.cpp
-void bind_adamw(pybind11::module_& m);          // csrc/cpu/adamw.cpp
-void bind_layernorm(pybind11::module_& m);      // csrc/cpu/layernorm.cpp (+ add_layernorm)
-void bind_gelu(pybind11::module_& m);           // csrc/cpu/gelu.cpp
-void bind_matmul(pybind11::module_& m);         // csrc/cpu/matmul.cpp (linear, linear_gelu, sgemm)
-void bind_embedding(pybind11::module_& m);      // csrc/cpu/embedding.cpp
+namespace cpu {
+#define TG_DECLARE_BIND(family) void bind_##family(py::module_& m);
+TG_CPU_FAMILIES(TG_DECLARE_BIND)
+// csrc/cpu/registry.cpp: the thread and instruction-set controls every CPU kernel shares.
+void bind_controls(py::module_& m);
+}  // namespace cpu
+
+inline void register_cpu_kernels(py::module_& m, KernelFamilies& families) {
+  cpu::bind_controls(m);
+#define TG_BIND_CPU(family) cpu::bind_##family(m), families.push_back("cpu." #family);
+  TG_CPU_FAMILIES(TG_BIND_CPU)
+#undef TG_BIND_CPU
+}
 
 #ifdef TINYGPT_WITH_CUDA
-// csrc/cuda/registry.cpp: fills the submodule tinygpt._C.cuda.
-void register_cuda_kernels(pybind11::module_& m, KernelFamilies& families);
+namespace cuda {
+TG_CUDA_FAMILIES(TG_DECLARE_BIND)
+// csrc/cuda/runtime.cu: CUDART_VERSION this module was compiled and statically linked against, and
+// the number of visible devices (0, never an exception, without driver or device; the reason in *reason).
+int runtime_version();
+int device_count(std::string* reason = nullptr);
+}  // namespace cuda
+
+inline void register_cuda_kernels(py::module_& m, KernelFamilies& families) {
+#define TG_BIND_CUDA(family) cuda::bind_##family(m), families.push_back("cuda." #family);
+  TG_CUDA_FAMILIES(TG_BIND_CUDA)
+#undef TG_BIND_CUDA
+}
 #endif
+#undef TG_DECLARE_BIND
 
 }  // namespace tinygpt

@@ -139,7 +139,7 @@ def assert_within(name, got, want, tol):
         f"err/tol {np.max(err / tol):.3g}")
 
 
-def assert_layernorm_forward(y, y_ref, s64, w, b, eps, floor=0.0):
+def assert_layer_norm_forward(y, y_ref, s64, w, b, eps, floor=0.0):
     C = s64.shape[-1]
     rstd, cond = layernorm_row_terms(s64, eps)
     wmag = 1.0 if w is None else np.abs(w.astype(np.float64))
@@ -147,7 +147,7 @@ def assert_layernorm_forward(y, y_ref, s64, w, b, eps, floor=0.0):
     assert_within("y", y, y_ref, LN_K * LN_EPS32 * np.sqrt(C) * ((1 + cond) * wmag + bmag) + floor)
 
 
-def assert_layernorm_backward(dx, dw, db, ref_grads, s64, g, w, eps, extra_dx=None, floor=0.0, sum_terms=None):
+def assert_layer_norm_backward(dx, dw, db, ref_grads, s64, g, w, eps, extra_dx=None, floor=0.0, sum_terms=None):
     """sum_terms(N): the eps multiple of the dweight/dbias row sums (default LN_K: pairwise/blocked)."""
     dx_ref, dw_ref, db_ref = ref_grads
     C = s64.shape[-1]

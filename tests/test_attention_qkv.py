@@ -26,9 +26,9 @@ from test_native_attention import tiles as tile_sizes
 from test_native_attention import use_isa
 
 _cpu = getattr(kernels._native, "cpu", None)
-native = pytest.mark.skipif(not hasattr(_cpu, "attention_qkv_forward"),
-                            reason="tinygpt._C is not built or has no cpu.attention_qkv_forward")
-ISAS = ["avx512", "avx2", "portable"]
+native = pytest.mark.skipif(not hasattr(_cpu, "qkv_attention_forward"),
+                            reason="tinygpt._C is not built or has no cpu.qkv_attention_forward")
+ISAS = ["avx512", "avx2", "baseline"]
 TILES = [(64, 64, 64, 64), (16, 7, 16, 5), (32, 64, 32, 64)]  # (fwd_br, fwd_bc, bwd_br, bwd_bc)
 
 
@@ -60,8 +60,8 @@ def test_packed_equals_plain_kernel(isa, B, T, nh, hs, window, p, mag, seed, til
     qkv, g = _qkv(data, B, T, nh, hs, mag)
     scale = 1.0 / np.sqrt(hs)
     with use_isa(isa), tile_sizes(tiles):
-        y, saved = _cpu.attention_qkv_forward(qkv, nh, True, window, p, seed, scale)
-        dqkv = _cpu.attention_qkv_backward(g, qkv, nh, p, scale, saved)
+        y, saved = _cpu.qkv_attention_forward(qkv, nh, True, window, p, seed, scale)
+        dqkv = _cpu.qkv_attention_backward(g, qkv, nh, p, scale, saved)
         y_ref, saved_ref, dqkv_ref = _plain(qkv, g, nh, window, p, seed, scale)
     assert y.shape == (B, T, nh * hs) and dqkv.shape == qkv.shape and y.dtype == dqkv.dtype == np.float32
     np.testing.assert_array_equal(y, y_ref)
@@ -78,8 +78,8 @@ def test_packed_equals_plain_kernel(isa, B, T, nh, hs, window, p, mag, seed, til
 ])
 def test_long_sequences_and_split_backward(B, T, nh, hs, window, p):
     qkv, g = _qkv(T, B, T, nh, hs)
-    y, saved = _cpu.attention_qkv_forward(qkv, nh, True, window, p, 11, 0.125)
-    dqkv = _cpu.attention_qkv_backward(g, qkv, nh, p, 0.125, saved)
+    y, saved = _cpu.qkv_attention_forward(qkv, nh, True, window, p, 11, 0.125)
+    dqkv = _cpu.qkv_attention_backward(g, qkv, nh, p, 0.125, saved)
     y_ref, _, dqkv_ref = _plain(qkv, g, nh, window, p, 11, 0.125)
     np.testing.assert_array_equal(y, y_ref)
     np.testing.assert_array_equal(dqkv, dqkv_ref)
@@ -89,10 +89,10 @@ def test_long_sequences_and_split_backward(B, T, nh, hs, window, p):
 def test_matches_float64_reference():
     """One direct check against the float64 reference (the plain kernel's bound: test_native_attention)."""
     qkv, g = _qkv(3, 2, 40, 4, 16)
-    y, saved = _cpu.attention_qkv_forward(qkv, 4, True, 9, 0.0, 0, 0.25)
-    dqkv = _cpu.attention_qkv_backward(g, qkv, 4, 0.0, 0.25, saved)
-    y64, s64 = R.attention_qkv_forward(qkv.astype(np.float64), 4, True, 9, 0.0, 0, 0.25)
-    d64 = R.attention_qkv_backward(g.astype(np.float64), qkv.astype(np.float64), 4, 0.0, 0.25, s64)
+    y, saved = _cpu.qkv_attention_forward(qkv, 4, True, 9, 0.0, 0, 0.25)
+    dqkv = _cpu.qkv_attention_backward(g, qkv, 4, 0.0, 0.25, saved)
+    y64, s64 = R.qkv_attention_forward(qkv.astype(np.float64), 4, True, 9, 0.0, 0, 0.25)
+    d64 = R.qkv_attention_backward(g.astype(np.float64), qkv.astype(np.float64), 4, 0.0, 0.25, s64)
     np.testing.assert_allclose(y, y64, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(dqkv, d64, rtol=1e-4, atol=1e-5)
 
@@ -100,37 +100,37 @@ def test_matches_float64_reference():
 @native
 def test_empty_batch():
     qkv = np.zeros((0, 5, 12), np.float32)
-    y, saved = _cpu.attention_qkv_forward(qkv, 2, True, None, 0.0, 0, 0.5)
+    y, saved = _cpu.qkv_attention_forward(qkv, 2, True, None, 0.0, 0, 0.5)
     assert y.shape == (0, 5, 4) and saved[1].shape == (0, 2, 5)
-    assert _cpu.attention_qkv_backward(np.zeros((0, 5, 4), np.float32), qkv, 2, 0.0, 0.5, saved).shape == (0, 5, 12)
+    assert _cpu.qkv_attention_backward(np.zeros((0, 5, 4), np.float32), qkv, 2, 0.0, 0.5, saved).shape == (0, 5, 12)
 
 
 # ------------------------------------------------------------------ errors and dispatch
 @native
 def test_argument_errors():
     qkv, g = _qkv(0, 2, 6, 2, 4)
-    f = _cpu.attention_qkv_forward
-    with pytest.raises(ValueError, match=r"attention_qkv_forward: qkv must be \(B, T, 3 \* n_embd\)"):
+    f = _cpu.qkv_attention_forward
+    with pytest.raises(ValueError, match=r"qkv_attention_forward: qkv must be \(B, T, 3 \* n_embd\)"):
         f(qkv[0], 2, True, None, 0.0, 0, 1.0)
-    with pytest.raises(ValueError, match="attention_qkv_forward: qkv's last dim 24 must be 3 \\* n_embd .* n_head 5"):
+    with pytest.raises(ValueError, match="qkv_attention_forward: qkv's last dim 24 must be 3 \\* n_embd .* n_head 5"):
         f(qkv, 5, True, None, 0.0, 0, 1.0)
-    with pytest.raises(ValueError, match="attention_qkv_forward: n_head must be >= 1"):
+    with pytest.raises(ValueError, match="qkv_attention_forward: n_head must be >= 1"):
         f(qkv, 0, True, None, 0.0, 0, 1.0)
-    with pytest.raises(ValueError, match="attention_qkv_forward: qkv must be float32"):
+    with pytest.raises(ValueError, match="qkv_attention_forward: qkv must be float32"):
         f(qkv.astype(np.float64), 2, True, None, 0.0, 0, 1.0)
-    with pytest.raises(ValueError, match="attention_qkv_forward: qkv must be C-contiguous"):
+    with pytest.raises(ValueError, match="qkv_attention_forward: qkv must be C-contiguous"):
         f(qkv[:, ::2], 2, True, None, 0.0, 0, 1.0)
-    with pytest.raises(ValueError, match="attention_qkv_forward: window must be None or a positive int"):
+    with pytest.raises(ValueError, match="qkv_attention_forward: window must be None or a positive int"):
         f(qkv, 2, True, 0, 0.0, 0, 1.0)
-    with pytest.raises(ValueError, match=r"attention_qkv_forward: dropout_p must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"qkv_attention_forward: dropout_p must be in \[0, 1\)"):
         f(qkv, 2, True, None, 1.0, 0, 1.0)
     y, saved = f(qkv, 2, True, None, 0.0, 0, 1.0)
-    b = _cpu.attention_qkv_backward
-    with pytest.raises(ValueError, match=r"attention_qkv_backward: grad must have shape \(2, 6, 8\)"):
+    b = _cpu.qkv_attention_backward
+    with pytest.raises(ValueError, match=r"qkv_attention_backward: grad must have shape \(2, 6, 8\)"):
         b(g[:, :5].copy(), qkv, 2, 0.0, 1.0, saved)
-    with pytest.raises(ValueError, match="attention_qkv_backward: saved must be the 6-tuple"):
+    with pytest.raises(ValueError, match="qkv_attention_backward: saved must be the 6-tuple"):
         b(g, qkv, 2, 0.0, 1.0, saved[:3])
-    with pytest.raises(ValueError, match=r"attention_qkv_backward: saved row max must have shape \(2, 2, 6\)"):
+    with pytest.raises(ValueError, match=r"qkv_attention_backward: saved row max must have shape \(2, 2, 6\)"):
         b(g, qkv, 2, 0.0, 1.0, (y, saved[1][:, :1].copy()) + tuple(saved[2:]))
 
 
@@ -138,10 +138,10 @@ def test_argument_errors():
 def test_dispatch():
     qkv, _ = _qkv(0, 1, 4, 2, 8)
     with kernels.use_native(True):  # also under TINYGPT_NATIVE=0
-        assert kernels.select("attention_qkv", qkv).name == "native-cpu"
-    assert kernels.select("attention_qkv", qkv.astype(np.float64)).name == "reference"
+        assert kernels.select("qkv_attention", qkv).name == "native-cpu"
+    assert kernels.select("qkv_attention", qkv.astype(np.float64)).name == "reference"
     with kernels.use_native(False):
-        assert kernels.select("attention_qkv", qkv).name == "reference"
+        assert kernels.select("qkv_attention", qkv).name == "reference"
 
 
 def test_functional_argument_errors():
@@ -203,7 +203,7 @@ def test_module_uses_packed_path_and_cache_path_agrees():
         y = attn(tg.Tensor(x)).numpy()
     finally:
         kernels.select = saved
-    assert "attention_qkv" in ran and "attention" not in ran
+    assert "qkv_attention" in ran and "attention" not in ran
     from tinygpt.models.generation import KVCache
     cache = KVCache(1, batch_size=2, n_head=4, head_size=4, max_length=16)
     with tg.no_grad():

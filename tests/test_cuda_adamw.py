@@ -42,7 +42,7 @@ def test_steps_match_reference(shape, h, gscale, step0, seed):
     dev = [c.asarray(a) for a in (p, m, v)]
     ref = Bounds(p, m, v)
     for k, g in enumerate(grads, start=1):
-        kcuda.adamw_step(dev[0], c.asarray(g), dev[1], dev[2], step=step0 + k, **h)
+        kcuda.adamw.adamw_step(dev[0], c.asarray(g), dev[1], dev[2], step=step0 + k, **h)
         ref.step(g, step0 + k, **h)
         ref.check(*(c.asnumpy(a) for a in dev), "cuda")
 
@@ -61,10 +61,10 @@ def test_multi_tensor_matches_single(sizes, h, seed):
     single = [[a.copy() for a in s] for s in states]
     for step in (1, 2):
         grads = [c.asarray(rng.standard_normal(n).astype(np.float32)) for n in sizes]
-        kcuda.adamw_multi_step([s[0] for s in states], grads, [s[2] for s in states], [s[3] for s in states],
+        kcuda.adamw.adamw_multi_step([s[0] for s in states], grads, [s[2] for s in states], [s[3] for s in states],
                                step=step, **h)
         for s, g in zip(single, grads):
-            kcuda.adamw_step(s[0], g, s[2], s[3], step=step, **h)
+            kcuda.adamw.adamw_step(s[0], g, s[2], s[3], step=step, **h)
     for a, b in zip(states, single):
         for i in (0, 2, 3):
             c.testing.assert_array_equal(a[i], b[i])
@@ -77,7 +77,7 @@ def test_large_parameter():
     ref = Bounds(p, m, v)
     for step, g in ((7, grads[0]), (8, grads[1])):
         h = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1)
-        kcuda.adamw_step(dev[0], c.asarray(g), dev[1], dev[2], step=step, **h)
+        kcuda.adamw.adamw_step(dev[0], c.asarray(g), dev[1], dev[2], step=step, **h)
         ref.step(g, step, **h)
         ref.check(*(c.asnumpy(a) for a in dev), "cuda")
 
@@ -88,20 +88,20 @@ def test_errors_name_the_argument():
     g = c.ones((3, 4), c.float32)
     h = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, step=1)
     with pytest.raises(TypeError, match="adamw_step: param: expected dtype float32"):
-        kcuda.adamw_step(p.astype(c.float64), g, m, v, **h)
+        kcuda.adamw.adamw_step(p.astype(c.float64), g, m, v, **h)
     with pytest.raises(ValueError, match="adamw_step: grad: expected a C-contiguous array"):
-        kcuda.adamw_step(p, c.ones((4, 3), c.float32).T, m, v, **h)
+        kcuda.adamw.adamw_step(p, c.ones((4, 3), c.float32).T, m, v, **h)
     with pytest.raises(ValueError, match=r"adamw_step: grad must have param's size 12, got shape \(11,\)"):
-        kcuda.adamw_step(p, c.ones(11, c.float32), m, v, **h)
+        kcuda.adamw.adamw_step(p, c.ones(11, c.float32), m, v, **h)
     with pytest.raises(ValueError, match="adamw_step: exp_avg must have param's size 12"):
-        kcuda.adamw_step(p, g, c.zeros(13, c.float32), v, **h)
+        kcuda.adamw.adamw_step(p, g, c.zeros(13, c.float32), v, **h)
     with pytest.raises(ValueError, match="adamw_step: step must be >= 1"):
-        kcuda.adamw_step(p, g, m, v, **{**h, "step": 0})
+        kcuda.adamw.adamw_step(p, g, m, v, **{**h, "step": 0})
     with pytest.raises(TypeError):  # keyword-only hyperparameters
-        kcuda.adamw_step(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1)
+        kcuda.adamw.adamw_step(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1)
     with pytest.raises(ValueError, match="adamw_multi_step: params, grads, exp_avgs and exp_avg_sqs"):
-        kcuda.adamw_multi_step([p], [g, g], [m], [v], **h)
+        kcuda.adamw.adamw_multi_step([p], [g, g], [m], [v], **h)
     with pytest.raises(ValueError, match="adamw_multi_step: tensor 1: grad must have param's size"):
-        kcuda.adamw_multi_step([p, p], [g, c.ones(5, c.float32)], [m, m], [v, v], **h)
-    kcuda.adamw_step(p, g.reshape(12), m.reshape(2, 6), v, **h)  # same size, other shape: flat
+        kcuda.adamw.adamw_multi_step([p, p], [g, c.ones(5, c.float32)], [m, m], [v, v], **h)
+    kcuda.adamw.adamw_step(p, g.reshape(12), m.reshape(2, 6), v, **h)  # same size, other shape: flat
     assert bool((p < 0).all())

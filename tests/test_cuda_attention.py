@@ -46,8 +46,8 @@ def _run(q, k, v, g, causal, window, p, seed, scale):
     """GPU forward + backward on host arrays; returns host arrays (out, dq, dk, dv) and saved."""
     cp = _cp()
     qd, kd, vd, gd = (cp.asarray(a) for a in (q, k, v, g))
-    out, saved = K.attention_forward(qd, kd, vd, causal, window, p, seed, scale)
-    dq, dk, dv = K.attention_backward(gd, qd, kd, vd, p, scale, saved)
+    out, saved = K.attention.attention_forward(qd, kd, vd, causal, window, p, seed, scale)
+    dq, dk, dv = K.attention.attention_backward(gd, qd, kd, vd, p, scale, saved)
     return tuple(cp.asnumpy(a) for a in (out, dq, dk, dv)), saved
 
 
@@ -125,7 +125,7 @@ def test_dropout_mask_equals_reference(causal, window, t_q, t_k):
     k = np.random.default_rng(0).standard_normal((B, nh, t_k, 4)).astype(np.float32)
     v = np.broadcast_to(np.eye(t_k, dtype=np.float32), (B, nh, t_k, t_k)).copy()
     cp = _cp()
-    out, _ = K.attention_forward(cp.asarray(q), cp.asarray(k), cp.asarray(v), causal, window, p, seed, 1.0)
+    out, _ = K.attention.attention_forward(cp.asarray(q), cp.asarray(k), cp.asarray(v), causal, window, p, seed, 1.0)
     out = cp.asnumpy(out)
     vis = R.attention_mask(t_q, t_k, causal, window, np)
     vis = np.ones((t_q, t_k), bool) if vis is None else vis
@@ -178,7 +178,7 @@ def test_matches_cpu_kernel_if_built():
         pytest.skip("no CPU attention kernel")
     q, k, v, g = _arrays(9, [(2, 3, 70, 32), (2, 3, 90, 32), (2, 3, 90, 32), (2, 3, 70, 32)], (1.0,) * 4)
     cp = _cp()
-    out, saved = K.attention_forward(cp.asarray(q), cp.asarray(k), cp.asarray(v), True, 30, 0.2, 11, 0.2)
+    out, saved = K.attention.attention_forward(cp.asarray(q), cp.asarray(k), cp.asarray(v), True, 30, 0.2, 11, 0.2)
     out_c, saved_c = cpu.attention_forward(q, k, v, True, 30, 0.2, 11, 0.2)
     np.testing.assert_allclose(cp.asnumpy(out), out_c, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(cp.asnumpy(saved[1]), saved_c[1], rtol=1e-5, atol=1e-6)
@@ -201,7 +201,7 @@ def test_empty_shapes(sq, sk, causal):
 def test_saved_is_small():
     cp = _cp()
     q, k, v = (cp.asarray(a) for a in _arrays(0, [(2, 3, 40, 16)] * 3, (1.0,) * 3))
-    out, saved = K.attention_forward(q, k, v, True, None, 0.1, 2**64 + 5, 0.25)
+    out, saved = K.attention.attention_forward(q, k, v, True, None, 0.1, 2**64 + 5, 0.25)
     o, m, l, causal, window, seed = saved
     assert o is out and m.shape == l.shape == (2, 3, 40) and (causal, window, seed) == (True, None, 5)
 
@@ -229,33 +229,33 @@ def test_forward_argument_errors(mutate, exc, match):
     cp = _cp()
     q, k, v = mutate(cp, *_good())
     with pytest.raises(exc, match=match):
-        K.attention_forward(q, k, v, True, None, 0.0, 0, 1.0)
+        K.attention.attention_forward(q, k, v, True, None, 0.0, 0, 1.0)
 
 
 def test_option_errors():
     q, k, v = _good()
     with pytest.raises(ValueError, match="attention_forward: window must be None or a positive int"):
-        K.attention_forward(q, k, v, True, 0, 0.0, 0, 1.0)
+        K.attention.attention_forward(q, k, v, True, 0, 0.0, 0, 1.0)
     with pytest.raises(ValueError, match=r"attention_forward: dropout_p: must be in \[0, 1\)"):
-        K.attention_forward(q, k, v, True, None, 1.0, 0, 1.0)
+        K.attention.attention_forward(q, k, v, True, None, 1.0, 0, 1.0)
     with pytest.raises(TypeError, match="attention_forward: seed: expected an int"):
-        K.attention_forward(q, k, v, True, None, 0.1, 1.5, 1.0)
+        K.attention.attention_forward(q, k, v, True, None, 0.1, 1.5, 1.0)
     with pytest.raises(ValueError, match="sees no key.*Tq <= Tk"):
-        K.attention_forward(q, k[..., :3, :].copy(), v[..., :3, :].copy(), True, None, 0.0, 0, 1.0)
+        K.attention.attention_forward(q, k[..., :3, :].copy(), v[..., :3, :].copy(), True, None, 0.0, 0, 1.0)
 
 
 def test_backward_argument_errors():
     cp = _cp()
     q, k, v = _good()
-    out, saved = K.attention_forward(q, k, v, True, None, 0.0, 0, 1.0)
+    out, saved = K.attention.attention_forward(q, k, v, True, None, 0.0, 0, 1.0)
     with pytest.raises(ValueError, match=r"attention_backward: grad: expected shape \(1, 2, 4, 8\)"):
-        K.attention_backward(out[..., :3, :].copy(), q, k, v, 0.0, 1.0, saved)
+        K.attention.attention_backward(out[..., :3, :].copy(), q, k, v, 0.0, 1.0, saved)
     with pytest.raises(TypeError, match="attention_backward: grad: expected dtype float32"):
-        K.attention_backward(out.astype(cp.float64), q, k, v, 0.0, 1.0, saved)
+        K.attention.attention_backward(out.astype(cp.float64), q, k, v, 0.0, 1.0, saved)
     with pytest.raises(ValueError, match="attention_backward: saved must be the 6-tuple"):
-        K.attention_backward(out, q, k, v, 0.0, 1.0, saved[:3])
+        K.attention.attention_backward(out, q, k, v, 0.0, 1.0, saved[:3])
     with pytest.raises(ValueError, match=r"attention_backward: saved row max: expected shape \(1, 2, 4\)"):
-        K.attention_backward(out, q, k, v, 0.0, 1.0, (out, saved[1][..., :2].copy()) + tuple(saved[2:]))
+        K.attention.attention_backward(out, q, k, v, 0.0, 1.0, (out, saved[1][..., :2].copy()) + tuple(saved[2:]))
 
 
 # ------------------------------------------------------------------ attention_qkv: packed (B, T, 3C) in place
@@ -272,11 +272,11 @@ def test_packed_equals_split_heads_bit_for_bit(b, t, nh, hs, window, p, causal, 
     g = rng.standard_normal((b, t, nh * hs)).astype(np.float32)
     scale = 1.0 / math.sqrt(hs)
     qkvd, gd = cp.asarray(qkv), cp.asarray(g)
-    out, saved = K.attention_qkv_forward(qkvd, nh, causal, window, p, 5, scale)
-    dqkv = K.attention_qkv_backward(gd, qkvd, nh, p, scale, saved)
+    out, saved = K.attention.qkv_attention_forward(qkvd, nh, causal, window, p, 5, scale)
+    dqkv = K.attention.qkv_attention_backward(gd, qkvd, nh, p, scale, saved)
     q, k, v = (cp.asarray(a) for a in R.split_qkv(qkv, nh))
-    out_ref, saved_ref = K.attention_forward(q, k, v, causal, window, p, 5, scale)
-    dq, dk, dv = K.attention_backward(cp.asarray(R.split_heads(g, nh)), q, k, v, p, scale, saved_ref)
+    out_ref, saved_ref = K.attention.attention_forward(q, k, v, causal, window, p, 5, scale)
+    dq, dk, dv = K.attention.attention_backward(cp.asarray(R.split_heads(g, nh)), q, k, v, p, scale, saved_ref)
     np.testing.assert_array_equal(cp.asnumpy(out), R.merge_heads(cp.asnumpy(out_ref)))
     np.testing.assert_array_equal(cp.asnumpy(saved[1]), cp.asnumpy(saved_ref[1]))  # row max (B, nh, T)
     np.testing.assert_array_equal(cp.asnumpy(dqkv), R.merge_qkv(*(cp.asnumpy(a) for a in (dq, dk, dv))))
@@ -291,9 +291,9 @@ def test_packed_matches_reference_and_dispatch():
     b, t, nh, hs = 2, 77, 4, 32
     qkv = rng.standard_normal((b, t, 3 * nh * hs)).astype(np.float32)
     g = rng.standard_normal((b, t, nh * hs)).astype(np.float32)
-    assert kernels.select("attention_qkv", cp.asarray(qkv)).forward is K.attention_qkv_forward
-    out, saved = K.attention_qkv_forward(cp.asarray(qkv), nh, True, None, 0.0, 0, 1.0 / math.sqrt(hs))
-    dqkv = K.attention_qkv_backward(cp.asarray(g), cp.asarray(qkv), nh, 0.0, 1.0 / math.sqrt(hs), saved)
+    assert kernels.select("qkv_attention", cp.asarray(qkv)).forward is K.attention.qkv_attention_forward
+    out, saved = K.attention.qkv_attention_forward(cp.asarray(qkv), nh, True, None, 0.0, 0, 1.0 / math.sqrt(hs))
+    dqkv = K.attention.qkv_attention_backward(cp.asarray(g), cp.asarray(qkv), nh, 0.0, 1.0 / math.sqrt(hs), saved)
     q, k, v = R.split_qkv(qkv, nh)
     results = dict(out=R.split_heads(cp.asnumpy(out), nh))
     results.update(zip(("dq", "dk", "dv"), R.split_qkv(cp.asnumpy(dqkv), nh)))
@@ -305,11 +305,11 @@ def test_packed_argument_errors():
     cp = _cp()
     qkv = cp.asarray(np.zeros((2, 5, 24), np.float32))
     with pytest.raises(ValueError, match="qkv's last dim 24 must be 3 \\* n_embd with n_embd divisible by n_head 5"):
-        K.attention_qkv_forward(qkv, 5, True, None, 0.0, 0, 1.0)
+        K.attention.qkv_attention_forward(qkv, 5, True, None, 0.0, 0, 1.0)
     with pytest.raises(ValueError, match="expected 3 dimensions"):
-        K.attention_qkv_forward(cp.asarray(np.zeros((5, 24), np.float32)), 2, True, None, 0.0, 0, 1.0)
+        K.attention.qkv_attention_forward(cp.asarray(np.zeros((5, 24), np.float32)), 2, True, None, 0.0, 0, 1.0)
     with pytest.raises(TypeError, match="expected dtype float32"):
-        K.attention_qkv_forward(cp.asarray(np.zeros((2, 5, 24), np.float64)), 2, True, None, 0.0, 0, 1.0)
-    out, saved = K.attention_qkv_forward(qkv, 2, True, None, 0.0, 0, 1.0)
+        K.attention.qkv_attention_forward(cp.asarray(np.zeros((2, 5, 24), np.float64)), 2, True, None, 0.0, 0, 1.0)
+    out, saved = K.attention.qkv_attention_forward(qkv, 2, True, None, 0.0, 0, 1.0)
     with pytest.raises(ValueError, match="grad: expected shape \\(2, 5, 8\\)"):
-        K.attention_qkv_backward(cp.asarray(np.zeros((2, 5, 9), np.float32)), qkv, 2, 0.0, 1.0, saved)
+        K.attention.qkv_attention_backward(cp.asarray(np.zeros((2, 5, 9), np.float32)), qkv, 2, 0.0, 1.0, saved)

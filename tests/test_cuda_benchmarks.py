@@ -9,7 +9,7 @@ import tinygpt as tg
 from tinygpt.kernels import cuda as kcuda
 
 pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not (kcuda.has("linear_gelu") and kcuda.has("attention_qkv")),
+              pytest.mark.skipif(not (kcuda.has("linear_gelu") and kcuda.has("qkv_attention")),
                                  reason="tinygpt._C was built without the CUDA kernels")]
 
 from helpers import load_benchmark, run_tiny_gpu_benchmark
@@ -19,16 +19,16 @@ def test_cuda_kernels_smoke(monkeypatch, capsys):
     bench = load_benchmark("cuda_kernels", monkeypatch)
     assert bench.main(["--smoke"]) == 0
     text = capsys.readouterr().out
-    for what in ("matmul", "ours-fp32", "ours-tf32", "ours-bf16", "cublas", "linear_gelu", "layernorm",
-                 "add_layernorm", "gelu-tanh", "gelu-none", "adamw_step", "dropout", "softmax", "log_softmax",
-                 "cross_entropy", "embedding", "attention", "attention full", "attention_qkv"):
+    for what in ("matmul", "ours-fp32", "ours-tf32", "ours-bf16", "cublas", "linear_gelu", "layer_norm",
+                 "add_layer_norm", "gelu-tanh", "gelu-none", "adamw_step", "dropout", "softmax", "log_softmax",
+                 "cross_entropy", "embedding", "attention", "attention full", "qkv_attention"):
         assert what in text, what
     assert "Traceback" not in text
 
 
 def test_gpu_benchmark_with_the_cuda_kernels(monkeypatch, tmp_path, capsys):
     report = run_tiny_gpu_benchmark(monkeypatch, tmp_path)
-    assert report["device"]["tinygpt_cuda_ops"] == tg.kernels.cuda_ops() and "attention_qkv" in tg.kernels.cuda_ops()
+    assert report["device"]["tinygpt_cuda_ops"] == tg.kernels.cuda_ops() and "qkv_attention" in tg.kernels.cuda_ops()
     for r in report["model"]:
         assert r["errors"] == {}, r["errors"]
         assert set(r["results"]) == {"tinygpt-cuda", "tinygpt-ref"}

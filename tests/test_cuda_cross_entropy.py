@@ -47,9 +47,9 @@ def _check_against_reference(logits, targets, ignore_index, grad=1.0, offset=0):
     cp = _cp()
     ks = 8 * math.ceil(logits.shape[1] / 32) + 256
     xd, td = _device_logits(logits, offset), cp.asarray(targets)
-    loss, saved = K.cross_entropy_forward(xd, td, ignore_index)
+    loss, saved = K.cross_entropy.cross_entropy_forward(xd, td, ignore_index)
     assert int(saved[3]) == int((targets != ignore_index).sum()) and saved[2] == ignore_index
-    dx = cp.asnumpy(K.cross_entropy_backward(cp.asarray(np.float32(grad)), xd, td, saved))
+    dx = cp.asnumpy(K.cross_entropy.cross_entropy_backward(cp.asarray(np.float32(grad)), xd, td, saved))
     assert_cross_entropy_within_bound(cp.asnumpy(loss), dx, logits, targets, ignore_index, grad, ks + 118, ks + 30)
     return loss, dx
 
@@ -88,23 +88,23 @@ def test_char_vocab_many_rows():
 def test_all_ignored_is_nan_as_reference():
     cp = _cp()
     logits, targets = _problem(0, 4, 9, 1.0, -1, 1.0)
-    loss, saved = K.cross_entropy_forward(cp.asarray(logits), cp.asarray(targets), -1)
+    loss, saved = K.cross_entropy.cross_entropy_forward(cp.asarray(logits), cp.asarray(targets), -1)
     assert np.isnan(float(loss)) and int(saved[3]) == 0
-    dx = K.cross_entropy_backward(cp.asarray(np.float32(1.0)), cp.asarray(logits), cp.asarray(targets), saved)
+    dx = K.cross_entropy.cross_entropy_backward(cp.asarray(np.float32(1.0)), cp.asarray(logits), cp.asarray(targets), saved)
     assert np.all(np.isnan(cp.asnumpy(dx)))
 
 
 def test_empty_batch():
     cp = _cp()
-    loss, saved = K.cross_entropy_forward(cp.zeros((0, 5), cp.float32), cp.zeros((0,), cp.int64), -1)
+    loss, saved = K.cross_entropy.cross_entropy_forward(cp.zeros((0, 5), cp.float32), cp.zeros((0,), cp.int64), -1)
     assert np.isnan(float(loss)) and int(saved[3]) == 0
-    assert K.cross_entropy_backward(1.0, cp.zeros((0, 5), cp.float32), cp.zeros((0,), cp.int64), saved).shape == (0, 5)
+    assert K.cross_entropy.cross_entropy_backward(1.0, cp.zeros((0, 5), cp.float32), cp.zeros((0,), cp.int64), saved).shape == (0, 5)
 
 
 def test_saved_is_small_row_statistics():
     cp = _cp()
     logits, targets = _problem(0, 6, 11, 1.0, -1, 0.0)
-    _, saved = K.cross_entropy_forward(cp.asarray(logits), cp.asarray(targets), -1)
+    _, saved = K.cross_entropy.cross_entropy_forward(cp.asarray(logits), cp.asarray(targets), -1)
     row_max, row_logsum, ignore_index, count = saved
     assert row_max.shape == row_logsum.shape == (6,) and row_max.dtype == np.float32
     assert ignore_index == -1 and int(count) == 6
@@ -115,10 +115,10 @@ def test_grad_as_number_or_array():
     cp = _cp()
     logits, targets = _problem(1, 4, 7, 1.0, -1, 0.0)
     x, t = cp.asarray(logits), cp.asarray(targets)
-    _, saved = K.cross_entropy_forward(x, t, -1)
-    ref = cp.asnumpy(K.cross_entropy_backward(cp.asarray(np.float32(1.0)), x, t, saved))
+    _, saved = K.cross_entropy.cross_entropy_forward(x, t, -1)
+    ref = cp.asnumpy(K.cross_entropy.cross_entropy_backward(cp.asarray(np.float32(1.0)), x, t, saved))
     for other in (1.0, 1, np.float32(1.0), np.float64(1.0), cp.asarray(1.0)):
-        np.testing.assert_array_equal(cp.asnumpy(K.cross_entropy_backward(other, x, t, saved)), ref)
+        np.testing.assert_array_equal(cp.asnumpy(K.cross_entropy.cross_entropy_backward(other, x, t, saved)), ref)
 
 
 def test_matches_torch_if_installed():
@@ -126,8 +126,8 @@ def test_matches_torch_if_installed():
     cp = _cp()
     logits, targets = _problem(5, 33, 257, 3.0, -100, 0.2)
     targets[0] = 3
-    loss, saved = K.cross_entropy_forward(cp.asarray(logits), cp.asarray(targets), -100)
-    dx = K.cross_entropy_backward(1.0, cp.asarray(logits), cp.asarray(targets), saved)
+    loss, saved = K.cross_entropy.cross_entropy_forward(cp.asarray(logits), cp.asarray(targets), -100)
+    dx = K.cross_entropy.cross_entropy_backward(1.0, cp.asarray(logits), cp.asarray(targets), saved)
     xt = torch.tensor(logits, requires_grad=True)
     lt = torch.nn.functional.cross_entropy(xt, torch.tensor(targets), ignore_index=-100)
     lt.backward()
@@ -137,7 +137,7 @@ def test_matches_torch_if_installed():
 
 def test_errors_name_the_argument():
     cp = _cp()
-    fwd, bwd = K.cross_entropy_forward, K.cross_entropy_backward
+    fwd, bwd = K.cross_entropy.cross_entropy_forward, K.cross_entropy.cross_entropy_backward
     x = cp.zeros((4, 5), cp.float32)
     t = cp.asarray(np.array([0, 1, 2, -1], np.int64))
     with pytest.raises(TypeError, match="cross_entropy_forward: logits: expected dtype float32"):

@@ -37,12 +37,12 @@ def test_forward_backward_match_reference(shape, mag, p, seed, data_seed):
     rng = np.random.default_rng(data_seed)
     x = (rng.standard_normal(shape) * mag).astype(np.float32)
     g = (rng.standard_normal(shape) * mag).astype(np.float32)
-    y, saved = K.dropout_forward(cp.asarray(x), p, seed)
+    y, saved = K.dropout.dropout_forward(cp.asarray(x), p, seed)
     y = cp.asnumpy(y)
     y_ref32, saved_ref = R.dropout_forward(x, p, seed)
     np.testing.assert_array_equal(y, y_ref32)
     np.testing.assert_allclose(y, R.dropout_forward(x.astype(np.float64), p, seed)[0], rtol=RTOL64, atol=0)
-    dx = cp.asnumpy(K.dropout_backward(cp.asarray(g), p, saved))
+    dx = cp.asnumpy(K.dropout.dropout_backward(cp.asarray(g), p, saved))
     np.testing.assert_array_equal(dx, R.dropout_backward(g, p, saved_ref))
     assert y.dtype == dx.dtype == np.float32 and y.shape == dx.shape == x.shape
 
@@ -55,7 +55,7 @@ def test_sizes_and_misaligned_views(n, offset):
     cp = _cp()
     x = np.random.default_rng(n).standard_normal(n + offset).astype(np.float32)
     xd = cp.asarray(x)[offset:]  # C-contiguous view, misaligned by `offset` floats
-    y, _ = K.dropout_forward(xd, 0.3, n * 7919)
+    y, _ = K.dropout.dropout_forward(xd, 0.3, n * 7919)
     np.testing.assert_array_equal(cp.asnumpy(y), R.dropout_forward(x[offset:], 0.3, n * 7919)[0])
     if n >= 100_000:
         assert abs(float((y != 0).mean()) - 0.7) < 0.01  # 5 sigma at n = 1e5
@@ -66,7 +66,7 @@ def test_mask_equals_reference_bits():
     cp = _cp()
     shape = (4, 12, 256, 256)
     for seed in (0, 1, 2**63 - 1, 2**64 - 1):
-        y, _ = K.dropout_forward(cp.ones(shape, cp.float32), 0.1, seed)
+        y, _ = K.dropout.dropout_forward(cp.ones(shape, cp.float32), 0.1, seed)
         np.testing.assert_array_equal(cp.asnumpy(y != 0), R.dropout_mask(shape, 0.1, seed, np))
 
 
@@ -74,15 +74,15 @@ def test_empty_and_zero_d():
     cp = _cp()
     for shape in [(0,), (3, 0), ()]:
         x = np.ones(shape, np.float32)
-        y, saved = K.dropout_forward(cp.asarray(x), 0.5, 1)
+        y, saved = K.dropout.dropout_forward(cp.asarray(x), 0.5, 1)
         assert y.shape == shape
         np.testing.assert_array_equal(cp.asnumpy(y), R.dropout_forward(x, 0.5, 1)[0])
-        assert K.dropout_backward(y, 0.5, saved).shape == shape
+        assert K.dropout.dropout_backward(y, 0.5, saved).shape == shape
 
 
 def test_saved_is_only_seed_and_shape():
     cp = _cp()
-    _, saved = K.dropout_forward(cp.ones((64, 128), cp.float32), 0.5, 2**64 + 5)
+    _, saved = K.dropout.dropout_forward(cp.ones((64, 128), cp.float32), 0.5, 2**64 + 5)
     assert saved == (5, (64, 128))
 
 
@@ -90,19 +90,19 @@ def test_errors_name_the_argument():
     cp = _cp()
     x = cp.ones((4, 3), cp.float32)
     with pytest.raises(TypeError, match="dropout_forward: x: expected dtype float32"):
-        K.dropout_forward(x.astype(cp.float64), 0.5, 0)
+        K.dropout.dropout_forward(x.astype(cp.float64), 0.5, 0)
     with pytest.raises(ValueError, match="dropout_forward: x: expected a C-contiguous array"):
-        K.dropout_forward(x.T, 0.5, 0)
+        K.dropout.dropout_forward(x.T, 0.5, 0)
     with pytest.raises(TypeError, match="dropout_forward: x: expected a cupy array"):
-        K.dropout_forward(np.ones((4, 3), np.float32), 0.5, 0)
+        K.dropout.dropout_forward(np.ones((4, 3), np.float32), 0.5, 0)
     with pytest.raises(ValueError, match=r"dropout_forward: p: must be in \[0, 1\)"):
-        K.dropout_forward(x, 1.0, 0)
+        K.dropout.dropout_forward(x, 1.0, 0)
     with pytest.raises(TypeError, match="dropout_forward: seed: expected an int"):
-        K.dropout_forward(x, 0.5, "7")
-    _, saved = K.dropout_forward(x, 0.5, 0)
+        K.dropout.dropout_forward(x, 0.5, "7")
+    _, saved = K.dropout.dropout_forward(x, 0.5, 0)
     with pytest.raises(ValueError, match=r"dropout_backward: grad: expected shape \(4, 3\)"):
-        K.dropout_backward(cp.ones((3, 4), cp.float32), 0.5, saved)
+        K.dropout.dropout_backward(cp.ones((3, 4), cp.float32), 0.5, saved)
     with pytest.raises(TypeError, match="dropout_backward: grad: expected dtype float32"):
-        K.dropout_backward(x.astype(cp.float64), 0.5, saved)
+        K.dropout.dropout_backward(x.astype(cp.float64), 0.5, saved)
     with pytest.raises(ValueError, match="dropout_backward: saved must be"):
-        K.dropout_backward(x, 0.5, (0,))
+        K.dropout.dropout_backward(x, 0.5, (0,))

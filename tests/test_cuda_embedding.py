@@ -29,10 +29,10 @@ def _cp():
 def _check(ids, w, g):
     """Forward and backward on the GPU equal the float32 reference bit for bit."""
     cp = _cp()
-    out, saved = K.embedding_forward(cp.asarray(ids), cp.asarray(w))
+    out, saved = K.embedding.embedding_forward(cp.asarray(ids), cp.asarray(w))
     assert saved == () and out.dtype == np.float32 and out.shape == ids.shape + (w.shape[1],)
     np.testing.assert_array_equal(cp.asnumpy(out), R.embedding_forward(ids, w)[0])
-    dw = K.embedding_backward(cp.asarray(g), cp.asarray(ids), w.shape, saved)
+    dw = K.embedding.embedding_backward(cp.asarray(g), cp.asarray(ids), w.shape, saved)
     assert dw.dtype == np.float32 and dw.shape == w.shape
     np.testing.assert_array_equal(cp.asnumpy(dw), R.embedding_backward(g, ids, w.shape, ()))
 
@@ -82,10 +82,10 @@ def test_misaligned_and_strided_arrays():
     flat = rng.standard_normal(V * C + 1).astype(np.float32)
     w = cp.asarray(flat)[1:].reshape(V, C)  # C-contiguous, 4 bytes past CuPy's 256-byte alignment
     ids = np.arange(30).reshape(5, 6)[:, ::2] % V
-    out, _ = K.embedding_forward(cp.asarray(np.arange(30).reshape(5, 6) % V)[:, ::2], w)
+    out, _ = K.embedding.embedding_forward(cp.asarray(np.arange(30).reshape(5, 6) % V)[:, ::2], w)
     np.testing.assert_array_equal(cp.asnumpy(out), flat[1:].reshape(V, C)[ids])
     g = rng.standard_normal(ids.shape + (C,)).astype(np.float32)
-    dw = K.embedding_backward(cp.asarray(g), cp.asarray(ids.astype(np.int32)), (V, C), ())
+    dw = K.embedding.embedding_backward(cp.asarray(g), cp.asarray(ids.astype(np.int32)), (V, C), ())
     np.testing.assert_array_equal(cp.asnumpy(dw), R.embedding_backward(g, ids, (V, C), ()))
 
 
@@ -95,12 +95,12 @@ def test_out_of_range_ids_stay_in_bounds():
     cp = _cp()
     w = np.arange(12, dtype=np.float32).reshape(4, 3)
     ids = np.array([1, -1, 4, 1, 3])
-    out, _ = K.embedding_forward(cp.asarray(ids), cp.asarray(w))
+    out, _ = K.embedding.embedding_forward(cp.asarray(ids), cp.asarray(w))
     out = cp.asnumpy(out)
     np.testing.assert_array_equal(out[[0, 3, 4]], w[[1, 1, 3]])
     assert np.isnan(out[[1, 2]]).all()
     g = np.ones((5, 3), np.float32)
-    dw = cp.asnumpy(K.embedding_backward(cp.asarray(g), cp.asarray(ids), (4, 3), ()))
+    dw = cp.asnumpy(K.embedding.embedding_backward(cp.asarray(g), cp.asarray(ids), (4, 3), ()))
     np.testing.assert_array_equal(dw, [[0, 0, 0], [2, 2, 2], [0, 0, 0], [1, 1, 1]])
     with pytest.raises(ValueError, match=r"embedding: token id -1 at position \(1,\) is out of range \[0, 4\)"):
         F.embedding(cp.asarray(ids), tg.Tensor(w, device="cuda"))
@@ -111,19 +111,19 @@ def test_argument_errors():
     w = cp.ones((5, 4), cp.float32)
     ids = cp.asarray(np.array([0, 4, 2]))
     with pytest.raises(TypeError, match="embedding_forward: ids must have an integer dtype, got float32"):
-        K.embedding_forward(ids.astype(cp.float32), w)
+        K.embedding.embedding_forward(ids.astype(cp.float32), w)
     with pytest.raises(TypeError, match="embedding_forward: ids must be a cupy integer array, got ndarray"):
-        K.embedding_forward(np.array([0, 1]), w)
+        K.embedding.embedding_forward(np.array([0, 1]), w)
     with pytest.raises(TypeError, match="embedding_forward: weight: expected dtype float32, got float64"):
-        K.embedding_forward(ids, w.astype(cp.float64))
+        K.embedding.embedding_forward(ids, w.astype(cp.float64))
     with pytest.raises(ValueError, match=r"embedding_forward: weight: expected 2 dimensions, got shape \(20,\)"):
-        K.embedding_forward(ids, w.reshape(-1))
+        K.embedding.embedding_forward(ids, w.reshape(-1))
     with pytest.raises(ValueError, match=r"embedding_backward: grad: expected shape \(3, 4\), got \(3, 5\)"):
-        K.embedding_backward(cp.ones((3, 5), cp.float32), ids, (5, 4), ())
+        K.embedding.embedding_backward(cp.ones((3, 5), cp.float32), ids, (5, 4), ())
     with pytest.raises(ValueError, match=r"embedding_backward: weight_shape must be \(V, C\)"):
-        K.embedding_backward(cp.ones((3, 4), cp.float32), ids, (5,), ())
+        K.embedding.embedding_backward(cp.ones((3, 4), cp.float32), ids, (5,), ())
     with pytest.raises(ValueError, match=r"embedding_backward: weight_shape must be \(V, C\) with V, C >= 1"):
-        K.embedding_backward(cp.ones((3, 0), cp.float32), ids, (5, 0), ())
+        K.embedding.embedding_backward(cp.ones((3, 0), cp.float32), ids, (5, 0), ())
 
 
 def test_dispatch_and_training_gradients():

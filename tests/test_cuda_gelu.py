@@ -50,9 +50,9 @@ def _check(name, got, want, scale):
 def _run(x, g, approximate):
     c = cp()
     xd, gd = c.asarray(x), c.asarray(g)
-    y, saved = kcuda.gelu_forward(xd, approximate)
+    y, saved = kcuda.gelu.gelu_forward(xd, approximate)
     assert saved == ()
-    return y, kcuda.gelu_backward(gd, xd, approximate, saved)
+    return y, kcuda.gelu.gelu_backward(gd, xd, approximate, saved)
 
 
 @given(seed=st.integers(0, 2**32 - 1), shape=SHAPES, scale=SCALES, approximate=APPROX)
@@ -87,17 +87,17 @@ def test_misaligned_scalar_path():
     xs[...] = c.asarray(x)
     assert xs.data.ptr % 16 != 0
     for approximate in ("tanh", "none"):
-        y, _ = kcuda.gelu_forward(xs, approximate)
-        y_al, _ = kcuda.gelu_forward(c.asarray(x), approximate)
+        y, _ = kcuda.gelu.gelu_forward(xs, approximate)
+        y_al, _ = kcuda.gelu.gelu_forward(c.asarray(x), approximate)
         c.testing.assert_array_equal(y, y_al)
-        dx = kcuda.gelu_backward(xs, xs, approximate, ())
-        dx_al = kcuda.gelu_backward(c.asarray(x), c.asarray(x), approximate, ())
+        dx = kcuda.gelu.gelu_backward(xs, xs, approximate, ())
+        dx_al = kcuda.gelu.gelu_backward(c.asarray(x), c.asarray(x), approximate, ())
         c.testing.assert_array_equal(dx, dx_al)
 
 
 def test_empty():
     c = cp()
-    y, _ = kcuda.gelu_forward(c.zeros((0, 3), c.float32), "tanh")
+    y, _ = kcuda.gelu.gelu_forward(c.zeros((0, 3), c.float32), "tanh")
     assert y.shape == (0, 3)
 
 
@@ -105,15 +105,15 @@ def test_errors_name_the_argument():
     c = cp()
     x = c.ones((4, 5), c.float32)
     with pytest.raises(ValueError, match="gelu_forward: approximate must be 'tanh' or 'none', got 'erf'"):
-        kcuda.gelu_forward(x, "erf")
+        kcuda.gelu.gelu_forward(x, "erf")
     with pytest.raises(TypeError, match="gelu_forward: x: expected dtype float32"):
-        kcuda.gelu_forward(x.astype(c.float16), "tanh")
+        kcuda.gelu.gelu_forward(x.astype(c.float16), "tanh")
     with pytest.raises(ValueError, match=r"gelu_backward: grad: expected shape \(4, 5\)"):
-        kcuda.gelu_backward(c.ones((5, 4), c.float32), x, "tanh", ())
+        kcuda.gelu.gelu_backward(c.ones((5, 4), c.float32), x, "tanh", ())
     with pytest.raises(ValueError, match="gelu_backward: x: expected a C-contiguous array"):
-        kcuda.gelu_backward(x, c.ones((5, 4), c.float32).T, "none", ())
+        kcuda.gelu.gelu_backward(x, c.ones((5, 4), c.float32).T, "none", ())
     with pytest.raises(TypeError, match="gelu_forward: x: expected a cupy array"):
-        kcuda.gelu_forward(np.ones(3, np.float32), "tanh")
+        kcuda.gelu.gelu_forward(np.ones(3, np.float32), "tanh")
 
 
 @pytest.mark.parametrize("approximate", ["tanh", "none"])

@@ -42,14 +42,14 @@ def grad_lists(draw):
 def test_norm_matches_float64(grads, norm_type):
     cp = _cp()
     dev = [cp.asarray(g) for g in grads]
-    got = K.grad_norm(dev, norm_type)
+    got = K.grad_norm.grad_norm(dev, norm_type)
     assert got.shape == () and got.dtype == np.float64
     flat = np.concatenate([g.astype(np.float64) for g in grads])
     if norm_type == 2.0:
         np.testing.assert_allclose(float(got), float(np.sum(flat * flat)), rtol=1e-12, atol=0)
     else:
         assert float(got) == (float(np.abs(flat).max()) if flat.size else 0.0)
-    assert float(K.grad_norm(dev, norm_type)) == float(got)  # deterministic
+    assert float(K.grad_norm.grad_norm(dev, norm_type)) == float(got)  # deterministic
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -58,7 +58,7 @@ def test_nonfinite_propagates(bad, norm_type):
     cp = _cp()
     grads = [np.ones(CHUNK + 3, np.float32), np.ones(5, np.float32)]
     grads[0][CHUNK + 1] = bad
-    got = float(K.grad_norm([cp.asarray(g) for g in grads], norm_type))
+    got = float(K.grad_norm.grad_norm([cp.asarray(g) for g in grads], norm_type))
     assert math.isnan(got) if np.isnan(bad) else got == math.inf
 
 
@@ -66,7 +66,7 @@ def test_nonfinite_propagates(bad, norm_type):
 def test_scale_is_one_float32_multiply(grads, scale):
     cp = _cp()
     dev = [cp.asarray(g) for g in grads]
-    K.grad_scale_(dev, scale)
+    K.grad_norm.grad_scale_(dev, scale)
     for d, g in zip(dev, grads):
         np.testing.assert_array_equal(cp.asnumpy(d), g * np.float32(scale))
 
@@ -82,8 +82,8 @@ def test_clip_grad_norm_runs_the_kernels_and_matches_the_cpu(monkeypatch):
         g.grad = c.grad.to("cuda")
     calls = []
     for name in ("grad_norm", "grad_scale_"):
-        real = getattr(K, name)
-        monkeypatch.setattr(K, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+        real = getattr(K.grad_norm, name)
+        monkeypatch.setattr(K.grad_norm, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
     for norm_type, max_norm in ((2.0, 1.0), (math.inf, 1e-4)):  # both clip
         want = tg.nn.utils.clip_grad_norm_(cpu, max_norm, norm_type)
         got = tg.nn.utils.clip_grad_norm_(gpu, max_norm, norm_type)
@@ -97,8 +97,8 @@ def test_clip_grad_norm_runs_the_kernels_and_matches_the_cpu(monkeypatch):
 def test_argument_errors():
     cp = _cp()
     with pytest.raises(ValueError, match="need at least one tensor"):
-        K.grad_norm([], 2.0)
+        K.grad_norm.grad_norm([], 2.0)
     with pytest.raises(ValueError, match="norm_type must be 2 or inf"):
-        K.grad_norm([cp.asarray(np.ones(3, np.float32))], 1.0)
+        K.grad_norm.grad_norm([cp.asarray(np.ones(3, np.float32))], 1.0)
     with pytest.raises(TypeError, match="tensor 1: expected dtype float32"):
-        K.grad_scale_([cp.asarray(np.ones(3, np.float32)), cp.asarray(np.ones(3))], 0.5)
+        K.grad_norm.grad_scale_([cp.asarray(np.ones(3, np.float32)), cp.asarray(np.ones(3))], 0.5)

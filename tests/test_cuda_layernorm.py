@@ -20,14 +20,14 @@ from tinygpt.kernels import reference as ref
 
 from kernel_checks import LN_EPS32 as EPS32
 from kernel_checks import LN_K as K
-from kernel_checks import assert_layernorm_backward, assert_layernorm_forward
+from kernel_checks import assert_layer_norm_backward, assert_layer_norm_forward
 from kernel_checks import assert_within as _check
 from kernel_checks import f64 as _f64
 from kernel_checks import layernorm_problem as _draw
 from kernel_checks import layernorm_row_terms as _row_terms
 
 pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not kcuda.has("add_layernorm"),
+              pytest.mark.skipif(not kcuda.has("add_layer_norm"),
                                  reason="tinygpt._C was built without the CUDA layernorm kernels")]
 
 
@@ -52,7 +52,7 @@ def _h(a):
 
 
 def _check_forward(y, y_ref, s64, w, b, eps):
-    assert_layernorm_forward(y, y_ref, s64, w, b, eps, floor=1e-30)
+    assert_layer_norm_forward(y, y_ref, s64, w, b, eps, floor=1e-30)
 
 
 def _check_stats(saved, s64, eps):
@@ -69,7 +69,7 @@ def _check_stats(saved, s64, eps):
 
 def _check_backward(dx, dw, db, ref_grads, s64, g, w, eps, extra_dx=None):
     # the weight and bias gradients sum N rows in one float32 chain per column: K + N eps
-    assert_layernorm_backward(dx, dw, db, ref_grads, s64, g, w, eps, extra_dx, floor=1e-30,
+    assert_layer_norm_backward(dx, dw, db, ref_grads, s64, g, w, eps, extra_dx, floor=1e-30,
                               sum_terms=lambda N: K + N)
 
 
@@ -77,34 +77,34 @@ def _check_backward(dx, dw, db, ref_grads, s64, g, w, eps, extra_dx=None):
        affine=st.sampled_from(["wb", "w", "b", "none"]), eps=st.sampled_from([1e-5, 1e-6]))
 def test_layernorm_matches_reference(seed, lead, C, scale, offset, affine, eps):
     _, x, g, w, b = _draw(seed, lead, C, scale, offset, affine)
-    y, saved = kcuda.layernorm_forward(_d(x), _d(w), _d(b), eps)
-    y_ref, saved_ref = ref.layernorm_forward(_f64(x), _f64(w), _f64(b), eps)
+    y, saved = kcuda.layer_norm.layer_norm_forward(_d(x), _d(w), _d(b), eps)
+    y_ref, saved_ref = ref.layer_norm_forward(_f64(x), _f64(w), _f64(b), eps)
     assert y.dtype == np.float32
     _check_forward(_h(y), y_ref, _f64(x), w, b, eps)
     _check_stats(saved, _f64(x), eps)
-    dx, dw, db = kcuda.layernorm_backward(_d(g), _d(x), _d(w), saved)
-    ref_grads = ref.layernorm_backward(_f64(g), _f64(x), _f64(w), saved_ref)
+    dx, dw, db = kcuda.layer_norm.layer_norm_backward(_d(g), _d(x), _d(w), saved)
+    ref_grads = ref.layer_norm_backward(_f64(g), _f64(x), _f64(w), saved_ref)
     _check_backward(_h(dx), _h(dw), _h(db), ref_grads, _f64(x), g, w, eps)
 
 
 @given(seed=st.integers(0, 2**32 - 1), lead=LEADING, C=WIDTHS, scale=SCALES, offset=OFFSETS,
        affine=st.sampled_from(["wb", "w", "b", "none"]), with_grad_s=st.booleans())
-def test_add_layernorm_matches_reference(seed, lead, C, scale, offset, affine, with_grad_s):
+def test_add_layer_norm_matches_reference(seed, lead, C, scale, offset, affine, with_grad_s):
     eps = 1e-5
     rng, x, g, w, b = _draw(seed, lead, C, scale, offset, affine)
     r = (rng.standard_normal(x.shape) * scale).astype(np.float32)
     gs = (rng.standard_normal(x.shape) * rng.choice([1e-2, 1.0, 1e3])).astype(np.float32) if with_grad_s else None
-    (s, y), saved = kcuda.add_layernorm_forward(_d(x), _d(r), _d(w), _d(b), eps)
-    (s_ref, y_ref), saved_ref = ref.add_layernorm_forward(_f64(x), _f64(r), _f64(w), _f64(b), eps)
+    (s, y), saved = kcuda.layer_norm.add_layer_norm_forward(_d(x), _d(r), _d(w), _d(b), eps)
+    (s_ref, y_ref), saved_ref = ref.add_layer_norm_forward(_f64(x), _f64(r), _f64(w), _f64(b), eps)
     # s = x + r is one float32 rounding of the exact sum
     _check("s", _h(s), s_ref, 0.5 * EPS32 * np.abs(s_ref) + 1e-30)
     s64 = _h(s).astype(np.float64)  # the kernel normalises its own s
-    y_own, _ = ref.layernorm_forward(s64, _f64(w), _f64(b), eps)
+    y_own, _ = ref.layer_norm_forward(s64, _f64(w), _f64(b), eps)
     _check_forward(_h(y), y_own, s64, w, b, eps)
-    dx, dres, dw, db = kcuda.add_layernorm_backward(_d(gs), _d(g), _d(x), _d(r), _d(w), saved)
+    dx, dres, dw, db = kcuda.layer_norm.add_layer_norm_backward(_d(gs), _d(g), _d(x), _d(r), _d(w), saved)
     assert dx is dres
-    ref_grads = ref.add_layernorm_backward(_f64(gs), _f64(g), s64, np.zeros_like(s64), _f64(w),
-                                           ref.layernorm_forward(s64, None, None, eps)[1])
+    ref_grads = ref.add_layer_norm_backward(_f64(gs), _f64(g), s64, np.zeros_like(s64), _f64(w),
+                                           ref.layer_norm_forward(s64, None, None, eps)[1])
     _check_backward(_h(dx), _h(dw), _h(db), (ref_grads[0], ref_grads[2], ref_grads[3]), s64, g, w, eps,
                     extra_dx=None if gs is None else _f64(gs))
 
@@ -114,11 +114,11 @@ def test_many_rows_per_block(N, C):
     """Enough rows that each backward block loops over several (more rows than 8 * 512 chunks)."""
     eps = 1e-5
     _, x, g, w, b = _draw(7, (N,), C, 1.0, 1.0, "wb")
-    y, saved = kcuda.layernorm_forward(_d(x), _d(w), _d(b), eps)
-    y_ref, saved_ref = ref.layernorm_forward(_f64(x), _f64(w), _f64(b), eps)
+    y, saved = kcuda.layer_norm.layer_norm_forward(_d(x), _d(w), _d(b), eps)
+    y_ref, saved_ref = ref.layer_norm_forward(_f64(x), _f64(w), _f64(b), eps)
     _check_forward(_h(y), y_ref, _f64(x), w, b, eps)
-    dx, dw, db = kcuda.layernorm_backward(_d(g), _d(x), _d(w), saved)
-    ref_grads = ref.layernorm_backward(_f64(g), _f64(x), _f64(w), saved_ref)
+    dx, dw, db = kcuda.layer_norm.layer_norm_backward(_d(g), _d(x), _d(w), saved)
+    ref_grads = ref.layer_norm_backward(_f64(g), _f64(x), _f64(w), saved_ref)
     _check_backward(_h(dx), _h(dw), _h(db), ref_grads, _f64(x), g, w, eps)
 
 
@@ -129,19 +129,19 @@ def test_misaligned_takes_block_path():
     flat = c.empty(x.size + 1, c.float32)
     xs = flat[1:].reshape(x.shape)
     xs[...] = c.asarray(x)
-    y1, saved = kcuda.layernorm_forward(xs, _d(w), _d(b), 1e-5)
-    y_ref, saved_ref = ref.layernorm_forward(_f64(x), _f64(w), _f64(b), 1e-5)
+    y1, saved = kcuda.layer_norm.layer_norm_forward(xs, _d(w), _d(b), 1e-5)
+    y_ref, saved_ref = ref.layer_norm_forward(_f64(x), _f64(w), _f64(b), 1e-5)
     _check_forward(_h(y1), y_ref, _f64(x), w, b, 1e-5)
-    dx, dw, db = kcuda.layernorm_backward(_d(g), xs, _d(w), saved)
-    _check_backward(_h(dx), _h(dw), _h(db), ref.layernorm_backward(_f64(g), _f64(x), _f64(w), saved_ref),
+    dx, dw, db = kcuda.layer_norm.layer_norm_backward(_d(g), xs, _d(w), saved)
+    _check_backward(_h(dx), _h(dw), _h(db), ref.layer_norm_backward(_f64(g), _f64(x), _f64(w), saved_ref),
                     _f64(x), g, w, 1e-5)
 
 
 def test_deterministic():
     _, x, g, w, b = _draw(11, (3000,), 768, 1.0, 0.0, "wb")
-    y, saved = kcuda.layernorm_forward(_d(x), _d(w), _d(b), 1e-5)
-    first = [_h(a) for a in kcuda.layernorm_backward(_d(g), _d(x), _d(w), saved)]
-    second = [_h(a) for a in kcuda.layernorm_backward(_d(g), _d(x), _d(w), saved)]
+    y, saved = kcuda.layer_norm.layer_norm_forward(_d(x), _d(w), _d(b), 1e-5)
+    first = [_h(a) for a in kcuda.layer_norm.layer_norm_backward(_d(g), _d(x), _d(w), saved)]
+    second = [_h(a) for a in kcuda.layer_norm.layer_norm_backward(_d(g), _d(x), _d(w), saved)]
     for a, bb in zip(first, second):
         np.testing.assert_array_equal(a, bb)
 
@@ -150,24 +150,24 @@ def test_errors_name_the_argument():
     c = cp()
     x = c.ones((4, 6), c.float32)
     w = c.ones(6, c.float32)
-    with pytest.raises(ValueError, match=r"layernorm_forward: weight: expected shape \(6,\)"):
-        kcuda.layernorm_forward(x, c.ones(5, c.float32), None, 1e-5)
-    with pytest.raises(TypeError, match="layernorm_forward: x: expected dtype float32"):
-        kcuda.layernorm_forward(x.astype(c.float64), w, None, 1e-5)
-    with pytest.raises(ValueError, match="layernorm_forward: x must be a cupy array"):
-        kcuda.layernorm_forward(c.ones((4, 0), c.float32), None, None, 1e-5)
-    with pytest.raises(ValueError, match="layernorm_forward: x: expected a C-contiguous array"):
-        kcuda.layernorm_forward(c.ones((6, 4), c.float32).T, w, None, 1e-5)
-    y, saved = kcuda.layernorm_forward(x, w, None, 1e-5)
-    with pytest.raises(ValueError, match="layernorm_backward: saved must be the tuple"):
-        kcuda.layernorm_backward(y, x, w, saved[:1])
-    with pytest.raises(ValueError, match=r"layernorm_backward: grad: expected shape \(4, 6\)"):
-        kcuda.layernorm_backward(c.ones((4, 5), c.float32), x, w, saved)
-    with pytest.raises(ValueError, match=r"add_layernorm_forward: residual: expected shape \(4, 6\)"):
-        kcuda.add_layernorm_forward(x, c.ones((4, 5), c.float32), w, None, 1e-5)
-    (s, y), saved = kcuda.add_layernorm_forward(x, x, w, None, 1e-5)
-    with pytest.raises(ValueError, match=r"add_layernorm_backward: saved mean: expected shape \(4,\)"):
-        kcuda.add_layernorm_backward(None, y, x, x, w, (s, c.ones(3, c.float32), saved[2]))
+    with pytest.raises(ValueError, match=r"layer_norm_forward: weight: expected shape \(6,\)"):
+        kcuda.layer_norm.layer_norm_forward(x, c.ones(5, c.float32), None, 1e-5)
+    with pytest.raises(TypeError, match="layer_norm_forward: x: expected dtype float32"):
+        kcuda.layer_norm.layer_norm_forward(x.astype(c.float64), w, None, 1e-5)
+    with pytest.raises(ValueError, match="layer_norm_forward: x must be a cupy array"):
+        kcuda.layer_norm.layer_norm_forward(c.ones((4, 0), c.float32), None, None, 1e-5)
+    with pytest.raises(ValueError, match="layer_norm_forward: x: expected a C-contiguous array"):
+        kcuda.layer_norm.layer_norm_forward(c.ones((6, 4), c.float32).T, w, None, 1e-5)
+    y, saved = kcuda.layer_norm.layer_norm_forward(x, w, None, 1e-5)
+    with pytest.raises(ValueError, match="layer_norm_backward: saved must be the tuple"):
+        kcuda.layer_norm.layer_norm_backward(y, x, w, saved[:1])
+    with pytest.raises(ValueError, match=r"layer_norm_backward: grad: expected shape \(4, 6\)"):
+        kcuda.layer_norm.layer_norm_backward(c.ones((4, 5), c.float32), x, w, saved)
+    with pytest.raises(ValueError, match=r"add_layer_norm_forward: residual: expected shape \(4, 6\)"):
+        kcuda.layer_norm.add_layer_norm_forward(x, c.ones((4, 5), c.float32), w, None, 1e-5)
+    (s, y), saved = kcuda.layer_norm.add_layer_norm_forward(x, x, w, None, 1e-5)
+    with pytest.raises(ValueError, match=r"add_layer_norm_backward: saved mean: expected shape \(4,\)"):
+        kcuda.layer_norm.add_layer_norm_backward(None, y, x, x, w, (s, c.ones(3, c.float32), saved[2]))
 
 
 def test_autograd_through_functional():

@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 import tinygpt as tg
 from tinygpt.kernels import cuda as kcuda
+from tinygpt.kernels import policy as kpolicy
 from tinygpt.kernels import reference
 
 pytestmark = [pytest.mark.gpu,
@@ -53,13 +54,13 @@ def cp():
 
 @contextlib.contextmanager
 def matmul_mode(precision, backend="ours"):
-    old_p = kcuda.set_matmul_precision(precision)
-    old_b = kcuda.set_matmul_backend(backend)
+    old_p = kpolicy.set_matmul_precision(precision)
+    old_b = kpolicy.set_matmul_backend(backend)
     try:
         yield
     finally:
-        kcuda.set_matmul_precision(old_p)
-        kcuda.set_matmul_backend(old_b)
+        kpolicy.set_matmul_precision(old_p)
+        kpolicy.set_matmul_backend(old_b)
 
 
 # ------------------------------------------------------------------ input rounding, emulated in numpy
@@ -134,7 +135,7 @@ def check_linear(x, w, b, g, precision, emulate=True):
     n_out, n_in = w.shape
     rows = math.prod(x.shape[:-1])
     dx_, dw_, db_, dg_ = _dev(x, w, b, g)
-    y, saved = kcuda.linear_forward(dx_, dw_, db_)
+    y, saved = kcuda.linear.linear_forward(dx_, dw_, db_)
     assert saved == () and y.dtype == np.float32 and y.shape == x.shape[:-1] + (n_out,)
     x2, g2 = x.reshape(rows, n_in), g.reshape(rows, n_out)
     b64 = 0.0 if b is None else b.astype(np.float64)
@@ -142,7 +143,7 @@ def check_linear(x, w, b, g, precision, emulate=True):
     _check_product(_host(y).reshape(rows, n_out), x2, np.ascontiguousarray(w.T), precision, "linear y",
                    extra=0.0 if b is None else EPS * np.abs(b64), expected=y64, emulate=emulate)
 
-    gx, gw, gb = kcuda.linear_backward(dg_, dx_, dw_, b is not None, saved)
+    gx, gw, gb = kcuda.linear.linear_backward(dg_, dx_, dw_, b is not None, saved)
     assert gx.shape == x.shape and gw.shape == w.shape
     _check_product(_host(gx).reshape(rows, n_in), g2, w, precision, "linear dx", emulate=emulate)
     _check_product(_host(gw), np.ascontiguousarray(g2.T), x2, precision, "linear dweight", emulate=emulate)
@@ -162,7 +163,7 @@ def check_linear_gelu(x, w, b, g, precision, emulate=True):
     n_out, n_in = w.shape
     rows = math.prod(x.shape[:-1])
     dx_, dw_, db_, dg_ = _dev(x, w, b, g)
-    y, saved = kcuda.linear_gelu_forward(dx_, dw_, db_)
+    y, saved = kcuda.linear.linear_gelu_forward(dx_, dw_, db_)
     (h,) = saved
     assert y.shape == h.shape == x.shape[:-1] + (n_out,)
     x2 = x.reshape(rows, n_in)
@@ -181,7 +182,7 @@ def check_linear_gelu(x, w, b, g, precision, emulate=True):
 
     # Backward from the kernel's own saved h: dh = g * gelu'(h) to 1e-5 |dh| + 1e-6 |g| (as
     # test_cuda_gelu), then the GEMM bounds with |dh| <= 1.2 |g|.
-    gx, gw, gb = kcuda.linear_gelu_backward(dg_, dx_, dw_, b is not None, saved)
+    gx, gw, gb = kcuda.linear.linear_gelu_backward(dg_, dx_, dw_, b is not None, saved)
     t = np.tanh(np.sqrt(2 / np.pi) * (hh + 0.044715 * hh**3))
     g2 = g.reshape(rows, n_out).astype(np.float64)
     rx, rw, rb = reference.linear_gelu_backward(g2, x2.astype(np.float64), w.astype(np.float64), b is not None,
@@ -238,14 +239,14 @@ def test_gpt_shapes(precision, rows, n_in, n_out):
     x64, w64, g64 = x.astype(c.float64), w.astype(c.float64), g.astype(c.float64)
     with matmul_mode(precision):
         for gelu in (False, True):
-            fwd = kcuda.linear_gelu_forward if gelu else kcuda.linear_forward
+            fwd = kcuda.linear.linear_gelu_forward if gelu else kcuda.linear.linear_forward
             out, saved = fwd(x, w, b)
             h = saved[0] if gelu else out
             ref = x64 @ w64.T + b.astype(c.float64)
             bound = (PROD[precision] + 2 * (ACC[precision] * n_in + 20) * EPS) * (abs(x64) @ abs(w64).T) \
                 + 2 * EPS * abs(ref) + TINY
             assert bool((abs(h.astype(c.float64) - ref) <= bound).all()), f"h, gelu={gelu}"
-        gx, gw, gb = kcuda.linear_backward(g, x, w, True, ())
+        gx, gw, gb = kcuda.linear.linear_backward(g, x, w, True, ())
         bound = (PROD[precision] + 2 * (ACC[precision] * n_out + 20) * EPS) * (abs(g64) @ abs(w64)) + TINY
         assert bool((abs(gx - g64 @ w64) <= bound + EPS * abs(g64 @ w64)).all()), "dx"
         bound = (PROD[precision] + 2 * (ACC[precision] * rows + 20) * EPS) * (abs(g64).T @ abs(x64)) + TINY
@@ -262,13 +263,13 @@ def test_split_k_dweight(precision, rows, n_in, n_out, splits):
     with the device-chosen count, against the same bound as without."""
     rng = np.random.default_rng(rows)
     x, w, _, g = _case(rng, (rows,), n_in, n_out, 1.0, False)
-    old = kcuda._dw_splits
-    kcuda._dw_splits = splits
+    old = kcuda.linear._dw_splits
+    kcuda.linear._dw_splits = splits
     try:
         with matmul_mode(precision):
-            _, gw, _ = kcuda.linear_backward(*_dev(g, x, w), False, ())
+            _, gw, _ = kcuda.linear.linear_backward(*_dev(g, x, w), False, ())
     finally:
-        kcuda._dw_splits = old
+        kcuda.linear._dw_splits = old
     _check_product(_host(gw), np.ascontiguousarray(g.T), x, precision, f"split-K dweight ({splits} splits)")
 
 
@@ -285,11 +286,11 @@ def test_misaligned_and_strided_edges(precision):
         assert view.data.ptr % 16 != 0 and view.flags.c_contiguous
         return view
     with matmul_mode(precision):
-        y, _ = kcuda.linear_forward(shifted(x), shifted(w), shifted(b))
-        y_ref, _ = kcuda.linear_forward(c.asarray(x), c.asarray(w), c.asarray(b))
+        y, _ = kcuda.linear.linear_forward(shifted(x), shifted(w), shifted(b))
+        y_ref, _ = kcuda.linear.linear_forward(c.asarray(x), c.asarray(w), c.asarray(b))
         c.testing.assert_allclose(y, y_ref, rtol=0, atol=0)  # same tiles and order: bitwise equal
-        gx, gw, gb = kcuda.linear_backward(shifted(g), shifted(x), shifted(w), True, ())
-        rx, rw, rb = kcuda.linear_backward(c.asarray(g), c.asarray(x), c.asarray(w), True, ())
+        gx, gw, gb = kcuda.linear.linear_backward(shifted(g), shifted(x), shifted(w), True, ())
+        rx, rw, rb = kcuda.linear.linear_backward(c.asarray(g), c.asarray(x), c.asarray(w), True, ())
         for got, want in ((gx, rx), (gw, rw), (gb, rb)):
             c.testing.assert_allclose(got, want, rtol=0, atol=0)
 
@@ -300,7 +301,7 @@ def test_cublas_path():
     prec = "tf32" if os.environ.get("CUPY_TF32") == "1" else "fp32"  # CuPy's own cuBLAS setting
     rng = np.random.default_rng(1)
     with matmul_mode("fp32", "cublas"):
-        assert kcuda.matmul_policy("linear", 4096, 768, 768) is False
+        assert kpolicy.matmul_policy("linear", 4096, 768, 768) is False
         check_linear(*_case(rng, (5, 7), 33, 19, 1.0, True), prec, emulate=False)
         check_linear_gelu(*_case(rng, (3,), 17, 65, 1.0, True), prec, emulate=False)
 
@@ -312,19 +313,19 @@ def fake_timings(monkeypatch, ours_ms, cublas_ms):
     made = []
 
     def median_ms(fns, reps):
-        assert set(fns) == {"ours", "cublas"} and reps == kcuda._TUNE_REPS
+        assert set(fns) == {"ours", "cublas"} and reps == kpolicy._TUNE_REPS
         for fn in fns.values():
             fn()
         made.append(len(made))
         return {"ours": ours_ms, "cublas": cublas_ms}
 
-    monkeypatch.setattr(kcuda, "_median_ms", median_ms)
-    kcuda.clear_matmul_choices()
+    monkeypatch.setattr(kpolicy, "median_ms", median_ms)
+    kpolicy.clear_matmul_choices()
     try:
         with matmul_mode("fp32", "auto"):
             yield made
     finally:
-        kcuda.clear_matmul_choices()
+        kpolicy.clear_matmul_choices()
 
 
 def _count_gemm_calls(monkeypatch):
@@ -333,8 +334,8 @@ def _count_gemm_calls(monkeypatch):
     c = cp()
     real_matmul = c.matmul
     monkeypatch.setattr(c, "matmul", lambda *a, **k: calls.update(["cublas"]) or real_matmul(*a, **k))
-    for name in ("linear_forward_launch", "linear_backward_dx_launch"):
-        real = kcuda._launch(name)
+    for name in ("linear_forward", "linear_backward_dx"):
+        real = kcuda.launcher(name)
         monkeypatch.setattr(kcuda._cuda, name, lambda *a, _real=real, **k: calls.update(["ours"]) or _real(*a, **k))
     return calls
 
@@ -343,90 +344,90 @@ def _count_gemm_calls(monkeypatch):
 def test_auto_measures_each_shape_class_once_and_runs_the_faster(monkeypatch, ours_ms, cublas_ms, winner):
     rng = np.random.default_rng(2)
     with fake_timings(monkeypatch, ours_ms, cublas_ms) as made:
-        assert kcuda.matmul_policy("linear", 100, 33, 19) is None  # not measured yet
+        assert kpolicy.matmul_policy("linear", 100, 33, 19) is None  # not measured yet
         check_linear(*_case(rng, (100,), 33, 19, 1.0, True), "fp32", emulate=False)
         assert len(made) == 2  # forward and backward are separate classes
-        choices = kcuda.matmul_choices()
+        choices = kpolicy.matmul_choices()
         assert {k[1:] for k in choices} == {("linear", d, 128, 33, 19, "fp32") for d in ("forward", "backward")}
-        assert all(c == kcuda.MatmulChoice(winner == "ours", ours_ms, cublas_ms) for c in choices.values())
-        assert kcuda.matmul_policy("linear", 100, 33, 19) is (winner == "ours")
+        assert all(c == kpolicy.MatmulChoice(winner == "ours", ours_ms, cublas_ms) for c in choices.values())
+        assert kpolicy.matmul_policy("linear", 100, 33, 19) is (winner == "ours")
         calls = _count_gemm_calls(monkeypatch)
         check_linear(*_case(rng, (120,), 33, 19, 1.0, True), "fp32", emulate=False)  # same class: 120 -> 128
         assert len(made) == 2, "a measured class is not measured again"
         assert calls == ({"ours": 2} if winner == "ours" else {"cublas": 3})  # fwd + dx (+ dW) products
         check_linear_gelu(*_case(rng, (129,), 33, 19, 1.0, True), "fp32", emulate=False)  # new op and rows class
-        assert len(made) == 4 and len(kcuda.matmul_choices()) == 4
-        old = kcuda.set_matmul_precision("tf32")  # the precision is part of the class
+        assert len(made) == 4 and len(kpolicy.matmul_choices()) == 4
+        old = kpolicy.set_matmul_precision("tf32")  # the precision is part of the class
         try:
-            assert kcuda.matmul_policy("linear", 100, 33, 19) is None
+            assert kpolicy.matmul_policy("linear", 100, 33, 19) is None
         finally:
-            kcuda.set_matmul_precision(old)
-    assert kcuda.matmul_choices() == {}
+            kpolicy.set_matmul_precision(old)
+    assert kpolicy.matmul_choices() == {}
 
 
 def test_auto_times_both_on_the_gpu():
     """The real measurement: both implementations timed with CUDA events, medians recorded, results right."""
     rng = np.random.default_rng(3)
-    kcuda.clear_matmul_choices()
+    kpolicy.clear_matmul_choices()
     try:
         with matmul_mode("fp32", "auto"):
             check_linear_gelu(*_case(rng, (4, 16), 40, 24, 1.0, True), "fp32", emulate=False)
-            choices = kcuda.matmul_choices()
+            choices = kpolicy.matmul_choices()
             assert len(choices) == 2
             for choice in choices.values():
                 assert choice.ours_ms > 0 and choice.cublas_ms > 0
                 assert choice.ours == (choice.ours_ms < choice.cublas_ms)
     finally:
-        kcuda.clear_matmul_choices()
+        kpolicy.clear_matmul_choices()
 
 
 def test_empty_and_zero_k():
     c = cp()
     with matmul_mode("fp32"):
-        y, _ = kcuda.linear_forward(c.zeros((0, 5), c.float32), c.ones((3, 5), c.float32), None)
+        y, _ = kcuda.linear.linear_forward(c.zeros((0, 5), c.float32), c.ones((3, 5), c.float32), None)
         assert y.shape == (0, 3)
         b = c.arange(3, dtype=c.float32)
-        y, (h,) = kcuda.linear_gelu_forward(c.zeros((4, 0), c.float32), c.zeros((3, 0), c.float32), b)
+        y, (h,) = kcuda.linear.linear_gelu_forward(c.zeros((4, 0), c.float32), c.zeros((3, 0), c.float32), b)
         c.testing.assert_allclose(h, c.broadcast_to(b, (4, 3)))
-        gx, gw, gb = kcuda.linear_backward(c.ones((4, 3), c.float32), c.zeros((4, 0), c.float32),
+        gx, gw, gb = kcuda.linear.linear_backward(c.ones((4, 3), c.float32), c.zeros((4, 0), c.float32),
                                            c.zeros((3, 0), c.float32), True, ())
         assert gx.shape == (4, 0) and gw.shape == (3, 0)
         c.testing.assert_allclose(gb, c.full(3, 4.0, c.float32))
 
 
 def test_precision_setting():
-    assert kcuda.get_matmul_precision() in PRECISIONS
-    old = kcuda.set_matmul_precision("bf16")
+    assert kpolicy.get_matmul_precision() in PRECISIONS
+    old = kpolicy.set_matmul_precision("bf16")
     try:
-        assert kcuda.get_matmul_precision() == "bf16"
+        assert kpolicy.get_matmul_precision() == "bf16"
         with pytest.raises(ValueError, match="matmul precision must be one of"):
-            kcuda.set_matmul_precision("fp16")
+            kpolicy.set_matmul_precision("fp16")
     finally:
-        kcuda.set_matmul_precision(old)
+        kpolicy.set_matmul_precision(old)
     with pytest.raises(ValueError, match="matmul backend"):
-        kcuda.set_matmul_backend("cutlass")
+        kpolicy.set_matmul_backend("cutlass")
 
 
 def test_errors_name_the_argument():
     c = cp()
     x, w = c.ones((4, 5), c.float32), c.ones((3, 5), c.float32)
     with pytest.raises(ValueError, match=r"linear_forward: weight must have shape \(out, 5\)"):
-        kcuda.linear_forward(x, c.ones((3, 4), c.float32), None)
+        kcuda.linear.linear_forward(x, c.ones((3, 4), c.float32), None)
     with pytest.raises(TypeError, match="linear_forward: x: expected dtype float32"):
-        kcuda.linear_forward(x.astype(c.float64), w, None)
+        kcuda.linear.linear_forward(x.astype(c.float64), w, None)
     with pytest.raises(ValueError, match=r"linear_forward: bias: expected shape \(3,\)"):
-        kcuda.linear_forward(x, w, c.ones(4, c.float32))
+        kcuda.linear.linear_forward(x, w, c.ones(4, c.float32))
     with pytest.raises(ValueError, match="linear_forward: x: expected a C-contiguous array"):
-        kcuda.linear_forward(c.ones((5, 4), c.float32).T, w, None)
+        kcuda.linear.linear_forward(c.ones((5, 4), c.float32).T, w, None)
     with pytest.raises(TypeError, match="linear_forward: weight: expected a cupy array"):
-        kcuda.linear_forward(x, np.ones((3, 5), np.float32), None)
+        kcuda.linear.linear_forward(x, np.ones((3, 5), np.float32), None)
     with pytest.raises(ValueError, match=r"linear_backward: grad: expected shape \(4, 3\)"):
-        kcuda.linear_backward(c.ones((4, 2), c.float32), x, w, True, ())
-    y, saved = kcuda.linear_gelu_forward(x, w, None)
+        kcuda.linear.linear_backward(c.ones((4, 2), c.float32), x, w, True, ())
+    y, saved = kcuda.linear.linear_gelu_forward(x, w, None)
     with pytest.raises(ValueError, match="linear_gelu_backward: saved must be the"):
-        kcuda.linear_gelu_backward(y, x, w, False, ())
+        kcuda.linear.linear_gelu_backward(y, x, w, False, ())
     with pytest.raises(ValueError, match=r"linear_gelu_backward: saved h: expected shape \(4, 3\)"):
-        kcuda.linear_gelu_backward(y, x, w, False, (c.ones((4, 2), c.float32),))
+        kcuda.linear.linear_gelu_backward(y, x, w, False, (c.ones((4, 2), c.float32),))
 
 
 def test_autograd_through_functional():

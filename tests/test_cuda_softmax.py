@@ -69,7 +69,7 @@ def _check(actual, expected, bound, what):
 def _softmax_case(x, g, offset=0):
     C = x.shape[-1]
     ks = _ksum(C)
-    y, saved = K.softmax_forward(_device(x, offset), -1)
+    y, saved = K.softmax.softmax_forward(_device(x, offset), -1)
     assert saved == ()
     x64 = x.astype(np.float64)
     y64, _ = R.softmax_forward(x64, -1)
@@ -78,7 +78,7 @@ def _softmax_case(x, g, offset=0):
     # backward on the kernel's own y: dx = y (g - d), d = sum g y (a K-bounded sum), g - d rounds
     # at eps (|g| + |d|), the product at eps.
     y_in = _cp().asnumpy(y).astype(np.float64)
-    dx = K.softmax_backward(_device(g, offset), _device(y_in.astype(np.float32), offset), -1, saved)
+    dx = K.softmax.softmax_backward(_device(g, offset), _device(y_in.astype(np.float32), offset), -1, saved)
     dx64 = R.softmax_backward(g.astype(np.float64), y_in, -1, ())
     s_abs = np.abs(g * y_in).sum(axis=-1, keepdims=True)
     _check(dx, dx64, ks * EPS * y_in * (np.abs(g) + s_abs) + 1e-37, "softmax backward")
@@ -87,7 +87,7 @@ def _softmax_case(x, g, offset=0):
 def _log_softmax_case(x, g, offset=0):
     C = x.shape[-1]
     ks = _ksum(C)
-    y, saved = K.log_softmax_forward(_device(x, offset), -1)
+    y, saved = K.softmax.log_softmax_forward(_device(x, offset), -1)
     assert saved == ()
     y64, _ = R.log_softmax_forward(x.astype(np.float64), -1)
     # y = (x - m) - log s: x - m and log s round at eps of their size (<= |y| + log C), s's relative
@@ -95,7 +95,7 @@ def _log_softmax_case(x, g, offset=0):
     _check(y, y64, (ks + 4 * (np.abs(y64) + np.log(C) + 1)) * EPS, "log_softmax forward")
     # backward: dx = g - exp(y) gs, gs = sum g (K-bounded), exp(y) <= 4 eps, subtraction eps.
     y_in = _cp().asnumpy(y).astype(np.float64)
-    dx = K.log_softmax_backward(_device(g, offset), _device(y_in.astype(np.float32), offset), -1, saved)
+    dx = K.softmax.log_softmax_backward(_device(g, offset), _device(y_in.astype(np.float32), offset), -1, saved)
     dx64 = R.log_softmax_backward(g.astype(np.float64), y_in, -1, ())
     p = np.exp(y_in)
     g_abs = np.abs(g).sum(axis=-1, keepdims=True)
@@ -135,25 +135,25 @@ def test_special_values():
     with np.errstate(invalid="ignore"):
         y64, _ = R.softmax_forward(x.astype(np.float64), -1)
         ly64, _ = R.log_softmax_forward(x.astype(np.float64), -1)
-    y = _cp().asnumpy(K.softmax_forward(_device(x), -1)[0])
+    y = _cp().asnumpy(K.softmax.softmax_forward(_device(x), -1)[0])
     assert y[0, 1] == 0.0 and y[0, 3] == 0.0
     np.testing.assert_allclose(y, y64, rtol=1e-6, equal_nan=True)
-    ly = _cp().asnumpy(K.log_softmax_forward(_device(x), -1)[0])
+    ly = _cp().asnumpy(K.softmax.log_softmax_forward(_device(x), -1)[0])
     np.testing.assert_allclose(ly, ly64, rtol=1e-6, equal_nan=True)
 
 
 def test_empty():
     cp = _cp()
     for shape in [(0, 5), (3, 0)]:
-        y, _ = K.softmax_forward(cp.zeros(shape, cp.float32), -1)
+        y, _ = K.softmax.softmax_forward(cp.zeros(shape, cp.float32), -1)
         assert y.shape == shape
-        assert K.log_softmax_backward(cp.zeros(shape, cp.float32), y, -1, ()).shape == shape
+        assert K.softmax.log_softmax_backward(cp.zeros(shape, cp.float32), y, -1, ()).shape == shape
 
 
 @pytest.mark.parametrize("op", ["softmax", "log_softmax"])
 def test_errors_name_the_argument(op):
     cp = _cp()
-    fwd, bwd = getattr(K, f"{op}_forward"), getattr(K, f"{op}_backward")
+    fwd, bwd = getattr(K.softmax, f"{op}_forward"), getattr(K.softmax, f"{op}_backward")
     x = cp.ones((4, 6), cp.float32)
     with pytest.raises(TypeError, match=f"{op}_forward: x: expected dtype float32"):
         fwd(x.astype(cp.float64), -1)

@@ -60,7 +60,7 @@ def fake_tensor(*shape, dtype=np.float32, requires_grad=False):
 # ------------------------------------------------------------------ dispatch (select / adamw_step)
 @pytest.fixture
 def fake_cuda_ops(monkeypatch):
-    """Pretend tinygpt.kernels.cuda has wrappers for 'layernorm' and 'adamw_step'; record the calls."""
+    """Pretend tinygpt.kernels.cuda has kernels for 'layer_norm' and 'adamw_step' only; record the calls."""
     calls = []
 
     def make(name):
@@ -70,49 +70,48 @@ def fake_cuda_ops(monkeypatch):
 
         return fn
 
-    monkeypatch.setitem(kcuda.LAUNCHERS, "layernorm", ("layernorm_forward_launch",))
-    monkeypatch.setitem(kcuda.LAUNCHERS, "adamw_step", ("adamw_launch",))
-    monkeypatch.setattr(kcuda, "has", lambda op: op in ("layernorm", "adamw_step"))
-    for name in ("layernorm_forward", "layernorm_backward", "adamw_step"):
-        monkeypatch.setattr(kcuda, name, make(name), raising=False)
+    monkeypatch.setattr(kcuda, "has", lambda op: op in ("layer_norm", "adamw_step"))
+    for module, name in ((kcuda.layer_norm, "layer_norm_forward"), (kcuda.layer_norm, "layer_norm_backward"),
+                         (kcuda.adamw, "adamw_step")):
+        monkeypatch.setattr(module, name, make(name))
     return calls
 
 
 def test_select_routes_cupy_arrays_to_the_cuda_wrappers(fake_cuda_ops):
     x, w, b = FakeArray((4, 8)), FakeArray((8,)), FakeArray((8,))
     with kernels.use_native(True):  # also under TINYGPT_NATIVE=0
-        k = kernels.select("layernorm", x, w, b)
+        k = kernels.select("layer_norm", x, w, b)
         assert k.name == "native-cuda"
-        assert k.forward() == "layernorm_forward" and k.backward() == "layernorm_backward"
-        assert fake_cuda_ops == ["layernorm_forward", "layernorm_backward"]
+        assert k.forward() == "layer_norm_forward" and k.backward() == "layer_norm_backward"
+        assert fake_cuda_ops == ["layer_norm_forward", "layer_norm_backward"]
         # no CUDA wrapper for gelu: the reference, which runs on cupy through xp
         assert kernels.select("gelu", x) == kernels.Kernel("reference", R.gelu_forward, R.gelu_backward)
         # arrays that do not qualify: float64, non-contiguous, None allowed
-        assert kernels.select("layernorm", FakeArray((4, 8), np.float64), w, b).name == "reference"
-        assert kernels.select("layernorm", FakeArray((4, 8), c_contiguous=False), w, b).name == "reference"
-        assert kernels.select("layernorm", x, None, None).name == "native-cuda"
-        assert kernels.select("layernorm", x, w, b, native_ok=False).name == "reference"
+        assert kernels.select("layer_norm", FakeArray((4, 8), np.float64), w, b).name == "reference"
+        assert kernels.select("layer_norm", FakeArray((4, 8), c_contiguous=False), w, b).name == "reference"
+        assert kernels.select("layer_norm", x, None, None).name == "native-cuda"
+        assert kernels.select("layer_norm", x, w, b, native_ok=False).name == "reference"
         # a numpy array among cupy ones: no device in common, so the reference (the Function's
         # device check has already refused such a mix before a kernel is picked)
-        assert kernels.select("layernorm", x, np.ones(8, np.float32), b).name == "reference"
+        assert kernels.select("layer_norm", x, np.ones(8, np.float32), b).name == "reference"
     with kernels.use_native(False):
-        assert kernels.select("layernorm", x, w, b).name == "reference"
+        assert kernels.select("layer_norm", x, w, b).name == "reference"
 
 
 def test_select_keeps_numpy_arrays_on_the_cpu_path(fake_cuda_ops):
     x = np.ones((4, 8), np.float32)
     w = np.ones(8, np.float32)
     with kernels.use_native(True):
-        k = kernels.select("layernorm", x, w, w)
+        k = kernels.select("layer_norm", x, w, w)
     assert k.name in ("reference", "native-cpu")  # never the CUDA wrappers
-    assert (k.name == "native-cpu") == ("layernorm" in kernels.available()["cpu"])
+    assert (k.name == "native-cpu") == ("layer_norm" in kernels.available()["cpu"])
     assert fake_cuda_ops == []
 
 
 def test_cuda_wrapper_without_a_backward_is_not_offered(monkeypatch):
     monkeypatch.setattr(kcuda, "has", lambda op: op == "softmax")
-    monkeypatch.setattr(kcuda, "softmax_forward", lambda *a: None, raising=False)
-    monkeypatch.delattr(kcuda, "softmax_backward", raising=False)
+    monkeypatch.setattr(kcuda.softmax, "softmax_forward", lambda *a: None)
+    monkeypatch.delattr(kcuda.softmax, "softmax_backward")
     with kernels.use_native(True):
         assert kernels.select("softmax", FakeArray((2, 3)), native_ok=True).name == "reference"
 
@@ -133,7 +132,7 @@ def test_adamw_step_routes_cupy_arrays_to_the_cuda_wrapper(fake_cuda_ops, monkey
 
 def test_available_reports_the_cuda_ops(fake_cuda_ops):
     info = kernels.available()
-    assert info["cuda"] == ["adamw_step", "layernorm"] == kernels.cuda_ops()
+    assert info["cuda"] == ["adamw_step", "layer_norm"] == kernels.cuda_ops()
     assert set(info) >= {"native", "enabled", "cpu", "cuda"}
 
 
@@ -142,9 +141,9 @@ def test_available_cuda_lists_only_dispatchable_ops(monkeypatch):
     listed = kernels.available()["cuda"]
     assert listed == kernels.cuda_ops()
     for op in listed:
-        assert kcuda.has(op) and (op == "adamw_step" or kernels._cuda_kernel(op) is not None)
-    # a launcher group without wrappers of the op's name (a helper, say) is not an op
-    monkeypatch.setitem(kcuda.LAUNCHERS, "some_helper", ("x",))
+        assert kcuda.has(op) and kernels.implementation(op, "cuda") is not None
+    # a launcher group that is not in the op table (a helper, say) is not an op
+    monkeypatch.setitem(kcuda.linear.LAUNCHERS, "some_helper", ("x",))
     monkeypatch.setattr(kcuda, "has", lambda op: True)
     assert "some_helper" not in kernels.cuda_ops()
 

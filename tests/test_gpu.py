@@ -499,15 +499,15 @@ NATIVE_CASES = {  # op -> (Function call on float32 GPU tensors, input arrays, n
     "linear": (lambda x, w, b: F.linear(x, w, b), [A, W, B6], 1e-3),  # 1e-3 also admits TF32 tensor cores
     "linear_gelu": (lambda x, w, b: F.linear_gelu(x, w, b), [A, W, B6], 1e-3),
     "embedding": (lambda w: F.embedding(_ids(w, IDS), w), [_rng(15).standard_normal((7, 8))], 1e-5),
-    "layernorm": (lambda x, g, b: F.layer_norm(x, g, b), [A, G8, B8], 1e-4),
-    "add_layernorm": (lambda x, r, g, b: F.add_layer_norm(x, r, g, b), [A, A[::-1].copy(), G8, B8], 1e-4),
+    "layer_norm": (lambda x, g, b: F.layer_norm(x, g, b), [A, G8, B8], 1e-4),
+    "add_layer_norm": (lambda x, r, g, b: F.add_layer_norm(x, r, g, b), [A, A[::-1].copy(), G8, B8], 1e-4),
     "gelu": (lambda x: F.gelu(x, "tanh"), [A], 1e-4),
     "softmax": (lambda x: F.softmax(x, -1), [A], 1e-4),
     "log_softmax": (lambda x: F.log_softmax(x, -1), [A * 5], 1e-4),
     "cross_entropy": (lambda x: F.cross_entropy(x, _ids(x, TARGETS)), [_rng(16).standard_normal((6, 5))], 1e-4),
     "dropout": (lambda x: F.dropout(x, 0.3), [A], 1e-6),
     "attention": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, dropout_p=0.1), QKV, 1e-4),
-    "attention_qkv": (lambda qkv: F.qkv_attention(qkv, 2, dropout_p=0.1, window=3),
+    "qkv_attention": (lambda qkv: F.qkv_attention(qkv, 2, dropout_p=0.1, window=3),
                       [_rng(17).standard_normal((2, 7, 3 * 2 * 4))], 1e-4),
 }
 
@@ -578,7 +578,7 @@ def test_example_trains_on_gpu(tmp_path):
     assert s["last_train_loss"] < first
     if "linear" in tg.kernels.cuda_ops():  # the summary says which GEMM the 'auto' dispatch picked
         assert "GEMM: " in s["kernels"] and ("measured shape classes" in s["kernels"]
-                                              or tg.kernels.cuda.get_matmul_backend() != "auto")
+                                              or tg.kernels.policy.get_matmul_backend() != "auto")
 
 
 # ------------------------------------------------------------------ quantized inference, LoRA, the other examples

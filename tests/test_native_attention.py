@@ -39,21 +39,21 @@ pytestmark = pytest.mark.skipif(not hasattr(_cpu, "attention_forward"),
                                 reason="tinygpt._C is not built or has no cpu.attention_forward")
 
 C1, C2 = 64.0, 32.0
-ISAS = ["avx512", "avx2", "portable"]
+ISAS = ["avx512", "avx2", "baseline"]
 TILES = [(64, 64, 64, 64), (16, 7, 16, 5), (16, 16, 32, 13), (32, 64, 32, 64)]  # (fwd_br, fwd_bc, bwd_br, bwd_bc)
 
 
 def _isa_available(name):
     if _cpu is None:
         return False
-    before = _cpu.attention_isa()
+    before = _cpu.isa()
     try:
-        _cpu.attention_isa(name)
+        _cpu.set_isa(name)
         return True
     except ValueError:
         return False
     finally:
-        _cpu.attention_isa(before)
+        _cpu.set_isa(before)
 
 
 class use_isa:
@@ -65,11 +65,11 @@ class use_isa:
         self.name = name
 
     def __enter__(self):
-        self.before = _cpu.attention_isa()
-        _cpu.attention_isa(self.name)
+        self.before = _cpu.isa()
+        _cpu.set_isa(self.name)
 
     def __exit__(self, *exc):
-        _cpu.attention_isa(self.before)
+        _cpu.set_isa(self.before)
 
 
 @pytest.fixture(params=ISAS)
@@ -281,8 +281,8 @@ def test_option_errors():
         _cpu.attention_forward(q, k, v, True, None, 0.1, 1.5, 1.0)
     with pytest.raises(ValueError, match="sees no key.*Tq <= Tk"):
         _cpu.attention_forward(q, k[..., :3, :].copy(), v[..., :3, :].copy(), True, None, 0.0, 0, 1.0)
-    with pytest.raises(ValueError, match="attention_isa: name must be"):
-        _cpu.attention_isa("sse9")
+    with pytest.raises(ValueError, match="set_isa: name must be"):
+        _cpu.set_isa("sse9")
     with pytest.raises(ValueError, match="attention_tiles: fwd_br must be a multiple of 16"):
         _cpu.attention_tiles(fwd_br=20)
 

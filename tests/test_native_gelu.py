@@ -149,7 +149,7 @@ for approximate in ("tanh", "none"):
     dx_ref = ref.gelu_backward(g.astype(np.float64), x.astype(np.float64), approximate, saved_ref)
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-6 * np.abs(g).max())
-print(cpu.gelu_isa())
+print(cpu.isa())
 """
 
 

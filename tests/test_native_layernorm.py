@@ -23,15 +23,15 @@ from tinygpt import kernels
 from tinygpt.kernels import reference as ref
 
 from kernel_checks import LN_EPS32 as EPS32
-from kernel_checks import assert_layernorm_backward as _check_backward
-from kernel_checks import assert_layernorm_forward as _check_forward
+from kernel_checks import assert_layer_norm_backward as _check_backward
+from kernel_checks import assert_layer_norm_forward as _check_forward
 from kernel_checks import assert_within as _check
 from kernel_checks import f64 as _f64
 from kernel_checks import layernorm_problem as _draw
 
 CPU = getattr(kernels._native, "cpu", None)
 pytestmark = pytest.mark.skipif(
-    not (hasattr(CPU, "layernorm_forward") and hasattr(CPU, "add_layernorm_forward")),
+    not (hasattr(CPU, "layer_norm_forward") and hasattr(CPU, "add_layer_norm_forward")),
     reason="tinygpt._C.cpu has no layernorm kernels (extension not built)",
 )
 
@@ -47,34 +47,34 @@ OFFSETS = st.sampled_from([0.0, 1.0, 10.0, 300.0])  # in units of the scale: con
        affine=st.sampled_from(["wb", "w", "b", "none"]), eps=st.sampled_from([1e-5, 1e-6]))
 def test_layernorm_matches_reference(seed, lead, C, scale, offset, affine, eps):
     _, x, g, w, b = _draw(seed, lead, C, scale, offset, affine)
-    y, saved = CPU.layernorm_forward(x, w, b, eps)
-    y_ref, saved_ref = ref.layernorm_forward(_f64(x), _f64(w), _f64(b), eps)
+    y, saved = CPU.layer_norm_forward(x, w, b, eps)
+    y_ref, saved_ref = ref.layer_norm_forward(_f64(x), _f64(w), _f64(b), eps)
     assert y.dtype == np.float32
     _check_forward(y, y_ref, _f64(x), w, b, eps)
-    dx, dw, db = CPU.layernorm_backward(g, x, w, saved)
-    ref_grads = ref.layernorm_backward(_f64(g), _f64(x), _f64(w), saved_ref)
+    dx, dw, db = CPU.layer_norm_backward(g, x, w, saved)
+    ref_grads = ref.layer_norm_backward(_f64(g), _f64(x), _f64(w), saved_ref)
     _check_backward(dx, dw, db, ref_grads, _f64(x), g, w, eps)
 
 
 # ----------------------------------------------------------------------------- add + layernorm
 @given(seed=st.integers(0, 2**32 - 1), lead=LEADING, C=WIDTHS, scale=SCALES, offset=OFFSETS,
        affine=st.sampled_from(["wb", "w", "b", "none"]), with_grad_s=st.booleans())
-def test_add_layernorm_matches_reference(seed, lead, C, scale, offset, affine, with_grad_s):
+def test_add_layer_norm_matches_reference(seed, lead, C, scale, offset, affine, with_grad_s):
     eps = 1e-5
     rng, x, g, w, b = _draw(seed, lead, C, scale, offset, affine)
     r = (rng.standard_normal(x.shape) * scale).astype(np.float32)
     gs = (rng.standard_normal(x.shape) * rng.choice([1e-2, 1.0, 1e3])).astype(np.float32) if with_grad_s else None
-    (s, y), saved = CPU.add_layernorm_forward(x, r, w, b, eps)
-    (s_ref, y_ref), saved_ref = ref.add_layernorm_forward(_f64(x), _f64(r), _f64(w), _f64(b), eps)
+    (s, y), saved = CPU.add_layer_norm_forward(x, r, w, b, eps)
+    (s_ref, y_ref), saved_ref = ref.add_layer_norm_forward(_f64(x), _f64(r), _f64(w), _f64(b), eps)
     # s = x + r: one float32 rounding of the exact sum.
     _check("s", s, s_ref, 0.5 * EPS32 * np.abs(s_ref) + 1e-45)
     # y is layernorm of the float32 s; compare to the float64 layernorm of the exact sum, so
     # the rounding of s (relative eps32 of |s| <= max|s|, i.e. <= eps32 * cond in y) is inside
     # the same (1 + cond) term.
     _check_forward(y, y_ref, s_ref, w, b, eps)
-    dx, dres, dw, db = CPU.add_layernorm_backward(gs, g, x, r, w, saved)
+    dx, dres, dw, db = CPU.add_layer_norm_backward(gs, g, x, r, w, saved)
     assert dx is dres
-    dx_ref, dres_ref, dw_ref, db_ref = ref.add_layernorm_backward(_f64(gs), _f64(g), _f64(x), _f64(r), _f64(w),
+    dx_ref, dres_ref, dw_ref, db_ref = ref.add_layer_norm_backward(_f64(gs), _f64(g), _f64(x), _f64(r), _f64(w),
                                                                   saved_ref)
     _check_backward(dx, dw, db, (dx_ref, dw_ref, db_ref), s_ref, g, w, eps,
                     extra_dx=None if gs is None else gs.astype(np.float64))
@@ -85,8 +85,8 @@ def test_large_offset_rows_stay_accurate():
     """Rows 1e4 + N(0, 1): a naive float32 E[x^2] - E[x]^2 variance would be garbage here."""
     rng = np.random.default_rng(0)
     x = (1e4 + rng.standard_normal((64, 768))).astype(np.float32)
-    y, (mean, rstd) = CPU.layernorm_forward(x, None, None, 1e-5)
-    y_ref, (mean_ref, rstd_ref) = ref.layernorm_forward(x.astype(np.float64), None, None, 1e-5)
+    y, (mean, rstd) = CPU.layer_norm_forward(x, None, None, 1e-5)
+    y_ref, (mean_ref, rstd_ref) = ref.layer_norm_forward(x.astype(np.float64), None, None, 1e-5)
     np.testing.assert_allclose(rstd, rstd_ref[:, 0], rtol=1e-4)
     # cond ~ 1e4: y may lose ~log2(1e4) bits, the inherent float32 limit (ulp(1e4) = 1e-3).
     assert np.abs(y - y_ref).max() < 2e-3
@@ -96,13 +96,13 @@ def test_backward_is_deterministic_and_independent_of_threads():
     rng = np.random.default_rng(1)
     x, g = (rng.standard_normal((5000, 256)).astype(np.float32) for _ in range(2))  # > 2^20: parallel
     w = rng.standard_normal(256).astype(np.float32)
-    _, saved = CPU.layernorm_forward(x, w, None, 1e-5)
+    _, saved = CPU.layer_norm_forward(x, w, None, 1e-5)
     before = CPU.get_num_threads()
     try:
         results = []
         for threads in (1, 2, 3):
             CPU.set_num_threads(threads)
-            results.append(CPU.layernorm_backward(g, x, w, saved))
+            results.append(CPU.layer_norm_backward(g, x, w, saved))
     finally:
         CPU.set_num_threads(before)
     for dx, dw, db in results[1:]:
@@ -117,25 +117,25 @@ def test_parallel_path_matches_reference(shape):
     rng, x, g, w, b = _draw(7, shape[:-1], shape[-1], 1.0, 1.0, "wb")
     r = rng.standard_normal(shape).astype(np.float32)
     gs = rng.standard_normal(shape).astype(np.float32)
-    y, saved = CPU.layernorm_forward(x, w, b, eps)
-    y_ref, saved_ref = ref.layernorm_forward(_f64(x), _f64(w), _f64(b), eps)
+    y, saved = CPU.layer_norm_forward(x, w, b, eps)
+    y_ref, saved_ref = ref.layer_norm_forward(_f64(x), _f64(w), _f64(b), eps)
     _check_forward(y, y_ref, _f64(x), w, b, eps)
-    _check_backward(*CPU.layernorm_backward(g, x, w, saved),
-                    ref.layernorm_backward(_f64(g), _f64(x), _f64(w), saved_ref), _f64(x), g, w, eps)
-    (s, y), saved = CPU.add_layernorm_forward(x, r, w, b, eps)
-    (s_ref, y_ref), saved_ref = ref.add_layernorm_forward(_f64(x), _f64(r), _f64(w), _f64(b), eps)
+    _check_backward(*CPU.layer_norm_backward(g, x, w, saved),
+                    ref.layer_norm_backward(_f64(g), _f64(x), _f64(w), saved_ref), _f64(x), g, w, eps)
+    (s, y), saved = CPU.add_layer_norm_forward(x, r, w, b, eps)
+    (s_ref, y_ref), saved_ref = ref.add_layer_norm_forward(_f64(x), _f64(r), _f64(w), _f64(b), eps)
     _check_forward(y, y_ref, s_ref, w, b, eps)
-    dx, _, dw, db = CPU.add_layernorm_backward(gs, g, x, r, w, saved)
-    dx_ref, _, dw_ref, db_ref = ref.add_layernorm_backward(_f64(gs), _f64(g), _f64(x), _f64(r), _f64(w), saved_ref)
+    dx, _, dw, db = CPU.add_layer_norm_backward(gs, g, x, r, w, saved)
+    dx_ref, _, dw_ref, db_ref = ref.add_layer_norm_backward(_f64(gs), _f64(g), _f64(x), _f64(r), _f64(w), saved_ref)
     _check_backward(dx, dw, db, (dx_ref, dw_ref, db_ref), s_ref, g, w, eps, extra_dx=_f64(gs))
 
 
 def test_empty_rows():
     x = np.zeros((0, 8), np.float32)
     w = np.ones(8, np.float32)
-    y, saved = CPU.layernorm_forward(x, w, w, 1e-5)
+    y, saved = CPU.layer_norm_forward(x, w, w, 1e-5)
     assert y.shape == (0, 8)
-    dx, dw, db = CPU.layernorm_backward(x, x, w, saved)
+    dx, dw, db = CPU.layer_norm_backward(x, x, w, saved)
     assert dx.shape == (0, 8) and not dw.any() and not db.any()
 
 
@@ -147,60 +147,60 @@ def _ln_args(N=4, C=8):
 
 
 @pytest.mark.parametrize("bad, match", [
-    (lambda x, w, b: (x.astype(np.float64), w, b), "layernorm_forward: x must be float32"),
-    (lambda x, w, b: (np.ones((4, 16), np.float32)[:, ::2], w, b), "layernorm_forward: x must be C-contiguous"),
-    (lambda x, w, b: (x, np.ones(7, np.float32), b), r"layernorm_forward: weight must have shape \(8,\), got \(7,\)"),
-    (lambda x, w, b: (x, w, np.ones((1, 8), np.float32)), r"layernorm_forward: bias must have shape \(8,\)"),
-    (lambda x, w, b: (x, w.astype(np.float16), b), "layernorm_forward: weight must be float32"),
-    (lambda x, w, b: (np.ones((3, 0), np.float32), w, b), "layernorm_forward: x must have a non-empty last axis"),
-    (lambda x, w, b: (np.ones((), np.float32), w, b), "layernorm_forward: x must have at least 1"),
+    (lambda x, w, b: (x.astype(np.float64), w, b), "layer_norm_forward: x must be float32"),
+    (lambda x, w, b: (np.ones((4, 16), np.float32)[:, ::2], w, b), "layer_norm_forward: x must be C-contiguous"),
+    (lambda x, w, b: (x, np.ones(7, np.float32), b), r"layer_norm_forward: weight must have shape \(8,\), got \(7,\)"),
+    (lambda x, w, b: (x, w, np.ones((1, 8), np.float32)), r"layer_norm_forward: bias must have shape \(8,\)"),
+    (lambda x, w, b: (x, w.astype(np.float16), b), "layer_norm_forward: weight must be float32"),
+    (lambda x, w, b: (np.ones((3, 0), np.float32), w, b), "layer_norm_forward: x must have a non-empty last axis"),
+    (lambda x, w, b: (np.ones((), np.float32), w, b), "layer_norm_forward: x must have at least 1"),
 ])
-def test_layernorm_forward_errors(bad, match):
+def test_layer_norm_forward_errors(bad, match):
     with pytest.raises(ValueError, match=match):
-        CPU.layernorm_forward(*bad(*_ln_args()), 1e-5)
+        CPU.layer_norm_forward(*bad(*_ln_args()), 1e-5)
 
 
-def test_layernorm_backward_errors():
+def test_layer_norm_backward_errors():
     x, w, b = _ln_args()
-    _, saved = CPU.layernorm_forward(x, w, b, 1e-5)
-    with pytest.raises(ValueError, match=r"layernorm_backward: grad must have shape \(4, 8\), got \(4, 7\)"):
-        CPU.layernorm_backward(np.ones((4, 7), np.float32), x, w, saved)
-    with pytest.raises(ValueError, match="layernorm_backward: grad must be float32"):
-        CPU.layernorm_backward(x.astype(np.float64), x, w, saved)
-    with pytest.raises(ValueError, match="layernorm_backward: saved must be the tuple"):
-        CPU.layernorm_backward(x, x, w, saved[:1])
-    with pytest.raises(ValueError, match=r"layernorm_backward: saved mean must have shape \(4,\)"):
-        CPU.layernorm_backward(x, x, w, (saved[0][:3], saved[1]))
-    with pytest.raises(ValueError, match="layernorm_backward: saved rstd must be a numpy array"):
-        CPU.layernorm_backward(x, x, w, (saved[0], [1.0, 2.0, 3.0, 4.0]))
+    _, saved = CPU.layer_norm_forward(x, w, b, 1e-5)
+    with pytest.raises(ValueError, match=r"layer_norm_backward: grad must have shape \(4, 8\), got \(4, 7\)"):
+        CPU.layer_norm_backward(np.ones((4, 7), np.float32), x, w, saved)
+    with pytest.raises(ValueError, match="layer_norm_backward: grad must be float32"):
+        CPU.layer_norm_backward(x.astype(np.float64), x, w, saved)
+    with pytest.raises(ValueError, match="layer_norm_backward: saved must be the tuple"):
+        CPU.layer_norm_backward(x, x, w, saved[:1])
+    with pytest.raises(ValueError, match=r"layer_norm_backward: saved mean must have shape \(4,\)"):
+        CPU.layer_norm_backward(x, x, w, (saved[0][:3], saved[1]))
+    with pytest.raises(ValueError, match="layer_norm_backward: saved rstd must be a numpy array"):
+        CPU.layer_norm_backward(x, x, w, (saved[0], [1.0, 2.0, 3.0, 4.0]))
 
 
-def test_add_layernorm_errors():
+def test_add_layer_norm_errors():
     x, w, b = _ln_args()
-    with pytest.raises(ValueError, match=r"add_layernorm_forward: residual must have shape \(4, 8\), got \(1, 8\)"):
-        CPU.add_layernorm_forward(x, x[:1], w, b, 1e-5)
-    with pytest.raises(ValueError, match="add_layernorm_forward: residual must be float32"):
-        CPU.add_layernorm_forward(x, x.astype(np.float64), w, b, 1e-5)
-    (s, y), saved = CPU.add_layernorm_forward(x, x, w, b, 1e-5)
-    with pytest.raises(ValueError, match=r"add_layernorm_backward: grad_s must have shape \(4, 8\)"):
-        CPU.add_layernorm_backward(x[:2], x, x, x, w, saved)
-    with pytest.raises(ValueError, match="add_layernorm_backward: grad_y must be C-contiguous"):
-        CPU.add_layernorm_backward(None, np.ones((8, 4), np.float32).T, x, x, w, saved)
-    with pytest.raises(ValueError, match="add_layernorm_backward: saved must be the tuple its forward returned"):
-        CPU.add_layernorm_backward(None, x, x, x, w, saved[1:])
+    with pytest.raises(ValueError, match=r"add_layer_norm_forward: residual must have shape \(4, 8\), got \(1, 8\)"):
+        CPU.add_layer_norm_forward(x, x[:1], w, b, 1e-5)
+    with pytest.raises(ValueError, match="add_layer_norm_forward: residual must be float32"):
+        CPU.add_layer_norm_forward(x, x.astype(np.float64), w, b, 1e-5)
+    (s, y), saved = CPU.add_layer_norm_forward(x, x, w, b, 1e-5)
+    with pytest.raises(ValueError, match=r"add_layer_norm_backward: grad_s must have shape \(4, 8\)"):
+        CPU.add_layer_norm_backward(x[:2], x, x, x, w, saved)
+    with pytest.raises(ValueError, match="add_layer_norm_backward: grad_y must be C-contiguous"):
+        CPU.add_layer_norm_backward(None, np.ones((8, 4), np.float32).T, x, x, w, saved)
+    with pytest.raises(ValueError, match="add_layer_norm_backward: saved must be the tuple its forward returned"):
+        CPU.add_layer_norm_backward(None, x, x, x, w, saved[1:])
 
 
 # ----------------------------------------------------------------------------- dispatch
 def test_dispatch_picks_native_only_for_float32_contiguous():
     x, w, b = _ln_args()
     with kernels.use_native(True):  # (also under TINYGPT_NATIVE=0)
-        assert kernels.select("layernorm", x, w, b).name == "native-cpu"
-        assert kernels.select("add_layernorm", x, x, w, None).name == "native-cpu"
-        assert kernels.select("layernorm", x.astype(np.float64), w, b).name == "reference"
-        assert kernels.select("layernorm", np.ones((4, 16), np.float32)[:, ::2], w, b).name == "reference"
+        assert kernels.select("layer_norm", x, w, b).name == "native-cpu"
+        assert kernels.select("add_layer_norm", x, x, w, None).name == "native-cpu"
+        assert kernels.select("layer_norm", x.astype(np.float64), w, b).name == "reference"
+        assert kernels.select("layer_norm", np.ones((4, 16), np.float32)[:, ::2], w, b).name == "reference"
     with kernels.use_native(False):
-        assert kernels.select("layernorm", x, w, b).name == "reference"
-        assert kernels.select("add_layernorm", x, x, w, b).name == "reference"
+        assert kernels.select("layer_norm", x, w, b).name == "reference"
+        assert kernels.select("add_layer_norm", x, x, w, b).name == "reference"
 
 
 def test_float64_and_noncontiguous_inputs_fall_back_to_reference():
@@ -209,14 +209,14 @@ def test_float64_and_noncontiguous_inputs_fall_back_to_reference():
     w = tg.Tensor(np.ones(12, np.float32))
     y = F.layer_norm(tg.Tensor(x64), w, None)  # float64 input: the reference runs (float64 out)
     assert y.dtype == np.float64
-    y_ref, _ = ref.layernorm_forward(x64, np.ones(12, np.float32), None, 1e-5)
+    y_ref, _ = ref.layer_norm_forward(x64, np.ones(12, np.float32), None, 1e-5)
     np.testing.assert_array_equal(y.numpy(), y_ref)
     big = rng.standard_normal((5, 24)).astype(np.float32)
     xt = tg.Tensor(big[:, ::2])  # non-contiguous: functional makes it contiguous, native runs
     with kernels.use_native(True):
         y = F.layer_norm(xt, w, None)
     np.testing.assert_allclose(y.numpy(),
-                               ref.layernorm_forward(np.ascontiguousarray(big[:, ::2]), np.ones(12, np.float32),
+                               ref.layer_norm_forward(np.ascontiguousarray(big[:, ::2]), np.ones(12, np.float32),
                                                      None, 1e-5)[0], rtol=1e-5, atol=1e-5)
 
 
@@ -283,17 +283,17 @@ for N, C in [(1, 1), (3, 17), (33, 768), (70, 131)]:
     x, r, g, gs = (rng.standard_normal((N, C)).astype(np.float32) for _ in range(4))
     w, b = (rng.standard_normal(C).astype(np.float32) for _ in range(2))
     f = lambda a: a.astype(np.float64)
-    y, saved = cpu.layernorm_forward(x, w, b, 1e-5)
-    y_ref, saved_ref = ref.layernorm_forward(f(x), f(w), f(b), 1e-5)
-    got = (y,) + cpu.layernorm_backward(g, x, w, saved)
-    want = (y_ref,) + ref.layernorm_backward(f(g), f(x), f(w), saved_ref)
-    (s, y), saved = cpu.add_layernorm_forward(x, r, w, b, 1e-5)
-    (s_ref, y_ref), saved_ref = ref.add_layernorm_forward(f(x), f(r), f(w), f(b), 1e-5)
-    got += (s, y) + cpu.add_layernorm_backward(gs, g, x, r, w, saved)
-    want += (s_ref, y_ref) + ref.add_layernorm_backward(f(gs), f(g), f(x), f(r), f(w), saved_ref)
+    y, saved = cpu.layer_norm_forward(x, w, b, 1e-5)
+    y_ref, saved_ref = ref.layer_norm_forward(f(x), f(w), f(b), 1e-5)
+    got = (y,) + cpu.layer_norm_backward(g, x, w, saved)
+    want = (y_ref,) + ref.layer_norm_backward(f(g), f(x), f(w), saved_ref)
+    (s, y), saved = cpu.add_layer_norm_forward(x, r, w, b, 1e-5)
+    (s_ref, y_ref), saved_ref = ref.add_layer_norm_forward(f(x), f(r), f(w), f(b), 1e-5)
+    got += (s, y) + cpu.add_layer_norm_backward(gs, g, x, r, w, saved)
+    want += (s_ref, y_ref) + ref.add_layer_norm_backward(f(gs), f(g), f(x), f(r), f(w), saved_ref)
     for a, c in zip(got, want):
         np.testing.assert_allclose(a, c, rtol=2e-4, atol=2e-4 * max(1.0, np.abs(c).max()))
-print(cpu.layernorm_isa())
+print(cpu.isa())
 """
 
 

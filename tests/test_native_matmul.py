@@ -37,20 +37,20 @@ SIZES = st.one_of(st.integers(1, 24), st.sampled_from([1, 2, 3, 5, 7, 13, 14, 15
 SCALES = st.sampled_from([1e-3, 1.0, 30.0, 1e4])
 
 
-ISAS = ["avx512", "avx2", "scalar"]
+ISAS = ["avx512", "avx2", "baseline"]
 
 
 @contextlib.contextmanager
 def use_isa(name):
     """Runs the body on one SGEMM micro-kernel (skipping where the CPU lacks it), then restores auto."""
     try:
-        cpu.set_gemm_isa(name)
+        cpu.set_isa(name)
     except ValueError as exc:
         pytest.skip(str(exc))
     try:
         yield name
     finally:
-        cpu.set_gemm_isa("auto")
+        cpu.set_isa("auto")
 
 
 def _f64(*arrays):
@@ -333,9 +333,9 @@ def test_sgemm_and_isa_errors():
         cpu.sgemm(np.ones((2, 3), np.float32), np.ones((4, 5), np.float32))
     with pytest.raises(ValueError, match=r"sgemm: a must have 2 dimensions"):
         cpu.sgemm(np.ones(3, np.float32), np.ones((3, 5), np.float32))
-    with pytest.raises(ValueError, match=r"set_gemm_isa: name must be"):
-        cpu.set_gemm_isa("sse9")
-    assert cpu.gemm_isa() in ("avx512", "avx2", "scalar")
+    with pytest.raises(ValueError, match=r"set_isa: name must be"):
+        cpu.set_isa("sse9")
+    assert cpu.isa() in ("avx512", "avx2", "baseline")
 
 
 # ------------------------------------------------------------------ dispatch
@@ -368,7 +368,7 @@ def test_dispatch(op):
 ])
 def test_policy(rows, n_in, n_out, native):
     """The shape-class policy (data from benchmarks/kernels/matmul.py) and that select() follows it."""
-    assert kernels.linear_policy(rows, n_in, n_out) is native
+    assert kernels.policy.linear_policy(rows, n_in, n_out) is native
     x = np.zeros((rows, n_in), np.float32)
     w = np.zeros((n_out, n_in), np.float32)
     want = "native-cpu" if native else "reference"

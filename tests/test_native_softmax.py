@@ -108,7 +108,7 @@ def test_large_rows_gpt2_vocab():
 
 
 def test_exp_accuracy():
-    """exp_approx (csrc/cpu/rowwise.h) is within 1.5 ulp of exp on [-87.3, 0], flushes below.
+    """The SIMD layer's exp (csrc/cpu/simd.h) is within 1.5 ulp of exp on [-87.3, 0], flushes below.
 
     Read through log_softmax_backward with grad = onehot(last): dx_c = -exp(y_c) exactly.
     """

@@ -172,7 +172,7 @@ def _spy_attention(monkeypatch):
 
     def spy(op, *arrays, **kw):
         k = select(op, *arrays, **kw)
-        if op in ("attention", "attention_qkv"):  # the module runs attention_qkv (the KV cache path: attention)
+        if op in ("attention", "qkv_attention"):  # the module runs attention_qkv (the KV cache path: attention)
             ran.append(k.name)
         return k
 

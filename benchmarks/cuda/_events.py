@@ -5,13 +5,13 @@ and benchmarks/cuda_kernels.py puts it there).
 """
 from __future__ import annotations
 
-from tinygpt.kernels import cuda as _kcuda
+from tinygpt.kernels import policy as _policy
 
 
 def time_ms(cp, fns: dict, reps: int, warmup: int = 3) -> dict:
     """Median milliseconds per call of each function (CUDA events around each call), rounds interleaved:
-    the timer tinygpt's GEMM dispatch measures with (tinygpt.kernels.cuda._median_ms)."""
-    return _kcuda._median_ms(fns, reps, warmup)
+    the timer tinygpt's GEMM dispatch measures with (tinygpt.kernels.policy.median_ms)."""
+    return _policy.median_ms(fns, reps, warmup)
 
 
 def copy_gbps(cp, reps: int, nbytes: int = 1 << 30) -> float:

@@ -55,8 +55,8 @@ def _row(name, shape, pass_, ms, nbytes=None, copy=None, flops=None, ref_ms=None
 def bench_dropout(cp, K, copy, reps, quick, smoke=False):
     for n in ([1000] if smoke else [1 << 24] if quick else [1 << 24, 1 << 28]):
         x = cp.random.standard_normal(n, dtype=cp.float32)
-        y, saved = K.dropout_forward(x, 0.1, 1)
-        t = time_ms(cp, {"fwd": lambda: K.dropout_forward(x, 0.1, 1), "bwd": lambda: K.dropout_backward(y, 0.1, saved)}, reps)
+        y, saved = K.dropout.dropout_forward(x, 0.1, 1)
+        t = time_ms(cp, {"fwd": lambda: K.dropout.dropout_forward(x, 0.1, 1), "bwd": lambda: K.dropout.dropout_backward(y, 0.1, saved)}, reps)
         _row("dropout", (n,), "fwd", t["fwd"], 8 * n, copy)
         _row("dropout", (n,), "bwd", t["bwd"], 8 * n, copy)
 
@@ -64,7 +64,7 @@ def bench_dropout(cp, K, copy, reps, quick, smoke=False):
 def bench_softmax(cp, K, copy, reps, quick, smoke=False):
     shapes = [(37, 65)] if smoke else [(8 * 12 * 1024, 1024)] if quick else [(8 * 12 * 1024, 1024), (8 * 1024, 50304), (8 * 1024, 50257), (65536, 65)]
     for op in ("softmax", "log_softmax"):
-        fwd, bwd = getattr(K, f"{op}_forward"), getattr(K, f"{op}_backward")
+        fwd, bwd = getattr(K.softmax, f"{op}_forward"), getattr(K.softmax, f"{op}_backward")
         for shape in shapes:
             x = cp.random.standard_normal(shape, dtype=cp.float32)
             y, _ = fwd(x, -1)
@@ -80,10 +80,10 @@ def bench_cross_entropy(cp, K, copy, reps, quick, smoke=False):
     for N, V in shapes:
         x = cp.random.standard_normal((N, V), dtype=cp.float32)
         t_ = cp.random.randint(0, V, N).astype(cp.int64)
-        loss, saved = K.cross_entropy_forward(x, t_, -1)
+        loss, saved = K.cross_entropy.cross_entropy_forward(x, t_, -1)
         one = cp.ones((), cp.float32)
-        t = time_ms(cp, {"fwd": lambda: K.cross_entropy_forward(x, t_, -1),
-                          "bwd": lambda: K.cross_entropy_backward(one, x, t_, saved)}, reps)
+        t = time_ms(cp, {"fwd": lambda: K.cross_entropy.cross_entropy_forward(x, t_, -1),
+                          "bwd": lambda: K.cross_entropy.cross_entropy_backward(one, x, t_, saved)}, reps)
         _row("cross_entropy", (N, V), "fwd", t["fwd"], 4 * N * V, copy)
         _row("cross_entropy", (N, V), "bwd", t["bwd"], 8 * N * V, copy)
 
@@ -98,7 +98,7 @@ def bench_embedding(cp, K, copy, reps, quick, smoke=False):
         w = cp.random.standard_normal((V, C), dtype=cp.float32)
         ids = cp.random.randint(0, V, n).astype(cp.int64)
         g = cp.random.standard_normal((n, C), dtype=cp.float32)
-        t = time_ms(cp, {"fwd": lambda: K.embedding_forward(ids, w), "bwd": lambda: K.embedding_backward(g, ids, (V, C), ()),
+        t = time_ms(cp, {"fwd": lambda: K.embedding.embedding_forward(ids, w), "bwd": lambda: K.embedding.embedding_backward(g, ids, (V, C), ()),
                          "ref": lambda: R.embedding_backward(g, ids, (V, C), ())}, reps)
         _row("embedding", (n, V, C), "fwd", t["fwd"], 8 * n * C, copy)
         _row("embedding", (n, V, C), "bwd", t["bwd"], 4 * (n + V) * C, copy, ref_ms=t["ref"])
@@ -118,10 +118,10 @@ def bench_attention(cp, K, reps, quick, smoke=False):
         shape = (B, nh, T, hs)
         q, k, v, g = (cp.random.standard_normal(shape, dtype=cp.float32) for _ in range(4))
         scale = 1.0 / math.sqrt(hs)
-        out, saved = K.attention_forward(q, k, v, causal, None, 0.0, 0, scale)
+        out, saved = K.attention.attention_forward(q, k, v, causal, None, 0.0, 0, scale)
         fl = 4.0 * B * nh * T * T * hs * (0.5 if causal else 1.0)
-        fns = {"fwd": lambda: K.attention_forward(q, k, v, causal, None, 0.0, 0, scale),
-               "bwd": lambda: K.attention_backward(g, q, k, v, 0.0, scale, saved)}
+        fns = {"fwd": lambda: K.attention.attention_forward(q, k, v, causal, None, 0.0, 0, scale),
+               "bwd": lambda: K.attention.attention_backward(g, q, k, v, 0.0, scale, saved)}
         other = {}
         if torch_ok:
             tq, tk, tv, tg_ = (torch.as_tensor(a, device="cuda") for a in (q, k, v, g))
@@ -142,19 +142,27 @@ def bench_attention(cp, K, reps, quick, smoke=False):
         # against the same kernels on heads split and merged by copies
         qkv = cp.random.standard_normal((B, T, 3 * nh * hs), dtype=cp.float32)
         gm = cp.random.standard_normal((B, T, nh * hs), dtype=cp.float32)
-        _, psaved = K.attention_qkv_forward(qkv, nh, causal, None, 0.0, 0, scale)
-        split_fwd, split_bwd = R.packed_attention(K.attention_forward, K.attention_backward)
+        _, psaved = K.attention.qkv_attention_forward(qkv, nh, causal, None, 0.0, 0, scale)
+
+        def split_fwd(qkv, nh, *args):  # the reference's qkv_attention composition on the CUDA kernels
+            out, saved = K.attention.attention_forward(*R.split_qkv(qkv, nh), *args)
+            return R.merge_heads(out), saved
+
+        def split_bwd(gm, qkv, nh, p, scale, saved):
+            grads = K.attention.attention_backward(R.split_heads(gm, nh), *R.split_qkv(qkv, nh), p, scale, saved)
+            return R.merge_qkv(*grads)
+
         _, ssaved = split_fwd(qkv, nh, causal, None, 0.0, 0, scale)
-        fns["qkv fwd"] = lambda: K.attention_qkv_forward(qkv, nh, causal, None, 0.0, 0, scale)
-        fns["qkv bwd"] = lambda: K.attention_qkv_backward(gm, qkv, nh, 0.0, scale, psaved)
+        fns["qkv fwd"] = lambda: K.attention.qkv_attention_forward(qkv, nh, causal, None, 0.0, 0, scale)
+        fns["qkv bwd"] = lambda: K.attention.qkv_attention_backward(gm, qkv, nh, 0.0, scale, psaved)
         fns["split fwd"] = lambda: split_fwd(qkv, nh, causal, None, 0.0, 0, scale)
         fns["split bwd"] = lambda: split_bwd(gm, qkv, nh, 0.0, scale, ssaved)
         t = time_ms(cp, fns, reps)
         name = "attention" + ("" if causal else " full")
         _row(name, shape, "fwd", t["fwd"], flops=fl, ref_ms=t.get(other.get("fwd")))
         _row(name, shape, "bwd", t["bwd"], flops=2.5 * fl, ref_ms=t.get(other.get("bwd")))
-        _row("attention_qkv", (B, T, 3 * nh * hs), "fwd", t["qkv fwd"], flops=fl, ref_ms=t["split fwd"])
-        _row("attention_qkv", (B, T, 3 * nh * hs), "bwd", t["qkv bwd"], flops=2.5 * fl, ref_ms=t["split bwd"])
+        _row("qkv_attention", (B, T, 3 * nh * hs), "fwd", t["qkv fwd"], flops=fl, ref_ms=t["split fwd"])
+        _row("qkv_attention", (B, T, 3 * nh * hs), "bwd", t["qkv bwd"], flops=2.5 * fl, ref_ms=t["split bwd"])
     if torch_ok:
         print("(other = torch F.scaled_dot_product_attention, float32, its own backend choice)")
     else:

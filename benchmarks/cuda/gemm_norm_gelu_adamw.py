@@ -21,6 +21,8 @@ import sys
 
 from _events import copy_gbps, time_ms
 
+from tinygpt.kernels import policy
+
 
 def timer(cp, fn, reps):
     """Median milliseconds of fn() (CUDA events around each call)."""
@@ -45,37 +47,37 @@ def bench_matmul(cp, k, quick, smoke=False):
         splits = k._cuda.linear_dw_splits(M, n_in, n_out)
         ws = cp.empty(splits * n_out * n_in, cp.float32) if splits > 1 else None
         products = {
-            "fwd": (lambda p: lambda: k._cuda.linear_forward_launch(
-                        y.data.ptr, 0, x.data.ptr, w.data.ptr, 0, M, n_in, n_out, p, k._stream()),
+            "fwd": (lambda p: lambda: k._cuda.linear_forward(
+                        y.data.ptr, 0, x.data.ptr, w.data.ptr, 0, M, n_in, n_out, p, k.stream()),
                     lambda: cp.matmul(x, w.T)),
-            "dx": (lambda p: lambda: k._cuda.linear_backward_dx_launch(
-                       dx.data.ptr, g.data.ptr, w.data.ptr, M, n_in, n_out, p, k._stream()),
+            "dx": (lambda p: lambda: k._cuda.linear_backward_dx(
+                       dx.data.ptr, g.data.ptr, w.data.ptr, M, n_in, n_out, p, k.stream()),
                    lambda: cp.matmul(g, w)),
-            "dw": (lambda p: lambda: k._cuda.linear_backward_dw_launch(
+            "dw": (lambda p: lambda: k._cuda.linear_backward_dw(
                        dw.data.ptr, g.data.ptr, x.data.ptr, 0 if ws is None else ws.data.ptr, M, n_in, n_out, splits,
-                       p, k._stream()),
+                       p, k.stream()),
                    lambda: cp.matmul(g.T, x)),
         }
         for pas, (ours, cublas) in products.items():
             ms = timer(cp, cublas, reps)
             rows.append(dict(kernel="matmul", shape=shape, impl="cublas", **{"pass": pas}, median_ms=ms,
                              tflops=flop / ms / 1e9))
-            for name, p in k._PRECISIONS.items():
+            for name, p in policy.PRECISIONS.items():
                 ms = timer(cp, ours(p), reps)
                 rows.append(dict(kernel="matmul", shape=shape, impl=f"ours-{name}", **{"pass": pas}, median_ms=ms,
                                  tflops=flop / ms / 1e9))
         # the fused epilogue vs cuBLAS + bias + a separate GELU pass
         b = cp.random.standard_normal(n_out, dtype=cp.float32)
-        old_backend = k.set_matmul_backend("ours")
-        for name in k._PRECISIONS:
-            old = k.set_matmul_precision(name)
-            ms = timer(cp, lambda: k.linear_gelu_forward(x, w, b), reps)
-            k.set_matmul_precision(old)
+        old_backend = policy.set_matmul_backend("ours")
+        for name in policy.PRECISIONS:
+            old = policy.set_matmul_precision(name)
+            ms = timer(cp, lambda: k.linear.linear_gelu_forward(x, w, b), reps)
+            policy.set_matmul_precision(old)
             rows.append(dict(kernel="linear_gelu", shape=shape, impl=f"ours-{name}", **{"pass": "fwd"},
                              median_ms=ms, tflops=flop / ms / 1e9))
-        k.set_matmul_backend("cublas")
-        ms = timer(cp, lambda: k.linear_gelu_forward(x, w, b), reps)
-        k.set_matmul_backend(old_backend)
+        policy.set_matmul_backend("cublas")
+        ms = timer(cp, lambda: k.linear.linear_gelu_forward(x, w, b), reps)
+        policy.set_matmul_backend(old_backend)
         rows.append(dict(kernel="linear_gelu", shape=shape, impl="cublas+gelu", **{"pass": "fwd"}, median_ms=ms,
                          tflops=flop / ms / 1e9))
     return rows
@@ -95,21 +97,21 @@ def bench_memory_bound(cp, k, quick, only, smoke=False):
         nb = N * C * 4
         copy = copy_gbps(cp, reps, nb)
         cases = []
-        if "layernorm" in only:
-            _, saved = k.layernorm_forward(x, w, bias, 1e-5)
-            (s, _), asaved = k.add_layernorm_forward(x, r, w, bias, 1e-5)
-            cases += [("layernorm", "fwd", lambda: k.layernorm_forward(x, w, bias, 1e-5), 2 * nb),
-                      ("layernorm", "bwd", lambda: k.layernorm_backward(g, x, w, saved), 3 * nb),
-                      ("add_layernorm", "fwd", lambda: k.add_layernorm_forward(x, r, w, bias, 1e-5), 4 * nb),
-                      ("add_layernorm", "bwd", lambda: k.add_layernorm_backward(g, g, x, r, w, asaved), 4 * nb)]
+        if "layer_norm" in only:
+            _, saved = k.layer_norm.layer_norm_forward(x, w, bias, 1e-5)
+            (s, _), asaved = k.layer_norm.add_layer_norm_forward(x, r, w, bias, 1e-5)
+            cases += [("layer_norm", "fwd", lambda: k.layer_norm.layer_norm_forward(x, w, bias, 1e-5), 2 * nb),
+                      ("layer_norm", "bwd", lambda: k.layer_norm.layer_norm_backward(g, x, w, saved), 3 * nb),
+                      ("add_layer_norm", "fwd", lambda: k.layer_norm.add_layer_norm_forward(x, r, w, bias, 1e-5), 4 * nb),
+                      ("add_layer_norm", "bwd", lambda: k.layer_norm.add_layer_norm_backward(g, g, x, r, w, asaved), 4 * nb)]
         if "gelu" in only:
             for approx in ("tanh", "none"):
-                cases += [(f"gelu-{approx}", "fwd", lambda a=approx: k.gelu_forward(x, a), 2 * nb),
-                          (f"gelu-{approx}", "bwd", lambda a=approx: k.gelu_backward(g, x, a, ()), 3 * nb)]
+                cases += [(f"gelu-{approx}", "fwd", lambda a=approx: k.gelu.gelu_forward(x, a), 2 * nb),
+                          (f"gelu-{approx}", "bwd", lambda a=approx: k.gelu.gelu_backward(g, x, a, ()), 3 * nb)]
         if "adamw" in only:
             m, v = cp.zeros_like(x), cp.zeros_like(x)
             p = x.copy()
-            cases += [("adamw_step", "step", lambda: k.adamw_step(p, g, m, v, lr=1e-4, beta1=0.9, beta2=0.95,
+            cases += [("adamw_step", "step", lambda: k.adamw.adamw_step(p, g, m, v, lr=1e-4, beta1=0.9, beta2=0.95,
                                                                  eps=1e-8, weight_decay=0.1, step=1), 7 * nb)]
         for kernel, pas, fn, nbytes in cases:
             ms = timer(cp, fn, reps)

@@ -8,7 +8,7 @@ actually computes (the reference and the masked parts of tiles do more).
   native:    tinygpt._C.cpu.attention_forward / _backward called directly (float32)
   reference: tinygpt.kernels.reference.attention_forward / _backward (NumPy, float32)
   torch:     torch.nn.functional.scaled_dot_product_attention(is_causal=True) (+ autograd backward)
-Kernel 'attention_qkv' is the whole op as a model runs it, from c_attn's output qkv (B, T, 3C) to
+Kernel 'qkv_attention' is the whole op as a model runs it, from c_attn's output qkv (B, T, 3C) to
 c_proj's input (B, T, C): native cpu.attention_qkv_* (heads read and written in place), the
 reference's split / attention / merge, and torch's split + view + transpose, SDPA, transpose +
 contiguous (nanoGPT's CausalSelfAttention), each with its backward to qkv.
@@ -97,7 +97,7 @@ def rows(quick: bool = False) -> list[dict]:
         kernel = "attention" if p == 0.0 else f"attention_dropout{p}"
         families = [(kernel, fwd, fb)]
         if p == 0.0:
-            families.append(("attention_qkv",) + _packed_contenders(cpu, R, torch, B, nh, T, hs, scale))
+            families.append(("qkv_attention",) + _packed_contenders(cpu, R, torch, B, nh, T, hs, scale))
         for name, f_, fb_ in families:
             for pass_, contenders, flops in (("fwd", f_, flops_f), ("fwd+bwd", fb_, 3.5 * flops_f)):
                 med = _time(contenders, steps, warmup, budget)
@@ -119,15 +119,15 @@ def _packed_contenders(cpu, R, torch, B, nh, T, hs, scale):
     g = rng.standard_normal((B, T, C)).astype(np.float32)
 
     def native_fb():
-        y, saved = cpu.attention_qkv_forward(qkv, nh, True, None, 0.0, 1, scale)
-        cpu.attention_qkv_backward(g, qkv, nh, 0.0, scale, saved)
+        y, saved = cpu.qkv_attention_forward(qkv, nh, True, None, 0.0, 1, scale)
+        cpu.qkv_attention_backward(g, qkv, nh, 0.0, scale, saved)
 
     def reference_fb():
-        y, saved = R.attention_qkv_forward(qkv, nh, True, None, 0.0, 1, scale)
-        R.attention_qkv_backward(g, qkv, nh, 0.0, scale, saved)
+        y, saved = R.qkv_attention_forward(qkv, nh, True, None, 0.0, 1, scale)
+        R.qkv_attention_backward(g, qkv, nh, 0.0, scale, saved)
 
-    fwd = {"native": lambda: cpu.attention_qkv_forward(qkv, nh, True, None, 0.0, 1, scale),
-           "reference": lambda: R.attention_qkv_forward(qkv, nh, True, None, 0.0, 1, scale)}
+    fwd = {"native": lambda: cpu.qkv_attention_forward(qkv, nh, True, None, 0.0, 1, scale),
+           "reference": lambda: R.qkv_attention_forward(qkv, nh, True, None, 0.0, 1, scale)}
     fb = {"native": native_fb, "reference": reference_fb}
     if torch is not None:
         sdpa = torch.nn.functional.scaled_dot_product_attention

@@ -9,11 +9,11 @@ least (read + written) / time, to compare with this machine's copy bandwidth (a 
 kernel 'copy': numpy.copyto of 256 MB, read + written); pct_copy = gbps / that.
 
 Implementations, each called at the kernel level (no autograd, so no graph overhead):
-  native     tinygpt._C.cpu.layernorm_forward / _backward (add_layernorm_*)
+  native     tinygpt._C.cpu.layer_norm_forward / _backward (add_layer_norm_*)
   reference  tinygpt.kernels.reference (NumPy, float32)
   torch      torch.ops.aten.native_layer_norm / native_layer_norm_backward; for the fused op
              (no PyTorch equivalent) s = x + r, native_layer_norm(s), and dx = dln + grad_s.
-Bytes: layernorm fwd 2NC floats (x, y), bwd 3NC (g, x, dx); add_layernorm fwd 4NC (x, r, s, y),
+Bytes: layernorm fwd 2NC floats (x, y), bwd 3NC (g, x, dx); add_layer_norm fwd 4NC (x, r, s, y),
 bwd 4NC (grad_s, grad_y, s, dx); weights and row statistics are negligible.
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ def rows(quick: bool = False, threads: int | None = None) -> list[dict]:
     native_threads = cpu.get_num_threads() if cpu is not None else None
     if threads and cpu is not None:
         cpu.set_num_threads(threads)
-    has_native = hasattr(cpu, "layernorm_forward") and hasattr(cpu, "add_layernorm_forward")
+    has_native = hasattr(cpu, "layer_norm_forward") and hasattr(cpu, "add_layer_norm_forward")
     aten = torch.ops.aten
     copy, row = copy_row()
     out = [row]
@@ -86,18 +86,18 @@ def rows(quick: bool = False, threads: int | None = None) -> list[dict]:
                 (s, y), saved = getattr(mod, f"{name}_forward")(x, r, w, b, EPS)
                 return getattr(mod, f"{name}_backward")(gs, g, x, r, w, saved)
 
-            return ln if name == "layernorm" else add
+            return ln if name == "layer_norm" else add
 
         cases = {
-            ("layernorm", "fwd"): ({"reference": lambda: ref.layernorm_forward(x, w, b, EPS), "torch": t_ln},
-                                   (lambda: cpu.layernorm_forward(x, w, b, EPS)) if has_native else None, 2),
-            ("layernorm", "fwd+bwd"): ({"reference": fwd_bwd(ref, "layernorm"), "torch": t_ln_fb},
-                                       fwd_bwd(cpu, "layernorm") if has_native else None, 5),
-            ("add_layernorm", "fwd"): ({"reference": lambda: ref.add_layernorm_forward(x, r, w, b, EPS),
+            ("layer_norm", "fwd"): ({"reference": lambda: ref.layer_norm_forward(x, w, b, EPS), "torch": t_ln},
+                                   (lambda: cpu.layer_norm_forward(x, w, b, EPS)) if has_native else None, 2),
+            ("layer_norm", "fwd+bwd"): ({"reference": fwd_bwd(ref, "layer_norm"), "torch": t_ln_fb},
+                                       fwd_bwd(cpu, "layer_norm") if has_native else None, 5),
+            ("add_layer_norm", "fwd"): ({"reference": lambda: ref.add_layer_norm_forward(x, r, w, b, EPS),
                                         "torch": t_add},
-                                       (lambda: cpu.add_layernorm_forward(x, r, w, b, EPS)) if has_native else None, 4),
-            ("add_layernorm", "fwd+bwd"): ({"reference": fwd_bwd(ref, "add_layernorm"), "torch": t_add_fb},
-                                           fwd_bwd(cpu, "add_layernorm") if has_native else None, 8),
+                                       (lambda: cpu.add_layer_norm_forward(x, r, w, b, EPS)) if has_native else None, 4),
+            ("add_layer_norm", "fwd+bwd"): ({"reference": fwd_bwd(ref, "add_layer_norm"), "torch": t_add_fb},
+                                           fwd_bwd(cpu, "add_layer_norm") if has_native else None, 8),
         }
         for (kernel, pas), (fns, native, floats) in cases.items():
             if native is not None:

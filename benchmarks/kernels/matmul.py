@@ -11,7 +11,7 @@ Parts:
     quick) a larger GPT one, B*T 16384 and C 768;
   * grid (--grid, or rows(grid=True)): `linear` forward for 1..32 rows, the few-row shapes
     (generation) where OpenBLAS's GEMV / small-matrix paths win; the data behind
-    tinygpt.kernels.linear_policy.
+    tinygpt.kernels.policy.linear_policy.
 
 rows(quick) returns dicts with kernel, shape, impl ('native' | 'reference' | 'torch'), pass
 ('fwd' | 'fwd+bwd'; a backward product counts as 'fwd' of its own GEMM and says which in `role`),
@@ -228,7 +228,7 @@ def op_rows(configs, reps, native, torch, rng, peak):
 def grid_rows(reps, native, torch, rng, peak):
     """`linear` forward at 1..32 rows (generation-sized), with what linear_policy picks."""
     try:
-        from tinygpt.kernels import linear_policy  # noqa: PLC0415
+        from tinygpt.kernels.policy import linear_policy  # noqa: PLC0415
     except ImportError:
         linear_policy = None
     rows = []
@@ -266,7 +266,7 @@ def _print(rs):
           f"clock {'thread CPU time' if _clock is time.thread_time else 'wall'}, "
           f"threads {os.environ.get('OMP_NUM_THREADS', 'default')}")
     native = _native()
-    print(f"# native micro-kernel: {native.gemm_isa() if native else 'not built'}, "
+    print(f"# native micro-kernel: {native.isa() if native else 'not built'}, "
           f"OpenMP threads {native.get_num_threads() if native else '-'}")
     by = {}
     for r in rs:

@@ -9,7 +9,8 @@
 // the reference's Python floats and rounded to float32 once, as NumPy does when it applies them.
 #include <cmath>
 
-#include "cpu/rowwise.h"
+#include "isa.h"
+#include "parallel.h"
 #include "py_common.h"
 #include "registry.h"
 
@@ -26,8 +27,8 @@ struct AdamWScalars {
   float step_size;  // lr / (1 - beta1^step)
 };
 
-TG_SIMD_CLONES
-void adamw_block(float* __restrict p, const float* __restrict g, float* __restrict m,
+template <cpu::Isa>
+TG_INLINE void adamw_block_body(float* __restrict p, const float* __restrict g, float* __restrict m,
                  float* __restrict v, int64_t begin, int64_t end, AdamWScalars s) {
 #pragma omp simd
   for (int64_t i = begin; i < end; ++i) {
@@ -40,6 +41,7 @@ void adamw_block(float* __restrict p, const float* __restrict g, float* __restri
     p[i] = p[i] * s.decay - s.step_size * (mi / denom);
   }
 }
+TG_PER_ISA(adamw_block, adamw_block_body)
 
 float* state_ptr(py::array& a, const char* what, py::ssize_t n) {
   check_array<float>(a, what);
@@ -80,6 +82,8 @@ void adamw_step(py::array& param, const py::array& grad, py::array& exp_avg,
 
 }  // namespace
 
+namespace cpu {
+
 void bind_adamw(py::module_& m) {
   // noconvert: these are updated in place, so a list must not become a temporary array.
   m.def("adamw_step", &adamw_step, py::arg("param").noconvert(), py::arg("grad").noconvert(),
@@ -89,4 +93,5 @@ void bind_adamw(py::module_& m) {
         "order of operations; any shape, all four of one size).");
 }
 
+}  // namespace cpu
 }  // namespace tinygpt

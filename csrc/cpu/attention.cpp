@@ -23,14 +23,14 @@
 // the (..., Tq, Tk) matrix, so it equals reference.dropout_mask(att.shape, p, seed) exactly and
 // both passes regenerate it per tile.
 //
-// Packed variant (attention_qkv_forward/_backward, what CausalSelfAttention runs in training): q, k,
+// Packed variant (qkv_attention_forward/_backward, what CausalSelfAttention runs in training): q, k,
 // v are read in place from c_attn's (B, T, 3C) output and out is written as (B, T, C), heads merged;
 // dqkv comes back in qkv's layout. Only the addressing differs (HeadLayout), so the results are
 // bit-identical to attention_forward/_backward on split heads, and the split and merge copies (plus
 // their backward) disappear from the training step.
 //
-// SIMD: attention_impl.h is compiled three times (AVX-512F+DQ, AVX2+FMA, portable) and the
-// best one the CPU supports is picked at run time (attention_isa() reports or forces it).
+// SIMD: attention_tiles.h is compiled three times (AVX-512, AVX2+FMA, portable) and cpu::isa()
+// (isa.h) picks the copy that runs.
 // Tile sizes: attention_tiles().
 #include <algorithm>
 #include <cfloat>
@@ -42,23 +42,20 @@
 #include <string>
 #include <vector>
 
-#if defined(__x86_64__) || defined(__i386__)
+#include "isa.h"
+#if TG_X86_ISAS
 #include <immintrin.h>
-#define TG_ATTN_X86 1  // GCC only below: the per-ISA copies rely on #pragma GCC target
-#else
-#define TG_ATTN_X86 0
 #endif
 
-#ifdef TINYGPT_WITH_OPENMP
-#include <omp.h>
-#endif
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
 #endif
 
+#include "parallel.h"
 #include "py_common.h"
 #include "registry.h"
 #include "rng.h"
+#include "simd.h"
 
 namespace tinygpt {
 namespace attn {
@@ -182,93 +179,29 @@ using BwdTaskFn = void (*)(const Problem&, int64_t, int, int, float*, const floa
                            const float*, float*, int64_t, float*, float*);
 
 // ------------------------------------------------------------------ the ISA-specific kernels
-#if TG_ATTN_X86 && defined(__GNUC__) && !defined(__clang__)
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512dq,avx2,fma")
-namespace avx512 {
-#define TG_ISA 3
-#include "attention_impl.h"
-#undef TG_ISA
-}  // namespace avx512
-#pragma GCC pop_options
+#define TG_TILES "attention_tiles.h"
+#include "per_isa.h"
 
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace avx2 {
-#define TG_ISA 2
-#include "attention_impl.h"
-#undef TG_ISA
-}  // namespace avx2
-#pragma GCC pop_options
-#endif
-
-namespace portable {
-#define TG_ISA 1
-#include "attention_impl.h"
-#undef TG_ISA
-}  // namespace portable
-
-struct Isa {
-  const char* name;
+struct Kernels {
   FwdTileFn forward;
   BwdTaskFn backward;
 };
 
-const Isa kPortable{"portable", portable::forward_tile, portable::backward_task};
-#if TG_ATTN_X86 && defined(__GNUC__) && !defined(__clang__)
-const Isa kAvx512{"avx512", avx512::forward_tile, avx512::backward_task};
-const Isa kAvx2{"avx2", avx2::forward_tile, avx2::backward_task};
+// Indexed by cpu::Isa (baseline, avx2, avx512).
+const Kernels kKernels[] = {
+    {portable::forward_tile, portable::backward_task},
+#if TG_X86_ISAS
+    {avx2::forward_tile, avx2::backward_task},
+    {avx512::forward_tile, avx512::backward_task},
 #endif
+};
 
-bool supported(const std::string& name) {
-  if (name == "portable") return true;
-#if TG_ATTN_X86 && defined(__GNUC__) && !defined(__clang__)
-  __builtin_cpu_init();
-  if (name == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (name == "avx512")
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && supported("avx2");
-#endif
-  return false;
-}
-
-const Isa* isa_by_name(const std::string& name) {
-#if TG_ATTN_X86 && defined(__GNUC__) && !defined(__clang__)
-  if (name == "avx512") return &kAvx512;
-  if (name == "avx2") return &kAvx2;
-#endif
-  if (name == "portable") return &kPortable;
-  return nullptr;
-}
-
-const Isa* best_isa() {
-  for (const char* name : {"avx512", "avx2", "portable"})
-    if (supported(name)) return isa_by_name(name);
-  return &kPortable;
-}
-
-const Isa* g_isa = nullptr;  // set with the GIL held (bindings), read by the kernels
 int g_fwd_br = 64, g_fwd_bc = 64, g_bwd_br = 64, g_bwd_bc = 64;
 
-const Isa& current_isa() {
-  if (g_isa == nullptr) g_isa = best_isa();
-  return *g_isa;
-}
+const Kernels& current_kernels() { return kKernels[static_cast<int>(cpu::isa())]; }
 
-int max_threads() {
-#ifdef TINYGPT_WITH_OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
-
-int thread_id() {
-#ifdef TINYGPT_WITH_OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
+using cpu::max_threads;
+using cpu::thread_id;
 
 // One workspace per thread, 64-byte aligned, allocated before the parallel region.
 struct Workspace {
@@ -298,7 +231,7 @@ struct Workspace {
 // the calling thread: waking a thread team would cost more than it saves.
 bool worth_threads(const Problem& P) { return P.BH * P.Tq * P.Tk * (P.D + P.Dv) >= (int64_t(1) << 20); }
 
-void run_forward(const Isa& isa, const Problem& P, float* out, float* m, float* l) {
+void run_forward(const Kernels& isa, const Problem& P, float* out, float* m, float* l) {
   const int64_t nqt = (P.Tq + P.Br - 1) / P.Br, tasks = P.BH * nqt;
   if (tasks == 0) return;
   const int threads = max_threads();
@@ -311,7 +244,7 @@ void run_forward(const Isa& isa, const Problem& P, float* out, float* m, float* 
   }
 }
 
-void run_backward(const Isa& isa, const Problem& P, const float* grad, const float* out, const float* m,
+void run_backward(const Kernels& isa, const Problem& P, const float* grad, const float* out, const float* m,
                   const float* l, float* dq, float* dk, float* dv) {
   if (P.BH == 0) return;
   const int threads = max_threads();
@@ -531,7 +464,7 @@ Saved unpack_saved(const char* op, const py::tuple& saved, const py::array& grad
 // Runs forward into out and the row statistics; returns (out, saved) as attention_forward does.
 py::tuple forward_result(const Problem& P, py::array_t<float> out, py::array_t<float> mx, py::array_t<float> sum,
                          bool causal, std::optional<int64_t> w, uint64_t seed) {
-  const Isa& isa = current_isa();
+  const Kernels& isa = current_kernels();
   float* op_ = out.mutable_data();
   float* mp = mx.mutable_data();
   float* lp = sum.mutable_data();
@@ -545,8 +478,10 @@ py::tuple forward_result(const Problem& P, py::array_t<float> out, py::array_t<f
 
 }  // namespace attn
 
+namespace cpu {
+
 void bind_attention(py::module_& m) {
-  using namespace attn;
+  using namespace tinygpt::attn;
   m.def(
       "attention_forward",
       [](const py::array& q, const py::array& k, const py::array& v, bool causal, const py::object& window,
@@ -582,7 +517,7 @@ void bind_attention(py::module_& m) {
         py::array_t<float> dk = aligned_array(with_tail(s.lead, {s.Tk, s.D}));
         py::array_t<float> dv = aligned_array(with_tail(s.lead, {s.Tk, s.Dv}));
         const Problem P = make_problem(s, q, k, v, lo, hi, scale, dropout_p, sv.seed, true);
-        const Isa& isa = current_isa();
+        const Kernels& isa = current_kernels();
         const float* gp = static_cast<const float*>(grad.data());
         const float* outp = static_cast<const float*>(sv.out.data());
         const float* mp = static_cast<const float*>(sv.mx.data());
@@ -605,14 +540,14 @@ void bind_attention(py::module_& m) {
       py::arg("saved"), "Flash attention backward: returns (dq, dk, dv).");
 
   m.def(
-      "attention_qkv_forward",
+      "qkv_attention_forward",
       [](const py::array& qkv, int64_t n_head, bool causal, const py::object& window, double dropout_p,
          const py::object& seed, double scale) {
-        const char* op = "attention_qkv_forward";
+        const char* op = "qkv_attention_forward";
         const Packed d = check_packed(op, qkv, n_head);
         const std::optional<int64_t> w = window_from_py(window, op);
         check_dropout_p(dropout_p, op);
-        const uint64_t sd = seed_from_py(seed, "attention_qkv_forward: seed");
+        const uint64_t sd = seed_from_py(seed, "qkv_attention_forward: seed");
         std::vector<int> lo, hi;
         key_spans(op, d.T, d.T, causal, w, lo, hi);
         py::array_t<float> out = aligned_array({d.B, d.T, d.C});
@@ -627,10 +562,10 @@ void bind_attention(py::module_& m) {
       "heads already merged: the same numbers as splitting and merging heads around attention_forward.");
 
   m.def(
-      "attention_qkv_backward",
+      "qkv_attention_backward",
       [](const py::array& grad, const py::array& qkv, int64_t n_head, double dropout_p, double scale,
          const py::tuple& saved) {
-        const char* op = "attention_qkv_backward";
+        const char* op = "qkv_attention_backward";
         const Packed d = check_packed(op, qkv, n_head);
         check_dropout_p(dropout_p, op);
         const Saved sv = unpack_saved(op, saved, grad, {d.B, d.T, d.C}, {d.B, d.nh, d.T});
@@ -639,7 +574,7 @@ void bind_attention(py::module_& m) {
         py::array_t<float> dqkv = aligned_array({d.B, d.T, 3 * d.C});
         const Problem P =
             packed_problem(d, static_cast<const float*>(qkv.data()), lo, hi, scale, dropout_p, sv.seed, true);
-        const Isa& isa = current_isa();
+        const Kernels& isa = current_kernels();
         const float* gp = static_cast<const float*>(grad.data());
         const float* outp = static_cast<const float*>(sv.out.data());
         const float* mp = static_cast<const float*>(sv.mx.data());
@@ -652,22 +587,7 @@ void bind_attention(py::module_& m) {
         return dqkv;
       },
       py::arg("grad"), py::arg("qkv"), py::arg("n_head"), py::arg("dropout_p"), py::arg("scale"), py::arg("saved"),
-      "Backward of attention_qkv_forward: returns dqkv (B, T, 3C).");
-
-  m.def(
-      "attention_isa",
-      [](const py::object& name) {
-        if (!name.is_none()) {
-          const std::string n = name.cast<std::string>();
-          TG_CHECK(isa_by_name(n) != nullptr, "attention_isa: name must be 'avx512', 'avx2' or 'portable', got '", n, "'");
-          TG_CHECK(supported(n), "attention_isa: this CPU (or build) does not support '", n, "'");
-          g_isa = isa_by_name(n);
-        }
-        return std::string(current_isa().name);
-      },
-      py::arg("name") = py::none(),
-      "The SIMD code path the attention kernels use ('avx512', 'avx2' or 'portable'); pass a name to "
-      "force one (tests use this to check every path the CPU supports).");
+      "Backward of qkv_attention_forward: returns dqkv (B, T, 3C).");
 
   m.def(
       "attention_tiles",
@@ -691,4 +611,5 @@ void bind_attention(py::module_& m) {
       "Returns (fwd_br, fwd_bc, bwd_br, bwd_bc).");
 }
 
+}  // namespace cpu
 }  // namespace tinygpt

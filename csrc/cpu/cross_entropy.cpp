@@ -25,20 +25,21 @@
 namespace tinygpt {
 namespace {
 
-using cpu::exp_approx;
+using cpu::exp_lanes;
+using cpu::Scalar;
 using cpu::blocked_sum;
 using cpu::row_max;
 
 // Rows [r0, r1): fills row_max / row_logsum and returns the sum of loss_row over valid rows.
-TG_SIMD_CLONES
-double forward_rows(float* __restrict rmax, float* __restrict rlogsum,
+template <cpu::Isa I>
+TG_INLINE double forward_rows_body(float* __restrict rmax, float* __restrict rlogsum,
                     const float* __restrict logits, const int64_t* __restrict targets,
                     int64_t ignore_index, int64_t r0, int64_t r1, int64_t V) {
   double total = 0.0;
   for (int64_t r = r0; r < r1; ++r) {
     const float* x = logits + r * V;
     const float m = row_max(x, V);
-    const double s = blocked_sum(V, [&](int64_t c) { return exp_approx(x[c] - m); });
+    const double s = blocked_sum(V, [&](int64_t c) { return exp_lanes<Scalar<I>>(x[c] - m); });
     const double ls = std::log(static_cast<float>(s));  // logf (see top)
     rmax[r] = m;
     rlogsum[r] = static_cast<float>(ls);
@@ -47,9 +48,10 @@ double forward_rows(float* __restrict rmax, float* __restrict rlogsum,
   }
   return total;
 }
+TG_PER_ISA(forward_rows, forward_rows_body)
 
-TG_SIMD_CLONES
-void backward_rows(float* __restrict dlogits, const float* __restrict logits,
+template <cpu::Isa I>
+TG_INLINE void backward_rows_body(float* __restrict dlogits, const float* __restrict logits,
                    const int64_t* __restrict targets, const float* __restrict rmax,
                    const float* __restrict rlogsum, int64_t ignore_index, float scale, int64_t r0,
                    int64_t r1, int64_t V) {
@@ -65,10 +67,11 @@ void backward_rows(float* __restrict dlogits, const float* __restrict logits,
     }
     const float m = rmax[r], ls = rlogsum[r];
 #pragma omp simd
-    for (int64_t c = 0; c < V; ++c) d[c] = exp_approx((x[c] - m) - ls) * scale;
-    d[t] = (exp_approx((x[t] - m) - ls) - 1.0f) * scale;
+    for (int64_t c = 0; c < V; ++c) d[c] = exp_lanes<Scalar<I>>((x[c] - m) - ls) * scale;
+    d[t] = (exp_lanes<Scalar<I>>((x[t] - m) - ls) - 1.0f) * scale;
   }
 }
+TG_PER_ISA(backward_rows, backward_rows_body)
 
 // Checks targets (int64 (N,)) lie in [0, V) wherever they are not ignore_index; returns how
 // many are not (the number of rows the loss averages over).
@@ -154,6 +157,8 @@ py::array_t<float> cross_entropy_backward(const py::object& grad, const py::arra
 
 }  // namespace
 
+namespace cpu {
+
 void bind_cross_entropy(py::module_& m) {
   m.def("cross_entropy_forward", &cross_entropy_forward, py::arg("logits"), py::arg("targets"),
         py::arg("ignore_index"),
@@ -164,4 +169,5 @@ void bind_cross_entropy(py::module_& m) {
         "dlogits (N, V) = (softmax(logits) - onehot(targets)) * grad / count (0 on ignored rows).");
 }
 
+}  // namespace cpu
 }  // namespace tinygpt

@@ -4,10 +4,11 @@
 // saves only (seed, shape) and backward regenerates the mask: no mask is stored. Each element
 // is computed as the reference does, x * keep (0 or 1) * float32(1 / (1 - p)), so native and
 // reference outputs agree bit for bit. Memory-bound: one read and one write per element, plus
-// a 64-bit hash that GCC vectorises (target_clones picks AVX-512 / AVX2 at load time).
+// a 64-bit hash that GCC vectorises (one copy per instruction set, isa.h).
 #include <cstdint>
 #include <vector>
 
+#include "isa.h"
 #include "py_common.h"
 #include "registry.h"
 #include "rng.h"
@@ -15,21 +16,16 @@
 namespace tinygpt {
 namespace {
 
-#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(__i386__))
-#define TG_DROPOUT_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
-#else
-#define TG_DROPOUT_CLONES
-#endif
-
 // y[i] = x[i] * keep(i) * scale for i in [begin, end) (i is the flat mask index).
-TG_DROPOUT_CLONES
-void dropout_span(float* y, const float* x, int64_t begin, int64_t end, uint64_t seed,
+template <cpu::Isa>
+TG_INLINE void dropout_span_body(float* y, const float* x, int64_t begin, int64_t end, uint64_t seed,
                   uint32_t threshold, float scale) {
   for (int64_t i = begin; i < end; ++i) {
     const float k = rng::bits24(seed, static_cast<uint64_t>(i)) >= threshold ? 1.0f : 0.0f;
     y[i] = x[i] * k * scale;
   }
 }
+TG_PER_ISA(dropout_span, dropout_span_body)
 
 void dropout_apply(float* y, const float* x, int64_t n, uint64_t seed, double p) {
   const uint32_t threshold = rng::keep_threshold(p);
@@ -63,6 +59,8 @@ void check_p(double p, const char* op) {
 std::vector<py::ssize_t> shape_of(const py::array& a) { return {a.shape(), a.shape() + a.ndim()}; }
 
 }  // namespace
+
+namespace cpu {
 
 void bind_dropout(py::module_& m) {
   m.def(
@@ -113,4 +111,5 @@ void bind_dropout(py::module_& m) {
       "Gradient of dropout_forward: grad * keep * (1 / (1 - p)), the mask regenerated from the seed.");
 }
 
+}  // namespace cpu
 }  // namespace tinygpt

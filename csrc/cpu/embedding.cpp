@@ -10,7 +10,7 @@
 #include <cstring>
 #include <vector>
 
-#include "cpu/rowwise.h"
+#include "parallel.h"
 #include "py_common.h"
 #include "registry.h"
 
@@ -57,6 +57,8 @@ void embedding_backward_impl(float* dw, const float* g, const int64_t* ids, int6
 }
 
 }  // namespace
+
+namespace cpu {
 
 void bind_embedding(py::module_& m) {
   m.def(
@@ -106,4 +108,5 @@ void bind_embedding(py::module_& m) {
       "dW (V, C): grad rows summed per id, in index order (bit-identical to numpy.add.at).");
 }
 
+}  // namespace cpu
 }  // namespace tinygpt

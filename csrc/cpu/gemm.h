@@ -1,4 +1,4 @@
-// Packed, register-blocked, OpenMP-parallel single-precision GEMM (implemented in matmul.cpp).
+// Packed, register-blocked, OpenMP-parallel single-precision GEMM (implemented in gemm.cpp).
 //
 //   C[i, j] (=|+=) sum_k A[i, k] * B[k, j]  (+ bias[j])   then optionally  Y[i, j] = gelu_tanh(C[i, j])
 //
@@ -6,13 +6,12 @@
 // any strides, so a transposed operand is just swapped strides (it is repacked anyway). C is
 // row-major with leading dimension ldc. M, N, K may be anything >= 0 (K = 0 gives C = bias or 0).
 //
-// Structure (BLIS / GotoBLAS): loops jc (NC columns) -> pc (KC of the reduction) -> row blocks,
-// B's KC x NC block packed into NR-wide k-major panels shared by all threads (double-buffered: one
-// barrier per KC block), each row block of A packed into MR-tall panels by the thread that takes it,
-// and an MR x NR register-tile micro-kernel: AVX-512 14 x 32 or AVX2/FMA 6 x 16, picked at run time
-// with __builtin_cpu_supports (a portable scalar 4 x 16 otherwise), plus a column kernel for narrow
-// N edges. Row blocks (x column chunks when M is short) are handed to threads dynamically, a few
-// per thread. Bias is added and GELU applied in the micro-kernel's epilogue, in registers.
+// Structure (BLIS / GotoBLAS): loops jc (NC columns) -> pc (KC of the reduction) -> row blocks, B
+// packed into NR-wide k-major panels and A into MR-tall panels, an MR x NR register-tile micro-kernel
+// per instruction set (gemm_tiles.h: AVX-512 14 x 32, AVX2 6 x 16, portable 4 x 16, picked by
+// cpu::isa()). Threads own static bands of tasks (row blocks x column chunks) with private packed B,
+// and steal what is left; a reduction much longer than both sides is split over K instead. Bias is
+// added and GELU applied in the micro-kernel's epilogue, in registers.
 #pragma once
 
 #include <cstdint>
@@ -29,12 +28,6 @@ struct GemmEpilogue {
 void sgemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t rsa, int64_t csa, const float* b,
            int64_t rsb, int64_t csb, float* c, int64_t ldc, bool accumulate = false,
            const GemmEpilogue& epilogue = GemmEpilogue());
-
-// Name of the micro-kernel sgemm uses: "avx512", "avx2" or "scalar".
-const char* gemm_isa();
-// Forces one ("avx512" / "avx2" / "scalar", or "auto" for the best the CPU supports); returns false
-// if the CPU lacks it. For tests and benchmarks; not thread-safe against concurrent sgemm calls.
-bool set_gemm_isa(const char* name);
 
 // y = gelu_tanh(h) and dh = g * gelu_tanh'(h), elementwise over n floats, vectorised for the ISA.
 void gelu_tanh_rows(const float* h, float* y, int64_t n);

@@ -1,19 +1,15 @@
-// Registers the CPU kernel families into tinygpt._C.cpu, plus the OpenMP thread controls
-// they share. A family's bind function checks arguments with the GIL held, then computes with
-// it released so other Python threads can run:
+// The controls every CPU kernel shares, in tinygpt._C.cpu next to the kernel families (registry.h):
+// the OpenMP thread count and the instruction set (isa.h). Each family's bind function checks arguments with the GIL held, then
+// computes with it released so other Python threads can run, e.g. csrc/cpu/gelu.cpp:
 //
-//   void bind_layernorm(py::module_& m) {  // csrc/cpu/layernorm.cpp
-//     m.def("layernorm_forward", [](const py::array& x, const py::array& w, py::array& out) {
-//       const float* xp = input_ptr<float>(x, "layernorm_forward: x", 2);
-//       const py::ssize_t N = x.shape(0), C = x.shape(1);
-//       const float* wp = input_ptr<float>(w, "layernorm_forward: weight", {C});
-//       float* op = output_ptr<float>(out, "layernorm_forward: out", {N, C});
-//       py::gil_scoped_release nogil;
-//       layernorm_forward(op, xp, wp, N, C);
-//     }, py::arg("x"), py::arg("weight"), py::arg("out"));
+//   m.def("gelu_forward", &gelu_forward_py, py::arg("x"), py::arg("approximate"), "...");
+//   py::tuple gelu_forward_py(const py::array& x, const std::string& approximate) {
+//     check_array<float>(x, "gelu_forward: x");          // ValueError naming the argument
+//     py::array_t<float> y(shape_of(x));
+//     { py::gil_scoped_release nogil; run(...); }
+//     return py::make_tuple(y, py::tuple());             // what reference.gelu_forward returns
 //   }
-//
-// and is registered below with: bind_layernorm(m); families.push_back("cpu.layernorm");
+#include "isa.h"
 #include "py_common.h"
 #include "registry.h"
 
@@ -22,8 +18,9 @@
 #endif
 
 namespace tinygpt {
+namespace cpu {
 
-void register_cpu_kernels(py::module_& m, KernelFamilies& families) {
+void bind_controls(py::module_& m) {
   m.def(
       "get_num_threads",
       [] {
@@ -44,24 +41,24 @@ void register_cpu_kernels(py::module_& m, KernelFamilies& families) {
       },
       py::arg("n"),
       "Sets the number of threads the CPU kernels use (no effect when built without OpenMP).");
-  bind_attention(m);
-  families.push_back("cpu.attention");
-  bind_dropout(m);
-  families.push_back("cpu.dropout");
-  bind_softmax(m);
-  families.push_back("cpu.softmax");
-  bind_cross_entropy(m);
-  families.push_back("cpu.cross_entropy");
-  bind_adamw(m);
-  families.push_back("cpu.adamw");
-  bind_layernorm(m);
-  families.push_back("cpu.layernorm");
-  bind_gelu(m);
-  families.push_back("cpu.gelu");
-  bind_matmul(m);
-  families.push_back("cpu.matmul");
-  bind_embedding(m);
-  families.push_back("cpu.embedding");
+  m.def(
+      "isa", [] { return std::string(isa_name(isa())); },
+      "The instruction set whose kernel copies run: 'avx512', 'avx2' or 'baseline' (the widest this CPU "
+      "supports, capped by TINYGPT_CPU_ISA).");
+  m.def(
+      "set_isa",
+      [](const std::string& name) {
+        Isa chosen = default_isa();
+        TG_CHECK(name == "auto" || isa_from_name(name, &chosen),
+                 "set_isa: name must be 'auto', 'avx512', 'avx2' or 'baseline', got '", name, "'");
+        TG_CHECK(isa_supported(chosen), "set_isa: this CPU (or build) does not support '", name, "'");
+        set_isa(chosen);
+        return std::string(isa_name(chosen));
+      },
+      py::arg("name"),
+      "Runs the kernel copies of one instruction set from now on ('auto': the default choice); returns "
+      "its name. For tests and benchmarks: not while kernels run on other threads.");
 }
 
+}  // namespace cpu
 }  // namespace tinygpt

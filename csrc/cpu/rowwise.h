@@ -1,79 +1,26 @@
-// Helpers shared by the CPU row kernels (softmax, cross-entropy, AdamW): SIMD target clones,
-// a vectorisable exp, and an OpenMP split of rows into one contiguous block per thread.
+// Helpers shared by the CPU row kernels (softmax, cross-entropy): row reductions on GCC vectors
+// (the thread split is parallel.h, the exp simd.h).
 //
-// No -march flags are used (the wheel must run on any x86-64), so hot loops are written as
-// plain float code under `#pragma omp simd` and the functions holding them are compiled
-// several times with TG_SIMD_CLONES: GCC emits an AVX-512 (x86-64-v4), an AVX2+FMA
-// (x86-64-v3) and a baseline SSE2 copy and picks one at load time from the CPU's features
-// (an ifunc, resolved once). Everything inlined into such a function is vectorised for that
-// target, which is why exp_approx below is branch-free scalar code rather than intrinsics;
-// the row reductions use GCC's generic 16-float vectors (vfloat), lowered the same way.
-// Such files also need -fno-math-errno -fno-trapping-math (set per file in CMakeLists.txt).
+// The row kernels are plain float code under `#pragma omp simd`, compiled once per instruction set
+// with TG_PER_ISA (isa.h). Everything inlined into such a copy is vectorised for its target: the exp
+// (simd.h: exp_lanes<Scalar<I>>) and the row reductions on GCC vectors (vfloat). Such files also need
+// -fno-math-errno -fno-trapping-math (set per file in CMakeLists.txt).
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 #include <limits>
 
+#include "isa.h"
+#include "parallel.h"
+#include "simd.h"
+
 // The 64-byte vector helpers below are always inlined, so the ABI note GCC gives for passing
-// them by value in the non-AVX-512 clones never applies.
+// them by value in the non-AVX-512 copies never applies.
 #pragma GCC diagnostic ignored "-Wpsabi"
-
-#ifdef TINYGPT_WITH_OPENMP
-#include <omp.h>
-#endif
-
-// A build may predefine it (e.g. -DTG_SIMD_CLONES= -march=x86-64-v3) to compile one path only,
-// which is how the AVX2 and SSE2 copies get tested on an AVX-512 machine.
-#ifndef TG_SIMD_CLONES
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-#define TG_SIMD_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define TG_SIMD_CLONES
-#endif
-#endif
-
-// For small helpers with simd loops called from TG_SIMD_CLONES functions: inlined, they are
-// vectorised for the caller's target (a plain call would run the baseline SSE2 copy).
-#if defined(__GNUC__)
-#define TG_ALWAYS_INLINE __attribute__((always_inline))
-#else
-#define TG_ALWAYS_INLINE
-#endif
 
 namespace tinygpt {
 namespace cpu {
-
-// exp(x) in float32, vectorisable (Cephes expf): x = n ln2 + r with |r| <= ln2/2, a degree-7
-// polynomial for exp(r), and 2^n built in the exponent bits. Relative error <= 2 ulp for
-// x >= -87.3 (checked against float64 exp in tests/test_native_softmax.py). Edge cases, chosen
-// for softmax-style use where arguments are x - max <= 0:
-//   x < -87.7 (including -inf) -> 0: x is clamped to -88, where n = -127 makes 2^n's bits 0
-//     (true values there are < 1e-38, float32 denormals); x > 88 -> exp(88); NaN -> NaN.
-// Files using it compile with -fno-trapping-math (CMakeLists.txt): otherwise GCC turns the
-// clamps into branches and vectorises it only for AVX-512.
-inline float exp_approx(float x) {
-  constexpr float kLo = -88.0f;
-  constexpr float kHi = 88.0f;
-  float xc = x < kLo ? kLo : x;  // comparisons (not fmax/fmin) so NaN passes through
-  xc = xc > kHi ? kHi : xc;
-  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float n = (xc * 1.44269504088896341f + kMagic) - kMagic;  // in [-127, 127]
-  float r = xc - n * 0.693359375f;  // ln2 split in two so n * hi is exact
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n; 0 (not 2^-127) at n = -127
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
 
 // 16 floats as one GCC vector: a zmm register on AVX-512, two ymm on AVX2, four xmm on SSE2.
 // Used for the row reductions: `#pragma omp simd reduction` would also vectorise them, but GCC
@@ -83,17 +30,17 @@ constexpr int64_t kLanes = 16;
 typedef float vfloat __attribute__((vector_size(kLanes * sizeof(float))));
 typedef int32_t vint __attribute__((vector_size(kLanes * sizeof(int32_t))));
 
-TG_ALWAYS_INLINE inline vfloat vload(const float* p) {
+TG_INLINE vfloat vload(const float* p) {
   vfloat v;
   std::memcpy(&v, p, sizeof v);  // unaligned load
   return v;
 }
 
-TG_ALWAYS_INLINE inline vfloat vbroadcast(float x) { return vfloat{} + x; }
+TG_INLINE vfloat vbroadcast(float x) { return vfloat{} + x; }
 
 // Lanes combined pairwise: halves, then quarters, ... (op is + or max).
 template <typename Op>
-TG_ALWAYS_INLINE inline float vreduce(vfloat v, Op op) {
+TG_INLINE float vreduce(vfloat v, Op op) {
   v = op(v, __builtin_shuffle(v, vint{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7}));
   v = op(v, __builtin_shuffle(v, vint{4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11}));
   v = op(v, __builtin_shuffle(v, vint{2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13}));
@@ -102,10 +49,10 @@ TG_ALWAYS_INLINE inline float vreduce(vfloat v, Op op) {
 }
 
 // max(a, b) per lane, keeping a where b is NaN (so NaN never wins; see row_max).
-TG_ALWAYS_INLINE inline vfloat vmax(vfloat a, vfloat b) { return b > a ? b : a; }
+TG_INLINE vfloat vmax(vfloat a, vfloat b) { return b > a ? b : a; }
 
 // max of x[0..C) (-inf for C == 0). NaNs are skipped here and surface through exp(x - max).
-TG_ALWAYS_INLINE inline float row_max(const float* __restrict x, int64_t C) {
+TG_INLINE float row_max(const float* __restrict x, int64_t C) {
   const float ninf = -std::numeric_limits<float>::infinity();
   vfloat m0 = vbroadcast(ninf), m1 = m0;
   int64_t c = 0;
@@ -130,7 +77,7 @@ TG_ALWAYS_INLINE inline float row_max(const float* __restrict x, int64_t C) {
 }
 
 // Sum of buf[0..n), n <= kSumBlock; zero-pads buf up to a multiple of kLanes (it must have room).
-TG_ALWAYS_INLINE inline float sum_block(float* __restrict buf, int64_t n) {
+TG_INLINE float sum_block(float* __restrict buf, int64_t n) {
   for (int64_t i = n; i % kLanes != 0; ++i) buf[i] = 0.0f;
   vfloat s0 = vfloat{}, s1 = vfloat{};
   int64_t i = 0;
@@ -149,7 +96,7 @@ TG_ALWAYS_INLINE inline float sum_block(float* __restrict buf, int64_t n) {
 constexpr int64_t kSumBlock = 512;
 
 template <typename Term>
-TG_ALWAYS_INLINE inline double blocked_sum(int64_t n, Term term) {
+TG_INLINE double blocked_sum(int64_t n, Term term) {
   alignas(64) float buf[kSumBlock];
   double total = 0.0;
   for (int64_t b = 0; b < n; b += kSumBlock) {
@@ -159,38 +106,6 @@ TG_ALWAYS_INLINE inline double blocked_sum(int64_t n, Term term) {
     total += sum_block(buf, len);
   }
   return total;
-}
-
-// Calls f(begin, end, thread) on contiguous blocks covering [0, n): one per OpenMP thread
-// (OMP_NUM_THREADS / set_num_threads decide how many) when the job is big enough to pay for
-// waking the team (n * cost >= kParallelMin, cost ~ floats touched per item), else f(0, n) on
-// the calling thread. Blocks are a fixed function of n and the thread count, so per-thread
-// partial sums combine in a deterministic order.
-constexpr int64_t kParallelMin = int64_t{1} << 15;
-
-template <typename F>
-void parallel_blocks(int64_t n, int64_t cost, F&& f) {
-#ifdef TINYGPT_WITH_OPENMP
-  if (n > 1 && n * cost >= kParallelMin && omp_get_max_threads() > 1) {
-#pragma omp parallel
-    {
-      const int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();
-      const int64_t begin = n * t / nt, end = n * (t + 1) / nt;
-      if (begin < end) f(begin, end, static_cast<int>(t));
-    }
-    return;
-  }
-#endif
-  f(int64_t{0}, n, 0);
-}
-
-// Upper bound on the thread index parallel_blocks passes to f (for per-thread partials).
-inline int max_threads() {
-#ifdef TINYGPT_WITH_OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
 }
 
 }  // namespace cpu

@@ -22,19 +22,20 @@
 namespace tinygpt {
 namespace {
 
-using cpu::exp_approx;
+using cpu::exp_lanes;
+using cpu::Scalar;
 using cpu::blocked_sum;
 using cpu::row_max;
 
-TG_SIMD_CLONES
-void softmax_forward_rows(float* __restrict y, const float* __restrict x, int64_t r0, int64_t r1,
+template <cpu::Isa I>
+TG_INLINE void softmax_forward_rows_body(float* __restrict y, const float* __restrict x, int64_t r0, int64_t r1,
                           int64_t C) {
   for (int64_t r = r0; r < r1; ++r) {
     const float* xr = x + r * C;
     float* yr = y + r * C;
     const float m = row_max(xr, C);
     const double s = blocked_sum(C, [&](int64_t c) {
-      const float e = exp_approx(xr[c] - m);
+      const float e = exp_lanes<Scalar<I>>(xr[c] - m);
       yr[c] = e;
       return e;
     });
@@ -43,9 +44,10 @@ void softmax_forward_rows(float* __restrict y, const float* __restrict x, int64_
     for (int64_t c = 0; c < C; ++c) yr[c] *= inv;
   }
 }
+TG_PER_ISA(softmax_forward_rows, softmax_forward_rows_body)
 
-TG_SIMD_CLONES
-void softmax_backward_rows(float* __restrict dx, const float* __restrict g,
+template <cpu::Isa I>
+TG_INLINE void softmax_backward_rows_body(float* __restrict dx, const float* __restrict g,
                            const float* __restrict y, int64_t r0, int64_t r1, int64_t C) {
   for (int64_t r = r0; r < r1; ++r) {
     const float* gr = g + r * C;
@@ -57,23 +59,25 @@ void softmax_backward_rows(float* __restrict dx, const float* __restrict g,
     for (int64_t c = 0; c < C; ++c) dr[c] = yr[c] * (gr[c] - df);
   }
 }
+TG_PER_ISA(softmax_backward_rows, softmax_backward_rows_body)
 
-TG_SIMD_CLONES
-void log_softmax_forward_rows(float* __restrict y, const float* __restrict x, int64_t r0,
+template <cpu::Isa I>
+TG_INLINE void log_softmax_forward_rows_body(float* __restrict y, const float* __restrict x, int64_t r0,
                               int64_t r1, int64_t C) {
   for (int64_t r = r0; r < r1; ++r) {
     const float* xr = x + r * C;
     float* yr = y + r * C;
     const float m = row_max(xr, C);
-    const double s = blocked_sum(C, [&](int64_t c) { return exp_approx(xr[c] - m); });
+    const double s = blocked_sum(C, [&](int64_t c) { return exp_lanes<Scalar<I>>(xr[c] - m); });
     const float ls = std::log(static_cast<float>(s));  // s in [1, C]
 #pragma omp simd
     for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - m) - ls;
   }
 }
+TG_PER_ISA(log_softmax_forward_rows, log_softmax_forward_rows_body)
 
-TG_SIMD_CLONES
-void log_softmax_backward_rows(float* __restrict dx, const float* __restrict g,
+template <cpu::Isa I>
+TG_INLINE void log_softmax_backward_rows_body(float* __restrict dx, const float* __restrict g,
                                const float* __restrict y, int64_t r0, int64_t r1, int64_t C) {
   for (int64_t r = r0; r < r1; ++r) {
     const float* gr = g + r * C;
@@ -82,9 +86,10 @@ void log_softmax_backward_rows(float* __restrict dx, const float* __restrict g,
     const double gs = blocked_sum(C, [&](int64_t c) { return gr[c]; });
     const float gsf = static_cast<float>(gs);
 #pragma omp simd
-    for (int64_t c = 0; c < C; ++c) dr[c] = gr[c] - exp_approx(yr[c]) * gsf;
+    for (int64_t c = 0; c < C; ++c) dr[c] = gr[c] - exp_lanes<Scalar<I>>(yr[c]) * gsf;
   }
 }
+TG_PER_ISA(log_softmax_backward_rows, log_softmax_backward_rows_body)
 
 // Checks x (float32, C-contiguous, ndim >= 1) and that axis is its last; returns (rows, C).
 std::pair<int64_t, int64_t> rows_of(const py::array& x, const char* what, int64_t axis,
@@ -139,6 +144,8 @@ py::array_t<float> backward(const py::array& grad, const py::array& y, int64_t a
 
 }  // namespace
 
+namespace cpu {
+
 void bind_softmax(py::module_& m) {
   m.def(
       "softmax_forward",
@@ -173,4 +180,5 @@ void bind_softmax(py::module_& m) {
       "dx = grad - exp(y) * sum(grad, last axis) for y = log_softmax(x).");
 }
 
+}  // namespace cpu
 }  // namespace tinygpt

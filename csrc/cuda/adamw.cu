@@ -18,7 +18,7 @@
 #include <cstdint>
 
 #include "common.h"
-#include "cuda/api.h"
+#include "registry.h"
 #include "cuda/launch.cuh"
 #include "cuda/multi_tensor.cuh"
 
@@ -113,9 +113,14 @@ Scalars make_scalars(double lr, double beta1, double beta2, double eps, double w
 }  // namespace cuda_adamw
 }  // namespace tinygpt
 
-using namespace tinygpt::cuda_adamw;
+namespace tinygpt {
+namespace cuda {
+namespace {
 
-void tg_adamw_step_cuda(std::uintptr_t param, std::uintptr_t grad, std::uintptr_t exp_avg,
+using namespace cuda_adamw;
+
+// ------------------------------------------------------------------------------ launchers
+void adamw_step(std::uintptr_t param, std::uintptr_t grad, std::uintptr_t exp_avg,
                         std::uintptr_t exp_avg_sq, long long n, double lr, double beta1,
                         double beta2, double eps, double weight_decay, long long step,
                         std::uintptr_t stream) {
@@ -130,9 +135,9 @@ void tg_adamw_step_cuda(std::uintptr_t param, std::uintptr_t grad, std::uintptr_
   TG_CUDA_CHECK_LAUNCH();
 }
 
-long long tg_adamw_multi_chunk() { return kChunk; }
+long long adamw_multi_chunk() { return kChunk; }
 
-void tg_adamw_multi_step_cuda(std::uintptr_t table, std::uintptr_t block_start, int num_tensors,
+void adamw_multi_step(std::uintptr_t table, std::uintptr_t block_start, int num_tensors,
                               long long num_blocks, double lr, double beta1, double beta2,
                               double eps, double weight_decay, long long step,
                               std::uintptr_t stream) {
@@ -147,3 +152,20 @@ void tg_adamw_multi_step_cuda(std::uintptr_t table, std::uintptr_t block_start, 
       num_tensors, s);
   TG_CUDA_CHECK_LAUNCH();
 }
+
+}  // namespace
+
+void bind_adamw(py::module_& m) {
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("adamw_step", &adamw_step, py::arg("param"), py::arg("grad"), py::arg("exp_avg"), py::arg("exp_avg_sq"),
+        py::arg("n"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"),
+        py::arg("step"), py::arg("stream"), nogil, "In-place AdamW update of one parameter.");
+  m.def("adamw_multi_chunk", &adamw_multi_chunk, "Elements per block of adamw_multi_step.");
+  m.def("adamw_multi_step", &adamw_multi_step, py::arg("table"), py::arg("block_start"), py::arg("num_tensors"),
+        py::arg("num_blocks"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
+        py::arg("weight_decay"), py::arg("step"), py::arg("stream"), nogil,
+        "In-place AdamW update of a list of parameters (one param group) in one launch.");
+}
+
+}  // namespace cuda
+}  // namespace tinygpt

@@ -33,7 +33,7 @@
 // Layouts: every (head, position) row of q, k, v, out (and of dq, dk, dv, dO, which share them) is
 // addressed through a Layout (batch, head and row strides; bh = b * H + h), so the same kernels run
 // on split heads (BH, T, hs) and in place on c_attn's packed (B, T, 3C) output, writing the merged
-// (B, T, C) output directly (attention_qkv: no split / merge copies, as the CPU kernel).
+// (B, T, C) output directly (qkv_attention: no split / merge copies, as the CPU kernel).
 // Dropout: the counter-based mask of csrc/cpu/rng.h with the flat index of the (BH, Tq, Tk)
 // attention matrix, regenerated per tile in every kernel, bit-identical to
 // reference.dropout_mask(att.shape, p, seed).
@@ -56,7 +56,7 @@
 
 #include "common.h"
 #include "cpu/rng.h"
-#include "cuda/api.h"
+#include "registry.h"
 
 namespace tinygpt {
 namespace cuda_attention {
@@ -520,9 +520,9 @@ Params make_params(std::uintptr_t q, std::uintptr_t k, std::uintptr_t v, int64_t
 Params make_packed_params(std::uintptr_t qkv, int64_t B, int64_t T, int64_t n_head, int64_t hs, bool causal,
                           int64_t window, double dropout_p, uint64_t seed, double scale) {
   TG_CHECK(B >= 0 && T >= 0 && n_head >= 1 && hs >= 1,
-           "attention_qkv (cuda): need B, T >= 0 and n_head, hs >= 1, got B = ", B, ", T = ", T, ", n_head = ",
+           "qkv_attention (cuda): need B, T >= 0 and n_head, hs >= 1, got B = ", B, ", T = ", T, ", n_head = ",
            n_head, ", hs = ", hs);
-  TG_CHECK(n_head * hs < (int64_t(1) << 24), "attention_qkv (cuda): n_embd ", n_head * hs, " is too large");
+  TG_CHECK(n_head * hs < (int64_t(1) << 24), "qkv_attention (cuda): n_embd ", n_head * hs, " is too large");
   const int64_t C = n_head * hs;
   Params P = make_params(qkv, qkv + sizeof(float) * C, qkv + 2 * sizeof(float) * C, B * n_head, T, T, hs, hs,
                          causal, window, dropout_p, seed, scale);
@@ -617,9 +617,14 @@ void backward(const Params& P, int64_t BH, std::uintptr_t dq, std::uintptr_t dk,
 }  // namespace cuda_attention
 }  // namespace tinygpt
 
-using namespace tinygpt::cuda_attention;
+namespace tinygpt {
+namespace cuda {
+namespace {
 
-void tg_attention_forward_cuda(std::uintptr_t out, std::uintptr_t row_max, std::uintptr_t row_sum, std::uintptr_t q,
+using namespace cuda_attention;
+
+// ------------------------------------------------------------------------------ launchers
+void attention_forward(std::uintptr_t out, std::uintptr_t row_max, std::uintptr_t row_sum, std::uintptr_t q,
                                std::uintptr_t k, std::uintptr_t v, int64_t BH, int64_t Tq, int64_t Tk, int64_t D,
                                int64_t Dv, bool causal, int64_t window, double dropout_p, uint64_t seed,
                                double scale, std::uintptr_t stream) {
@@ -627,7 +632,7 @@ void tg_attention_forward_cuda(std::uintptr_t out, std::uintptr_t row_max, std::
           row_sum, stream);
 }
 
-void tg_attention_backward_cuda(std::uintptr_t dq, std::uintptr_t dk, std::uintptr_t dv, std::uintptr_t drow,
+void attention_backward(std::uintptr_t dq, std::uintptr_t dk, std::uintptr_t dv, std::uintptr_t drow,
                                 std::uintptr_t grad, std::uintptr_t q, std::uintptr_t k, std::uintptr_t v,
                                 std::uintptr_t out, std::uintptr_t row_max, std::uintptr_t row_sum, int64_t BH,
                                 int64_t Tq, int64_t Tk, int64_t D, int64_t Dv, bool causal, int64_t window,
@@ -646,7 +651,7 @@ void tg_attention_backward_cuda(std::uintptr_t dq, std::uintptr_t dk, std::uintp
   backward(P, BH, dq, dk, dv, drow, grad, out, row_max, row_sum, s);
 }
 
-void tg_attention_qkv_forward_cuda(std::uintptr_t out, std::uintptr_t row_max, std::uintptr_t row_sum,
+void qkv_attention_forward(std::uintptr_t out, std::uintptr_t row_max, std::uintptr_t row_sum,
                                    std::uintptr_t qkv, int64_t B, int64_t T, int64_t n_head, int64_t hs, bool causal,
                                    int64_t window, double dropout_p, uint64_t seed, double scale,
                                    std::uintptr_t stream) {
@@ -654,7 +659,7 @@ void tg_attention_qkv_forward_cuda(std::uintptr_t out, std::uintptr_t row_max, s
           row_max, row_sum, stream);
 }
 
-void tg_attention_qkv_backward_cuda(std::uintptr_t dqkv, std::uintptr_t drow, std::uintptr_t grad, std::uintptr_t qkv,
+void qkv_attention_backward(std::uintptr_t dqkv, std::uintptr_t drow, std::uintptr_t grad, std::uintptr_t qkv,
                                     std::uintptr_t out, std::uintptr_t row_max, std::uintptr_t row_sum, int64_t B,
                                     int64_t T, int64_t n_head, int64_t hs, bool causal, int64_t window,
                                     double dropout_p, uint64_t seed, double scale, std::uintptr_t stream) {
@@ -664,3 +669,30 @@ void tg_attention_qkv_backward_cuda(std::uintptr_t dqkv, std::uintptr_t drow, st
   backward(P, B * n_head, dqkv, dqkv + sizeof(float) * C, dqkv + 2 * sizeof(float) * C, drow, grad, out, row_max,
            row_sum, reinterpret_cast<cudaStream_t>(stream));
 }
+
+}  // namespace
+
+void bind_attention(py::module_& m) {
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("attention_forward", &attention_forward, py::arg("out"), py::arg("row_max"), py::arg("row_sum"), py::arg("q"),
+        py::arg("k"), py::arg("v"), py::arg("BH"), py::arg("Tq"), py::arg("Tk"), py::arg("D"), py::arg("Dv"),
+        py::arg("causal"), py::arg("window"), py::arg("dropout_p"), py::arg("seed"), py::arg("scale"), py::arg("stream"),
+        nogil, "Flash attention forward on raw device pointers (window 0: none).");
+  m.def("attention_backward", &attention_backward, py::arg("dq"), py::arg("dk"), py::arg("dv"), py::arg("drow"),
+        py::arg("grad"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("out"), py::arg("row_max"),
+        py::arg("row_sum"), py::arg("BH"), py::arg("Tq"), py::arg("Tk"), py::arg("D"), py::arg("Dv"),
+        py::arg("causal"), py::arg("window"), py::arg("dropout_p"), py::arg("seed"), py::arg("scale"), py::arg("stream"),
+        nogil, "Flash attention backward (dq, dk, dv) on raw device pointers; drow is a (BH, Tq) workspace.");
+  m.def("qkv_attention_forward", &qkv_attention_forward, py::arg("out"), py::arg("row_max"), py::arg("row_sum"),
+        py::arg("qkv"), py::arg("B"), py::arg("T"), py::arg("n_head"), py::arg("hs"), py::arg("causal"),
+        py::arg("window"), py::arg("dropout_p"), py::arg("seed"), py::arg("scale"), py::arg("stream"), nogil,
+        "Flash attention forward reading c_attn's packed qkv (B, T, 3C) in place; out is the merged (B, T, C).");
+  m.def("qkv_attention_backward", &qkv_attention_backward, py::arg("dqkv"), py::arg("drow"), py::arg("grad"),
+        py::arg("qkv"), py::arg("out"), py::arg("row_max"), py::arg("row_sum"), py::arg("B"), py::arg("T"),
+        py::arg("n_head"), py::arg("hs"), py::arg("causal"), py::arg("window"), py::arg("dropout_p"), py::arg("seed"),
+        py::arg("scale"), py::arg("stream"), nogil,
+        "Flash attention backward into a packed dqkv (B, T, 3C); grad is the merged (B, T, C).");
+}
+
+}  // namespace cuda
+}  // namespace tinygpt

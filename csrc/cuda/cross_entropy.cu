@@ -24,7 +24,7 @@
 #include <cstdint>
 
 #include "common.h"
-#include "cuda/api.h"
+#include "registry.h"
 #include "cuda/rowwise.cuh"
 
 namespace tinygpt {
@@ -126,9 +126,14 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 }  // namespace cuda_cross_entropy
 }  // namespace tinygpt
 
-using namespace tinygpt::cuda_cross_entropy;
+namespace tinygpt {
+namespace cuda {
+namespace {
 
-void tg_cross_entropy_forward_cuda(std::uintptr_t loss, std::uintptr_t count, std::uintptr_t row_max,
+using namespace cuda_cross_entropy;
+
+// ------------------------------------------------------------------------------ launchers
+void cross_entropy_forward(std::uintptr_t loss, std::uintptr_t count, std::uintptr_t row_max,
                                    std::uintptr_t row_logsum, std::uintptr_t row_loss, std::uintptr_t logits,
                                    std::uintptr_t targets, int64_t N, int64_t V, int64_t ignore_index,
                                    std::uintptr_t stream) {
@@ -153,7 +158,7 @@ void tg_cross_entropy_forward_cuda(std::uintptr_t loss, std::uintptr_t count, st
   TG_CUDA_CHECK_LAUNCH();
 }
 
-void tg_cross_entropy_backward_cuda(std::uintptr_t dlogits, std::uintptr_t logits, std::uintptr_t targets,
+void cross_entropy_backward(std::uintptr_t dlogits, std::uintptr_t logits, std::uintptr_t targets,
                                     std::uintptr_t row_max, std::uintptr_t row_logsum, std::uintptr_t grad,
                                     std::uintptr_t count, int64_t N, int64_t V, int64_t ignore_index,
                                     std::uintptr_t stream) {
@@ -175,3 +180,19 @@ void tg_cross_entropy_backward_cuda(std::uintptr_t dlogits, std::uintptr_t logit
     ce_backward_kernel<false><<<blocks, kWarpsPerBlock * 32, 0, s>>>(dp, xp, tp, mp, lp, gp, cp, N, V, ignore_index);
   TG_CUDA_CHECK_LAUNCH();
 }
+
+}  // namespace
+
+void bind_cross_entropy(py::module_& m) {
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("cross_entropy_forward", &cross_entropy_forward, py::arg("loss"), py::arg("count"), py::arg("row_max"),
+        py::arg("row_logsum"), py::arg("row_loss"), py::arg("logits"), py::arg("targets"), py::arg("N"), py::arg("V"),
+        py::arg("ignore_index"), py::arg("stream"), nogil, "Mean cross-entropy and its row statistics, on the device.");
+  m.def("cross_entropy_backward", &cross_entropy_backward, py::arg("dlogits"), py::arg("logits"), py::arg("targets"),
+        py::arg("row_max"), py::arg("row_logsum"), py::arg("grad"), py::arg("count"), py::arg("N"), py::arg("V"),
+        py::arg("ignore_index"), py::arg("stream"), nogil,
+        "dlogits = (softmax - onehot) * grad / count (0 on ignored rows).");
+}
+
+}  // namespace cuda
+}  // namespace tinygpt

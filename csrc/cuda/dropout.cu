@@ -18,7 +18,7 @@
 
 #include "common.h"
 #include "cpu/rng.h"
-#include "cuda/api.h"
+#include "registry.h"
 #include "cuda/launch.cuh"
 
 namespace tinygpt {
@@ -56,9 +56,14 @@ __global__ void __launch_bounds__(256) dropout_kernel(float* __restrict__ y, con
 }  // namespace cuda_dropout
 }  // namespace tinygpt
 
-using namespace tinygpt::cuda_dropout;
+namespace tinygpt {
+namespace cuda {
+namespace {
 
-void tg_dropout_cuda(std::uintptr_t y, std::uintptr_t x, int64_t n, double p, uint64_t seed, std::uintptr_t stream) {
+using namespace cuda_dropout;
+
+// ------------------------------------------------------------------------------ launchers
+void dropout(std::uintptr_t y, std::uintptr_t x, int64_t n, double p, uint64_t seed, std::uintptr_t stream) {
   TG_CHECK(p >= 0.0 && p < 1.0, "dropout (cuda): p must be in [0, 1), got ", p);
   TG_CHECK(n >= 0, "dropout (cuda): n must be >= 0, got ", n);
   if (n == 0) return;
@@ -76,3 +81,16 @@ void tg_dropout_cuda(std::uintptr_t y, std::uintptr_t x, int64_t n, double p, ui
     dropout_kernel<false><<<blocks, 256, 0, s>>>(yp, xp, n, seed, threshold, scale);
   TG_CUDA_CHECK_LAUNCH();
 }
+
+}  // namespace
+
+void bind_dropout(py::module_& m) {
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+  // one launcher, two names: backward is the same map (same mask and scale) applied to the gradient
+  for (const char* name : {"dropout_forward", "dropout_backward"})
+    m.def(name, &dropout, py::arg("y"), py::arg("x"), py::arg("n"), py::arg("p"), py::arg("seed"), py::arg("stream"),
+          nogil, "y = x * keep * (1 / (1 - p)) with the counter-based mask of `seed` (forward; backward on the gradient).");
+}
+
+}  // namespace cuda
+}  // namespace tinygpt

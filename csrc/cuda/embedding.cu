@@ -7,7 +7,7 @@
 // run. Every other CUDA kernel of a training step is atomic-free; this one makes the step
 // reproducible too. The backward is a segmented sum over the ids sorted by (id, position):
 //   1. keys[i] = ids[i] * n + i (embedding_keys_kernel), so that sorting the keys (CuPy's radix
-//      sort, by the wrapper in tinygpt/kernels/cuda.py) groups each id's positions in index
+//      sort, by the wrapper in tinygpt/kernels/cuda/embedding.py) groups each id's positions in index
 //      order whatever the sort's stability; an id outside [0, V) gets V * n + i (sorted last and
 //      skipped: F.embedding rejects such ids before any kernel runs, the kernels only stay in bounds);
 //   2. dW is zeroed (rows of ids that do not occur), then embedding_backward_kernel: a block owns
@@ -26,7 +26,7 @@
 #include <limits>
 
 #include "common.h"
-#include "cuda/api.h"
+#include "registry.h"
 #include "cuda/launch.cuh"
 
 namespace tinygpt {
@@ -119,10 +119,16 @@ void check_sizes(const char* op, int64_t n, int64_t V, int64_t C) {
 }  // namespace cuda_embedding
 }  // namespace tinygpt
 
-using namespace tinygpt::cuda_embedding;
+namespace tinygpt {
+namespace cuda {
+namespace {
+
+using namespace cuda_embedding;
+
+// ------------------------------------------------------------------------------ launchers
 using tinygpt::cuda_launch::grid_stride_blocks;
 
-void tg_embedding_forward_cuda(std::uintptr_t out, std::uintptr_t weight, std::uintptr_t ids, int64_t n, int64_t V,
+void embedding_forward(std::uintptr_t out, std::uintptr_t weight, std::uintptr_t ids, int64_t n, int64_t V,
                                int64_t C, std::uintptr_t stream) {
   check_sizes("embedding_forward (cuda)", n, V, C);
   if (n == 0) return;
@@ -138,7 +144,7 @@ void tg_embedding_forward_cuda(std::uintptr_t out, std::uintptr_t weight, std::u
   TG_CUDA_CHECK_LAUNCH();
 }
 
-void tg_embedding_keys_cuda(std::uintptr_t keys, std::uintptr_t ids, int64_t n, int64_t V, std::uintptr_t stream) {
+void embedding_keys(std::uintptr_t keys, std::uintptr_t ids, int64_t n, int64_t V, std::uintptr_t stream) {
   check_sizes("embedding_keys (cuda)", n, V, 1);
   if (n == 0) return;
   embedding_keys_kernel<<<grid_stride_blocks(n, 256, 8), 256, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
@@ -146,7 +152,7 @@ void tg_embedding_keys_cuda(std::uintptr_t keys, std::uintptr_t ids, int64_t n, 
   TG_CUDA_CHECK_LAUNCH();
 }
 
-void tg_embedding_backward_cuda(std::uintptr_t dw, std::uintptr_t grad, std::uintptr_t sorted_keys, int64_t n,
+void embedding_backward(std::uintptr_t dw, std::uintptr_t grad, std::uintptr_t sorted_keys, int64_t n,
                                 int64_t V, int64_t C, std::uintptr_t stream) {
   check_sizes("embedding_backward (cuda)", n, V, C);
   auto s = reinterpret_cast<cudaStream_t>(stream);
@@ -161,3 +167,19 @@ void tg_embedding_backward_cuda(std::uintptr_t dw, std::uintptr_t grad, std::uin
                                                       reinterpret_cast<const int64_t*>(sorted_keys), n, V, C);
   TG_CUDA_CHECK_LAUNCH();
 }
+
+}  // namespace
+
+void bind_embedding(py::module_& m) {
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("embedding_forward", &embedding_forward, py::arg("out"), py::arg("weight"), py::arg("ids"), py::arg("n"),
+        py::arg("V"), py::arg("C"), py::arg("stream"), nogil, "out (n, C) = weight[ids] for int64 ids (n,).");
+  m.def("embedding_keys", &embedding_keys, py::arg("keys"), py::arg("ids"), py::arg("n"), py::arg("V"),
+        py::arg("stream"), nogil, "keys = ids * n + position (int64), the sort keys of embedding_backward.");
+  m.def("embedding_backward", &embedding_backward, py::arg("dw"), py::arg("grad"), py::arg("sorted_keys"), py::arg("n"),
+        py::arg("V"), py::arg("C"), py::arg("stream"), nogil,
+        "dw (V, C) = grad rows summed per id in position order (deterministic), from the sorted keys.");
+}
+
+}  // namespace cuda
+}  // namespace tinygpt

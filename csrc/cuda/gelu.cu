@@ -1,5 +1,5 @@
 // The CUDA gelu family, elementwise on float32 arrays of any shape (Python side:
-// tinygpt/kernels/cuda.py gelu_forward / gelu_backward, same signatures as reference.py; like the
+// tinygpt/kernels/cuda/gelu.py gelu_forward / gelu_backward, same signatures as reference.py; like the
 // CPU kernels nothing is saved: the backward recomputes from x, arithmetic instead of traffic).
 //
 // 'tanh' (GPT-2): y = 0.5 x (1 + tanh u), u = sqrt(2/pi) (x + 0.044715 x^3), evaluated as
@@ -18,7 +18,7 @@
 #include <cstdint>
 
 #include "common.h"
-#include "cuda/api.h"
+#include "registry.h"
 #include "cuda/launch.cuh"
 
 namespace tinygpt {
@@ -100,9 +100,14 @@ void launch(const float* a, const float* b, float* out, long long n, cudaStream_
 }  // namespace cuda_gelu
 }  // namespace tinygpt
 
-using namespace tinygpt::cuda_gelu;
+namespace tinygpt {
+namespace cuda {
+namespace {
 
-void tg_gelu_forward_cuda(std::uintptr_t y, std::uintptr_t x, long long n, bool tanh_approx,
+using namespace cuda_gelu;
+
+// ------------------------------------------------------------------------------ launchers
+void gelu_forward(std::uintptr_t y, std::uintptr_t x, long long n, bool tanh_approx,
                           std::uintptr_t stream) {
   TG_CHECK(n >= 0, "gelu_forward: negative size ", n);
   if (n == 0) return;
@@ -115,7 +120,7 @@ void tg_gelu_forward_cuda(std::uintptr_t y, std::uintptr_t x, long long n, bool 
     launch<ErfFwd>(xp, xp, yp, n, st);
 }
 
-void tg_gelu_backward_cuda(std::uintptr_t dx, std::uintptr_t grad, std::uintptr_t x, long long n,
+void gelu_backward(std::uintptr_t dx, std::uintptr_t grad, std::uintptr_t x, long long n,
                            bool tanh_approx, std::uintptr_t stream) {
   TG_CHECK(n >= 0, "gelu_backward: negative size ", n);
   if (n == 0) return;
@@ -128,3 +133,16 @@ void tg_gelu_backward_cuda(std::uintptr_t dx, std::uintptr_t grad, std::uintptr_
   else
     launch<ErfBwd>(gp, xp, dp, n, st);
 }
+
+}  // namespace
+
+void bind_gelu(py::module_& m) {
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("gelu_forward", &gelu_forward, py::arg("y"), py::arg("x"), py::arg("n"), py::arg("tanh"), py::arg("stream"),
+        nogil, "y = gelu(x), tanh or exact (erf).");
+  m.def("gelu_backward", &gelu_backward, py::arg("dx"), py::arg("grad"), py::arg("x"), py::arg("n"), py::arg("tanh"),
+        py::arg("stream"), nogil, "dx = grad * gelu'(x).");
+}
+
+}  // namespace cuda
+}  // namespace tinygpt

@@ -17,7 +17,7 @@
 #include <cstdint>
 
 #include "common.h"
-#include "cuda/api.h"
+#include "registry.h"
 #include "cuda/multi_tensor.cuh"
 
 namespace tinygpt {
@@ -88,11 +88,16 @@ void check_counts(const char* op, int num_tensors, long long num_blocks) {
 }  // namespace cuda_grad_norm
 }  // namespace tinygpt
 
-using namespace tinygpt::cuda_grad_norm;
+namespace tinygpt {
+namespace cuda {
+namespace {
 
-long long tg_grad_norm_chunk() { return kChunk; }
+using namespace cuda_grad_norm;
 
-void tg_grad_norm_cuda(std::uintptr_t out, std::uintptr_t partial, std::uintptr_t table, std::uintptr_t block_start,
+// ------------------------------------------------------------------------------ launchers
+long long grad_norm_chunk() { return kChunk; }
+
+void grad_norm(std::uintptr_t out, std::uintptr_t partial, std::uintptr_t table, std::uintptr_t block_start,
                        int num_tensors, long long num_blocks, bool max_abs, std::uintptr_t stream) {
   check_counts("grad_norm", num_tensors, num_blocks);
   auto s = reinterpret_cast<cudaStream_t>(stream);
@@ -110,7 +115,7 @@ void tg_grad_norm_cuda(std::uintptr_t out, std::uintptr_t partial, std::uintptr_
   TG_CUDA_CHECK_LAUNCH();
 }
 
-void tg_grad_scale_cuda(std::uintptr_t table, std::uintptr_t block_start, int num_tensors, long long num_blocks,
+void grad_scale(std::uintptr_t table, std::uintptr_t block_start, int num_tensors, long long num_blocks,
                         double scale, std::uintptr_t stream) {
   check_counts("grad_scale", num_tensors, num_blocks);
   if (num_blocks == 0) return;
@@ -119,3 +124,19 @@ void tg_grad_scale_cuda(std::uintptr_t table, std::uintptr_t block_start, int nu
       static_cast<float>(scale));
   TG_CUDA_CHECK_LAUNCH();
 }
+
+}  // namespace
+
+void bind_grad_norm(py::module_& m) {
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("grad_norm_chunk", &grad_norm_chunk, "Elements per block of grad_norm / grad_scale.");
+  m.def("grad_norm", &grad_norm, py::arg("out"), py::arg("partial"), py::arg("table"), py::arg("block_start"),
+        py::arg("num_tensors"), py::arg("num_blocks"), py::arg("max_abs"), py::arg("stream"), nogil,
+        "out (0-d float64) = sum of squares (or max |g|) over a list of float32 tensors, one multi-tensor launch.");
+  m.def("grad_scale", &grad_scale, py::arg("table"), py::arg("block_start"), py::arg("num_tensors"),
+        py::arg("num_blocks"), py::arg("scale"), py::arg("stream"), nogil,
+        "Every tensor of the list *= float32(scale), in place, one launch.");
+}
+
+}  // namespace cuda
+}  // namespace tinygpt

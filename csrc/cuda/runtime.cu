@@ -1,12 +1,15 @@
-// CUDA runtime queries behind tinygpt._C.cuda_device_count() and cuda_status().
+// CUDA runtime queries behind tinygpt._C.build_info(), cuda_device_count() and cuda_status().
 #include <cuda_runtime.h>
 
 #include "common.h"
-#include "cuda/api.h"
+#include "registry.h"
 
-int tg_cuda_runtime_version() { return CUDART_VERSION; }
+namespace tinygpt {
+namespace cuda {
 
-int tg_cuda_device_count(std::string* reason) {
+int runtime_version() { return CUDART_VERSION; }
+
+int device_count(std::string* reason) {
   int count = 0;
   const cudaError_t err = cudaGetDeviceCount(&count);
   if (err == cudaSuccess) return count;
@@ -16,9 +19,9 @@ int tg_cuda_device_count(std::string* reason) {
     if (cudaDriverGetVersion(&driver) != cudaSuccess || driver == 0) {
       *reason = "no CUDA driver found";
     } else if (err == cudaErrorInsufficientDriver) {
-      *reason = tinygpt::detail::concat("CUDA driver ", driver / 1000, ".", driver % 1000 / 10,
-                                        " is older than the CUDA runtime ", CUDART_VERSION / 1000,
-                                        ".", CUDART_VERSION % 1000 / 10, " tinygpt was built with");
+      *reason = detail::concat("CUDA driver ", driver / 1000, ".", driver % 1000 / 10,
+                               " is older than the CUDA runtime ", CUDART_VERSION / 1000, ".",
+                               CUDART_VERSION % 1000 / 10, " tinygpt was built with");
     } else if (err == cudaErrorNoDevice) {
       *reason = "no CUDA device found";
     } else {
@@ -27,3 +30,6 @@ int tg_cuda_device_count(std::string* reason) {
   }
   return 0;
 }
+
+}  // namespace cuda
+}  // namespace tinygpt

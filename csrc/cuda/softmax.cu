@@ -19,7 +19,7 @@
 #include <cstdint>
 
 #include "common.h"
-#include "cuda/api.h"
+#include "registry.h"
 #include "cuda/rowwise.cuh"
 
 namespace tinygpt {
@@ -108,23 +108,45 @@ void backward(std::uintptr_t dx, std::uintptr_t grad, std::uintptr_t y, int64_t 
 }  // namespace cuda_softmax
 }  // namespace tinygpt
 
-using namespace tinygpt::cuda_softmax;
+namespace tinygpt {
+namespace cuda {
+namespace {
 
-void tg_softmax_forward_cuda(std::uintptr_t y, std::uintptr_t x, int64_t rows, int64_t C, std::uintptr_t stream) {
+using namespace cuda_softmax;
+
+// ------------------------------------------------------------------------------ launchers
+void softmax_forward(std::uintptr_t y, std::uintptr_t x, int64_t rows, int64_t C, std::uintptr_t stream) {
   forward<false>(y, x, rows, C, stream, "softmax_forward");
 }
 
-void tg_softmax_backward_cuda(std::uintptr_t dx, std::uintptr_t grad, std::uintptr_t y, int64_t rows, int64_t C,
+void softmax_backward(std::uintptr_t dx, std::uintptr_t grad, std::uintptr_t y, int64_t rows, int64_t C,
                               std::uintptr_t stream) {
   backward<false>(dx, grad, y, rows, C, stream, "softmax_backward");
 }
 
-void tg_log_softmax_forward_cuda(std::uintptr_t y, std::uintptr_t x, int64_t rows, int64_t C,
+void log_softmax_forward(std::uintptr_t y, std::uintptr_t x, int64_t rows, int64_t C,
                                  std::uintptr_t stream) {
   forward<true>(y, x, rows, C, stream, "log_softmax_forward");
 }
 
-void tg_log_softmax_backward_cuda(std::uintptr_t dx, std::uintptr_t grad, std::uintptr_t y, int64_t rows,
+void log_softmax_backward(std::uintptr_t dx, std::uintptr_t grad, std::uintptr_t y, int64_t rows,
                                   int64_t C, std::uintptr_t stream) {
   backward<true>(dx, grad, y, rows, C, stream, "log_softmax_backward");
 }
+
+}  // namespace
+
+void bind_softmax(py::module_& m) {
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("softmax_forward", &softmax_forward, py::arg("y"), py::arg("x"), py::arg("rows"), py::arg("C"),
+        py::arg("stream"), nogil, "y = softmax(x) over rows of C floats.");
+  m.def("softmax_backward", &softmax_backward, py::arg("dx"), py::arg("grad"), py::arg("y"), py::arg("rows"),
+        py::arg("C"), py::arg("stream"), nogil, "dx = y * (grad - rowsum(grad * y)).");
+  m.def("log_softmax_forward", &log_softmax_forward, py::arg("y"), py::arg("x"), py::arg("rows"), py::arg("C"),
+        py::arg("stream"), nogil, "y = log_softmax(x) over rows of C floats.");
+  m.def("log_softmax_backward", &log_softmax_backward, py::arg("dx"), py::arg("grad"), py::arg("y"), py::arg("rows"),
+        py::arg("C"), py::arg("stream"), nogil, "dx = grad - exp(y) * rowsum(grad).");
+}
+
+}  // namespace cuda
+}  // namespace tinygpt

@@ -96,7 +96,7 @@ def embedding(ids, weight: Tensor) -> Tensor:
     return Embedding.apply(ids, weight)
 
 
-# ----------------------------------------------------------------------------- layernorm
+# ----------------------------------------------------------------------------- layer_norm
 class LayerNorm(Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps=1e-5):
@@ -105,7 +105,7 @@ class LayerNorm(Function):
             if p is not None and p.shape != (C,):
                 raise ValueError(f"layer_norm: {name} must have shape ({C},) for input {x.shape}, got {p.shape}")
         x = _contiguous(x)
-        ctx.kernel = kernels.select("layernorm", x, weight, bias)
+        ctx.kernel = kernels.select("layer_norm", x, weight, bias)
         y, saved = ctx.kernel.forward(x, weight, bias, eps)
         ctx.save_for_backward(x, weight, saved)
         return y
@@ -139,7 +139,7 @@ class AddLayerNorm(Function):
             if p is not None and p.shape != (C,):
                 raise ValueError(f"add_layer_norm: {name} must have shape ({C},) for input {x.shape}, got {p.shape}")
         x, residual = _contiguous(x), _contiguous(residual)
-        ctx.kernel = kernels.select("add_layernorm", x, residual, weight, bias)
+        ctx.kernel = kernels.select("add_layer_norm", x, residual, weight, bias)
         (s, y), saved = ctx.kernel.forward(x, residual, weight, bias, eps)
         ctx.save_for_backward(x, residual, weight, saved)
         return s, y
@@ -316,13 +316,13 @@ class Attention(Function):
         return ctx.kernel.backward(_contiguous(g), q, k, v, ctx.dropout_p, ctx.scale, saved)
 
 
-class AttentionQKV(Function):
+class QKVAttention(Function):
     """Attention on c_attn's packed output: qkv (B, T, 3C) -> y (B, T, C), heads split and merged inside."""
 
     @staticmethod
     def forward(ctx, qkv, n_head, causal=True, window=None, dropout_p=0.0, seed=0, scale=1.0):
         qkv = _contiguous(qkv)
-        ctx.kernel = kernels.select("attention_qkv", qkv)
+        ctx.kernel = kernels.select("qkv_attention", qkv)
         out, saved = ctx.kernel.forward(qkv, n_head, causal, window, dropout_p, seed, scale)
         ctx.save_for_backward(qkv, saved)
         ctx.n_head, ctx.dropout_p, ctx.scale = n_head, dropout_p, scale
@@ -348,7 +348,7 @@ def qkv_attention(qkv: Tensor, n_head: int, causal: bool = True, dropout_p: floa
         raise ValueError(f"qkv_attention: qkv's last dim {qkv.shape[-1]} must be 3 * n_embd with n_embd "
                          f"divisible by n_head {n_head!r}")
     options = _attention_options("qkv_attention", window, dropout_p, scale, qkv.shape[-1] // (3 * n_head))
-    return AttentionQKV.apply(qkv, n_head=int(n_head), causal=causal, **options)
+    return QKVAttention.apply(qkv, n_head=int(n_head), causal=causal, **options)
 
 
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, dropout_p: float = 0.0,

@@ -27,7 +27,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 CSRC = REPO / "csrc"
 MODULE = "tg_cuda_emu"
-NOT_EMULATED = "runtime.cu"  # the real driver queries behind tinygpt._C.cuda_status(); registry.cpp needs none
+NOT_EMULATED = "runtime.cu"  # the real driver queries behind tinygpt._C.cuda_status(); the bindings need none
 FLAGS = ["-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-pthread", "-Wall", "-Wno-unknown-pragmas",
          "-Wno-unused-function", "-Wno-unused-variable", "-Wno-unused-but-set-variable",
          "-D__CUDACC__", "-DTINYGPT_WITH_CUDA"]
@@ -86,7 +86,7 @@ def build(out_root: pathlib.Path | None = None, jobs: int | None = None, quiet: 
         selftest = src / "selftest.cu.cpp"
         selftest.write_text(f'#line 1 "{HERE / "selftest.cu"}"\n' + translate.translate(
             (HERE / "selftest.cu").read_text(), "tests/cuda_emu/selftest.cu"))
-        units += [selftest, CSRC / "cuda" / "registry.cpp", HERE / "runtime.cpp", HERE / "module.cpp"]
+        units += [selftest, HERE / "runtime.cpp", HERE / "module.cpp"]
         includes = ["-I", str(HERE / "include"), "-I", str(src), "-I", str(CSRC),
                     "-isystem", _pybind11_include(), "-isystem", sysconfig.get_paths()["include"]]
 

@@ -66,7 +66,7 @@ def kernels_label(device: str) -> str:
         ops = tg.kernels.cuda_ops() if tg.kernels.cuda_enabled() else []
         if not ops:
             return "reference on CuPy"
-        kc = tg.kernels.cuda
+        kc = tg.kernels.policy
         gemm = kc.get_matmul_backend()
         chosen = list(kc.matmul_choices().values())
         if gemm == "auto" and chosen:  # which GEMM the measured dispatch picked for the layers' shapes

@@ -1,15 +1,18 @@
 """Kernel dispatch: the one place that picks a native kernel or the reference for each fused op.
 
-For an op `name`, `select(name, *arrays)` returns a `Kernel` whose `forward`/`backward`
-come from a native implementation when there is one and the arrays qualify (all on one
-device, float32, C-contiguous), and from `reference.py` otherwise:
-  numpy arrays -> `tinygpt._C.cpu.<name>_forward` / `<name>_backward` (the pybind11 bindings),
-  cupy arrays  -> `tinygpt.kernels.cuda.<name>_forward` / `<name>_backward` (Python wrappers
-                  around the launchers in `tinygpt._C.cuda`), when `kernels.cuda.has(name)`.
-The reference is array code through `xp`, so it runs on numpy and on cupy alike. The caller
-keeps the Kernel in its autograd context so backward always runs the implementation that
-ran forward.
+OPS below lists every op. An op `name` of family `fam` is, in every layer:
+  reference.py               <name>_forward / <name>_backward (the ground truth, NumPy or CuPy via xp)
+  csrc/cpu/<fam>.cpp         tinygpt._C.cpu.<name>_forward / _backward (checks arguments, returns what
+                             the reference returns)
+  csrc/cuda/<fam>.cu +       tinygpt.kernels.cuda.<fam>.<name>_forward / _backward for CuPy arrays
+  kernels/cuda/<fam>.py      (check, allocate, launch tinygpt._C.cuda.<name>_*)
+  tests/ops/test_<fam>.py    one test file, parametrised over the implementations present
+An "update" op (adamw_step, ...) is one in-place call `<name>` instead of a forward/backward pair.
 
+`select(name, *arrays)` returns a `Kernel` whose forward/backward come from the native
+implementation when there is one and the arrays qualify (all on one device, float32,
+C-contiguous; on the CPU also `policy.cpu_native`), and from `reference.py` otherwise. The caller
+keeps the Kernel in its autograd context so backward runs the implementation that ran forward.
 `TINYGPT_NATIVE=0` in the environment (or `use_native(False)`) forces the reference.
 """
 from __future__ import annotations
@@ -22,8 +25,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from .. import backend
-from . import cuda as _cuda_kernels
-from . import reference
+from . import cuda, policy, reference
 
 try:  # the extension is optional: `import tinygpt` works without a compiler or CUDA
     _native = importlib.import_module("tinygpt._C")
@@ -35,43 +37,72 @@ except ImportError as exc:
 _enabled = os.environ.get("TINYGPT_NATIVE", "1").strip().lower() not in ("0", "false", "off", "no")
 
 
+class Op(NamedTuple):
+    family: str             # the file name of its kernels and tests (see the module docstring)
+    kind: str = "function"  # "function": a <name>_forward / <name>_backward pair; "update": one call <name>
+    cpu: bool = True        # tinygpt._C.cpu implements it (else the CPU runs the reference or a loop)
+
+
+OPS: dict[str, Op] = {
+    "linear": Op("linear"),
+    "linear_gelu": Op("linear"),
+    "embedding": Op("embedding"),
+    "layer_norm": Op("layer_norm"),
+    "add_layer_norm": Op("layer_norm"),
+    "gelu": Op("gelu"),
+    "softmax": Op("softmax"),
+    "log_softmax": Op("softmax"),
+    "cross_entropy": Op("cross_entropy"),
+    "dropout": Op("dropout"),
+    "attention": Op("attention"),
+    "qkv_attention": Op("attention"),
+    "adamw_step": Op("adamw", "update"),
+    "adamw_multi_step": Op("adamw", "update", cpu=False),  # the CPU runs adamw_step per tensor
+    "grad_norm": Op("grad_norm", "update", cpu=False),     # the CPU reduces per array (nn.utils)
+    "grad_scale_": Op("grad_norm", "update", cpu=False),
+}
+
+
 class Kernel(NamedTuple):
     name: str  # 'reference', 'native-cpu' or 'native-cuda'
     forward: Callable
     backward: Callable
 
 
-_REFERENCE = {}
-_NATIVE = {}
+def _spec(op: str) -> Op:
+    try:
+        return OPS[op]
+    except KeyError:
+        raise ValueError(f"unknown kernel op {op!r}; the ops are {sorted(OPS)}") from None
 
 
-def _submodule(device):
-    return getattr(_native, device, None) if _native is not None else None
+def _functions(module, op: str) -> tuple | None:
+    """The callables of `op` in `module` (forward, backward) or (update,), or None when one is missing."""
+    names = (f"{op}_forward", f"{op}_backward") if OPS[op].kind == "function" else (op,)
+    fns = tuple(getattr(module, n, None) for n in names)
+    return None if module is None or None in fns else fns
 
 
-def _native_kernel(op, device):
-    key = (op, device)
-    if key not in _NATIVE:
-        mod = _submodule(device)
-        fwd = getattr(mod, f"{op}_forward", None)
-        bwd = getattr(mod, f"{op}_backward", None)
-        _NATIVE[key] = Kernel(f"native-{device}", fwd, bwd) if fwd is not None and bwd is not None else None
-    return _NATIVE[key]
+_CPU = {}  # op -> Kernel or None: the extension does not change while the process runs
+
+
+def implementation(op: str, device: str):
+    """The native functions of `op` on 'cpu' or 'cuda' (a Kernel for a forward/backward op, the update
+    callable otherwise), or None when this build has none."""
+    spec = _spec(op)
+    if device == "cpu":
+        if op not in _CPU:
+            fns = _functions(getattr(_native, "cpu", None), op) if spec.cpu else None
+            _CPU[op] = fns and (Kernel("native-cpu", *fns) if spec.kind == "function" else fns[0])
+        return _CPU[op]
+    if device != "cuda":
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    fns = _functions(cuda.module(op), op) if cuda.has(op) else None
+    return fns and (Kernel("native-cuda", *fns) if spec.kind == "function" else fns[0])
 
 
 def _reference_kernel(op):
-    if op not in _REFERENCE:
-        _REFERENCE[op] = Kernel("reference", getattr(reference, f"{op}_forward"), getattr(reference, f"{op}_backward"))
-    return _REFERENCE[op]
-
-
-def _cuda_kernel(op):
-    """The CUDA wrappers for `op` (tinygpt/kernels/cuda.py), or None when the build lacks them."""
-    if not _cuda_kernels.has(op):
-        return None
-    fwd = getattr(_cuda_kernels, f"{op}_forward", None)
-    bwd = getattr(_cuda_kernels, f"{op}_backward", None)
-    return Kernel("native-cuda", fwd, bwd) if fwd is not None and bwd is not None else None
+    return Kernel("reference", getattr(reference, f"{op}_forward"), getattr(reference, f"{op}_backward"))
 
 
 def _qualifies(arrays):
@@ -91,42 +122,14 @@ def _qualifies(arrays):
     return device
 
 
-# ----------------------------------------------------------------------------- shape-class policy
-# Where a native CPU kernel is not faster than the reference on every shape, _CPU_POLICY[op](*arrays)
-# says whether to use it; ops not listed always take the native kernel when it qualifies.
-#
-# linear / linear_gelu: the native packed SGEMM vs NumPy's matmul (OpenBLAS 0.3.31), measured with
-# `benchmarks/kernels/matmul.py --grid --threads 1 --cpu-time` on the 2-core Zen 4 (one thread, CPU
-# clock: the machine is shared, and 2-thread wall-clock timings there swing 2-10x with the load).
-# Every GEMM of a training step (B*T = 768 and 4096): native faster on 28 of 30 products and within
-# 3% on the other two (0.97-1.11x NumPy's time); linear ops 1.02-1.09x, linear_gelu 1.3x (fwd+bwd).
-# Few rows (generation): the SGEMM packs W (in x out floats) first, which a handful of rows cannot
-# amortise, while OpenBLAS has GEMV / small-matrix paths: NumPy is 1.0-3.5x faster for one row and
-# up to 2.9x for a few rows with few outputs. From ~1300 outputs (rows x out; ~650 when in > 512) the
-# native one wins every measured shape, by 1.24-3.4x in the 2-32 row band where OpenBLAS switches to
-# an unblocked GEMM. Below the line native is at most 1.09x faster (in = 128, out <= 128).
-# With 2 threads (`matmul.py --quick`, each library timed in a block), native is within 6% of
-# OpenBLAS or faster on all 30 training products (0.94-1.82x NumPy's speed, BENCHMARKS.md). Mixing
-# the two inside a step costs more than any shape could gain: OpenBLAS's pool keeps spinning ~0.1 s
-# after a call and the native workers then wait scheduler ticks (sending the 4096-row products to
-# OpenBLAS made the medium step 1.36x slower, 2424 vs 1782 ms). So the policy ignores the thread count.
-_LINEAR_SMALL = ((512, 1280), (None, 640))  # (in_features up to, rows * out below which NumPy wins)
-
-
-def linear_policy(rows: int, n_in: int, n_out: int) -> bool:
-    """True when the native SGEMM should run linear for x (rows, n_in) and weight (n_out, n_in)."""
-    if rows <= 1:  # a GEMV: OpenBLAS streams W once, the SGEMM would pack it first
-        return False
-    limit = next(lim for max_in, lim in _LINEAR_SMALL if max_in is None or n_in <= max_in)
-    return rows * n_out >= limit
-
-
-def _linear_arrays_policy(x, weight, *rest):
-    rows = x.size // x.shape[-1] if x.shape[-1] else int(np.prod(x.shape[:-1]))
-    return linear_policy(rows, weight.shape[1], weight.shape[0])
-
-
-_CPU_POLICY = {"linear": _linear_arrays_policy, "linear_gelu": _linear_arrays_policy}
+def _native_for(op, arrays):
+    """The native implementation of `op` for these arrays, or None (native off, no kernel, not qualifying)."""
+    if not _enabled:
+        return None
+    device = _qualifies(arrays)
+    if device == "cpu" and _native is None:
+        return None
+    return implementation(op, device) if device is not None else None
 
 
 def select(op: str, *arrays, native_ok: bool = True) -> Kernel:
@@ -134,36 +137,22 @@ def select(op: str, *arrays, native_ok: bool = True) -> Kernel:
 
     `native_ok=False` is the caller's veto for arguments that are not arrays and that the native
     kernel does not cover (softmax over an axis other than the last, say): the reference runs.
-    On the CPU an op listed in _CPU_POLICY also asks its shape-class policy (native only where faster).
-    On the GPU the reference (array code on cupy) runs every op the CUDA wrappers do not cover.
+    On the CPU the shape-class policy (policy.cpu_native) may also prefer the reference.
+    On the GPU the reference (array code on cupy) runs every op without a CUDA kernel.
     """
-    if native_ok and _enabled:
-        device = _qualifies(arrays)
-        if device == "cuda":
-            kernel = _cuda_kernel(op)
-            if kernel is not None:
-                return kernel
-        elif device == "cpu" and _native is not None:
-            kernel = _native_kernel(op, device)
-            if kernel is not None and (op not in _CPU_POLICY or _CPU_POLICY[op](*arrays)):
-                return kernel
+    if _spec(op).kind != "function":
+        raise ValueError(f"select: {op!r} is an update op, not a forward/backward pair")
+    if native_ok:
+        kernel = _native_for(op, arrays)
+        if kernel is not None and (kernel.name != "native-cpu" or policy.cpu_native(op, *arrays)):
+            return kernel
     return _reference_kernel(op)
 
 
-def _adamw_fn(arrays):
-    """The AdamW update that runs on these arrays: native CPU / CUDA when it qualifies, else the reference."""
-    if _enabled:
-        device = _qualifies(arrays)
-        if device == "cuda" and _cuda_kernels.has("adamw_step"):
-            return getattr(_cuda_kernels, "adamw_step", None) or reference.adamw_step
-        if device == "cpu" and _native is not None:
-            return getattr(_submodule("cpu"), "adamw_step", None) or reference.adamw_step
-    return reference.adamw_step
-
-
+# ----------------------------------------------------------------------------- update ops
 def adamw_step(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay, step):
     """Fused in-place AdamW update of one parameter (see reference.adamw_step)."""
-    fn = _adamw_fn((param, grad, exp_avg, exp_avg_sq))
+    fn = _native_for("adamw_step", (param, grad, exp_avg, exp_avg_sq)) or reference.adamw_step
     fn(param, grad, exp_avg, exp_avg_sq, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
        weight_decay=weight_decay, step=step)
 
@@ -175,9 +164,9 @@ def adamw_multi_step(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2, 
     array does not qualify, one adamw_step per parameter (the same arithmetic either way)."""
     hyper = dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, step=step)
     lists = (params, grads, exp_avgs, exp_avg_sqs)
-    if (_enabled and params and _cuda_kernels.has("adamw_multi_step")
-            and _qualifies([a for arrays in lists for a in arrays]) == "cuda"):
-        _cuda_kernels.adamw_multi_step(*lists, **hyper)
+    fn = _native_for("adamw_multi_step", [a for arrays in lists for a in arrays]) if params else None
+    if fn is not None:
+        fn(*lists, **hyper)
         return
     for arrays in zip(*lists):
         adamw_step(*arrays, **hyper)
@@ -188,28 +177,28 @@ def grad_norm(grads, norm_type):
     arrays as a 0-d float64 device array, from one multi-tensor CUDA launch; None when that kernel
     does not apply (CPU arrays, other dtypes or norms, no CUDA build): the caller then reduces per array."""
     norm_type = float(norm_type)
-    if (_enabled and grads and norm_type in (2.0, float("inf")) and _cuda_kernels.has("grad_norm")
-            and _qualifies(grads) == "cuda"):
-        return _cuda_kernels.grad_norm(grads, norm_type)
-    return None
+    fn = _native_for("grad_norm", grads) if grads and norm_type in (2.0, float("inf")) else None
+    return None if fn is None else fn(grads, norm_type)
 
 
 def grad_scale_(grads, scale: float) -> None:
     """Every array of the list *= scale in place (one CUDA launch for float32 CuPy arrays)."""
-    if _enabled and grads and _cuda_kernels.has("grad_norm") and _qualifies(grads) == "cuda":
-        _cuda_kernels.grad_scale_(grads, scale)
+    fn = _native_for("grad_scale_", grads) if grads else None
+    if fn is not None:
+        fn(grads, scale)
         return
     for g in grads:
         g *= scale
 
 
+# ----------------------------------------------------------------------------- switches and reports
 def native_enabled() -> bool:
     """True when native kernels are on (TINYGPT_NATIVE, use_native) and tinygpt._C is built."""
     return _enabled and _native is not None
 
 
 def cuda_enabled() -> bool:
-    """True when native kernels are on and select() has CUDA kernels for CuPy arrays (cuda_ops())."""
+    """True when native kernels are on and CuPy arrays have CUDA kernels (cuda_ops())."""
     return _enabled and bool(cuda_ops())
 
 
@@ -226,25 +215,18 @@ def use_native(enabled: bool):
 
 
 def cuda_ops() -> list:
-    """The ops select() / adamw_step() send to CUDA kernels in this build: the tinygpt/kernels/cuda.py
-    wrappers (forward and backward, or adamw_step) whose launchers the extension has."""
-    return sorted(op for op in _cuda_kernels.LAUNCHERS
-                  if (_cuda_kernel(op) is not None if op != "adamw_step"
-                      else _cuda_kernels.has(op) and hasattr(_cuda_kernels, "adamw_step")))
+    """The ops of OPS that run a CUDA kernel on CuPy arrays in this build."""
+    return sorted(op for op in OPS if implementation(op, "cuda") is not None)
 
 
 def available() -> dict:
-    """What was built: the extension, its build info and the native kernels per device.
+    """What was built: the extension, its build info and the ops with a native kernel per device.
 
-    'cpu' lists the ops of tinygpt._C.cpu; 'cuda' those that select() sends to the CUDA
-    kernels for cupy arrays (every other op runs the reference on cupy).
+    'cpu' lists the ops of OPS that tinygpt._C.cpu implements; 'cuda' those with a CUDA kernel for
+    cupy arrays (every other op runs the reference on cupy).
     """
     if _native is None:
         return {"native": False, "enabled": False, "reason": f"tinygpt._C is not built ({_native_error})",
                 "cpu": [], "cuda": cuda_ops()}
-    info = _native.build_info()
-    mod = _submodule("cpu")
-    names = dir(mod) if mod is not None else []
-    cpu = sorted(n[: -len("_forward")] for n in names if n.endswith("_forward")) + (
-        ["adamw_step"] if "adamw_step" in names else [])
-    return {"native": True, "enabled": _enabled, "build_info": info, "cpu": cpu, "cuda": cuda_ops()}
+    cpu = sorted(op for op in OPS if implementation(op, "cpu") is not None)
+    return {"native": True, "enabled": _enabled, "build_info": _native.build_info(), "cpu": cpu, "cuda": cuda_ops()}

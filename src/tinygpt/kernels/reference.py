@@ -63,8 +63,8 @@ def embedding_backward(grad, ids, weight_shape, saved):
     return gw
 
 
-# ----------------------------------------------------------------------------- layernorm
-def layernorm_forward(x, weight, bias, eps):
+# ----------------------------------------------------------------------------- layer_norm
+def layer_norm_forward(x, weight, bias, eps):
     """Normalise over the last axis; saves mean and 1/std (each (..., 1))."""
     xp = array_module(x)
     mean = x.mean(axis=-1, keepdims=True)
@@ -78,7 +78,7 @@ def layernorm_forward(x, weight, bias, eps):
     return y, (mean, rstd)
 
 
-def layernorm_backward(grad, x, weight, saved):
+def layer_norm_backward(grad, x, weight, saved):
     """Returns (dx, dweight, dbias) (the last two None when the op has no weight/bias)."""
     mean, rstd = saved
     C = x.shape[-1]
@@ -91,22 +91,22 @@ def layernorm_backward(grad, x, weight, saved):
     return dx, gw, gb
 
 
-def add_layernorm_forward(x, residual, weight, bias, eps):
-    """Fused residual add + layernorm: s = x + residual, y = layernorm(s). Returns ((s, y), saved).
+def add_layer_norm_forward(x, residual, weight, bias, eps):
+    """Fused residual add + layer_norm: s = x + residual, y = layer_norm(s). Returns ((s, y), saved).
 
     saved is (mean, rstd) of s; backward rebuilds s from x and residual.
     """
     s = x + residual
-    y, saved = layernorm_forward(s, weight, bias, eps)
+    y, saved = layer_norm_forward(s, weight, bias, eps)
     return (s, y), saved
 
 
-def add_layernorm_backward(grad_s, grad_y, x, residual, weight, saved):
+def add_layer_norm_backward(grad_s, grad_y, x, residual, weight, saved):
     """Returns (dx, dresidual, dweight, dbias); dx is dresidual (the same array).
 
     grad_s may be None (s itself fed nothing that needs a gradient): it then counts as zero.
     """
-    dx, gw, gb = layernorm_backward(grad_y, x + residual, weight, saved)
+    dx, gw, gb = layer_norm_backward(grad_y, x + residual, weight, saved)
     if grad_s is not None:
         dx = dx + grad_s
     return dx, dx, gw, gb
@@ -329,13 +329,13 @@ def attention_backward(grad, q, k, v, dropout_p, scale, saved):
 # ----------------------------------------------------------------------------- attention on packed qkv
 # c_attn's output (B, T, 3C) holds q, k, v side by side, each C = n_head * hs wide. These split it into
 # contiguous (B, nh, T, hs) heads, run attention, and merge the heads back into (B, T, C): what the
-# native CPU kernel (attention_qkv) does without the copies, by reading and writing with strides.
+# native kernels (qkv_attention) do without the copies, by reading and writing with strides.
 def split_qkv(qkv, n_head):
     """(B, T, 3C) -> three contiguous (B, nh, T, hs) arrays q, k, v."""
     xp = array_module(qkv)
     B, T, C3 = qkv.shape
     if n_head < 1 or C3 % (3 * n_head):
-        raise ValueError(f"attention_qkv: qkv's last dim {C3} must be 3 * n_embd with n_embd divisible by n_head {n_head}")
+        raise ValueError(f"qkv_attention: qkv's last dim {C3} must be 3 * n_embd with n_embd divisible by n_head {n_head}")
     heads = qkv.reshape(B, T, 3, n_head, C3 // (3 * n_head)).transpose(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
     return tuple(xp.ascontiguousarray(a) for a in heads)
 
@@ -359,22 +359,17 @@ def merge_qkv(dq, dk, dv):
     return xp.ascontiguousarray(xp.stack((dq, dk, dv)).transpose(1, 3, 0, 2, 4)).reshape(B, T, 3 * nh * hs)
 
 
-def packed_attention(attention_forward, attention_backward):
-    """attention_qkv_forward/_backward built from a (B, nh, T, hs) attention pair and the copies above."""
-
-    def forward(qkv, n_head, causal, window, dropout_p, seed, scale):
-        q, k, v = split_qkv(qkv, n_head)
-        out, saved = attention_forward(q, k, v, causal, window, dropout_p, seed, scale)
-        return merge_heads(out), saved
-
-    def backward(grad, qkv, n_head, dropout_p, scale, saved):
-        q, k, v = split_qkv(qkv, n_head)
-        return merge_qkv(*attention_backward(split_heads(grad, n_head), q, k, v, dropout_p, scale, saved))
-
-    return forward, backward
+def qkv_attention_forward(qkv, n_head, causal, window, dropout_p, seed, scale):
+    """attention_forward on qkv (B, T, 3C) split into heads; the output merged back into (B, T, C)."""
+    q, k, v = split_qkv(qkv, n_head)
+    out, saved = attention_forward(q, k, v, causal, window, dropout_p, seed, scale)
+    return merge_heads(out), saved
 
 
-attention_qkv_forward, attention_qkv_backward = packed_attention(attention_forward, attention_backward)
+def qkv_attention_backward(grad, qkv, n_head, dropout_p, scale, saved):
+    """dqkv (B, T, 3C) from grad (B, T, C): attention_backward on the split heads, merged."""
+    q, k, v = split_qkv(qkv, n_head)
+    return merge_qkv(*attention_backward(split_heads(grad, n_head), q, k, v, dropout_p, scale, saved))
 
 
 # ----------------------------------------------------------------------------- AdamW

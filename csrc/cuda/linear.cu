@@ -53,7 +53,7 @@
 #include <type_traits>
 
 #include "common.h"
-#include "cuda/api.h"
+#include "registry.h"
 #include "cuda/launch.cuh"
 
 namespace tinygpt {
@@ -544,11 +544,11 @@ void launch_tiling(const GemmArgs& args, cudaStream_t stream) {
 template <bool A_KMAJOR, bool B_KMAJOR>
 void launch_gemm(GemmArgs args, int precision, cudaStream_t stream) {
   TG_CHECK(precision == kTF32 || precision == kFP32 || precision == kBF16,
-           "matmul: precision must be 0 (tf32), 1 (fp32) or 2 (bf16), got ", precision);
-  TG_CHECK(args.M >= 0 && args.N >= 0 && args.K >= 0, "matmul: negative size (", args.M, ", ",
+           "gemm: precision must be 0 (tf32), 1 (fp32) or 2 (bf16), got ", precision);
+  TG_CHECK(args.M >= 0 && args.N >= 0 && args.K >= 0, "gemm: negative size (", args.M, ", ",
            args.N, ", ", args.K, ")");
   if (args.M == 0 || args.N == 0) return;
-  TG_CHECK(args.M <= 65535LL * 64, "matmul: too many rows (", args.M, ")");
+  TG_CHECK(args.M <= 65535LL * 64, "gemm: too many rows (", args.M, ")");
   // The contiguous dimension of each stored operand: K (K-major) or M / N.
   const long long a_contig = A_KMAJOR ? args.K : args.M;
   const long long b_contig = B_KMAJOR ? args.K : args.N;
@@ -574,9 +574,14 @@ Ptr ptr(std::uintptr_t p) {
 }  // namespace cuda_matmul
 }  // namespace tinygpt
 
-using namespace tinygpt::cuda_matmul;
+namespace tinygpt {
+namespace cuda {
+namespace {
 
-void tg_linear_forward_cuda(std::uintptr_t out, std::uintptr_t gelu_out, std::uintptr_t x,
+using namespace cuda_matmul;
+
+// ------------------------------------------------------------------------------ launchers
+void linear_forward(std::uintptr_t out, std::uintptr_t gelu_out, std::uintptr_t x,
                             std::uintptr_t weight, std::uintptr_t bias, int rows, int n_in,
                             int n_out, int precision, std::uintptr_t stream) {
   GemmArgs a{};
@@ -593,7 +598,7 @@ void tg_linear_forward_cuda(std::uintptr_t out, std::uintptr_t gelu_out, std::ui
   launch_gemm<true, true>(a, precision, reinterpret_cast<cudaStream_t>(stream));
 }
 
-void tg_linear_backward_dx_cuda(std::uintptr_t dx, std::uintptr_t grad, std::uintptr_t weight,
+void linear_backward_dx(std::uintptr_t dx, std::uintptr_t grad, std::uintptr_t weight,
                                 int rows, int n_in, int n_out, int precision,
                                 std::uintptr_t stream) {
   GemmArgs a{};
@@ -608,7 +613,7 @@ void tg_linear_backward_dx_cuda(std::uintptr_t dx, std::uintptr_t grad, std::uin
   launch_gemm<true, false>(a, precision, reinterpret_cast<cudaStream_t>(stream));
 }
 
-int tg_linear_dw_splits_cuda(int rows, int n_in, int n_out) {
+int linear_dw_splits(int rows, int n_in, int n_out) {
   // dW = dY^T X has K = rows (up to 16384) but often few output tiles (768 x 768: 36 large, 144
   // small tiles for 132 SMs): split K until there are ~2 waves of small tiles, keeping >= 16
   // k-tiles (512 rows) per split, at most 8 splits. NOT YET MEASURED (no GPU when written).
@@ -624,7 +629,7 @@ int tg_linear_dw_splits_cuda(int rows, int n_in, int n_out) {
   return s < 1 ? 1 : static_cast<int>(s);
 }
 
-void tg_linear_backward_dw_cuda(std::uintptr_t dw, std::uintptr_t grad, std::uintptr_t x,
+void linear_backward_dw(std::uintptr_t dw, std::uintptr_t grad, std::uintptr_t x,
                                 std::uintptr_t workspace, int rows, int n_in, int n_out,
                                 int splits, int precision, std::uintptr_t stream) {
   TG_CHECK(splits >= 1 && splits <= 64, "linear_backward_dw: splits must be in [1, 64], got ",
@@ -659,10 +664,10 @@ void tg_linear_backward_dw_cuda(std::uintptr_t dw, std::uintptr_t grad, std::uin
   TG_CUDA_CHECK_LAUNCH();
 }
 
-void tg_colsum_cuda(std::uintptr_t out, std::uintptr_t g, std::uintptr_t partial, int rows, int n,
+void column_sums(std::uintptr_t out, std::uintptr_t g, std::uintptr_t partial, int rows, int n,
                     int chunks, std::uintptr_t stream) {
-  TG_CHECK(rows >= 0 && n >= 0, "colsum: negative size (", rows, ", ", n, ")");
-  TG_CHECK(chunks >= 1 && chunks <= 65535, "colsum: chunks must be in [1, 65535], got ", chunks);
+  TG_CHECK(rows >= 0 && n >= 0, "column_sums: negative size (", rows, ", ", n, ")");
+  TG_CHECK(chunks >= 1 && chunks <= 65535, "column_sums: chunks must be in [1, 65535], got ", chunks);
   if (n == 0) return;
   cudaStream_t s = reinterpret_cast<cudaStream_t>(stream);
   const int rows_per_chunk = rows == 0 ? 1 : (rows + chunks - 1) / chunks;
@@ -673,3 +678,25 @@ void tg_colsum_cuda(std::uintptr_t out, std::uintptr_t g, std::uintptr_t partial
                                                        chunks, n);
   TG_CUDA_CHECK_LAUNCH();
 }
+
+}  // namespace
+
+void bind_linear(py::module_& m) {
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("linear_forward", &linear_forward, py::arg("out"), py::arg("gelu_out"), py::arg("x"), py::arg("weight"),
+        py::arg("bias"), py::arg("rows"), py::arg("n_in"), py::arg("n_out"), py::arg("precision"), py::arg("stream"),
+        nogil, "out = x @ weight^T + bias (and gelu_out = gelu_tanh(out) when gelu_out != 0).");
+  m.def("linear_backward_dx", &linear_backward_dx, py::arg("dx"), py::arg("grad"), py::arg("weight"), py::arg("rows"),
+        py::arg("n_in"), py::arg("n_out"), py::arg("precision"), py::arg("stream"), nogil, "dx = grad @ weight.");
+  m.def("linear_backward_dw", &linear_backward_dw, py::arg("dw"), py::arg("grad"), py::arg("x"), py::arg("workspace"),
+        py::arg("rows"), py::arg("n_in"), py::arg("n_out"), py::arg("splits"), py::arg("precision"), py::arg("stream"),
+        nogil, "dw = grad^T @ x (split-K over rows when splits > 1, via workspace).");
+  m.def("linear_dw_splits", &linear_dw_splits, py::arg("rows"), py::arg("n_in"), py::arg("n_out"), nogil,
+        "The split-K count for dw on the current device (1: none).");
+  m.def("column_sums", &column_sums, py::arg("out"), py::arg("g"), py::arg("partial"), py::arg("rows"), py::arg("n"),
+        py::arg("chunks"), py::arg("stream"), nogil,
+        "out = column sums of g (rows, n), deterministic, via a (chunks, n) workspace.");
+}
+
+}  // namespace cuda
+}  // namespace tinygpt

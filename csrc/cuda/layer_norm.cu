@@ -1,7 +1,7 @@
-// The CUDA layernorm family: layernorm and the fused residual add + layernorm, forward and backward
-// (Python side: tinygpt/kernels/cuda.py, same signatures as reference.py; saved = (mean, rstd) for
-// layernorm and (s, mean, rstd) for add_layernorm, mean and rstd float32 of shape (N,), as the CPU
-// kernels of csrc/cpu/layernorm.cpp).
+// The CUDA layer_norm family: layer_norm and the fused residual add + layer_norm (add_layer_norm),
+// forward and backward (Python side: tinygpt/kernels/cuda/layer_norm.py, same signatures as
+// reference.py; saved = (mean, rstd) for layer_norm and (s, mean, rstd) for add_layer_norm, mean and
+// rstd float32 of shape (N,), as the CPU kernels of csrc/cpu/layer_norm.cpp).
 //
 // Forward, per row of C: s = x (+ residual, written out), mean, then the corrected two-pass
 // variance from registers: d1 = sum(s - mean), d2 = sum((s - mean)^2), mean += d1 / C,
@@ -29,10 +29,10 @@
 #include <cstdint>
 
 #include "common.h"
-#include "cuda/api.h"
+#include "registry.h"
 
 namespace tinygpt {
-namespace cuda_layernorm {
+namespace cuda_layer_norm {
 namespace {
 
 constexpr int kWarps = 8;  // warps per block in the warp-per-row kernels
@@ -335,18 +335,23 @@ int warp_nv(int C, bool aligned) {
 }
 
 }  // namespace
-}  // namespace cuda_layernorm
+}  // namespace cuda_layer_norm
 }  // namespace tinygpt
 
-using namespace tinygpt::cuda_layernorm;
+namespace tinygpt {
+namespace cuda {
+namespace {
 
-void tg_layernorm_forward_cuda(std::uintptr_t y, std::uintptr_t s_out, std::uintptr_t mean,
+using namespace cuda_layer_norm;
+
+// ------------------------------------------------------------------------------ launchers
+void layer_norm_forward(std::uintptr_t y, std::uintptr_t s_out, std::uintptr_t mean,
                                std::uintptr_t rstd, std::uintptr_t x, std::uintptr_t residual,
                                std::uintptr_t weight, std::uintptr_t bias, int N, int C, float eps,
                                std::uintptr_t stream) {
-  TG_CHECK(N >= 0 && C >= 1, "layernorm_forward: bad size N=", N, ", C=", C);
+  TG_CHECK(N >= 0 && C >= 1, "layer_norm_forward: bad size N=", N, ", C=", C);
   TG_CHECK((residual == 0) == (s_out == 0),
-           "layernorm_forward: residual and s_out must be given together");
+           "layer_norm_forward: residual and s_out must be given together");
   if (N == 0) return;
   cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
   const bool aligned = aligned16(y) && aligned16(s_out) && aligned16(x) && aligned16(residual) &&
@@ -375,16 +380,16 @@ void tg_layernorm_forward_cuda(std::uintptr_t y, std::uintptr_t s_out, std::uint
   TG_CUDA_CHECK_LAUNCH();
 }
 
-void tg_layernorm_backward_cuda(std::uintptr_t dx, std::uintptr_t dweight, std::uintptr_t dbias,
+void layer_norm_backward(std::uintptr_t dx, std::uintptr_t dweight, std::uintptr_t dbias,
                                 std::uintptr_t partial, std::uintptr_t grad, std::uintptr_t xs,
                                 std::uintptr_t weight, std::uintptr_t mean, std::uintptr_t rstd,
                                 std::uintptr_t grad_s, int N, int C, int chunks,
                                 std::uintptr_t stream) {
-  TG_CHECK(N >= 0 && C >= 1, "layernorm_backward: bad size N=", N, ", C=", C);
-  TG_CHECK(chunks >= 1 && chunks <= 65535, "layernorm_backward: chunks must be in [1, 65535], got ",
+  TG_CHECK(N >= 0 && C >= 1, "layer_norm_backward: bad size N=", N, ", C=", C);
+  TG_CHECK(chunks >= 1 && chunks <= 65535, "layer_norm_backward: chunks must be in [1, 65535], got ",
            chunks);
   TG_CHECK((weight == 0) == (dweight == 0),
-           "layernorm_backward: weight and dweight must be given together");
+           "layer_norm_backward: weight and dweight must be given together");
   cudaStream_t st = reinterpret_cast<cudaStream_t>(stream);
   // Workspace: (chunks, C) partial dbias, then (chunks, C) partial dweight when there is a weight.
   float* pdb = ptr<float*>(partial);
@@ -421,3 +426,20 @@ void tg_layernorm_backward_cuda(std::uintptr_t dx, std::uintptr_t dweight, std::
     TG_CUDA_CHECK_LAUNCH();
   }
 }
+
+}  // namespace
+
+void bind_layer_norm(py::module_& m) {
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
+  m.def("layer_norm_forward", &layer_norm_forward, py::arg("y"), py::arg("s_out"), py::arg("mean"), py::arg("rstd"),
+        py::arg("x"), py::arg("residual"), py::arg("weight"), py::arg("bias"), py::arg("N"), py::arg("C"),
+        py::arg("eps"), py::arg("stream"), nogil,
+        "layer_norm (of x + residual when residual != 0, writing s_out) over rows of C.");
+  m.def("layer_norm_backward", &layer_norm_backward, py::arg("dx"), py::arg("dweight"), py::arg("dbias"),
+        py::arg("partial"), py::arg("grad"), py::arg("xs"), py::arg("weight"), py::arg("mean"), py::arg("rstd"),
+        py::arg("grad_s"), py::arg("N"), py::arg("C"), py::arg("chunks"), py::arg("stream"), nogil,
+        "layer_norm backward (+ grad_s when != 0); dweight/dbias via a chunked workspace.");
+}
+
+}  // namespace cuda
+}  // namespace tinygpt

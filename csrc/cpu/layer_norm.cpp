@@ -1,9 +1,10 @@
-// LayerNorm over the last axis, and the fused residual add + LayerNorm of the pre-norm block.
+// layer_norm over the last axis, and add_layer_norm: the fused residual add + layer_norm of the
+// pre-norm block.
 //
-//   layernorm_forward(x, weight, bias, eps) -> (y, (mean, rstd))
-//   layernorm_backward(grad, x, weight, (mean, rstd)) -> (dx, dweight | None, dbias)
-//   add_layernorm_forward(x, residual, weight, bias, eps) -> ((s, y), (s, mean, rstd))
-//   add_layernorm_backward(grad_s | None, grad_y, x, residual, weight, (s, mean, rstd))
+//   layer_norm_forward(x, weight, bias, eps) -> (y, (mean, rstd))
+//   layer_norm_backward(grad, x, weight, (mean, rstd)) -> (dx, dweight | None, dbias)
+//   add_layer_norm_forward(x, residual, weight, bias, eps) -> ((s, y), (s, mean, rstd))
+//   add_layer_norm_backward(grad_s | None, grad_y, x, residual, weight, (s, mean, rstd))
 //       -> (dx, dx, dweight | None, dbias)               (dx is dresidual: the same array)
 //
 // Same arguments and results as tinygpt/kernels/reference.py; x is (..., C), weight and bias
@@ -22,9 +23,8 @@
 // chunk accumulates in double, and the chunks are added in chunk order, so the result is
 // bitwise the same for any thread count (no atomics).
 //
-// SIMD: plain loops with `#pragma omp simd`, compiled three times (AVX-512, AVX2+FMA and the
-// baseline x86-64) and picked once at run time with __builtin_cpu_supports
-// (TINYGPT_CPU_ISA=avx2|baseline caps the choice). OpenMP splits rows over threads.
+// SIMD: plain loops with `#pragma omp simd`, one copy per instruction set (isa.h: TG_PER_ISA).
+// OpenMP splits rows over threads.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -43,15 +43,6 @@ namespace tinygpt {
 namespace {
 
 using index_t = std::int64_t;
-
-#if defined(__x86_64__) || defined(__i386__)
-#define TG_X86 1
-#define TG_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,bmi2")))
-#define TG_AVX2 __attribute__((target("avx2,fma,bmi2")))
-#else
-#define TG_X86 0
-#endif
-#define TG_INLINE inline __attribute__((always_inline))
 
 template <bool kFma>
 TG_INLINE float madd(float a, float b, float c) {
@@ -185,87 +176,37 @@ TG_INLINE void backward_rows(const float* g, const float* gs, const float* v, co
   }
 }
 
-// ------------------------------------------------------------------------ ISA dispatch
-#define TG_FORWARD_ARGS                                                                   \
-  const float *x, const float *r, float *s, const float *w, const float *b, float *y,      \
-      float *mean, float *rstd, index_t r0, index_t r1, index_t C, float eps
-#define TG_BACKWARD_ARGS                                                                  \
-  const float *g, const float *gs, const float *v, const float *w, const float *mean,      \
-      const float *rstd, float *dx, double *dw, double *db, index_t r0, index_t r1, index_t C
-
-#if TG_X86
-TG_AVX512 void forward_avx512(TG_FORWARD_ARGS) {
-  forward_rows<true>(x, r, s, w, b, y, mean, rstd, r0, r1, C, eps);
+// ------------------------------------------------------------------------ one copy per ISA
+// FMA where the instruction set has it (avx2, avx512), a plain multiply-add on the baseline.
+template <cpu::Isa I, class... A>
+TG_INLINE void forward_body(A... a) {
+  forward_rows<I != cpu::Isa::baseline>(a...);
 }
-TG_AVX2 void forward_avx2(TG_FORWARD_ARGS) {
-  forward_rows<true>(x, r, s, w, b, y, mean, rstd, r0, r1, C, eps);
+template <cpu::Isa I, class... A>
+TG_INLINE void backward_body(A... a) {
+  backward_rows<I != cpu::Isa::baseline>(a...);
 }
-#endif
-void forward_base(TG_FORWARD_ARGS) {
-  forward_rows<false>(x, r, s, w, b, y, mean, rstd, r0, r1, C, eps);
-}
-#if TG_X86
-TG_AVX512 void backward_avx512(TG_BACKWARD_ARGS) {
-  backward_rows<true>(g, gs, v, w, mean, rstd, dx, dw, db, r0, r1, C);
-}
-TG_AVX2 void backward_avx2(TG_BACKWARD_ARGS) {
-  backward_rows<true>(g, gs, v, w, mean, rstd, dx, dw, db, r0, r1, C);
-}
-#endif
-void backward_base(TG_BACKWARD_ARGS) {
-  backward_rows<false>(g, gs, v, w, mean, rstd, dx, dw, db, r0, r1, C);
-}
-
-using ForwardFn = void (*)(TG_FORWARD_ARGS);
-using BackwardFn = void (*)(TG_BACKWARD_ARGS);
-
-struct Impl {
-  ForwardFn forward;
-  BackwardFn backward;
-  const char* isa;
-};
-
-// The widest variant the CPU supports, capped by TINYGPT_CPU_ISA (isa.h).
-const Impl& impl() {
-  static const Impl chosen = [] {
-    switch (cpu_isa()) {
-#if TG_X86
-      case CpuIsa::avx512:
-        return Impl{forward_avx512, backward_avx512, "avx512"};
-      case CpuIsa::avx2:
-        return Impl{forward_avx2, backward_avx2, "avx2"};
-#endif
-      default:
-        return Impl{forward_base, backward_base, "baseline"};
-    }
-  }();
-  return chosen;
-}
+TG_PER_ISA(forward_block, forward_body)
+TG_PER_ISA(backward_block, backward_body)
 
 // ------------------------------------------------------------------------ drivers
-// Parallel from 2^15 elements (128 KiB per float array, ~15 us on one thread). Waking the second
-// thread costs a few microseconds on an idle machine (but up to a scheduler time slice when another
-// process holds the other core: every OpenMP region ends in a barrier). At 2^20 the smallest
-// training shape (768 x 128) ran on one thread and lost to PyTorch (0.056 vs 0.046 ms forward);
-// at 2^15 it takes 0.029 ms, 1.3-1.5x faster than PyTorch, and forward+backward 0.074-0.080 ms vs
-// 0.077-0.088 ms (`benchmarks/kernels.py --only layernorm --quick`, both builds interleaved).
+// Parallel from 2^15 elements (128 KiB per float array, ~15 us on one thread): below that, waking the
+// second thread costs more than it saves (the measurement behind the threshold is in BENCHMARKS.md).
 constexpr index_t kParallelMinElems = index_t{1} << 15;
 
 void forward(const float* x, const float* r, float* s, const float* w, const float* b, float* y,
              float* mean, float* rstd, index_t N, index_t C, float eps) {
-  const ForwardFn fn = impl().forward;
   const index_t block = 16;  // rows per scheduling unit
   const index_t nblocks = (N + block - 1) / block;
 #pragma omp parallel for schedule(static) if (N * C >= kParallelMinElems)
   for (index_t blk = 0; blk < nblocks; ++blk) {
-    fn(x, r, s, w, b, y, mean, rstd, blk * block, std::min(N, (blk + 1) * block), C, eps);
+    forward_block(x, r, s, w, b, y, mean, rstd, blk * block, std::min(N, (blk + 1) * block), C, eps);
   }
 }
 
 // Fills dx (N, C) and, when non-null, dw and db (C,).
 void backward(const float* g, const float* gs, const float* v, const float* w, const float* mean,
               const float* rstd, float* dx, float* dw, float* db, index_t N, index_t C) {
-  const BackwardFn fn = impl().backward;
   // Fixed chunking (depends on N only): at most 64 chunks of at least 16 rows.
   const index_t chunk_rows = std::max<index_t>(16, (N + 63) / 64);
   const index_t nchunks = std::max<index_t>(1, (N + chunk_rows - 1) / chunk_rows);
@@ -273,8 +214,7 @@ void backward(const float* g, const float* gs, const float* v, const float* w, c
 #pragma omp parallel for schedule(static) if (N * C >= kParallelMinElems)
   for (index_t k = 0; k < nchunks; ++k) {
     double* dwk = acc.data() + k * 2 * C;
-    fn(g, gs, v, w, mean, rstd, dx, dwk, dwk + C, k * chunk_rows, std::min(N, (k + 1) * chunk_rows),
-       C);
+    backward_block(g, gs, v, w, mean, rstd, dx, dwk, dwk + C, k * chunk_rows, std::min(N, (k + 1) * chunk_rows), C);
   }
   for (index_t i = 0; i < C; ++i) {
     double sw = 0.0, sb = 0.0;
@@ -332,12 +272,12 @@ std::pair<const float*, const float*> row_stats_of(const py::tuple& saved, size_
           input_ptr<float>(saved_item(saved, first + 1, r.c_str()), r.c_str(), {n})};
 }
 
-py::tuple layernorm_forward_py(const py::array& x, const std::optional<py::array>& weight,
+py::tuple layer_norm_forward_py(const py::array& x, const std::optional<py::array>& weight,
                                const std::optional<py::array>& bias, double eps) {
-  const auto [N, C] = rows_of(x, "layernorm_forward: x");
+  const auto [N, C] = rows_of(x, "layer_norm_forward: x");
   const float* xp = static_cast<const float*>(x.data());
-  const float* wp = optional_vector(weight, "layernorm_forward: weight", C);
-  const float* bp = optional_vector(bias, "layernorm_forward: bias", C);
+  const float* wp = optional_vector(weight, "layer_norm_forward: weight", C);
+  const float* bp = optional_vector(bias, "layer_norm_forward: bias", C);
   py::array_t<float> y(shape_of(x));
   py::array_t<float> mean(static_cast<py::ssize_t>(N)), rstd(static_cast<py::ssize_t>(N));
   float *yp = y.mutable_data(), *mp = mean.mutable_data(), *rp = rstd.mutable_data();
@@ -348,13 +288,13 @@ py::tuple layernorm_forward_py(const py::array& x, const std::optional<py::array
   return py::make_tuple(y, py::make_tuple(mean, rstd));
 }
 
-py::tuple layernorm_backward_py(const py::array& grad, const py::array& x,
+py::tuple layer_norm_backward_py(const py::array& grad, const py::array& x,
                                 const std::optional<py::array>& weight, const py::tuple& saved) {
-  const auto [N, C] = rows_of(x, "layernorm_backward: x");
+  const auto [N, C] = rows_of(x, "layer_norm_backward: x");
   const float* xp = static_cast<const float*>(x.data());
-  const float* gp = like(grad, "layernorm_backward: grad", x);
-  const float* wp = optional_vector(weight, "layernorm_backward: weight", C);
-  const auto [mp, rp] = row_stats_of(saved, 0, "layernorm_backward", N);
+  const float* gp = like(grad, "layer_norm_backward: grad", x);
+  const float* wp = optional_vector(weight, "layer_norm_backward: weight", C);
+  const auto [mp, rp] = row_stats_of(saved, 0, "layer_norm_backward", N);
   py::array_t<float> dx(shape_of(x));
   py::array_t<float> db(static_cast<py::ssize_t>(C));
   py::object dw_obj = py::none();
@@ -372,14 +312,14 @@ py::tuple layernorm_backward_py(const py::array& grad, const py::array& x,
   return py::make_tuple(dx, dw_obj, db);
 }
 
-py::tuple add_layernorm_forward_py(const py::array& x, const py::array& residual,
+py::tuple add_layer_norm_forward_py(const py::array& x, const py::array& residual,
                                    const std::optional<py::array>& weight,
                                    const std::optional<py::array>& bias, double eps) {
-  const auto [N, C] = rows_of(x, "add_layernorm_forward: x");
+  const auto [N, C] = rows_of(x, "add_layer_norm_forward: x");
   const float* xp = static_cast<const float*>(x.data());
-  const float* rp_in = like(residual, "add_layernorm_forward: residual", x);
-  const float* wp = optional_vector(weight, "add_layernorm_forward: weight", C);
-  const float* bp = optional_vector(bias, "add_layernorm_forward: bias", C);
+  const float* rp_in = like(residual, "add_layer_norm_forward: residual", x);
+  const float* wp = optional_vector(weight, "add_layer_norm_forward: weight", C);
+  const float* bp = optional_vector(bias, "add_layer_norm_forward: bias", C);
   py::array_t<float> s(shape_of(x)), y(shape_of(x));
   py::array_t<float> mean(static_cast<py::ssize_t>(N)), rstd(static_cast<py::ssize_t>(N));
   float *sp = s.mutable_data(), *yp = y.mutable_data();
@@ -391,21 +331,21 @@ py::tuple add_layernorm_forward_py(const py::array& x, const py::array& residual
   return py::make_tuple(py::make_tuple(s, y), py::make_tuple(s, mean, rstd));
 }
 
-py::tuple add_layernorm_backward_py(const std::optional<py::array>& grad_s,
+py::tuple add_layer_norm_backward_py(const std::optional<py::array>& grad_s,
                                     const py::array& grad_y, const py::array& x,
                                     const py::array& residual,
                                     const std::optional<py::array>& weight,
                                     const py::tuple& saved) {
-  const auto [N, C] = rows_of(x, "add_layernorm_backward: x");
-  like(residual, "add_layernorm_backward: residual", x);
-  const float* gyp = like(grad_y, "add_layernorm_backward: grad_y", x);
-  const float* gsp = grad_s ? like(*grad_s, "add_layernorm_backward: grad_s", x) : nullptr;
-  const float* wp = optional_vector(weight, "add_layernorm_backward: weight", C);
-  TG_CHECK(saved.size() == 3, "add_layernorm_backward: saved must be the tuple its forward "
+  const auto [N, C] = rows_of(x, "add_layer_norm_backward: x");
+  like(residual, "add_layer_norm_backward: residual", x);
+  const float* gyp = like(grad_y, "add_layer_norm_backward: grad_y", x);
+  const float* gsp = grad_s ? like(*grad_s, "add_layer_norm_backward: grad_s", x) : nullptr;
+  const float* wp = optional_vector(weight, "add_layer_norm_backward: weight", C);
+  TG_CHECK(saved.size() == 3, "add_layer_norm_backward: saved must be the tuple its forward "
            "returned (3 items), got ", saved.size(), " items");
-  const float* sp = like(saved_item(saved, 0, "add_layernorm_backward: saved s"),
-                         "add_layernorm_backward: saved s", x);
-  const auto [mp, rp] = row_stats_of(saved, 1, "add_layernorm_backward", N);
+  const float* sp = like(saved_item(saved, 0, "add_layer_norm_backward: saved s"),
+                         "add_layer_norm_backward: saved s", x);
+  const auto [mp, rp] = row_stats_of(saved, 1, "add_layer_norm_backward", N);
   py::array_t<float> dx(shape_of(x));
   py::array_t<float> db(static_cast<py::ssize_t>(C));
   py::object dw_obj = py::none();
@@ -425,23 +365,24 @@ py::tuple add_layernorm_backward_py(const std::optional<py::array>& grad_s,
 
 }  // namespace
 
-void bind_layernorm(py::module_& m) {
-  m.def("layernorm_forward", &layernorm_forward_py, py::arg("x"), py::arg("weight").none(true),
+namespace cpu {
+
+void bind_layer_norm(py::module_& m) {
+  m.def("layer_norm_forward", &layer_norm_forward_py, py::arg("x"), py::arg("weight").none(true),
         py::arg("bias").none(true), py::arg("eps"),
         "LayerNorm over the last axis of float32 x (..., C): (y, (mean, rstd)).");
-  m.def("layernorm_backward", &layernorm_backward_py, py::arg("grad"), py::arg("x"),
+  m.def("layer_norm_backward", &layer_norm_backward_py, py::arg("grad"), py::arg("x"),
         py::arg("weight").none(true), py::arg("saved"),
-        "Gradients (dx, dweight or None, dbias) of layernorm_forward.");
-  m.def("add_layernorm_forward", &add_layernorm_forward_py, py::arg("x"), py::arg("residual"),
+        "Gradients (dx, dweight or None, dbias) of layer_norm_forward.");
+  m.def("add_layer_norm_forward", &add_layer_norm_forward_py, py::arg("x"), py::arg("residual"),
         py::arg("weight").none(true), py::arg("bias").none(true), py::arg("eps"),
-        "s = x + residual and y = layernorm(s) in one pass: ((s, y), (s, mean, rstd)).");
-  m.def("add_layernorm_backward", &add_layernorm_backward_py, py::arg("grad_s").none(true),
+        "s = x + residual and y = layer_norm(s) in one pass: ((s, y), (s, mean, rstd)).");
+  m.def("add_layer_norm_backward", &add_layer_norm_backward_py, py::arg("grad_s").none(true),
         py::arg("grad_y"), py::arg("x"), py::arg("residual"), py::arg("weight").none(true),
         py::arg("saved"),
-        "Gradients (dx, dresidual, dweight or None, dbias) of add_layernorm_forward; "
+        "Gradients (dx, dresidual, dweight or None, dbias) of add_layer_norm_forward; "
         "grad_s None counts as zero; dx and dresidual are the same array.");
-  m.def("layernorm_isa", [] { return std::string(impl().isa); },
-        "Which compiled variant the layernorm kernels run: avx512, avx2 or baseline.");
 }
 
+}  // namespace cpu
 }  // namespace tinygpt

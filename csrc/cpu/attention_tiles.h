@@ -1,9 +1,9 @@
-// Flash-attention tile kernels for one instruction set. NOT a normal header: attention.cpp
-// includes it once per ISA, inside `namespace tinygpt::attn::<isa>` and under the matching
-// `#pragma GCC target`, with TG_ISA set to 3 (AVX-512F+DQ), 2 (AVX2+FMA) or 1 (portable
-// GCC vector extensions). Everything ISA-independent (Problem, layouts, the OpenMP drivers)
-// lives in attention.cpp; this file holds the SIMD layer, a register-blocked GEMM micro-kernel
-// and the two tile routines the drivers call through function pointers.
+// Flash-attention tile kernels for one instruction set, written once over the vector layer
+// (simd.h). NOT a normal header: attention.cpp compiles it once per ISA (per_isa.h: inside
+// namespace portable / avx2 / avx512, under the matching `#pragma GCC target`, TG_ISA 1 / 2 / 3).
+// Everything ISA-independent (Problem, layouts, the OpenMP drivers) lives in attention.cpp; this file
+// holds a register-blocked GEMM micro-kernel and the two tile routines the drivers call through
+// function pointers.
 //
 // Orientation: every score tile is kept TRANSPOSED, S^T (keys x queries), so queries run along
 // SIMD lanes. Then the online-softmax statistics (row max, row sum) are lane-wise max/add over
@@ -11,153 +11,9 @@
 // transpose of k or v: k and v are read in place as the broadcast ("A") operand. Only q (and
 // dO in backward) are transposed, once per query tile.
 
-// ============================================================================ SIMD layer
-#if TG_ISA == 3  // ------------------------------------------------------------ AVX-512
-constexpr int W = 16;     // floats per vector
-constexpr int NVMAX = 4;  // vectors per micro-kernel row (64 columns): 6 x 4 accumulators
-using vf = __m512;
-static inline vf vload(const float* p) { return _mm512_loadu_ps(p); }
-static inline void vstore(float* p, vf v) { _mm512_storeu_ps(p, v); }
-static inline vf vset1(float x) { return _mm512_set1_ps(x); }
-static inline vf vzero() { return _mm512_setzero_ps(); }
-static inline vf vfma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
-static inline vf vadd(vf a, vf b) { return _mm512_add_ps(a, b); }
-static inline vf vsub(vf a, vf b) { return _mm512_sub_ps(a, b); }
-static inline vf vmul(vf a, vf b) { return _mm512_mul_ps(a, b); }
-// max/min(c, x) with x second: x86 returns the second operand when either is NaN, so NaN propagates
-static inline vf vmax(vf a, vf b) { return _mm512_max_ps(a, b); }
-static inline vf vmin(vf a, vf b) { return _mm512_min_ps(a, b); }
-static inline vf vround(vf x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-static inline vf vpow2i(vf n) {  // 2^n for integral n in [-126, 127]
-  const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
-}
-static inline vf vzero_below(vf r, vf x, float t) {  // x < t ? 0 : r
-  return _mm512_maskz_mov_ps(~_mm512_cmp_ps_mask(x, _mm512_set1_ps(t), _CMP_LT_OQ), r);
-}
-// v where lo[c] <= j < hi[c] (lane c), else fill
-static inline vf vmask_range(vf v, float fill, int j, const int* lo, const int* hi) {
-  const __m512i jv = _mm512_set1_epi32(j);
-  const __mmask16 m = _mm512_cmple_epi32_mask(_mm512_loadu_si512(lo), jv) &
-                      _mm512_cmplt_epi32_mask(jv, _mm512_loadu_si512(hi));
-  return _mm512_mask_blend_ps(m, _mm512_set1_ps(fill), v);
-}
-static inline __m512i vmix64(__m512i z) {
-  z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)), _mm512_set1_epi64((long long)rng::kMix1));
-  z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)), _mm512_set1_epi64((long long)rng::kMix2));
-  return _mm512_xor_si512(z, _mm512_srli_epi64(z, 31));
-}
-// Dropout multiplier for W consecutive queries: lane c holds `s` if mask element with counter
-// z0 + off(c) is kept, else 0. off holds the even lanes' offsets, then the odd lanes'.
-static inline vf vkeep(uint64_t z0, const uint64_t* off, uint32_t threshold, float s) {
-  const __m512i base = _mm512_set1_epi64((long long)z0);
-  const __m512i ze = vmix64(_mm512_add_epi64(base, _mm512_loadu_si512(off)));
-  const __m512i zo = vmix64(_mm512_add_epi64(base, _mm512_loadu_si512(off + W / 2)));
-  // the 24-bit draws, even lanes in the low halves and odd lanes in the high halves -> lane order
-  const __m512i r = _mm512_or_si512(_mm512_srli_epi64(ze, 40), _mm512_slli_epi64(_mm512_srli_epi64(zo, 40), 32));
-  const __mmask16 keep = _mm512_cmpge_epu32_mask(r, _mm512_set1_epi32((int)threshold));
-  return _mm512_maskz_mov_ps(keep, _mm512_set1_ps(s));
-}
+#include "simd.h"  // the vector layer of this ISA: vf, W, vload, vfma, vexp, vkeep, ...
 
-#elif TG_ISA == 2  // ---------------------------------------------------------- AVX2 + FMA
-constexpr int W = 8;
-constexpr int NVMAX = 2;  // 6 x 2 accumulators + 2 loads + 1 broadcast = 15 of 16 registers
-using vf = __m256;
-static inline vf vload(const float* p) { return _mm256_loadu_ps(p); }
-static inline void vstore(float* p, vf v) { _mm256_storeu_ps(p, v); }
-static inline vf vset1(float x) { return _mm256_set1_ps(x); }
-static inline vf vzero() { return _mm256_setzero_ps(); }
-static inline vf vfma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
-static inline vf vadd(vf a, vf b) { return _mm256_add_ps(a, b); }
-static inline vf vsub(vf a, vf b) { return _mm256_sub_ps(a, b); }
-static inline vf vmul(vf a, vf b) { return _mm256_mul_ps(a, b); }
-static inline vf vmax(vf a, vf b) { return _mm256_max_ps(a, b); }
-static inline vf vmin(vf a, vf b) { return _mm256_min_ps(a, b); }
-static inline vf vround(vf x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-static inline vf vpow2i(vf n) {
-  const __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
-}
-static inline vf vzero_below(vf r, vf x, float t) {
-  return _mm256_andnot_ps(_mm256_cmp_ps(x, _mm256_set1_ps(t), _CMP_LT_OQ), r);
-}
-static inline vf vmask_range(vf v, float fill, int j, const int* lo, const int* hi) {
-  const __m256i jv = _mm256_set1_epi32(j);
-  const __m256i lov = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lo));
-  const __m256i hiv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(hi));
-  const __m256i vis = _mm256_andnot_si256(_mm256_cmpgt_epi32(lov, jv), _mm256_cmpgt_epi32(hiv, jv));
-  return _mm256_blendv_ps(_mm256_set1_ps(fill), v, _mm256_castsi256_ps(vis));
-}
-static inline __m256i vmul64(__m256i a, uint64_t c) {  // a * c mod 2^64 per lane (no vpmullq in AVX2)
-  const __m256i clo = _mm256_set1_epi64x((long long)(c & 0xffffffffu));
-  const __m256i chi = _mm256_set1_epi64x((long long)(c >> 32));
-  const __m256i lo = _mm256_mul_epu32(a, clo);
-  const __m256i cross = _mm256_add_epi64(_mm256_mul_epu32(_mm256_srli_epi64(a, 32), clo), _mm256_mul_epu32(a, chi));
-  return _mm256_add_epi64(lo, _mm256_slli_epi64(cross, 32));
-}
-static inline __m256i vmix64(__m256i z) {
-  z = vmul64(_mm256_xor_si256(z, _mm256_srli_epi64(z, 30)), rng::kMix1);
-  z = vmul64(_mm256_xor_si256(z, _mm256_srli_epi64(z, 27)), rng::kMix2);
-  return _mm256_xor_si256(z, _mm256_srli_epi64(z, 31));
-}
-static inline vf vkeep(uint64_t z0, const uint64_t* off, uint32_t threshold, float s) {
-  const __m256i base = _mm256_set1_epi64x((long long)z0);
-  const __m256i ze = vmix64(_mm256_add_epi64(base, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(off))));
-  const __m256i zo = vmix64(_mm256_add_epi64(base, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(off + W / 2))));
-  const __m256i r = _mm256_or_si256(_mm256_srli_epi64(ze, 40), _mm256_slli_epi64(_mm256_srli_epi64(zo, 40), 32));
-  // r < 2^24 and threshold <= 2^24, so the signed compare r > threshold - 1 is r >= threshold
-  const __m256i keep = _mm256_cmpgt_epi32(r, _mm256_set1_epi32((int)threshold - 1));
-  return _mm256_and_ps(_mm256_castsi256_ps(keep), _mm256_set1_ps(s));
-}
-
-#else  // ------------------------------------------------------------------------- portable
-constexpr int W = 4;  // 16-byte vectors: SSE2 on any x86-64, NEON elsewhere
-constexpr int NVMAX = 2;
-typedef float vf __attribute__((vector_size(16)));
-static inline vf vload(const float* p) { vf v; __builtin_memcpy(&v, p, sizeof v); return v; }
-static inline void vstore(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
-static inline vf vset1(float x) { vf v = {x, x, x, x}; return v; }
-static inline vf vzero() { return vset1(0.0f); }
-static inline vf vfma(vf a, vf b, vf c) { return a * b + c; }
-static inline vf vadd(vf a, vf b) { return a + b; }
-static inline vf vsub(vf a, vf b) { return a - b; }
-static inline vf vmul(vf a, vf b) { return a * b; }
-static inline vf vmax(vf a, vf b) { vf r; for (int c = 0; c < W; ++c) r[c] = a[c] > b[c] ? a[c] : b[c]; return r; }
-static inline vf vexp_lanes(vf x) { vf r; for (int c = 0; c < W; ++c) r[c] = std::exp(x[c]); return r; }
-static inline vf vmask_range(vf v, float fill, int j, const int* lo, const int* hi) {
-  for (int c = 0; c < W; ++c) v[c] = (lo[c] <= j && j < hi[c]) ? v[c] : fill;
-  return v;
-}
-static inline vf vkeep(uint64_t z0, const uint64_t* off, uint32_t threshold, float s) {
-  vf r;
-  for (int c = 0; c < W; ++c) {
-    const uint64_t o = (c % 2 == 0) ? off[c / 2] : off[W / 2 + c / 2];
-    r[c] = static_cast<uint32_t>(rng::mix64(z0 + o) >> 40) >= threshold ? s : 0.0f;
-  }
-  return r;
-}
-#endif
-
-#if TG_ISA >= 2
-// exp(x) to ~2 ulp: x = n ln2 + r, |r| <= ln2/2, e^r by Cephes' degree-6 polynomial, times 2^n.
-// exp(-inf) and anything below -87 (would be subnormal) give 0; NaN stays NaN.
-static inline vf vexp(vf x) {
-  const vf xc = vmax(vset1(-87.0f), vmin(vset1(88.0f), x));
-  const vf n = vround(vmul(xc, vset1(1.44269504088896341f)));
-  vf r = vfma(n, vset1(-0.693359375f), xc);
-  r = vfma(n, vset1(2.12194440e-4f), r);
-  vf p = vset1(1.9875691500e-4f);
-  p = vfma(p, r, vset1(1.3981999507e-3f));
-  p = vfma(p, r, vset1(8.3334519073e-3f));
-  p = vfma(p, r, vset1(4.1665795894e-2f));
-  p = vfma(p, r, vset1(1.6666665459e-1f));
-  p = vfma(p, r, vset1(5.0000001201e-1f));
-  const vf y = vadd(vfma(p, vmul(r, r), r), vset1(1.0f));
-  return vzero_below(vmul(y, vpow2i(n)), x, -87.0f);
-}
-#else
-static inline vf vexp(vf x) { return vexp_lanes(x); }
-#endif
+constexpr int NVMAX = kVectorRegisters == 32 ? 4 : 2;  // vectors per micro-kernel row: 6 x NVMAX accumulators
 
 static inline uint64_t z_of(uint64_t seed, uint64_t index) { return seed + (index + 1) * rng::kGolden; }
 

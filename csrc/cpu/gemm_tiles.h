@@ -1,0 +1,197 @@
+// The GEMM's micro-kernels and GELU rows for one instruction set, written once over the vector layer
+// (simd.h). NOT a normal header: gemm.cpp compiles it once per ISA (per_isa.h: inside namespace
+// portable / avx2 / avx512, under the matching `#pragma GCC target`, TG_ISA 1 / 2 / 3); the packing
+// and the parallel driver are ISA-independent and live in gemm.cpp. It defines `kernels`, this ISA's
+// row of the table gemm.cpp dispatches on.
+//
+// Micro-kernel: an MR x NR tile of C (NR = NV vectors) stays in registers while k runs over the
+// packed panels: per k, NV loads of B and MR broadcasts of A, MR * NV FMAs. The tile is written once,
+// adding bias (and the old C when accumulating), and with a GELU output its gelu in the same pass.
+// The N edge uses masked loads/stores (a narrower instance when it fits in fewer vectors), the M edge
+// a template instance per row count, so nothing is computed for padding rows. Where a vector is at
+// least as tall as the tile (AVX-512: W 16 >= MR 14), edges of at most 8 columns run a column
+// kernel instead, one accumulator per column over the tile's rows: 1 FMA per k for a 1-column edge.
+#include "simd.h"
+
+#if TG_ISA == 3
+constexpr int MR = 14, NV = 2;
+constexpr int64_t KC = 512, MC = 140;  // single-thread sweeps on Zen 4 (benchmarks/kernels/linear.py shapes)
+constexpr bool kColumnEdge = true;
+#elif TG_ISA == 2
+constexpr int MR = 6, NV = 2;  // 12 accumulators + 2 loads + 1 broadcast of 16 registers
+constexpr int64_t KC = 384, MC = 144;
+constexpr bool kColumnEdge = false;
+#else
+constexpr int MR = 4, NV = 4;
+constexpr int64_t KC = 256, MC = 128;
+constexpr bool kColumnEdge = false;
+#endif
+constexpr int NR = NV * W;
+
+// C tile = r + bias (+ C when accumulating), and y = gelu of it when y is given; Full: all NVX * W
+// columns, else the columns of mk.
+template <bool Full, int M, int NVX>
+TG_INLINE void store_tile(const vf (&r)[M][NVX], const vmask* mk, const vf* bb, float* __restrict c, int64_t ldc,
+                          bool acc, float* __restrict y, int64_t ldy) {
+#pragma GCC unroll 16
+  for (int i = 0; i < M; ++i) {
+    float* ci = c + i * ldc;
+#pragma GCC unroll 4
+    for (int v = 0; v < NVX; ++v) {
+      vf x = vadd(r[i][v], bb[v]);
+      if (acc) x = vadd(x, Full ? vload(ci + W * v) : vload_masked(ci + W * v, mk[v]));
+      if (Full) {
+        vstore(ci + W * v, x);
+        if (y != nullptr) vstore(y + i * ldy + W * v, vgelu(x));  // fused GELU
+      } else {
+        vstore_masked(ci + W * v, mk[v], x);
+        if (y != nullptr) vstore_masked(y + i * ldy + W * v, mk[v], vgelu(x));
+      }
+    }
+  }
+}
+
+template <int M, int NVX>
+void ukr(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict c, int64_t ldc, int nr,
+         const float* __restrict bias, bool acc, float* __restrict y, int64_t ldy) {
+  vf r[M][NVX];
+#pragma GCC unroll 16
+  for (int i = 0; i < M; ++i) {
+    // Start fetching the C (and y) tile now: its (write-allocate) misses then overlap the k loop.
+#pragma GCC unroll 4
+    for (int v = 0; v < NVX; ++v) {
+      __builtin_prefetch(c + i * ldc + W * v, 1, 3);
+      if (y != nullptr) __builtin_prefetch(y + i * ldy + W * v, 1, 3);
+      r[i][v] = vzero();
+    }
+  }
+#pragma GCC unroll 2
+  for (int64_t k = 0; k < kc; ++k) {
+    vf bv[NVX];
+#pragma GCC unroll 4
+    for (int v = 0; v < NVX; ++v) bv[v] = vload(b + W * v);
+#pragma GCC unroll 16
+    for (int i = 0; i < M; ++i) {
+      const vf ai = vset1(a[i]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NVX; ++v) r[i][v] = vfma(ai, bv[v], r[i][v]);
+    }
+    a += MR;
+    b += NR;
+  }
+  vmask mk[NVX];
+  vf bb[NVX];
+#pragma GCC unroll 4
+  for (int v = 0; v < NVX; ++v) {
+    mk[v] = vmask_first(nr - W * v);
+    bb[v] = bias != nullptr ? vload_masked(bias + W * v, mk[v]) : vzero();
+  }
+  if (nr == W * NVX) {  // a full tile: plain loads and stores
+    store_tile<true>(r, mk, bb, c, ldc, acc, y, ldy);
+  } else {
+    store_tile<false>(r, mk, bb, c, ldc, acc, y, ldy);
+  }
+}
+
+// The N edge of at most 8 columns, vectorised over the tile's rows (kColumnEdge: W >= MR).
+template <int NC>
+void ukr_cols(int64_t kc, const float* __restrict a, const float* __restrict b, float* __restrict c, int64_t ldc,
+              int mr, const float* __restrict bias, bool acc, float* __restrict y, int64_t ldy) {
+  vf r[NC];
+#pragma GCC unroll 8
+  for (int j = 0; j < NC; ++j) r[j] = vzero();
+  const vmask am = vmask_first(MR);
+  for (int64_t k = 0; k < kc; ++k, a += MR, b += NR) {
+    const vf av = vload_masked(a, am);  // rows 0..MR-1 of column k of A
+#pragma GCC unroll 8
+    for (int j = 0; j < NC; ++j) r[j] = vfma(av, vset1(b[j]), r[j]);
+  }
+  alignas(64) float t[W];
+  for (int j = 0; j < NC; ++j) {
+    vf x = r[j];
+    if (bias != nullptr) x = vadd(x, vset1(bias[j]));
+    if (acc) {
+      for (int i = 0; i < mr; ++i) t[i] = c[i * ldc + j];
+      x = vadd(x, vload_masked(t, vmask_first(mr)));
+    }
+    vstore(t, x);
+    for (int i = 0; i < mr; ++i) c[i * ldc + j] = t[i];
+    if (y != nullptr) {
+      vstore(t, vgelu(x));
+      for (int i = 0; i < mr; ++i) y[i * ldy + j] = t[i];
+    }
+  }
+}
+
+using Ukr = void (*)(int64_t, const float*, const float*, float*, int64_t, int, const float*, bool, float*, int64_t);
+
+template <int M, int... V>
+constexpr std::array<Ukr, NV> ukr_row(std::integer_sequence<int, V...>) {
+  return {ukr<M, V + 1>...};
+}
+template <int... M>
+constexpr std::array<std::array<Ukr, NV>, MR> ukr_table(std::integer_sequence<int, M...>) {
+  return {ukr_row<M + 1>(std::make_integer_sequence<int, NV>{})...};
+}
+// kTable[rows - 1][vectors - 1] for a tile of `rows` rows and `vectors` vectors of columns.
+constexpr auto kTable = ukr_table(std::make_integer_sequence<int, MR>{});
+constexpr Ukr kColTable[8] = {ukr_cols<1>, ukr_cols<2>, ukr_cols<3>, ukr_cols<4>,
+                              ukr_cols<5>, ukr_cols<6>, ukr_cols<7>, ukr_cols<8>};
+
+// C tile (mr x nr at c) = A panel @ B panel (+ bias) (+ C if acc); if y: y tile = gelu(C tile).
+void tile(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int mr, int nr, const float* bias,
+          bool acc, float* y, int64_t ldy) {
+  if (kColumnEdge && nr <= 8) {
+    kColTable[nr - 1](kc, a, b, c, ldc, mr, bias, acc, y, ldy);
+  } else {
+    kTable[mr - 1][(nr - 1) / W](kc, a, b, c, ldc, nr, bias, acc, y, ldy);
+  }
+}
+
+// y = gelu(h) and dh = g * gelu'(h) over n floats (the GELU of the GEMM's epilogue, linear_gelu's
+// backward and F.gelu's tanh form).
+void gelu_rows(const float* h, float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + W <= n; i += W) vstore(y + i, vgelu(vload(h + i)));
+  if (i < n) {
+    const vmask m = vmask_first(static_cast<int>(n - i));
+    vstore_masked(y + i, m, vgelu(vload_masked(h + i, m)));
+  }
+}
+
+void gelu_grad_rows(const float* g, const float* h, float* dh, int64_t n) {
+  int64_t i = 0;
+  for (; i + W <= n; i += W) vstore(dh + i, vgelu_grad(vload(g + i), vload(h + i)));
+  if (i < n) {
+    const vmask m = vmask_first(static_cast<int>(n - i));
+    vstore_masked(dh + i, m, vgelu_grad(vload_masked(g + i, m), vload_masked(h + i, m)));
+  }
+}
+
+// dst[k * stride + r] = src[r * ld + k] for r < rows (rows <= width <= W), zero for rows <= r < width,
+// k < kc: an MR- or NR-wide panel from `rows` rows that are contiguous in k, W x W blocks at a time.
+void transpose_pack(int rows, int64_t kc, const float* src, int64_t ld, float* dst, int stride, int width) {
+  const vmask wmask = vmask_first(width);
+  for (int64_t k0 = 0; k0 < kc; k0 += W) {
+    const int kn = static_cast<int>(std::min<int64_t>(W, kc - k0));
+    const vmask kmask = vmask_first(kn);
+    vf r[W];
+#pragma GCC unroll 16
+    for (int i = 0; i < W; ++i)
+      r[i] = i < rows ? (kn == W ? vload(src + i * ld + k0) : vload_masked(src + i * ld + k0, kmask)) : vzero();
+    vtranspose(r);
+    float* d = dst + k0 * stride;
+    for (int j = 0; j < kn; ++j) {
+      if (width == W) {
+        vstore(d + j * stride, r[j]);
+      } else {
+        vstore_masked(d + j * stride, wmask, r[j]);
+      }
+    }
+  }
+}
+
+// The portable build packs with plain loops (nullptr): 4-float transposes would not pay.
+constexpr TransposeFn kTranspose = W >= 8 ? transpose_pack : nullptr;
+const GemmIsa kernels{MR, NR, KC, MC, 4096, tile, pack_a<MR, kTranspose>, pack_b_panel<NR, kTranspose, W>,
+                      gelu_rows, gelu_grad_rows};
