@@ -11,7 +11,7 @@ import tinygpt as tg
 import tinygpt.functional as F
 from tinygpt import kernels
 from tinygpt.autograd import Function
-from tinygpt.nn.attention import Block
+from tinygpt.nn import Block
 
 
 def _fd_gradcheck(fn, arrays, seed=0, h=1e-6, tol=1e-6):
@@ -175,7 +175,7 @@ def test_pre_norm_block_matches_unfused(native, bias):
     if native and not kernels.native_enabled():
         pytest.skip("native kernels not available")
     tg.manual_seed(0)
-    block = Block(16, 2, bias=bias, norm="pre")
+    block = Block(tg.GPTConfig(vocab_size=5, block_size=8, n_layer=1, n_head=2, n_embd=16, bias=bias, norm="pre"))
     assert [n for n, _ in block.named_parameters() if n.startswith("ln_2")] == (
         ["ln_2.weight", "ln_2.bias"] if bias else ["ln_2.weight"])
     x = np.random.default_rng(1).standard_normal((2, 5, 16)).astype(np.float32)
@@ -197,7 +197,7 @@ def test_pre_norm_block_matches_unfused(native, bias):
 
 def test_post_norm_block_unchanged():
     tg.manual_seed(0)
-    block = Block(8, 2, norm="post")
+    block = Block(tg.GPTConfig(vocab_size=5, block_size=8, n_layer=1, n_head=2, n_embd=8, norm="post"))
     x = tg.Tensor(np.random.default_rng(3).standard_normal((1, 4, 8)).astype(np.float32))
     expected = block.ln_1(x + block.attn(x))
     expected = block.ln_2(expected + block.mlp(expected))

@@ -303,3 +303,94 @@ def test_function_needs_input_grad_and_non_tensor_args():
     assert seen["needs"] == (True, False, False)
     np.testing.assert_array_equal(grad(a), [3.0])
     assert math.isclose(Scale.apply(a, b, 2.0).item(), 6.0)
+
+
+# ------------------------------------------------------------------ post-accumulate grad hooks
+def _record_hooks(*tensors):
+    """Register a hook on each tensor that records (name, copy of .grad) when it fires."""
+    calls = []
+    for name, t in tensors:
+        t.register_post_accumulate_grad_hook(lambda p, name=name: calls.append((name, p.grad.numpy().copy())))
+    return calls
+
+
+def test_grad_hook_fires_once_when_final_and_before_earlier_layers():
+    x = leaf(np.arange(6.0).reshape(2, 3))
+    w1, w2 = leaf(np.ones((3, 4)) * 0.5), leaf(np.arange(8.0).reshape(4, 2))
+    events = []
+    w1.register_post_accumulate_grad_hook(lambda p: events.append("w1"))
+    w2.register_post_accumulate_grad_hook(lambda p: events.append("w2"))
+    h = x @ w1
+    # a Function between the two matmuls notes when its backward runs: w2's hook must come before it
+    tagged = type("Tag", (Function,), {"forward": staticmethod(lambda ctx, a: a.copy()),
+                                       "backward": staticmethod(lambda ctx, g: (events.append("tag"), g)[1])})
+    (tagged.apply(h) @ w2).sum().backward()
+    assert events == ["w2", "tag", "w1"]
+
+
+def test_grad_hook_sees_the_summed_gradient_of_a_leaf_used_many_times():
+    x = leaf([1.0, -2.0, 3.0])
+    calls = _record_hooks(("x", x))
+    (x * x + x.exp() * x).sum().backward()
+    expected = 2 * x.numpy() + np.exp(x.numpy()) * (1 + x.numpy())
+    assert [n for n, _ in calls] == ["x"]
+    np.testing.assert_allclose(calls[0][1], expected)
+    np.testing.assert_allclose(grad(x), expected)
+
+
+def test_grad_hook_multi_output_inputs_and_accumulation_across_passes():
+    x, r = leaf(np.random.randn(2, 4)), leaf(np.random.randn(2, 4))
+    w, b = leaf(np.ones(4)), leaf(np.zeros(4))
+    calls = _record_hooks(("x", x), ("r", r), ("w", w), ("b", b))
+    s, y = tg.functional.add_layer_norm(x, r, w, b)
+    (s.sum() + (y * y).sum()).backward()
+    assert sorted(n for n, _ in calls) == ["b", "r", "w", "x"]  # each once, though two outputs lead to them
+    first = dict(calls)
+    calls.clear()
+    s, y = tg.functional.add_layer_norm(x, r, w, b)
+    (s.sum() + (y * y).sum()).backward()
+    for name, g in calls:  # the hook sees .grad after this pass's gradient was added
+        np.testing.assert_allclose(g, 2 * first[name], rtol=1e-12)
+
+
+def test_grad_hook_not_called_without_gradient_and_removable():
+    a, unused = leaf([1.0, 2.0]), leaf([3.0])
+    calls = _record_hooks(("a", a), ("unused", unused))
+    handle = a.register_post_accumulate_grad_hook(lambda p: calls.append(("again", None)))
+    (a * 2.0).sum().backward()
+    assert [n for n, _ in calls] == ["a", "again"]
+    handle.remove()
+    calls.clear()
+    (a * unused.detach()).sum().backward()  # `unused` takes part only through a detached copy
+    assert [n for n, _ in calls] == ["a"] and unused.grad is None
+    calls.clear()
+    a.backward(np.array([1.0, 1.0]))  # the root itself is the leaf
+    assert [n for n, _ in calls] == ["a"]
+    with pytest.raises(RuntimeError, match="only a leaf tensor"):
+        (a * 2.0).register_post_accumulate_grad_hook(lambda p: None)
+    with pytest.raises(TypeError, match="callable"):
+        a.register_post_accumulate_grad_hook(None)
+
+
+def test_grad_hooks_leave_every_gradient_of_a_gpt_unchanged():
+    cfg = tg.GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16)
+    ids = np.random.randint(0, 11, size=(3, 8))
+    grads = []
+    for hooked in (False, True):
+        tg.manual_seed(0)
+        model = tg.GPT(cfg)
+        order = []
+        if hooked:
+            for name, p in model.named_parameters():
+                p.register_post_accumulate_grad_hook(lambda p, name=name: order.append(name))
+        _, loss = model(ids, np.roll(ids, -1, axis=1))
+        loss.backward()
+        grads.append({n: p.grad.numpy().copy() for n, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        np.testing.assert_array_equal(grads[0][n], grads[1][n], err_msg=n)
+    assert sorted(order) == sorted(grads[0]) and len(order) == len(set(order))
+    # the last layers' gradients are final first; the embeddings' (whose lookups are the first ops) last
+    assert order.index("transformer.ln_f.weight") < order.index("transformer.h.1.ln_1.weight") < \
+        order.index("transformer.h.0.ln_1.weight")
+    assert set(order[-2:]) == {"transformer.wte.weight", "transformer.wpe.weight"}

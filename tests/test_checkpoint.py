@@ -380,3 +380,268 @@ def test_resume_is_bit_exact_in_a_fresh_process(tmp_path):
     resumed = json.loads(out.stdout.strip().splitlines()[-1])
     assert resumed == full[n:]  # float.hex strings: bit-for-bit
     assert len(set(full)) == len(full)  # the losses do move
+
+
+# ---------------------------------------------------------------- hostile but well-formed checkpoints
+def rewrite(src, dest, mutate=None, tensors=None):
+    """Copy checkpoint `src` to `dest` with its JSON metadata changed by mutate(meta) and tensors replaced
+    ({name: array, or None to drop}), checksums recomputed: a well-formed file with hostile contents."""
+    from safetensors import safe_open
+
+    with safe_open(str(src), "np") as f:
+        raw = dict(f.metadata())
+        arrays = {k: f.get_tensor(k) for k in f.keys()}
+    keys = ckpt._JSON_KEYS + getattr(ckpt, "_OPTIONAL_JSON_KEYS", ("quantization",))
+    meta = {k: json.loads(raw[k]) for k in keys if k in raw}
+    if mutate is not None:
+        mutate(meta)
+    raw.update({k: json.dumps(v) for k, v in meta.items()})  # NaN / Infinity pass through as JSON extensions
+    for name, value in (tensors or {}).items():
+        if value is None:
+            arrays.pop(name)
+        else:
+            arrays[name] = value
+    raw["meta_sha256"] = ckpt._meta_digest(raw)
+    raw["data_sha256"] = ckpt._data_digest(arrays)
+    save_file(arrays, str(dest), metadata=raw)
+    return dest
+
+
+def _group(i, **kw):
+    return lambda m: m["optimizer"]["param_groups"][i].update(kw)
+
+
+def _state(index, **kw):
+    return lambda m: m["optimizer"]["state"].__setitem__(index, {**m["optimizer"]["state"].get(index, {}), **kw})
+
+
+_W = np.zeros((4, 3), np.float32)
+HOSTILE = {  # name: (mutate the metadata, replace tensors)
+    "step a string": (lambda m: m.update(step="3"), None),
+    "step negative": (lambda m: m.update(step=-1), None),
+    "step a float": (lambda m: m.update(step=1.5), None),
+    "step a bool": (lambda m: m.update(step=True), None),
+    "step null": (lambda m: m.update(step=None), None),
+    "step beyond int64": (lambda m: m.update(step=2 ** 70), None),
+    "config a list": (lambda m: m.update(config=[1, 2]), None),
+    "tokenizer a number": (lambda m: m.update(tokenizer=5), None),
+    "extra a string": (lambda m: m.update(extra="x"), None),
+    "optimizer a string": (lambda m: m.update(optimizer="adam"), None),
+    "optimizer class a number": (lambda m: m["optimizer"].update({"class": 5}), None),
+    "optimizer without state": (lambda m: m["optimizer"].pop("state"), None),
+    "param_groups a dict": (lambda m: m["optimizer"].update(param_groups={}), None),
+    "group not a dict": (lambda m: m["optimizer"]["param_groups"].__setitem__(0, 5), None),
+    "group params a string": (_group(0, params="all"), None),
+    "group params repeated": (_group(0, params=[0, 0]), None),
+    "group params out of range": (_group(1, params=[99]), None),
+    "lr a string": (_group(0, lr="fast"), None),
+    "lr NaN": (_group(0, lr=float("nan")), None),
+    "lr infinite": (_group(1, lr=float("inf")), None),
+    "lr negative": (_group(0, lr=-1.0), None),
+    "lr null": (_group(0, lr=None), None),
+    "betas one value": (_group(0, betas=[0.9]), None),
+    "betas a string": (_group(0, betas="ab"), None),
+    "beta2 above 1": (_group(1, betas=[0.9, 1.5]), None),
+    "eps a bool": (_group(0, eps=True), None),
+    "weight_decay a list": (_group(0, weight_decay=[0.1]), None),
+    "unknown group option": (_group(0, foo=1), None),
+    "state a list": (lambda m: m["optimizer"].update(state=[]), None),
+    "state index not a number": (lambda m: m["optimizer"]["state"].__setitem__("abc", {}), None),
+    "state index out of range": (lambda m: m["optimizer"]["state"].__setitem__("99", {"step": 3}), None),
+    "state entry a list": (lambda m: m["optimizer"]["state"].__setitem__("0", [1]), None),
+    "state step a string": (_state("0", step="3"), None),
+    "state step negative": (_state("0", step=-2), None),
+    "state step a float": (_state("1", step=2.5), None),
+    "state unknown key": (_state("0", foo=1), None),
+    "state missing exp_avg": (None, {"optim/0/exp_avg": None}),
+    "exp_avg wrong shape": (None, {"optim/0/exp_avg": np.zeros((2, 2), np.float32)}),
+    "exp_avg integers": (None, {"optim/0/exp_avg": np.zeros((4, 3), np.int32)}),
+    "exp_avg NaN": (None, {"optim/0/exp_avg": np.full((4, 3), np.nan, np.float32)}),
+    "exp_avg_sq negative": (None, {"optim/0/exp_avg_sq": -np.ones((4, 3), np.float32)}),
+    "optim tensor without state": (None, {"optim/9/exp_avg": _W}),
+    "stray tensor": (None, {"weights/w": _W}),
+    "model tensor of ints": (None, {"model/w": np.zeros((4, 3), np.int32)}),
+    "model tensor wrong shape": (None, {"model/w": np.zeros((3, 4), np.float32)}),
+    "rng a string": (lambda m: m.update(rng="x"), None),
+    "rng another generator": (lambda m: m["rng"].update(bit_generator="MT19937"), None),
+    "rng state garbage": (lambda m: m["rng"].update(state="x"), None),
+    "rng state too large": (lambda m: m["rng"]["state"].update(state=2 ** 200), None),
+    "rng has_uint32 a string": (lambda m: m["rng"].update(has_uint32="x"), None),
+    "sampler a string": (lambda m: m.update(sampler="x"), None),
+    "sampler empty": (lambda m: m.update(sampler={}), None),
+    "sampler other batch size": (lambda m: m["sampler"].update(batch_size=3), None),
+    "sampler rng garbage": (lambda m: m["sampler"].update(rng={"bit_generator": "PCG64", "state": 5}), None),
+    "quantization bits 3": (lambda m: m.update(quantization={"bits": 3, "group_size": None, "embeddings": True}),
+                            None),
+}
+
+
+def _snapshot(model, opt, sampler):
+    return ({k: v.copy() for k, v in model.state_dict().items()},
+            {i: {k: (v.copy() if hasattr(v, "shape") else v) for k, v in s.items()} for i, s in opt.state.items()},
+            [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups],
+            json.dumps(sampler.state_dict()), json.dumps(tg_random.get_rng_state()))
+
+
+def _same(a, b):
+    assert a[0].keys() == b[0].keys() and all(np.array_equal(a[0][k], b[0][k]) for k in a[0])
+    assert a[1].keys() == b[1].keys()
+    for i in a[1]:
+        assert a[1][i].keys() == b[1][i].keys()
+        assert all(np.array_equal(a[1][i][k], b[1][i][k]) for k in a[1][i])
+    assert a[2:] == b[2:]
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_metadata_raises_checkpoint_error_and_changes_nothing(saved, tmp_path, case):
+    """Each case is a well-formed safetensors file (valid checksums) with hostile contents: load_checkpoint
+    raises CheckpointError (not TypeError / ValueError / KeyError, and not later at opt.step()) and leaves
+    the model, optimiser, sampler and global RNG exactly as they were."""
+    path, *_ = saved
+    mutate, tensors = HOSTILE[case]
+    bad = rewrite(path, tmp_path / "bad.safetensors", mutate, tensors)
+    model = Tiny(seed=4)
+    opt = make_opt(model)
+    train(model, opt, 2, seed=3)  # some optimiser state of its own
+    sampler = BatchSampler(np.arange(100), 2, 8, seed=9)
+    before = _snapshot(model, opt, sampler)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(bad, model, opt, sampler=sampler, restore_rng=True)
+    assert type(info.value) is CheckpointError and str(bad) in str(info.value)
+    _same(before, _snapshot(model, opt, sampler))
+    train(model, opt, 1)  # still usable
+    assert all(np.isfinite(p.data).all() for p in model.parameters())
+
+
+def test_a_valid_rewrite_still_loads(saved, tmp_path):
+    """The rewrite helper itself produces loadable files (so the hostile cases fail for their contents)."""
+    path, model, opt, sampler = saved
+    good = rewrite(path, tmp_path / "good.safetensors", lambda m: m.update(step=11))
+    model2, sampler2 = Tiny(seed=2), BatchSampler(np.arange(100), 2, 8)
+    opt2 = make_opt(model2)
+    assert load_checkpoint(good, model2, opt2, sampler=sampler2)["step"] == 11
+    np.testing.assert_array_equal(model2.w.data, model.w.data)
+
+
+def _gpt_checkpoint(tmp_path, **cfg):
+    config = tg.GPTConfig(**{**dict(vocab_size=16, block_size=8, n_layer=2, n_head=2, n_embd=8), **cfg})
+    path = tmp_path / "gpt.safetensors"
+    save_checkpoint(path, tg.GPT(config), config=config, tokenizer=CharTokenizer("abcdefghijklmnop"))
+    return path
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("n_layer", 10 ** 9, "n_layer=1000000000 but the file holds 2 layers"),
+    ("vocab_size", 10 ** 9, "describes .* parameters, the file holds"),
+    ("n_embd", 2 ** 40, "describes .* parameters, the file holds"),
+    ("block_size", 10 ** 9, "describes .* parameters, the file holds"),
+    ("n_expert", 10 ** 6, "describes .* parameters, the file holds"),
+    ("n_head", "2", "invalid model config"),
+    ("dropout", "x", "invalid model config"),
+    ("sparse_pattern", 5, "invalid model config"),
+])
+def test_absurd_config_is_refused_before_allocating(tmp_path, field, value, match):
+    """model_config / load_model compare the config with the tensors in the file before building anything:
+    an absurd size fails at once, in a few MB, instead of allocating until the machine runs out."""
+    import tracemalloc
+
+    from tinygpt.checkpoint import load_model, model_config
+
+    path = _gpt_checkpoint(tmp_path)
+    bad = rewrite(path, tmp_path / "bad.safetensors", lambda m: m["config"].update({field: value}))
+    tracemalloc.start()
+    with pytest.raises(CheckpointError, match=match):
+        load_model(bad)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20 * 2 ** 20, peak
+    with pytest.raises(CheckpointError, match=match):
+        model_config(bad)
+
+
+def test_sizes_not_in_the_file_are_bounded(tmp_path):
+    from tinygpt.checkpoint import model_config
+
+    path = _gpt_checkpoint(tmp_path, position="sinusoidal")
+    bad = rewrite(path, tmp_path / "bad.safetensors", lambda m: m["config"].update(block_size=10 ** 9))
+    with pytest.raises(CheckpointError, match="sinusoidal positions exceed"):
+        model_config(bad)
+    path = _gpt_checkpoint(tmp_path, n_expert=2)
+    bad = rewrite(path, tmp_path / "bad.safetensors", lambda m: m["config"].update(capacity_factor=1e12))
+    with pytest.raises(CheckpointError, match="capacity_factor .* exceeds n_expert"):
+        model_config(bad)
+    assert model_config(path).n_expert == 2
+
+
+# ---------------------------------------------------------------- temp files of killed writers
+KILLED_WRITER = '''
+import sys, time
+import numpy as np
+import tinygpt.checkpoint as ck
+from safetensors.numpy import save_file
+
+
+def stall(tensors, filename, metadata=None):
+    save_file(tensors, filename, metadata=metadata)
+    print("written", flush=True)
+    time.sleep(600)  # killed here, before the rename
+
+
+ck.save_file = stall
+ck.save_checkpoint(sys.argv[1], type("M", (), {"state_dict": lambda self: {"w": np.ones(1000, np.float32)}})())
+'''
+
+
+def _start_writer(tmp_path, target):
+    import subprocess
+    import sys
+
+    script = tmp_path / "writer.py"
+    script.write_text(KILLED_WRITER)
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(tg.__file__)))}
+    proc = subprocess.Popen([sys.executable, str(script), str(target)], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().strip() == "written"
+    return proc
+
+
+def _temps(directory):
+    return sorted(n for n in os.listdir(directory) if n.endswith(".tmp"))
+
+
+@pytest.mark.parametrize("next_op", ["save", "load"])
+def test_temp_file_of_a_killed_save_is_removed_by_the_next_save_or_load(saved, tmp_path, next_op):
+    import signal
+
+    path, model, *_ = saved
+    proc = _start_writer(tmp_path, path)
+    try:
+        temps = _temps(path.parent)
+        assert len(temps) == 1 and temps[0].startswith(".ckpt.safetensors.")
+        # while its writer lives, the temp file is in use: nobody removes it
+        assert read_checkpoint_metadata(path)["step"] == 3
+        save_checkpoint(path.parent / "other.safetensors", model)
+        assert _temps(path.parent) == temps
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # kill -9 in the middle of the save
+        proc.wait()
+    assert _temps(path.parent) == temps and read_checkpoint_metadata(path)["step"] == 3  # the old file is intact
+    if next_op == "save":
+        save_checkpoint(path, model, step=4)
+    else:
+        load_checkpoint(path, Tiny(), restore_rng=False)
+    assert _temps(path.parent) == []
+
+
+def test_cleanup_removes_only_our_temp_files(tmp_path):
+    keep = ["notes.tmp", ".x.tmp", ".ckpt.safetensors.1234567.tmp", ".ckpt.safetensors.ABCDEF12.tmp", "a.12345678.tmp"]
+    for name in keep:
+        (tmp_path / name).write_text("mine")
+    (tmp_path / ".dir.12345678.tmp").mkdir()
+    (tmp_path / "target").write_text("precious")
+    os.symlink(tmp_path / "target", tmp_path / ".link.12345678.tmp")
+    (tmp_path / ".ckpt.safetensors.0123abcd.tmp").write_text("left by a killed save")
+    removed = ckpt.remove_stale_temp_files(tmp_path)
+    assert removed == [str(tmp_path / ".ckpt.safetensors.0123abcd.tmp")]
+    assert sorted(os.listdir(tmp_path)) == sorted(keep + [".dir.12345678.tmp", "target", ".link.12345678.tmp"])
+    assert (tmp_path / "target").read_text() == "precious"
+    assert ckpt.remove_stale_temp_files(tmp_path / "missing") == []

@@ -1,4 +1,6 @@
-"""examples/finetune_classifier.py: speech parsing, splits, cropping, and an end-to-end run on a tiny model."""
+"""The fine-tuning program (tinygpt/cli/finetune.py = examples/finetune_classifier.py): speech parsing, splits,
+cropping, an end-to-end run on a tiny model, the saved classifier labelling new text."""
+import inspect
 import json
 import math
 import os
@@ -7,12 +9,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
+import tinygpt as tg
+from tinygpt import lora
+from tinygpt.checkpoint import read_checkpoint_metadata
+from tinygpt.cli import finetune as ft
+from tinygpt.cli import train as train_shakespeare
 from tinygpt.data import CharTokenizer
-
-from helpers import load_example as _load
-
-ft = _load("finetune_classifier")
-train_shakespeare = _load("train_shakespeare")
 
 LINES = {"ROMEO": "The moon is bright tonight, my love.", "JULIET": "A rose by any other name.",
          "NURSE": "Madam, your mother calls.", "First Citizen": "Speak, speak, we are resolved."}
@@ -65,7 +67,8 @@ def checkpoint(tmp_path_factory):
     train_shakespeare.main(["--data", str(path), "--out-dir", str(out), "--n-layer", "1", "--n-head", "2",
                             "--n-embd", "16", "--block-size", "24", "--batch-size", "4", "--max-iters", "6",
                             "--eval-interval", "6", "--eval-iters", "1", "--final-eval-iters", "1",
-                            "--warmup-iters", "2", "--no-progress", "--sample-tokens", "0", "--seed", "3"])
+                            "--warmup-iters", "2", "--no-progress", "--sample-tokens", "0", "--seed", "3",
+                            "--no-plot"])
     return path, out, counts
 
 
@@ -96,6 +99,39 @@ def test_end_to_end(checkpoint, tmp_path):
     with open(out / "summary.json", encoding="utf-8") as f:
         assert json.load(f)["runs"]["scratch"]["val_accuracy"] == s["scratch_val_accuracy"]
     assert os.path.isfile(out / "lora.safetensors")
+    # LoRA's alpha: the example's default is the API's (lora.apply(rank) without alpha)
+    assert read_checkpoint_metadata(out / "lora.safetensors")["extra"]["lora"]["alpha"] == 2.0
+    assert inspect.signature(lora.apply).parameters["alpha"].default is None  # None: alpha = rank
+
+
+def test_saved_classifier_labels_new_text(checkpoint, tmp_path):
+    """The fine-tuned classifier is kept whole (GPT + head + classes + tokenizer) and labels new text,
+    with the same predictions as the model that was just trained."""
+    data, ckpt_dir, _ = checkpoint
+    out = tmp_path / "ft"
+    texts = [LINES["ROMEO"], LINES["JULIET"] + "\n" + LINES["JULIET"], LINES["NURSE"]]
+    s = ft.main(["--init-from", str(ckpt_dir), "--data", str(data), "--n-classes", "3", "--max-iters", "30",
+                 "--batch-size", "8", "--lr", "1e-2", "--warmup-iters", "5", "--no-compare-scratch", "--no-progress",
+                 "--out-dir", str(out), *sum((["--classify", t] for t in texts), [])])
+    assert s["runs"]["fine-tuned"]["classifier"] == str(out / ft.CLASSIFIER_NAME)
+    meta = read_checkpoint_metadata(out / ft.CLASSIFIER_NAME)
+    assert meta["extra"]["classifier"]["classes"] == ["ROMEO", "JULIET", "NURSE"] and meta["tokenizer"]["type"] == "char"
+    rng_before = tg.get_rng_state()
+    again = ft.main(["--classifier", str(out), *sum((["--classify", t] for t in texts), [])])
+    assert tg.get_rng_state() == rng_before  # loading draws nothing from the global RNG
+    assert [p["label"] for p in again["predictions"]] == [p["label"] for p in s["predictions"]]
+    for p, q in zip(again["predictions"], s["predictions"]):
+        assert p["probs"] == pytest.approx(q["probs"], abs=1e-6) and sum(p["probs"].values()) == pytest.approx(1.0)
+    # each speaker has its own line: a fine-tuned classifier tells them apart
+    assert [p["label"] for p in again["predictions"]] == ["ROMEO", "JULIET", "NURSE"]
+    blocks = tmp_path / "speeches.txt"
+    blocks.write_text("\n\n".join(texts) + "\n")
+    from_file = ft.main(["--classifier", str(out / ft.CLASSIFIER_NAME), "--classify-file", str(blocks)])
+    assert [p["text"] for p in from_file["predictions"]] == texts
+    with pytest.raises(SystemExit, match="needs text to label"):
+        ft.main(["--classifier", str(out)])
+    with pytest.raises(SystemExit, match="not a saved classifier"):
+        ft.main(["--classifier", str(ckpt_dir / "ckpt.safetensors"), "--classify", "x"])
 
 
 def test_pretrained_beats_majority_on_an_easy_task(checkpoint):
@@ -118,5 +154,7 @@ def test_bad_arguments(checkpoint, tmp_path):
         ft.main(["--init-from", str(ckpt_dir), "--data", str(data), "--n-classes", "1"])
     with pytest.raises(SystemExit, match="only 4 speakers"):
         ft.main(["--init-from", str(ckpt_dir), "--data", str(data), "--n-classes", "9"])
-    with pytest.raises(SystemExit, match="no text at"):
+    with pytest.raises(SystemExit, match="no training text at"):
         ft.main(["--init-from", str(ckpt_dir), "--data", str(tmp_path / "missing.txt")])
+    with pytest.raises(SystemExit, match="--init-from is required"):
+        ft.main(["--data", str(data)])

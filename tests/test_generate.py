@@ -7,6 +7,7 @@ Tolerances: cached vs full-forward logits float64 rtol 1e-10 / atol 1e-12 (the s
 in another order), float32 rtol 1e-5 / atol 1e-5 (logits are O(1-10)); processors vs NumPy or
 torch float64 1e-12. Sampling frequencies: 5 standard deviations per token.
 """
+import dataclasses
 import warnings
 
 import numpy as np
@@ -404,6 +405,82 @@ def test_argument_errors(kw, exc, match):
         model.generate(prompt(1, 2), **args)
     with pytest.raises(exc, match=match):
         model.stream(prompt(1, 2), **args)  # checked at the call, before the first next()
+
+
+def test_options_by_position_or_keyword_are_one_generation_config():
+    """generate/stream take GenerationConfig's fields after idx, in its order, by position or keyword;
+    the config is checked once when made and cannot change afterwards."""
+    model = make_model()
+    idx = prompt(2, 3)
+    kw = dict(max_new_tokens=9, temperature=0.8, top_k=6, top_p=0.9, repetition_penalty=1.3, num_return_sequences=2,
+              eos_token_id=None, seed=3, use_cache=False)
+    assert [f.name for f in dataclasses.fields(G.GenerationConfig)] == list(kw)
+    by_keyword = model.generate(idx, **kw)
+    np.testing.assert_array_equal(model.generate(idx, *kw.values()), by_keyword)
+    np.testing.assert_array_equal(model.generate(idx, 9, 0.8, 6, top_p=0.9, repetition_penalty=1.3,
+                                                 num_return_sequences=2, seed=3, use_cache=False), by_keyword)
+    np.testing.assert_array_equal(np.stack(list(model.stream(idx, *kw.values())), axis=1), by_keyword[:, 3:])
+    opts = G.GenerationConfig(**kw)
+    np.testing.assert_array_equal(model.generate(idx, opts), by_keyword)  # or one GenerationConfig
+    np.testing.assert_array_equal(np.stack(list(model.stream(idx, opts)), axis=1), by_keyword[:, 3:])
+    assert opts.temperature == 0.8 and G.GenerationConfig(5, temperature=1).temperature == 1.0  # stored as float
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.temperature = -1.0
+    with pytest.raises(TypeError, match="top_q"):
+        model.generate(idx, 2, top_q=0.5)
+    with pytest.raises(TypeError, match="max_new_tokens"):
+        model.stream(idx)
+
+
+# ============================================================================ non-finite logits
+def untied_model(**kw):
+    return make_model(tie_weights=False, **kw)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_nan_logits_raise_naming_the_step(use_cache, temperature):
+    """A token whose embedding is NaN makes the logits NaN from the step after it first appears:
+    generate and stream raise FloatingPointError naming that step (they used to emit token 0).
+    The same seed draws the same tokens until then, so the step is known in advance."""
+    model = untied_model()
+    idx = prompt(1, 3)
+    opts = dict(temperature=temperature, use_cache=use_cache, seed=0)
+    new = [int(t) for t in model.generate(idx, 10, **opts)[0, 3:]]
+    fresh = [i for i, t in enumerate(new) if t not in idx[0] and t not in new[:i]]  # first appearances (0-based)
+    k = fresh[-1]  # the last of them: the latest step that can be poisoned
+    model.transformer.wte.weight.data[new[k]] = np.nan
+    with pytest.raises(FloatingPointError, match=rf"step {k + 2} of 10: .*logits are not finite \(17 NaN, 0 \+inf"):
+        model.generate(idx, 10, **opts)  # the NaN reaches every one of the 17 logits of the row
+    it = model.stream(idx, 10, **opts)
+    assert [int(next(it)[0]) for _ in range(k + 1)] == new[:k + 1]  # the steps before it are unchanged
+    with pytest.raises(FloatingPointError, match=rf"step {k + 2} of 10"):
+        next(it)
+
+
+def test_inf_logits_raise():
+    """+inf in one logit (an overflowed weight): FloatingPointError at step 1, counting it."""
+    model = untied_model()
+    ln_f, head = model.transformer.ln_f, model.lm_head
+    ln_f.weight.data[0], ln_f.bias.data[0] = 0.0, 1.0  # hidden channel 0 is exactly 1
+    head.weight.data[4] = 0.0
+    head.weight.data[4, 0] = np.inf  # logit 4 = inf * 1 = +inf exactly
+    for gen in (lambda: model.generate(prompt(2, 3), 5, temperature=0),
+                lambda: next(model.stream(prompt(2, 3), 5, seed=1))):
+        with pytest.raises(FloatingPointError, match=r"step 1 of 5: .*\(0 NaN, 2 \+inf, 0 -inf\) in row\(s\) 0, 1"):
+            gen()
+
+
+def test_temperature_too_small_for_float64_raises():
+    """logits / 1e-310 overflows to +-inf and softmax gives NaN: an error that says to use temperature=0
+    (it used to draw token 0)."""
+    model = make_model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy's overflow warnings come first
+        with pytest.raises(FloatingPointError, match="temperature=0"):
+            model.generate(prompt(1, 3), 2, temperature=1e-310, seed=0)
+        with pytest.raises(FloatingPointError, match=r"row\(s\) \[1\]"):
+            G.sample(np.array([[0.0, 1.0], [-np.inf, -np.inf]]), np.random.default_rng(0))
 
 
 @pytest.mark.parametrize("idx,exc,match", [

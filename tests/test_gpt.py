@@ -5,6 +5,8 @@ Tolerances: float64 finite differences rtol 1e-5 / atol 1e-7; torch parity float
 float32 logits/loss rtol 1e-4, grads rtol 1e-3 + atol 1e-4 x the largest |grad| of that tensor.
 """
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -128,11 +130,15 @@ def test_configure_optimizers_decays_only_matrices():
     (np.array([[1.0, 2.0]]), TypeError, r"integers.*float64"),
     (np.zeros((1, 9), np.int64), ValueError, r"sequence length 9.*block_size 8"),
     (np.array([1, 2, 3]), ValueError, r"\(batch, time\)"),
+    (np.zeros((0, 3), np.int64), ValueError, r"empty input.*\(0, 3\)"),
+    (np.zeros((2, 0), np.int64), ValueError, r"empty input.*\(2, 0\)"),
 ])
 def test_bad_inputs(idx, exc, pattern):
     model = GPT(tiny())
     with pytest.raises(exc, match=pattern):
         model(idx)
+    with pytest.raises(exc, match=pattern):
+        model(idx, idx)  # with targets too: no loss over an empty batch (it would be NaN)
 
 
 def test_bad_targets():
@@ -148,6 +154,67 @@ def test_config_validation():
         GPTConfig(sparse_pattern="alternating")
     with pytest.raises(ValueError, match="norm"):
         GPTConfig(norm="sandwich")
+
+
+@pytest.mark.parametrize("kw, field", [
+    (dict(n_head=0), "n_head"),                        # head size 0 (was a ZeroDivisionError in the layers)
+    (dict(n_embd=2, n_head=4), "divisible"),           # n_embd < n_head
+    (dict(n_embd=0), "n_embd"),
+    (dict(n_layer=True), "n_layer"),                   # a bool is not a size
+    (dict(vocab_size=0), "vocab_size"),
+    (dict(block_size=0), "block_size"),
+    (dict(block_size=8.0), "block_size"),
+    (dict(dropout=1.0), "dropout"),
+    (dict(dropout="0.1"), "dropout"),                  # was a TypeError from the comparison
+    (dict(dropout=float("nan")), "dropout"),
+    (dict(bias="false"), "bias"),                      # a string would read as True
+    (dict(tie_weights="false"), "tie_weights"),
+    (dict(final_norm="no"), "final_norm"),
+    (dict(layer_norm_eps=float("inf")), "layer_norm_eps"),
+    (dict(layer_norm_eps="1e-5"), "layer_norm_eps"),
+    (dict(gelu="relu"), "gelu"),
+    (dict(position="rotary"), "position"),
+    (dict(attention_window=4), "attention_window"),    # no layer banded: a silently dense model
+    (dict(attention_window=4, sparse_pattern=("dense", 2)), "attention_window"),
+    (dict(attention_window=0, sparse_pattern="banded"), "attention_window"),
+    (dict(sparse_pattern=("dense",)), "sparse_pattern"),   # one entry per layer
+    (dict(sparse_pattern=("dense", 0)), r"sparse_pattern\[1\]"),
+    (dict(n_expert=-1), "n_expert"),
+    (dict(n_expert=True), "n_expert"),
+    (dict(n_expert=4, expert_top_k=3), "expert_top_k"),
+    (dict(n_expert=4, expert_top_k=True), "expert_top_k"),
+    (dict(n_expert=1, expert_top_k=2), "expert_top_k"),
+    (dict(n_expert=4, moe_every=0), "moe_every"),
+    (dict(n_expert=4, moe_every=3), "moe_every"),      # n_layer 2: no layer would be MoE
+    (dict(n_expert=4, capacity_factor=float("inf")), "capacity_factor"),
+    (dict(n_expert=4, capacity_factor=-1.0), "capacity_factor"),
+    (dict(moe_aux_loss_coef=float("inf")), "moe_aux_loss_coef"),
+    (dict(moe_aux_loss_coef=float("nan")), "moe_aux_loss_coef"),
+])
+def test_config_rejects_each_bad_field(kw, field):
+    """Every field is checked when the config is made: a ValueError naming it, never a
+    ZeroDivisionError, a TypeError from a comparison, or a silently different model."""
+    with pytest.raises(ValueError, match=field):
+        tiny(**kw)
+
+
+def test_config_edge_values_that_are_valid():
+    assert tiny(n_head=8).n_embd // 8 == 1  # head size 1
+    assert tiny(dropout=0).dropout == 0 and tiny(capacity_factor=0, n_expert=2).capacity_factor == 0
+    assert tiny(sparse_pattern=(3, "dense")).layer_window(0) == 3  # an int band needs no attention_window
+    assert tiny(n_expert=2, moe_every=2).layer_moe(1) is not None
+    assert GPTConfig.gpt3("125M", sparse_pattern="dense").attention_window is None  # the preset's band dropped
+    assert GPTConfig.gpt3("125M", sparse_pattern="banded").attention_window == 256
+    with pytest.raises(ValueError, match="attention_window"):
+        GPTConfig.gpt3("125M", sparse_pattern="dense", attention_window=64)  # asked for, unused: an error
+
+
+def test_package_exposes_the_modules_the_docs_use(tmp_path):
+    """`import tinygpt as tg`, then tg.checkpoint.save_checkpoint and tg.lora.apply as the docs write
+    them (docs/gpt4-style.md, README), in a fresh interpreter (here other tests import them)."""
+    code = ("import tinygpt as tg; assert callable(tg.checkpoint.save_checkpoint) and callable(tg.lora.apply); "
+            "assert tg.GenerationConfig is tg.models.GenerationConfig")
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True)
 
 
 # ------------------------------------------------------------------ generation

@@ -8,6 +8,7 @@ Tolerances: float32 logits atol 1e-4; loss rtol 1e-5; grads rtol 1e-3 + atol 1e-
 import json
 import math
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from tinygpt.checkpoint import CheckpointError
 from tinygpt.models import hf
 
 pytestmark = pytest.mark.usefixtures("seeded")
+FILES = ["config.json", "generation_config.json", "model.safetensors"]
 
 
 def tiny(**kw):
@@ -150,7 +152,7 @@ def test_load_overrides_and_bf16(tmp_path):
 def test_round_trip(tmp_path, kw):
     model = randomize(GPT(tiny(**kw)), seed=1)
     model.save_pretrained(tmp_path)
-    assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]  # no temp files left
+    assert sorted(os.listdir(tmp_path)) == FILES  # no temp files left
     loaded = GPT.from_pretrained(tmp_path, dropout=kw.get("dropout", 0.0))
     assert loaded.config == model.config
     for (n, a), (m, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
@@ -227,7 +229,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         randomize(GPT(tiny()), seed=5).save_pretrained(tmp_path)
     assert open(os.path.join(tmp_path, "model.safetensors"), "rb").read() == before
-    assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(tmp_path)) == FILES
 
 
 # ------------------------------------------------------------------ clear errors
@@ -426,3 +428,331 @@ def test_num_params_matches_transformers(preset):
     with torch.device("meta"):
         ref = transformers.GPT2LMHeadModel(hf_cfg)
     assert cfg.num_params() == ref.num_parameters()
+
+
+# ------------------------------------------------------------------ config.json: strict types, absurd sizes
+@pytest.mark.parametrize("cfg_kw, pattern", [
+    ({"tie_word_embeddings": "false"}, r"tie_word_embeddings must be true or false, got 'false' \(str\)"),
+    ({"tie_word_embeddings": 0}, r"tie_word_embeddings must be true or false, got 0 \(int\)"),
+    ({"n_layer": 2.0}, r"n_layer must be a positive integer, got 2.0 \(float\)"),
+    ({"n_embd": "16"}, "n_embd must be a positive integer, got '16'"),
+    ({"n_head": True}, r"n_head must be a positive integer, got True \(bool\)"),
+    ({"vocab_size": 0}, "vocab_size must be a positive integer, got 0"),
+    ({"n_positions": -16}, "n_positions must be a positive integer"),
+    ({"n_inner": 0}, "n_inner must be a positive integer or null"),
+    ({"layer_norm_epsilon": "1e-5"}, "layer_norm_epsilon must be a positive number, got '1e-5'"),
+    ({"layer_norm_epsilon": 0}, "layer_norm_epsilon must be a positive number, got 0"),
+    ({"resid_pdrop": 1.5}, r"resid_pdrop must be a number in \[0, 1\]"),
+    ({"attn_pdrop": None}, r"attn_pdrop must be a number in \[0, 1\]"),
+    ({"activation_function": ["gelu"]}, "activation_function must be a string"),
+    ({"scale_attn_weights": "true"}, "scale_attn_weights must be true or false"),
+    ({"reorder_and_upcast_attn": 1}, "reorder_and_upcast_attn must be true or false"),
+    ({"eos_token_id": "50256"}, "eos_token_id must be a token id"),
+    ({"bos_token_id": -1}, "bos_token_id must be a token id"),
+    ({"summary_type": "bogus"}, "summary_type must be one of"),
+    ({"summary_use_proj": "yes"}, "summary_use_proj must be true or false"),
+    ({"architectures": "GPT2LMHeadModel"}, "architectures must be a list of strings"),
+    ({"model_type": None}, "model_type must be a string"),
+    ({"activation_function": "gelu_10"}, "activation_function 'gelu_10' is not supported"),
+])
+def test_config_types_are_strict(tmp_path, cfg_kw, pattern):
+    random_hf_files(tmp_path)
+    config = json.load(open(tmp_path / "config.json"))
+    (tmp_path / "config.json").write_text(json.dumps({**config, **cfg_kw}))
+    with pytest.raises(CheckpointError, match=r"config.json: .*" + pattern):
+        GPT.from_pretrained(tmp_path)
+
+
+class NeverBuilt(GPT):
+    def __init__(self, config):
+        raise AssertionError(f"a model was allocated for {config}")
+
+
+@pytest.mark.parametrize("cfg_kw, pattern", [
+    ({"n_layer": 10 ** 9}, r"n_layer=1000000000, the weights hold layers 0\.\.1"),
+    ({"n_layer": 10 ** 9, "n_embd": 2 ** 40, "n_head": 2 ** 20},
+     r"wte.weight has shape \(50, 16\), config.json implies \(50, 1099511627776\)"),
+    ({"vocab_size": 10 ** 12}, r"wte.weight has shape \(50, 16\), config.json implies \(1000000000000, 16\)"),
+    ({"n_positions": 10 ** 10}, r"wpe.weight has shape \(16, 16\), config.json implies \(10000000000, 16\)"),
+    ({"n_layer": 1}, r"n_layer=1, the weights hold layers 0\.\.1"),
+    ({"n_layer": 3}, r"n_layer=3, the weights hold layers 0\.\.1"),
+])
+def test_absurd_sizes_fail_before_anything_is_allocated(tmp_path, cfg_kw, pattern):
+    """A config.json with n_layer=10**9 used to allocate until the machine ran out of memory:
+    the sizes are now checked against the safetensors header first (bounded by the file)."""
+    import time
+    import tracemalloc
+
+    random_hf_files(tmp_path)
+    config = json.load(open(tmp_path / "config.json"))
+    (tmp_path / "config.json").write_text(json.dumps({**config, **cfg_kw}))
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(CheckpointError, match=pattern):
+            hf.from_pretrained(NeverBuilt, tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2 ** 20 and time.perf_counter() - t0 < 10  # the file is ~70 KB
+
+
+def test_layer_indices_must_be_exact(tmp_path):
+    tensors, config = random_hf_files(tmp_path)
+    renamed = {k.replace("h.1.", "h.01."): v for k, v in tensors.items()}  # not an index tinygpt or HF reads
+    write_hf_dir(tmp_path, renamed, config)
+    with pytest.raises(CheckpointError, match=r"the weights hold layers 0;.*unexpected tensors: \['transformer.h.01"):
+        GPT.from_pretrained(tmp_path)
+
+
+def test_integer_tensor_is_refused_from_the_header(tmp_path):
+    tensors, config = random_hf_files(tmp_path)
+    tensors["transformer.ln_f.bias"] = np.zeros(16, np.int32)
+    write_hf_dir(tmp_path, tensors, config)
+    with pytest.raises(CheckpointError, match=r"ln_f.bias has dtype I32, expected a float type"):
+        GPT.from_pretrained(tmp_path)
+
+
+# the config.json of GPT-2 124M on the Hugging Face Hub (openai-community/gpt2), sizes shrunk
+HUB_GPT2_CONFIG = {
+    "activation_function": "gelu_new", "architectures": ["GPT2LMHeadModel"], "attn_pdrop": 0.1, "bos_token_id": 50256,
+    "embd_pdrop": 0.1, "eos_token_id": 50256, "initializer_range": 0.02, "layer_norm_epsilon": 1e-05,
+    "model_type": "gpt2", "n_ctx": 16, "n_embd": 16, "n_head": 2, "n_layer": 2, "n_positions": 16, "resid_pdrop": 0.1,
+    "summary_activation": None, "summary_first_dropout": 0.1, "summary_proj_to_labels": True,
+    "summary_type": "cls_index", "summary_use_proj": True,
+    "task_specific_params": {"text-generation": {"do_sample": True, "max_length": 50}}, "vocab_size": 50257,
+}
+HUB_GPT2_GENERATION = {"_from_model_config": True, "bos_token_id": 50256, "eos_token_id": 50256,
+                       "transformers_version": "4.26.0.dev0"}
+
+
+def test_hub_gpt2_files(tmp_path):
+    tensors, config = random_hf_files(tmp_path, **HUB_GPT2_CONFIG)
+    (tmp_path / "generation_config.json").write_text(json.dumps(HUB_GPT2_GENERATION))
+    model = GPT.from_pretrained(tmp_path)
+    c = model.config
+    assert (c.vocab_size, c.block_size, c.n_layer, c.n_head, c.n_embd, c.gelu, c.tie_weights, c.dropout) == \
+        (50257, 16, 2, 2, 16, "tanh", True, 0.0)
+    assert model.generation_config == {"eos_token_id": 50256}
+    idx = tokens(50257, 2, 16, seed=1)
+    np.testing.assert_allclose(model(idx)[0].numpy(), hf_numpy_forward(tensors, config, idx), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("gen, expected", [
+    ({}, {"eos_token_id": 49}),  # config.json's eos_token_id
+    ({"eos_token_id": 7, "do_sample": False}, {"eos_token_id": 7, "temperature": 0.0}),
+    ({"eos_token_id": [7, 8], "do_sample": True, "temperature": 0.7, "top_k": 40, "top_p": 0.9,
+      "repetition_penalty": 1.2, "max_new_tokens": 30}, {"eos_token_id": 7, "temperature": 0.7, "top_k": 40,
+                                                         "top_p": 0.9, "repetition_penalty": 1.2, "max_new_tokens": 30}),
+    ({"eos_token_id": None, "temperature": 0.7}, {}),  # without do_sample HF does not sample: temperature unused
+    ({"eos_token_id": 50256}, {}),  # past the 50-token vocabulary: never generated
+])
+def test_generation_config(tmp_path, gen, expected):
+    random_hf_files(tmp_path, eos_token_id=49)
+    (tmp_path / "generation_config.json").write_text(json.dumps(gen))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = GPT.from_pretrained(tmp_path)
+    assert model.generation_config == expected
+    assert [str(w.message).split("/")[-1] for w in caught if "eos_token_id lists" in str(w.message)] == \
+        (["generation_config.json: eos_token_id lists [7, 8]; tinygpt's generate stops at one token: using 7"]
+         if isinstance(gen.get("eos_token_id"), list) else [])
+    kwargs = {"temperature": 0.0, "max_new_tokens": 3, **expected}
+    out = model.eval().generate(np.array([[1, 2]]), **kwargs)  # the dict is generate's keyword arguments
+    assert out.shape[0] == 1
+
+
+def test_generation_config_settings_generate_cannot_follow(tmp_path):
+    random_hf_files(tmp_path)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"num_beams": 4, "no_repeat_ngram_size": 3,
+                                                                  "eos_token_id": 3}))
+    with pytest.warns(UserWarning, match=r"no equivalent of no_repeat_ngram_size=3, num_beams=4"):
+        assert GPT.from_pretrained(tmp_path).generation_config == {"eos_token_id": 3}
+    (tmp_path / "generation_config.json").write_text(json.dumps({"top_k": "40"}))
+    with pytest.raises(CheckpointError, match=r"generation_config.json: top_k must be a positive integer or null"):
+        GPT.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_reorder_and_upcast_attn_is_the_same_function(tmp_path, flag):
+    """reorder_and_upcast_attn changes float16 arithmetic only: tinygpt (float32) matches
+    transformers' eager attention with it on or off."""
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    ref = hf_model(transformers, torch, seed=4, reorder_and_upcast_attn=flag)
+    ref.config._attn_implementation = "eager"
+    ref.save_pretrained(tmp_path, safe_serialization=True)
+    assert json.load(open(tmp_path / "config.json"))["reorder_and_upcast_attn"] is flag
+    model = GPT.from_pretrained(tmp_path)
+    idx = tokens(100, 2, 32, seed=6)
+    with torch.no_grad():
+        expected = ref(torch.from_numpy(idx)).logits.numpy()
+    np.testing.assert_allclose(model(idx)[0].numpy(), expected, atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------------ the tokenizer in the same directory
+@pytest.fixture(scope="module")
+def bpe():
+    from tinygpt.tokenizers import ByteLevelBPE
+
+    text = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
+    return ByteLevelBPE.train(text, 300)
+
+
+def test_with_tokenizer_and_save_with_tokenizer(tmp_path, bpe):
+    from tinygpt.tokenizers import ByteLevelBPE
+
+    model = randomize(GPT(tiny(vocab_size=300)), seed=8)
+    model.save_pretrained(tmp_path, tokenizer=bpe)  # the method passes the tokenizer through
+    assert sorted(os.listdir(tmp_path)) == sorted(FILES + ["merges.txt", "special_tokens_map.json", "tokenizer.json",
+                                                           "tokenizer_config.json", "vocab.json"])
+    config = json.load(open(tmp_path / "config.json"))
+    assert config["eos_token_id"] == config["bos_token_id"] == 299 == bpe.eos_token_id
+    assert json.load(open(tmp_path / "tokenizer_config.json"))["model_max_length"] == 32
+    loaded, tok = GPT.from_pretrained(tmp_path, with_tokenizer=True)
+    assert tok == bpe and isinstance(tok, ByteLevelBPE) and loaded.generation_config == {"eos_token_id": 299}
+    idx = tok.encode("The model").reshape(1, -1)
+    np.testing.assert_array_equal(loaded(idx)[0].numpy(), model(idx)[0].numpy())
+    # no tokenizer in the directory: a clear error, before any weight is read
+    for name in ("tokenizer.json", "vocab.json"):
+        os.remove(tmp_path / name)
+    with pytest.raises(CheckpointError, match=r"with_tokenizer=True.*has no tokenizer.json and no vocab.json"):
+        GPT.from_pretrained(tmp_path, with_tokenizer=True)
+    with pytest.raises(TypeError, match="with_tokenizer must be True or False"):
+        GPT.from_pretrained(tmp_path, with_tokenizer="yes")
+
+
+def test_save_refuses_a_tokenizer_that_does_not_fit(tmp_path, bpe):
+    from tinygpt.tokenizers import CharTokenizer
+
+    with pytest.raises(ValueError, match="the tokenizer has 300 tokens, more than the model's vocab_size 100"):
+        hf.save_pretrained(GPT(tiny()), tmp_path / "a", tokenizer=bpe)
+    with pytest.raises(ValueError, match="must be a ByteLevelBPE.*CharTokenizer"):
+        hf.save_pretrained(GPT(tiny()), tmp_path / "b", tokenizer=CharTokenizer.from_text("abc"))
+    assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
+
+
+def test_transformers_loads_model_and_tokenizer_offline(tmp_path, bpe, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = randomize(GPT(tiny(vocab_size=300)), seed=9)
+    hf.save_pretrained(model, tmp_path, tokenizer=bpe)
+    ref = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path), local_files_only=True).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path), local_files_only=True)
+    gen = transformers.GenerationConfig.from_pretrained(str(tmp_path), local_files_only=True)
+    assert gen.eos_token_id == tok.eos_token_id == ref.config.eos_token_id == 299 and len(tok) == 300
+    text = "The model loads."
+    ids = tok.encode(text)
+    assert ids == bpe.encode(text).tolist()
+    with torch.no_grad():
+        expected = ref(torch.tensor([ids])).logits.numpy()
+    np.testing.assert_allclose(model(np.array([ids]))[0].numpy(), expected, atol=1e-4, rtol=0)
+    with torch.no_grad():  # greedy decoding: the same tokens
+        hf_out = ref.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                              max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)
+    ours = model.eval().generate(np.array([ids]), max_new_tokens=6, temperature=0.0)
+    assert np.asarray(ours).tolist() == hf_out.tolist()
+
+
+# ------------------------------------------------------------------ quantized, LoRA and MoE models
+@pytest.mark.parametrize("qkw", [dict(bits=8), dict(bits=8, embeddings=False), dict(bits=4, group_size=16)])
+def test_save_quantized_writes_the_dequantized_model(tmp_path, qkw):
+    """A quantized model is written as the float weights it computes with (q * scale); transformers
+    then computes what the quantized tinygpt model computes (it used to load random weights)."""
+    import tinygpt as tg
+
+    model = tg.quantize(randomize(GPT(tiny()), seed=10), **qkw)
+    model.save_pretrained(tmp_path)
+    saved = load_file(os.path.join(tmp_path, "model.safetensors"))
+    assert all(v.dtype == np.float32 for v in saved.values()) and not any("qweight" in k or "scale" in k for k in saved)
+    tied = qkw.get("embeddings", True)  # embeddings=False: the head's own int8 copy differs from the float wte
+    assert json.load(open(tmp_path / "config.json"))["tie_word_embeddings"] is tied
+    assert ("lm_head.weight" in saved) is (not tied)
+    idx = tokens(seed=11)
+    expected = model(idx)[0].numpy()
+    loaded = GPT.from_pretrained(tmp_path)
+    np.testing.assert_allclose(loaded(idx)[0].numpy(), expected, atol=1e-4, rtol=0)
+    config = json.load(open(tmp_path / "config.json"))
+    np.testing.assert_allclose(hf_numpy_forward(saved, config, idx), expected, atol=1e-4, rtol=0)
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    ref, info = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path), output_loading_info=True)
+    assert not info["unexpected_keys"] and not [k for k in info["missing_keys"] if "attn.bias" not in k]
+    with torch.no_grad():
+        np.testing.assert_allclose(ref.eval()(torch.from_numpy(idx)).logits.numpy(), expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("targets, tie", [(("c_attn",), True), (("c_attn", "c_proj", "c_fc"), True),
+                                          (("c_attn", "lm_head"), False)])
+def test_save_with_lora_adapters_merges_them(tmp_path, targets, tie):
+    """Unmerged LoRA adapters used to be dropped silently; they are merged into the written weights
+    (the model itself keeps its adapters)."""
+    import tinygpt.lora as lora
+    from tinygpt.lora import LoRALinear
+
+    model = randomize(GPT(tiny(tie_weights=tie)), seed=12)
+    lora.apply(model, rank=4, alpha=8, targets=targets)
+    rng = np.random.default_rng(13)
+    for name, p in model.named_parameters():
+        if name.endswith("lora_B"):
+            p.data[...] = rng.normal(0, 0.1, p.shape)  # non-zero: the adapters change the function
+    idx = tokens(seed=14)
+    expected = model.eval()(idx)[0].numpy()
+    model.save_pretrained(tmp_path)
+    assert isinstance(model.transformer.h[0].attn.c_attn, LoRALinear)  # not merged in place
+    saved = load_file(os.path.join(tmp_path, "model.safetensors"))
+    assert not any("lora" in k for k in saved)
+    assert ("lm_head.weight" in saved) is not tie
+    loaded = GPT.from_pretrained(tmp_path)
+    np.testing.assert_allclose(loaded(idx)[0].numpy(), expected, atol=1e-4, rtol=0)
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    ref = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path)).eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(ref(torch.from_numpy(idx)).logits.numpy(), expected, atol=1e-4, rtol=0)
+
+
+def test_save_moe_model_is_refused(tmp_path):
+    model = GPT(tiny(n_expert=4, expert_top_k=2))
+    with pytest.raises(ValueError, match=r"not a GPT-2.*n_expert=4 \(mixture-of-experts.*save_checkpoint"):
+        model.save_pretrained(tmp_path / "out")
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_save_refuses_tensors_gpt2_has_no_place_for(tmp_path):
+    from tinygpt.nn import Linear
+
+    model = GPT(tiny())
+    model.transformer.h[0].mlp.extra = Linear(4, 4)
+    with pytest.raises(ValueError, match=r"no place for: \['transformer.h.0.mlp.extra.weight'"):
+        model.save_pretrained(tmp_path / "out")
+
+
+@pytest.mark.skipif(not os.environ.get("TINYGPT_GPT2_VOCAB_DIR"),
+                    reason="GPT-2's vocab.json and merges.txt: set TINYGPT_GPT2_VOCAB_DIR (see docs/tokenizers.md)")
+def test_hub_gpt2_directory_with_its_real_tokenizer(tmp_path):
+    """A directory laid out as the Hub's gpt2 (config.json, generation_config.json, vocab.json,
+    merges.txt, tokenizer_config.json {"model_max_length": 1024}; tiny random weights): one call
+    gives the model and the tokenizer, and save_pretrained gives back what transformers loads."""
+    gpt2_dir = os.environ["TINYGPT_GPT2_VOCAB_DIR"]
+    random_hf_files(tmp_path / "hub", **HUB_GPT2_CONFIG)
+    (tmp_path / "hub" / "generation_config.json").write_text(json.dumps(HUB_GPT2_GENERATION))
+    (tmp_path / "hub" / "tokenizer_config.json").write_text('{"model_max_length": 1024}')
+    for name in ("vocab.json", "merges.txt"):
+        (tmp_path / "hub" / name).write_bytes(open(os.path.join(gpt2_dir, name), "rb").read())
+    model, tok = GPT.from_pretrained(tmp_path / "hub", with_tokenizer=True)
+    assert tok.vocab_size == 50257 and tok.eos_token_id == 50256 == model.generation_config["eos_token_id"]
+    ids = tok.encode("Hello world").tolist()
+    assert ids == [15496, 995]
+    hf.save_pretrained(model, tmp_path / "out", tokenizer=tok)
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    ref = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "out"), local_files_only=True).eval()
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"), local_files_only=True)
+    text = "Hello world, <|endoftext|> and 👋"
+    assert hf_tok.encode(text) == tok.encode(text, allowed_special="all").tolist()
+    assert hf_tok.eos_token_id == ref.config.eos_token_id == ref.generation_config.eos_token_id == 50256
+    with torch.no_grad():
+        expected = ref(torch.tensor([ids])).logits.numpy()
+    np.testing.assert_allclose(model(np.array([ids]))[0].numpy(), expected, atol=1e-4, rtol=0)

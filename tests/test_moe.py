@@ -118,7 +118,9 @@ def test_capacity_drops_tokens_and_residual_carries_them():
     assert np.abs(y[0]).max() > 0  # the first token (highest priority) keeps its slot
     np.testing.assert_array_equal(y[1:], 0.0)
     # inside a Block the dropped tokens pass through on the residual
-    blk = tg.nn.Block(4, 2, moe={"n_expert": 2, "top_k": 1, "capacity_factor": 0.25}).to(dtype=np.float64)
+    cfg = GPTConfig(vocab_size=5, block_size=8, n_layer=1, n_head=2, n_embd=4, n_expert=2, expert_top_k=1,
+                    capacity_factor=0.25)
+    blk = tg.nn.Block(cfg).to(dtype=np.float64)
     blk.mlp = moe
     xt = tg.Tensor(x)
     h = xt + blk.attn(blk.ln_1(xt))

@@ -428,7 +428,7 @@ def test_linear_gelu_gradcheck_float64():
 @pytest.mark.parametrize("approximate", ["tanh", "none"])
 def test_mlp_uses_fused_op_for_tanh_only(approximate, monkeypatch):
     """MLP: same parameters and output as c_proj(gelu(c_fc(x))); tanh runs through linear_gelu."""
-    from tinygpt.nn.attention import MLP  # noqa: PLC0415
+    from tinygpt.nn import MLP  # noqa: PLC0415
 
     mlp = MLP(16, approximate=approximate)
     assert [n for n, _ in mlp.named_parameters()] == ["c_fc.weight", "c_fc.bias", "c_proj.weight", "c_proj.bias"]

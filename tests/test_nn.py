@@ -6,7 +6,7 @@ import pytest
 from helpers import check_tensor_grads, compare_with_torch, rng_arrays
 
 import tinygpt as tg
-from tinygpt import nn
+from tinygpt import GPTConfig, nn
 from tinygpt.nn import Block, CausalSelfAttention, Linear, Module, ModuleList, Parameter
 
 pytestmark = pytest.mark.usefixtures("seeded")
@@ -260,8 +260,13 @@ def test_mlp_shapes():
     assert mlp(tg.randn(2, 3, 6)).shape == (2, 3, 6)
 
 
+def block_config(**kw):
+    """A one-layer GPTConfig for Block(config) with n_embd 8, 2 heads."""
+    return GPTConfig(**{**dict(vocab_size=5, block_size=8, n_layer=1, n_head=2, n_embd=8), **kw})
+
+
 def _block(norm):
-    blk = Block(8, 2, norm=norm).to(dtype=np.float64)
+    blk = Block(block_config(norm=norm)).to(dtype=np.float64)
     for p in blk.parameters():  # non-trivial weights so every sub-layer matters
         p.data[...] = np.random.default_rng(p.size).normal(0.0, 0.3, p.shape)
     return blk
@@ -284,13 +289,13 @@ def test_block_norm_order(norm):
 def test_block_post_norm_output_is_normalized():
     """With LN weight 1 and bias 0 (their init) a post-norm block ends in a LayerNorm; pre-norm does not."""
     x = tg.Tensor(np.random.default_rng(3).normal(2.0, 3.0, (2, 5, 8)))
-    post = Block(8, 2, norm="post").to(dtype=np.float64)(x).numpy()
+    post = Block(block_config(norm="post")).to(dtype=np.float64)(x).numpy()
     np.testing.assert_allclose(post.mean(-1), 0.0, atol=1e-10)
     np.testing.assert_allclose(post.var(-1), 1.0, atol=1e-4)  # var/(var + eps), var ~ 9
-    pre = Block(8, 2, norm="pre").to(dtype=np.float64)(x).numpy()
+    pre = Block(block_config(norm="pre")).to(dtype=np.float64)(x).numpy()
     assert np.abs(pre.mean(-1)).max() > 0.1
     with pytest.raises(ValueError, match="norm"):
-        Block(8, 2, norm="middle")
+        Block(block_config(norm="middle"))
 
 
 @pytest.mark.parametrize("norm", ["pre", "post"])
@@ -304,3 +309,36 @@ def test_block_finite_differences(norm, window):
     x = tg.Tensor(xa, requires_grad=True)
     names, params = zip(*blk.named_parameters())
     check_tensor_grads(lambda: blk(x), [x, *params], names=["x", *names], max_entries=12)
+
+
+def test_block_reads_its_layer_from_the_config():
+    """Block(config, layer): the layer's band (config.layer_window), MoE or dense MLP (config.layer_moe),
+    GPT-2's 0.02/sqrt(2 n_layer) residual projections; GPT builds its stack the same way."""
+    cfg = block_config(n_layer=3, n_embd=16, attention_window=3, sparse_pattern=("dense", 2, "banded"),
+                       n_expert=2, expert_top_k=1, moe_every=2)
+    blocks = [Block(cfg, layer=i) for i in range(3)]
+    assert [b.attn.window for b in blocks] == [None, 2, 3]
+    assert [type(b.mlp).__name__ for b in blocks] == ["MLP", "MoE", "MLP"]
+    assert blocks[1].mlp.n_expert == 2 and blocks[1].mlp.top_k == 1
+    big = Block(block_config(n_layer=50, n_embd=64, block_size=4), layer=49)
+    assert abs(big.attn.c_proj.weight.numpy().std() / (0.02 / math.sqrt(100)) - 1) < 0.05
+    stack = tg.GPT(cfg).transformer.h
+    assert [b.attn.window for b in stack] == [None, 2, 3]
+    assert [type(b.mlp).__name__ for b in stack] == ["MLP", "MoE", "MLP"]
+    with pytest.raises(ValueError, match="layer"):
+        Block(cfg, layer=3)
+    with pytest.raises(TypeError, match="GPTConfig"):
+        Block(8, 2)  # the old positional form
+
+
+@pytest.mark.parametrize("make, field", [
+    (lambda: CausalSelfAttention(8, 0), "n_head"),  # head size 0: was a ZeroDivisionError
+    (lambda: CausalSelfAttention(0, 2), "n_embd"),  # was accepted (empty weights)
+    (lambda: CausalSelfAttention(2, 4), "divisible"),
+    (lambda: CausalSelfAttention(8, 2.0), "n_head"),
+    (lambda: CausalSelfAttention(8, 2, window=0), "window"),
+    (lambda: nn.MLP(0), "n_embd"),
+])
+def test_layer_sizes_are_checked(make, field):
+    with pytest.raises(ValueError, match=field):
+        make()

@@ -121,7 +121,9 @@ def test_num_params_matches_the_model(n_layer, n_head, hs, vocab, block, bias, n
 def test_sparse_pattern_forms():
     base = dict(n_layer=4, n_head=2, n_embd=8, attention_window=3)
     windows = lambda c: [c.layer_window(i) for i in range(c.n_layer)]  # noqa: E731
-    assert windows(GPTConfig(**base)) == [None] * 4
+    assert windows(GPTConfig(n_layer=4, n_head=2, n_embd=8)) == [None] * 4
+    with pytest.raises(ValueError, match="attention_window 3 is set but sparse_pattern 'dense'"):
+        GPTConfig(**base)  # a band that no layer uses would silently give a dense model
     assert windows(GPTConfig(**base, sparse_pattern="alternating")) == [None, 3, None, 3]
     assert windows(GPTConfig(**base, sparse_pattern="banded")) == [3] * 4
     c = GPTConfig(**base, sparse_pattern=["banded", "dense", 5, "banded"])
@@ -208,7 +210,9 @@ def test_banded_attention_layer_is_local(kernel_impl, monkeypatch, window):
 def test_banded_block_is_local(kernel_impl, monkeypatch, norm):
     ran = _spy_attention(monkeypatch)
     T, C, w = 10, 8, 3
-    block = _randomize(Block(C, 2, norm=norm, window=w), seed=2).eval()
+    cfg = GPTConfig(vocab_size=5, block_size=T, n_layer=1, n_head=2, n_embd=C, norm=norm, sparse_pattern="banded",
+                    attention_window=w)
+    block = _randomize(Block(cfg), seed=2).eval()
     x = np.random.default_rng(2).normal(0, 1, (1, T, C)).astype(np.float32)
     _check_locality(lambda a: block(tg.Tensor(a)).numpy(), x, T - 1, first_seen=T - w)
     assert set(ran) == {"native-cpu" if kernel_impl == "native" else "reference"}

@@ -18,9 +18,6 @@ from tinygpt.tokenizers import ByteLevelBPE, CharTokenizer, bytes_to_unicode
 regex = pytest.importorskip("regex")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHAKESPEARE = next((p for p in (os.environ.get("TINYGPT_SHAKESPEARE", ""),
-                                os.path.join(ROOT, "data", "tinyshakespeare.txt"),
-                                "/work/shared/data/tinyshakespeare.txt") if p and os.path.isfile(p)), None)
 PAT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 EOT = "<|endoftext|>"
 
@@ -231,7 +228,7 @@ def _hand_made(merges, specials=()):
         vocab.setdefault(a + b, len(vocab))
     for s in specials:
         vocab[s] = len(vocab)
-    return ByteLevelBPE(vocab, merges), vocab
+    return ByteLevelBPE(vocab, merges, special_tokens=specials), vocab
 
 
 def test_merges_apply_by_rank_not_position():
@@ -436,13 +433,26 @@ def test_save_load_and_dict_round_trip(tok, tmp_path):
                    tokenizers.from_dict(tok.to_dict())):
         assert loaded == tok and loaded.special_tokens == {EOT: tok.vocab_size - 1}
         assert loaded.encode(MULTILINGUAL).tolist() == tok.encode(MULTILINGUAL).tolist()
+    assert sorted(os.listdir(tmp_path)) == ["merges.txt", "special_tokens_map.json", "tokenizer.json",
+                                            "tokenizer_config.json", "vocab.json"]  # and no temp file
+    # without tokenizer.json: vocab.json + merges.txt (+ the config files)
+    os.remove(tmp_path / "tokenizer.json")
+    assert ByteLevelBPE.load(tmp_path) == tok
     # merges.txt without the #version line (some tools omit it) reads the same
     (tmp_path / "merges.txt").write_text("\n".join(lines[1:]), encoding="utf-8")
     assert ByteLevelBPE.load(tmp_path) == tok
+    # GPT-2's bare pair of files (no config files): <|endoftext|> is GPT2Tokenizer's default special token
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        os.remove(tmp_path / name)
+    assert ByteLevelBPE.load(tmp_path) == tok and tok.eos_token_id == tok.vocab_size - 1
+    with pytest.raises(FileNotFoundError, match="has no tokenizer.json and no merges.txt"):
+        os.remove(tmp_path / "merges.txt")
+        ByteLevelBPE.load(tmp_path)
 
 
 def test_char_tokenizer_is_re_exported():
     assert tokenizers.CharTokenizer is tinygpt.data.CharTokenizer is CharTokenizer
+    assert CharTokenizer.__module__ == "tinygpt.tokenizers.char"  # its home; tinygpt.data re-exports it
     c = CharTokenizer.from_text("hello")
     assert tokenizers.from_dict(c.to_dict()).chars == c.chars
     with pytest.raises(ValueError, match="unknown tokenizer type 'wordpiece'"):
@@ -467,7 +477,8 @@ def test_malformed_files_name_file_and_line(tmp_path):
         (vocab, "#version: 0.2\n\na b\nq zz\n", f"{merges_path}: line 4: the symbol 'zz'"),
         (vocab, "#version: 0.2\na b\nb a\n", f"{merges_path}: line 3: the merge 'b a' makes 'ba'"),
         (vocab, "#version: 0.2\na b\na b\n", f"{merges_path}: line 3: the merge 'a b' repeats {merges_path}: line 2"),
-        (vocab, "#version: 0.2\na b\n#x\n", f"{merges_path}: line 3: a '#' line"),
+        (vocab, "#version: 0.2\na b\n#x\n", f"{merges_path}: line 3: expected two symbols"),
+        (vocab, "a b\n#version: 0.2\n", f"{merges_path}: line 2: .*'#version:' .*not in the vocab"),
         ('{"a": 1,\n "b": }', good, f"{vocab_path}: line 2 column 7: not valid JSON"),
         ("[1, 2]", good, f"{vocab_path}: line 1: expected a JSON object"),
         ({**vocab, "zz": 5}, good, f"{vocab_path}: .*token 'zz': id 5 is also the id of"),
@@ -486,16 +497,70 @@ def test_malformed_files_name_file_and_line(tmp_path):
         ByteLevelBPE.load(tmp_path / "nowhere")
 
 
-def test_special_tokens_detected_or_given():
+def test_only_declared_special_tokens_are_special():
     _, vocab = _hand_made([("a", "b")], specials=["<|x|>"])
-    assert ByteLevelBPE(vocab, ["a b"]).special_tokens == {"<|x|>": 257}
     assert ByteLevelBPE(vocab, ["a b"], special_tokens=["<|x|>"]).special_tokens == {"<|x|>": 257}
+    with pytest.raises(ValueError, match=r"vocab entry '<\|x\|>': id 257 is neither a byte symbol, nor made by one "
+                                         r"of the 1 merges, nor a declared special token"):
+        ByteLevelBPE(vocab, ["a b"])  # None declares only GPT-2's <|endoftext|>
     with pytest.raises(ValueError, match="'<|y|>' is not in the vocab".replace("|", r"\|")):
         ByteLevelBPE(vocab, ["a b"], special_tokens=["<|y|>"])
     with pytest.raises(ValueError, match="'ab' is also an ordinary token"):
         ByteLevelBPE(vocab, ["a b"], special_tokens=["ab"])
-    with pytest.raises(ValueError, match=r"vocab entry '<\|x\|>' is neither"):
+    with pytest.raises(ValueError, match=r"vocab entry '<\|x\|>': .*neither"):
         ByteLevelBPE(vocab, ["a b"], special_tokens=[])
+    with pytest.raises(ValueError, match="must be a sequence of strings"):
+        ByteLevelBPE(vocab, ["a b"], special_tokens="<|x|>")
+    # GPT-2's one special token is declared by default, with its roles
+    _, vocab = _hand_made([("a", "b")], specials=[EOT])
+    tok = ByteLevelBPE(vocab, ["a b"])
+    assert tok.special_tokens == {EOT: 257} and tok.eos_token_id == 257
+    assert tok.roles == {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT}
+    assert ByteLevelBPE(vocab, ["a b"], roles={}).eos_token_id is None
+    with pytest.raises(ValueError, match="unknown role 'sep_token'"):
+        ByteLevelBPE(vocab, ["a b"], roles={"sep_token": EOT})
+    with pytest.raises(ValueError, match="the eos_token 'ab' is not a special token"):
+        ByteLevelBPE(vocab, ["a b"], roles={"eos_token": "ab"})
+
+
+def test_merges_starting_with_hash_are_merges(tmp_path):
+    """GPT-2's merges.txt has '# #', '## ##', '#### ####', '#$ #$', ...: only a first line
+    starting with '#version' is a header."""
+    merges = [("#", "#"), ("##", "##"), ("####", "####"), ("#", "$"), ("#$", "#$")]
+    tok, vocab = _hand_made(merges, specials=[EOT])
+    text = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)
+    loaded = ByteLevelBPE.load(_write(tmp_path, vocab, text))
+    assert loaded.merges == merges and loaded == tok
+    assert loaded.encode("########").tolist() == [vocab["########"]]
+    assert loaded.encode("#$#$").tolist() == [vocab["#$#$"]]
+    # the same file without the header line: the '#' merges are still merges
+    assert ByteLevelBPE.load(_write(tmp_path, vocab, text.split("\n", 1)[1])).merges == merges
+    # \r\n line ends read the same
+    assert ByteLevelBPE.load(_write(tmp_path, vocab, text.replace("\n", "\r\n"))).merges == merges
+
+
+def test_truncated_merges_name_the_vocab_line(tmp_path):
+    corpus_tok = ByteLevelBPE.train("the cat sat on the mat with the hat " * 20, 300)
+    corpus_tok.save(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        os.remove(tmp_path / name)
+    lines = (tmp_path / "merges.txt").read_text(encoding="utf-8").split("\n")
+    (tmp_path / "merges.txt").write_text("\n".join(lines[:-6]) + "\n", encoding="utf-8")  # the last 5 merges gone
+    first_lost = "".join(lines[-6].split(" "))
+    vocab_lines = (tmp_path / "vocab.json").read_text(encoding="utf-8").split("\n")
+    lineno = next(k for k, line in enumerate(vocab_lines, 1) if line.strip().startswith(json.dumps(first_lost, ensure_ascii=False)))
+    with pytest.raises(ValueError, match=rf"vocab.json: line {lineno}: token {regex.escape(repr(first_lost))}: id "
+                                         rf"\d+ is neither .* of the {len(lines) - 7} merges.* \(and 4 more entries"):
+        ByteLevelBPE.load(tmp_path)
+
+
+def test_stray_vocab_entries_fail_fast(tmp_path):
+    """10^5 vocab entries that no merge makes used to become special tokens (and a 10^5-way regex
+    at the first encode); now loading stops at the first, naming its line."""
+    _, vocab = _hand_made([("a", "b")], specials=[EOT])
+    vocab.update({f"<junk{i}>": len(vocab) + i for i in range(100_000)})
+    with pytest.raises(ValueError, match=r"vocab.json: line 1: token '<junk0>': id 258 .* \(and 99999 more"):
+        ByteLevelBPE.load(_write(tmp_path, vocab, "a b\n"))
 
 
 # ---------------------------------------------------------------- Hugging Face as an independent oracle
@@ -545,11 +610,9 @@ def test_tokenizers_byte_level_bpe_any_text(tok, hf_fast, text):
         assert hf_fast.encode(text).ids == tok.encode(text).tolist()
 
 
-@pytest.mark.skipif(SHAKESPEARE is None, reason="Tiny Shakespeare not found (set TINYGPT_SHAKESPEARE=path)")
 def test_shakespeare_against_transformers(tmp_path):
     transformers = pytest.importorskip("transformers")
-    with open(SHAKESPEARE, encoding="utf-8") as f:
-        text = f.read()
+    text = tinygpt.data.tiny_shakespeare()  # the copy shipped in the package
     tok = ByteLevelBPE.train(text[:300_000], 1000)
     tok.save(tmp_path)
     hf = transformers.GPT2Tokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
@@ -568,3 +631,321 @@ def test_missing_regex_package_is_named(monkeypatch):
     with pytest.raises(ImportError, match=r"needs the 'regex' package.*pip install regex"):
         ByteLevelBPE.train("abc", 300)
     assert tokenizers.CharTokenizer.from_text("abc").vocab_size == 3  # the char tokenizer does not need it
+
+
+# ---------------------------------------------------------------- Hugging Face tokenizer directories
+
+
+@pytest.fixture(scope="module")
+def saved(tok, tmp_path_factory):
+    d = tmp_path_factory.mktemp("saved")
+    tok.save(d, model_max_length=256)
+    return d
+
+
+def _copy(src, dst, skip=()):
+    os.makedirs(dst, exist_ok=True)
+    for name in os.listdir(src):
+        if name not in skip:
+            (dst / name).write_bytes((src / name).read_bytes())
+    return dst
+
+
+def test_saved_config_files(tok, saved):
+    config = json.loads((saved / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert config["tokenizer_class"] == "GPT2Tokenizer" and config["model_max_length"] == 256
+    assert config["add_prefix_space"] is False and config["add_bos_token"] is False
+    assert config["clean_up_tokenization_spaces"] is False and config["errors"] == "replace"
+    assert config["eos_token"] == config["bos_token"] == config["unk_token"] == EOT and config["pad_token"] is None
+    assert config["added_tokens_decoder"] == {str(tok.vocab_size - 1): {
+        "content": EOT, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}}
+    assert json.loads((saved / "special_tokens_map.json").read_text(encoding="utf-8")) == {
+        "bos_token": EOT, "eos_token": EOT, "unk_token": EOT, "additional_special_tokens": []}
+    doc = json.loads((saved / "tokenizer.json").read_text(encoding="utf-8"))
+    assert doc["model"]["vocab"] == tok.vocab and doc["model"]["merges"][0] == " ".join(tok.merges[0])
+    loaded = ByteLevelBPE.load(saved)
+    assert loaded == tok and loaded.model_max_length == 256 and loaded.roles == tok.roles
+
+
+def test_special_tokens_roles_and_settings_round_trip(tmp_path):
+    t = ByteLevelBPE.train(_corpus()[:20000], 400, special_tokens=("<|pad|>", EOT, "<|sep|>"))
+    t = ByteLevelBPE(t.vocab, t.merges, list(t.special_tokens), errors="strict",
+                     roles={"eos_token": EOT, "pad_token": "<|pad|>"})
+    t.save(tmp_path)
+    back = ByteLevelBPE.load(tmp_path)
+    assert back == t and back.errors == "strict" and back.roles == {"eos_token": EOT, "pad_token": "<|pad|>"}
+    assert json.loads((tmp_path / "special_tokens_map.json").read_text())["additional_special_tokens"] == ["<|sep|>"]
+    assert ByteLevelBPE.from_dict(json.loads(json.dumps(t.to_dict()))) == t
+    with pytest.raises(UnicodeDecodeError):
+        back.decode(back.encode("😀")[:1])  # errors='strict' from tokenizer_config.json
+    assert "\ufffd" in back.decode(back.encode("😀")[:1], errors="replace")
+
+
+def test_transformers_auto_tokenizer_loads_our_directory(tok, saved, corpus, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    texts = SAMPLES + corpus.splitlines()[:300] + [corpus[:20000], f"a{EOT}b{EOT}"]
+    for d in (saved, _copy(saved, tmp_path / "no-tokenizer-json", skip=("tokenizer.json",))):
+        hf = transformers.AutoTokenizer.from_pretrained(str(d))
+        assert len(hf) == tok.vocab_size and hf.eos_token_id == tok.eos_token_id == hf.bos_token_id
+        assert hf.pad_token_id is None and hf.model_max_length == 256
+        for text in texts:
+            ids = tok.encode(text, allowed_special="all").tolist()
+            assert hf.encode(text) == ids, text[:60]
+            assert hf.decode(ids) == text  # clean_up_tokenization_spaces false: exact
+    hf_tokenizers = pytest.importorskip("tokenizers")
+    fast = hf_tokenizers.Tokenizer.from_file(str(saved / "tokenizer.json"))
+    for text in texts:
+        assert fast.encode(text).ids == tok.encode(text, allowed_special="all").tolist()
+
+
+def test_reads_transformers_saved_directory(tok, saved, tmp_path):
+    """transformers' own save (tokenizers >= 0.20 JSON: merges as pairs, a TemplateProcessing
+    post-processor), with a special token added beyond the BPE vocab."""
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.AutoTokenizer.from_pretrained(str(saved))
+    hf.add_special_tokens({"pad_token": "<|pad|>"})
+    hf.save_pretrained(str(tmp_path))
+    ours = ByteLevelBPE.load(tmp_path)
+    assert ours.vocab_size == len(hf) == tok.vocab_size + 1 and ours.merges == tok.merges
+    assert ours.special_tokens == {EOT: tok.vocab_size - 1, "<|pad|>": tok.vocab_size}
+    assert ours.roles["pad_token"] == "<|pad|>" and ours.roles["eos_token"] == EOT
+    text = f"x<|pad|>y{EOT} {MULTILINGUAL}"
+    assert ours.encode(text, allowed_special="all").tolist() == hf.encode(text)
+
+
+def _published_style(tok, path):
+    """A tokenizer.json in the style of GPT-2's on the Hugging Face Hub (older tokenizers): merges
+    as 'a b' strings, no model type, <|endoftext|> 'normalized', a ByteLevel post-processor."""
+    doc = {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": i, "special": True, "content": t, "single_word": False, "lstrip": False,
+                          "rstrip": False, "normalized": True} for t, i in tok.special_tokens.items()],
+        "normalizer": None, "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True},
+        "post_processor": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True},
+        "model": {"dropout": None, "unk_token": None, "continuing_subword_prefix": "", "end_of_word_suffix": "",
+                  "fuse_unk": False, "vocab": tok.vocab, "merges": [f"{a} {b}" for a, b in tok.merges]},
+    }
+    os.makedirs(path, exist_ok=True)
+    (path / "tokenizer.json").write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    (path / "tokenizer_config.json").write_text('{"model_max_length": 1024}', encoding="utf-8")  # the Hub's gpt2
+    return doc
+
+
+def test_published_style_tokenizer_json(tok, corpus, tmp_path):
+    _published_style(tok, tmp_path)
+    loaded = ByteLevelBPE.load(tmp_path)
+    assert loaded == tok and loaded.model_max_length == 1024 and loaded.eos_token_id == tok.vocab_size - 1
+    hf_tokenizers = pytest.importorskip("tokenizers")
+    fast = hf_tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    for text in SAMPLES + [corpus[:20000]]:
+        assert fast.encode(text).ids == loaded.encode(text).tolist()
+
+
+@pytest.mark.parametrize("change, pattern", [
+    (lambda d: d.update(normalizer={"type": "NFC"}), "normalizer="),
+    (lambda d: d["pre_tokenizer"].update(add_prefix_space=True), "pre_tokenizer.add_prefix_space=True"),
+    (lambda d: d["pre_tokenizer"].update(use_regex=False), "pre_tokenizer.use_regex=False"),
+    (lambda d: d.update(pre_tokenizer={"type": "Sequence", "pretokenizers": []}), "pre_tokenizer.type='Sequence'"),
+    (lambda d: d.update(pre_tokenizer=None), "pre_tokenizer.type=None"),
+    (lambda d: d["model"].update(type="WordPiece"), "model.type='WordPiece'"),
+    (lambda d: d["model"].update(dropout=0.1), "model.dropout=0.1 .*random"),
+    (lambda d: d["model"].update(continuing_subword_prefix="##"), "model.continuing_subword_prefix='##'"),
+    (lambda d: d["model"].update(ignore_merges=True), "model.ignore_merges=True"),
+    (lambda d: d["model"].update(merges={}), "model.vocab must be an object and model.merges a list"),
+    (lambda d: d["added_tokens"][0].update(special=False), r"added_tokens\[0\] .*special=False"),
+    (lambda d: d["added_tokens"][0].update(lstrip=True), r"added_tokens\[0\].lstrip=True"),
+    (lambda d: d["added_tokens"][0].update(id=3), r"added_tokens\[0\] gives .* the id 3"),
+    (lambda d: d.update(post_processor={"type": "TemplateProcessing", "single": [
+        {"SpecialToken": {"id": EOT, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}]}),
+     "post_processor.single=.*adds no tokens"),
+    (lambda d: d.update(post_processor={"type": "BertProcessing"}), "post_processor.type='BertProcessing'"),
+    (lambda d: d.update(decoder={"type": "WordPiece"}), "decoder.type='WordPiece'"),
+    (lambda d: d.update(truncation={"max_length": 8}), "truncation="),
+    (lambda d: d["model"]["merges"].append("zz zz"), r"model.merges\[\d+\]: the symbol 'zz'"),
+])
+def test_tokenizer_json_settings_that_change_ids_are_refused(tok, tmp_path, change, pattern):
+    doc = _published_style(tok, tmp_path)
+    change(doc)
+    (tmp_path / "tokenizer.json").write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(ValueError, match=f"tokenizer.json: {pattern}"):
+        ByteLevelBPE.load(tmp_path)
+
+
+@pytest.mark.parametrize("config, pattern", [
+    ({"add_prefix_space": True}, "add_prefix_space=True is not supported"),
+    ({"add_bos_token": True}, "add_bos_token=True is not supported"),
+    ({"add_eos_token": "yes"}, "add_eos_token must be true or false"),
+    ({"split_special_tokens": True}, "split_special_tokens=True .*disallowed_special"),
+    ({"tokenizer_class": "RobertaTokenizer"}, "tokenizer_class='RobertaTokenizer' is not supported"),
+    ({"model_max_length": "1024"}, "model_max_length must be a positive number"),
+    ({"errors": 3}, "errors must be a string"),
+    ({"errors": "nonsense"}, "errors must be a codec error handler"),
+    ({"eos_token": "<|nope|>"}, r"tokenizer_config.json: the eos_token '<\|nope\|>' is not in the vocabulary"),
+    ({"eos_token": 5}, "eos_token must be a string"),
+    ({"added_tokens_decoder": {"3": {"content": EOT, "special": True}}}, r"added_tokens_decoder\['3'\] is '<\|endoftext"),
+    ({"added_tokens_decoder": {"{id}": {"content": EOT, "special": False}}}, r"\.special=False is not supported"),
+    ({"added_tokens_decoder": {"{id}": {"content": EOT, "rstrip": True}}}, r"\.rstrip=True is not supported"),
+])
+def test_tokenizer_config_checks(tok, saved, tmp_path, config, pattern):
+    _copy(saved, tmp_path, skip=("special_tokens_map.json",))
+    text = json.dumps(config).replace("{id}", str(tok.vocab_size - 1))
+    (tmp_path / "tokenizer_config.json").write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=pattern):
+        ByteLevelBPE.load(tmp_path)
+
+
+def test_special_tokens_map_declares_and_must_agree(tok, saved, tmp_path):
+    _copy(saved, tmp_path, skip=("tokenizer.json",))
+    (tmp_path / "tokenizer_config.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "special_tokens_map.json").write_text(
+        json.dumps({"eos_token": {"content": EOT, "lstrip": False, "normalized": True, "rstrip": False,
+                                  "single_word": False}, "bos_token": None, "unk_token": None}), encoding="utf-8")
+    loaded = ByteLevelBPE.load(tmp_path)
+    assert loaded.special_tokens == tok.special_tokens and loaded.roles == {"eos_token": EOT}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": None}), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"special_tokens_map.json: eos_token is '<\|endoftext\|>' but "
+                                         r".*tokenizer_config.json says None"):
+        ByteLevelBPE.load(tmp_path)
+
+
+# ---------------------------------------------------------------- GPT-2's real files (50,257 tokens)
+
+GPT2_DIR = os.environ.get("TINYGPT_GPT2_VOCAB_DIR")
+needs_gpt2 = pytest.mark.skipif(not GPT2_DIR, reason="GPT-2's vocab.json and merges.txt: set TINYGPT_GPT2_VOCAB_DIR "
+                                                    "(docs/tokenizers.md says where to get them; .ci/run does)")
+
+CHINESE = ("道可道，非常道；名可名，非常名。无名天地之始，有名万物之母。故常无欲，以观其妙；常有欲，以观其徼。"
+           "今天天气很好，我们去公园散步吧！机器学习是人工智能的一个分支，它让计算机从数据中学习。"
+           "繁體中文：臺灣、學習、電腦。全角标点（）【】《》「」『』、。？！……——GPT-2模型有15亿个参数，"
+           "训练数据约40GB。\n中文English混排123，2024年1月1日。\n")
+EMOJI = ("👨‍👩‍👧‍👦 family, 👩🏽‍💻 coder, 🏳️‍🌈 🏴‍☠️ flags 🇯🇵🇺🇸🇫🇷, keycaps 1️⃣ #️⃣ *️⃣, ❤️‍🔥 ❤️‍🩹, "
+         "🧑🏿‍🤝‍🧑🏻 👍🏻👍🏼👍🏽👍🏾👍🏿 😀😃😄😁 🫠🫶🪿, text🙂text, ☺︎ vs ☺️, ✌🏾, 🤷‍♀️🤷‍♂️\n")
+COMBINING = (unicodedata.normalize("NFD", "Crème brûlée, naïve coöperation, Ångström, Tiếng Việt, Straße") +
+             " Z\u0364\u0351\u0313a\u0308\u0356\u032d\u0307l\u036e\u0312\u036bg\u030c\u0317\u031a o\u0319\u0314"
+             " e\u0301 a\u0300\u0316 \u0301start x\u20dd \u1100\u1161\u11a8 नमस्ते दुनिया สวัสดีครับ "
+             "السَّلَامُ عَلَيْكُمْ שָׁלוֹם \u0915\u094d\u0937 a\u200db\u200cc\n")
+UNICODE_SPACES = "\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029" \
+                 "\u202f\u205f\u3000\x85\x0b\x0c\x1c\x1d\x1e\x1f\u180e\u200b\ufeff"
+WHITESPACE = ("".join(f"a{' ' * k}b" for k in range(1, 21)) + "\ttab\t\tx \t y\r\nwindows\r\n\r\n  \n \n\n\n"
+              "trailing   \nend  " + "".join(f"w{c}w {c}{c}x {c} \n{c}" for c in UNICODE_SPACES) + "  ")
+CONTRACTIONS = ("I'm you're he's she'd we'll they've it's can't won't shouldn't've y'all 'tis o'clock rock 'n' "
+                "roll. I'M YOU'RE HE'S SHE'D WE'LL THEY'VE IT'S CAN'T 'S 'T 'RE 'VE 'M 'LL 'D. It’s curly’s. "
+                "'' ''s 's's 'x 'sss 'd've\n")
+NUMBERS = ("0 1 12 123 1234 12345 123456789012345678901234567890 3.14159 -2.5e-10 1,000,000 1_000 0x1F 007 "
+           "٠١٢٣٤٥٦٧٨٩ ۱۲۳ १२३ ½ ¾ ² ³ ⅓ Ⅻ ⑳ 一二三 2024-01-01 12:30:45 $1.99 €20 50% #1 v2.0.1\n")
+
+
+def _gpt2_corpora():
+    docs = "".join(open(p, encoding="utf-8").read() for p in
+                   [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md"))))
+    code = "".join(open(p, encoding="utf-8").read() for p in sorted(glob.glob(os.path.join(ROOT, "src", "tinygpt", "*.py"))))
+    return {"shakespeare": tinygpt.data.tiny_shakespeare(), "docs": docs, "code": code, "chinese": CHINESE * 3,
+            "emoji": EMOJI, "combining": COMBINING, "whitespace": WHITESPACE, "contractions": CONTRACTIONS,
+            "numbers": NUMBERS, "samples": "\n".join(SAMPLES), "mixed": MULTILINGUAL + EMOJI + CHINESE + WHITESPACE}
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    return ByteLevelBPE.load(GPT2_DIR)
+
+
+@needs_gpt2
+def test_gpt2_files_are_the_real_ones(gpt2):
+    assert gpt2.vocab_size == 50257 and len(gpt2.merges) == 50000
+    assert gpt2.merges[:4] == [("Ġ", "t"), ("Ġ", "a"), ("h", "e"), ("i", "n")]
+    assert gpt2.merges[-1] == ("Ġg", "azed") and gpt2.vocab["Ġgazed"] == 50255
+    assert gpt2.special_tokens == {EOT: 50256} and gpt2.eos_token_id == 50256
+    hashes = [m for m in gpt2.merges if m[0].startswith("#")]
+    assert ("#", "#") in hashes and ("##", "##") in hashes and ("####", "####") in hashes and ("#$", "#$") in hashes
+    assert len(hashes) == 8  # each one of the lines the old loader refused
+    # ids that every GPT-2 user knows
+    assert gpt2.encode("Hello world").tolist() == [15496, 995]
+    assert gpt2.encode(" the").tolist() == [262] and gpt2.encode("!").tolist() == [0]
+
+
+@pytest.fixture(scope="module")
+def gpt2_hf():
+    transformers = pytest.importorskip("transformers")
+    hf_tokenizers = pytest.importorskip("tokenizers")
+    fast = hf_tokenizers.ByteLevelBPETokenizer(os.path.join(GPT2_DIR, "vocab.json"), os.path.join(GPT2_DIR, "merges.txt"))
+    fast.add_special_tokens([EOT])
+    return fast, transformers.GPT2TokenizerFast(os.path.join(GPT2_DIR, "vocab.json"),
+                                                os.path.join(GPT2_DIR, "merges.txt"))
+
+
+@needs_gpt2
+@pytest.mark.parametrize("name", list(_gpt2_corpora()))
+def test_gpt2_ids_equal_hugging_face(gpt2, gpt2_hf, name):
+    """Identical ids and an exact round trip; Hugging Face matches <|endoftext|> in text (the
+    docs mention it), as encode(allowed_special='all') does."""
+    text = _gpt2_corpora()[name]
+    fast, gpt2_tokenizer = gpt2_hf
+    ids = gpt2.encode(text, allowed_special="all").tolist()
+    assert fast.encode(text).ids == ids
+    part = text[:200_000]  # transformers' wrapper over the same Rust code: a slice is enough
+    assert gpt2_tokenizer.encode(part) == gpt2.encode(part, allowed_special="all").tolist()
+    assert gpt2.decode(ids) == text and gpt2.decode_bytes(ids) == text.encode("utf-8")  # exact round trip
+    assert gpt2_tokenizer.decode(ids, clean_up_tokenization_spaces=False) == text
+    for line in text.splitlines(keepends=True)[:200]:  # and line by line (other word boundaries)
+        assert fast.encode(line).ids == gpt2.encode(line, allowed_special="all").tolist(), line
+
+
+@needs_gpt2
+@settings(max_examples=150, deadline=None)
+@given(TEXTS)
+def test_gpt2_ids_equal_hugging_face_any_text(gpt2, gpt2_hf, text):
+    ids = gpt2.encode(text).tolist()
+    if EOT not in text:
+        assert gpt2_hf[0].encode(text).ids == ids
+    assert gpt2.decode(ids) == text
+
+
+@needs_gpt2
+def test_gpt2_equals_openai_algorithm(gpt2):
+    ref = GPT2Encoder(gpt2.vocab, gpt2.merges, specials=[EOT])
+    corpora = _gpt2_corpora()
+    for name in ("docs", "chinese", "emoji", "combining", "whitespace", "contractions", "numbers", "samples"):
+        assert gpt2.encode(corpora[name], allowed_special="all").tolist() == ref.encode(corpora[name]), name
+
+
+@needs_gpt2
+def test_gpt2_endoftext(gpt2, gpt2_hf):
+    fast, gpt2_tokenizer = gpt2_hf
+    text = f"{EOT}First document.{EOT}Second{EOT}{EOT} third <|endoftext|>\n"
+    ids = gpt2.encode(text, allowed_special="all").tolist()
+    assert ids.count(50256) == 5 and ids[0] == 50256
+    assert fast.encode(text).ids == ids and gpt2_tokenizer.encode(text) == ids and gpt2.decode(ids) == text
+    with pytest.raises(ValueError, match=r"special token '<\|endoftext\|>' at position 0"):
+        gpt2.encode(text)
+    plain = gpt2.encode(text, disallowed_special=()).tolist()  # the marker's text as ordinary tokens
+    assert 50256 not in plain and gpt2.decode(plain) == text
+    assert plain == GPT2Encoder(gpt2.vocab, gpt2.merges).encode(text)
+    transformers = pytest.importorskip("transformers")
+    split = transformers.GPT2TokenizerFast(os.path.join(GPT2_DIR, "vocab.json"), os.path.join(GPT2_DIR, "merges.txt"),
+                                           split_special_tokens=True)
+    assert split.encode(text) == plain
+
+
+@needs_gpt2
+def test_gpt2_directory_round_trips_through_transformers(gpt2, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    gpt2.save(tmp_path / "ours", model_max_length=1024)
+    assert ByteLevelBPE.load(tmp_path / "ours") == gpt2
+    hf = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "ours"))
+    text = _gpt2_corpora()["mixed"] + f"{EOT}x"
+    assert len(hf) == 50257 and hf.eos_token_id == 50256 and hf.model_max_length == 1024
+    assert hf.encode(text) == gpt2.encode(text, allowed_special="all").tolist()
+    hf.save_pretrained(str(tmp_path / "theirs"))  # transformers' own tokenizer.json (+ config)
+    assert ByteLevelBPE.load(tmp_path / "theirs") == gpt2
+
+
+@needs_gpt2
+def test_gpt2_truncated_merges_is_an_error(tmp_path):
+    with open(os.path.join(GPT2_DIR, "merges.txt"), encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    (tmp_path / "merges.txt").write_text("\n".join(lines[:-11]) + "\n", encoding="utf-8")  # 49,990 merges
+    (tmp_path / "vocab.json").write_bytes(open(os.path.join(GPT2_DIR, "vocab.json"), "rb").read())
+    with pytest.raises(ValueError, match=r"vocab.json: line 1: token 'Commission': id 50246 is neither .* "
+                                         r"of the 49990 merges.*\(and 9 more"):
+        ByteLevelBPE.load(tmp_path)

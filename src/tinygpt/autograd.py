@@ -13,6 +13,11 @@ per output (None for an output no gradient reached), after every output's gradie
 complete: the walker holds the gradients of a multi-output call until the last of its
 outputs that the root depends on has been visited. In reverse topological order every
 output of a call comes before any of its inputs, so nothing waits on a call's inputs early.
+
+Post-accumulate hooks (`Tensor.register_post_accumulate_grad_hook`): a leaf with hooks gets its
+gradient of the pass added into `.grad` as soon as the last call that feeds it has run its
+backward, and its hooks run then, while the walk goes on (data parallelism starts a bucket's
+all-reduce there). Leaves without hooks get theirs at the end of the pass, as before.
 """
 from __future__ import annotations
 
@@ -171,6 +176,7 @@ def backward(root, grad=None):
 
     if root._node is None:  # a leaf: d(root)/d(root) = grad
         root._accumulate(grad)
+        _run_grad_hooks(root)
         return
 
     # Leaf gradients are handed to .grad once the whole pass is done: by then no backward can still
@@ -189,16 +195,27 @@ def backward(root, grad=None):
     # Multi-output calls (keyed by their shared ctx): how many of their outputs are still to
     # be visited, and the gradients gathered so far.
     waiting, held = {}, {}
+    # Leaves with post-accumulate hooks: how many recorded calls still have to hand them a gradient.
+    # At zero their gradient of this pass is final: it goes into .grad and the hooks run at once.
+    pending, counted = {}, set()
     for tensor in order:
-        if tensor._node.n_outputs > 1:
-            key = id(tensor._node.ctx)
+        node = tensor._node
+        if node.n_outputs > 1:
+            key = id(node.ctx)
             waiting[key] = waiting.get(key, 0) + 1
+            if key in counted:
+                continue  # the call's inputs are counted once, for all its outputs
+            counted.add(key)
+        for parent in node.inputs:
+            if parent is not None and parent._node is None and parent._grad_hooks and parent.requires_grad:
+                pending[id(parent)] = pending.get(id(parent), 0) + 1
     grads = {id(root): grad}
     for tensor in reversed(order):
         g = grads.pop(id(tensor), None)
         if g is not None and tensor._retain_grad:
             tensor._accumulate(g)
         node = tensor._node
+        in_grads = None
         if node.n_outputs > 1:
             key = id(node.ctx)
             held.setdefault(key, [None] * node.n_outputs)[node.index] = g
@@ -206,38 +223,56 @@ def backward(root, grad=None):
             if waiting[key]:
                 continue  # other outputs of this call still get gradient
             out_grads = held.pop(key)
-            if all(og is None for og in out_grads):
-                continue
-            in_grads = node.fn.backward(node.ctx, *out_grads)
-        elif g is None:
-            continue
-        else:
+            if any(og is not None for og in out_grads):
+                in_grads = node.fn.backward(node.ctx, *out_grads)
+        elif g is not None:
             in_grads = node.fn.backward(node.ctx, g)
-        if not isinstance(in_grads, tuple):
-            in_grads = (in_grads,)
-        if len(in_grads) != len(node.inputs):
-            raise RuntimeError(
-                f"{node.fn.__name__}.backward returned {len(in_grads)} grads for {len(node.inputs)} inputs"
-            )
-        for parent, pg in zip(node.inputs, in_grads):
-            if parent is None or pg is None or not parent.requires_grad:
-                continue
-            assert pg.shape == parent.shape, (
-                f"{node.fn.__name__}.backward: grad shape {pg.shape} != input shape {parent.shape}"
-            )
-            if pg.dtype != parent.dtype:
-                pg = pg.astype(parent.dtype)
-            if parent._node is None:
-                to_leaf(parent, pg)
-            elif id(parent) in grads:
-                grads[id(parent)] = grads[id(parent)] + pg
-            else:
-                grads[id(parent)] = pg
+        if in_grads is not None:
+            _route(node, in_grads, grads, to_leaf)
+        if pending:
+            for parent in node.inputs:
+                if parent is not None and id(parent) in pending:
+                    pending[id(parent)] -= 1
+                    if not pending[id(parent)]:
+                        del pending[id(parent)]
+                        entry = leaf_grads.pop(id(parent), None)
+                        if entry is not None:  # ours only when we summed it: others may hold the array
+                            parent._accumulate(entry[1], own=entry[2])
+                            _run_grad_hooks(parent)
     uses = {}
     for _, g, _ in leaf_grads.values():
         uses[id(g)] = uses.get(id(g), 0) + 1
     for leaf, g, summed in leaf_grads.values():
         leaf._accumulate(g, own=summed or (uses[id(g)] == 1 and g is not grad and _owns_memory(g)))
+
+
+def _route(node, in_grads, grads, to_leaf) -> None:
+    """Hand a call's input gradients on: into `grads` for recorded tensors, to `to_leaf` for leaves."""
+    if not isinstance(in_grads, tuple):
+        in_grads = (in_grads,)
+    if len(in_grads) != len(node.inputs):
+        raise RuntimeError(
+            f"{node.fn.__name__}.backward returned {len(in_grads)} grads for {len(node.inputs)} inputs"
+        )
+    for parent, pg in zip(node.inputs, in_grads):
+        if parent is None or pg is None or not parent.requires_grad:
+            continue
+        assert pg.shape == parent.shape, (
+            f"{node.fn.__name__}.backward: grad shape {pg.shape} != input shape {parent.shape}"
+        )
+        if pg.dtype != parent.dtype:
+            pg = pg.astype(parent.dtype)
+        if parent._node is None:
+            to_leaf(parent, pg)
+        elif id(parent) in grads:
+            grads[id(parent)] = grads[id(parent)] + pg
+        else:
+            grads[id(parent)] = pg
+
+
+def _run_grad_hooks(leaf) -> None:
+    for hook in list((leaf._grad_hooks or {}).values()):
+        hook(leaf)
 
 
 def _owns_memory(a) -> bool:

@@ -53,6 +53,19 @@ def cupy():
     return cp
 
 
+def nccl():
+    """cupy.cuda.nccl (for tinygpt.distributed's GPU collectives), or a clear error saying what is missing."""
+    cupy()
+    try:
+        from cupy.cuda import nccl as module  # noqa: PLC0415 - optional, needs CuPy built with NCCL
+    except Exception as exc:
+        raise RuntimeError("the NCCL backend needs CuPy with NCCL support (pip install \".[cuda]\" and the NCCL "
+                           f"runtime, e.g. nvidia-nccl-cu13): {type(exc).__name__}: {exc}") from exc
+    if not getattr(module, "available", True):
+        raise RuntimeError("the NCCL backend: this CuPy was built without NCCL")
+    return module
+
+
 def normalize_device(device) -> str:
     """'cpu' | 'cuda' (also accepts 'cuda:0'-style strings, mapping them to 'cuda')."""
     if device is None:

@@ -22,8 +22,16 @@ its matmul. Experts are stored output-major, (E, out, in/2), so groups and packi
 
 Quantized modules are inference-only: in training mode their forward raises, and a backward
 through them raises (int8 weights have no gradient).
+
+Checkpoints: save_checkpoint stores a quantized model's int8 / packed int4 tables and scales and
+records `quantization_info(model)` ({'bits', 'group_size', 'embeddings'}) in the metadata;
+tinygpt.checkpoint.load_model rebuilds the model with `build_quantized` (the quantized modules
+directly, never the float weights) and loads the tables into it.
 """
 from __future__ import annotations
+
+import contextlib
+import threading
 
 import numpy as np
 
@@ -217,9 +225,13 @@ class QuantizedLinear(_QuantizedModule):
         self.out_features, self.in_features = self._rows_cols()
 
     @classmethod
-    def from_linear(cls, linear: Linear, block_rows: int = 4096, bits: int = 8, group_size: int = 32):
+    def from_linear(cls, linear: Linear, block_rows: int = 4096, bits: int = 8, group_size: int = 32,
+                    empty: bool = False):
         w = linear.weight.data
-        q, s = quantize_int4(w, group_size) if bits == 4 else quantize_absmax(w, axis=1)
+        if empty:  # tables to be filled by load_state_dict (build_quantized): w is not read
+            q, s = _empty_table(w.shape, bits, group_size, axis=1)
+        else:
+            q, s = quantize_int4(w, group_size) if bits == 4 else quantize_absmax(w, axis=1)
         bias = None if linear.bias is None else linear.bias.data.copy()
         return cls(q, s, bias, block_rows=block_rows)
 
@@ -243,8 +255,10 @@ class QuantizedEmbedding(_QuantizedModule):
         self.num_embeddings, self.embedding_dim = self._rows_cols()
 
     @classmethod
-    def from_embedding(cls, emb: Embedding, bits: int = 8, group_size: int = 32):
+    def from_embedding(cls, emb: Embedding, bits: int = 8, group_size: int = 32, empty: bool = False):
         w = emb.weight.data
+        if empty:
+            return cls(*_empty_table(w.shape, bits, group_size, axis=1))
         return cls(*(quantize_int4(w, group_size) if bits == 4 else quantize_absmax(w, axis=1)))
 
     def forward(self, ids):
@@ -275,9 +289,12 @@ class QuantizedExpertLinear(_QuantizedModule):
             self.n_expert, self.in_features, self.out_features = qweight.shape
 
     @classmethod
-    def from_expert_linear(cls, lin: ExpertLinear, bits: int = 8, group_size: int = 32):
+    def from_expert_linear(cls, lin: ExpertLinear, bits: int = 8, group_size: int = 32, empty: bool = False):
         w = lin.weight.data
-        if bits == 4:
+        if empty:
+            E, n_in, n_out = w.shape
+            q, s = _empty_table((E, n_out, n_in) if bits == 4 else w.shape, bits, group_size, axis=1)
+        elif bits == 4:
             q, s = quantize_int4(array_module(w).ascontiguousarray(w.swapaxes(1, 2)), group_size)  # (E, out, in)
         else:
             q, s = quantize_absmax(w, axis=1)
@@ -293,7 +310,7 @@ class QuantizedExpertLinear(_QuantizedModule):
 
 
 def quantize(model: Module, bits: int = 8, embeddings: bool = True, block_rows: int = 4096,
-             group_size: int | None = None) -> Module:
+             group_size: int | None = None, *, _empty: bool = False) -> Module:
     """Weight-only quantization of `model`, in place; returns the model, in eval mode.
 
     bits=8: int8, one scale per output channel. bits=4: int4 packed two per byte, one scale per
@@ -320,6 +337,8 @@ def quantize(model: Module, bits: int = 8, embeddings: bool = True, block_rows: 
     done = {}  # id(float weight Parameter) -> the quantized module that owns its int8 table
     replaced = {}  # id(old module) -> its replacement (a module registered under two names stays one)
     qargs = {"bits": bits, "group_size": group_size} if bits == 4 else {}
+    if _empty:  # build_quantized: the module structure only, tables left for load_state_dict
+        qargs["empty"] = True
     for parent, name, child in sites:
         key = id(getattr(child, "weight", None))
         if bits == 4 and id(child) not in replaced and isinstance(child, (Linear, Embedding, ExpertLinear)):
@@ -366,3 +385,93 @@ def weight_memory(model: Module) -> dict:
         out[str(a.dtype)] = out.get(str(a.dtype), 0) + a.nbytes
         out["total"] += a.nbytes
     return out
+
+
+# ------------------------------------------------------------------ quantized checkpoints (save / load)
+def _empty_table(shape, bits: int, group_size, axis: int):
+    """Uninitialised (table, scales) of the layout quantize_absmax (bits 8, one scale per slice along
+    `axis`) or quantize_int4 (bits 4, packed along the last axis, one scale per group) gives for a
+    float weight of `shape`; build_quantized fills them from a checkpoint."""
+    shape = tuple(shape)
+    if bits == 4:
+        return (np.empty(shape[:-1] + (shape[-1] // 2,), dtype=np.uint8),
+                np.empty(shape[:-1] + (shape[-1] // group_size,), dtype=np.float32))
+    return np.empty(shape, dtype=np.int8), np.empty(shape[:axis] + shape[axis + 1:], dtype=np.float32)
+
+
+_QUANTIZED = (QuantizedLinear, QuantizedEmbedding, QuantizedExpertLinear)
+
+
+def quantization_info(model: Module) -> dict | None:
+    """{'bits', 'group_size', 'embeddings'} of a model quantized by `quantize`, or None for a float model.
+
+    group_size is None for int8 (one scale per output channel); embeddings says whether the
+    embeddings are quantized too. What save_checkpoint records, and build_quantized rebuilds from.
+    """
+    bits, groups, embeddings = set(), set(), False
+    for m in model.modules():
+        if not isinstance(m, _QUANTIZED):
+            continue
+        embeddings = embeddings or isinstance(m, QuantizedEmbedding)
+        if m._tied is not None:
+            continue
+        bits.add(m.bits)
+        if m.bits == 4:
+            n_in = m.embedding_dim if isinstance(m, QuantizedEmbedding) else m.in_features
+            groups.add(n_in // m.scale.shape[-1])
+    if not bits:
+        return None
+    if len(bits) > 1 or len(groups) > 1:
+        raise ValueError(f"quantization_info: the model mixes int{sorted(bits)} tables or group sizes {sorted(groups)}; "
+                         f"a checkpoint records one setting (quantize the whole float model once)")
+    b = bits.pop()
+    return {"bits": b, "group_size": groups.pop() if b == 4 else None, "embeddings": embeddings}
+
+
+@contextlib.contextmanager
+def _no_float_init():
+    """While active (in this thread only), new Linear / Embedding / ExpertLinear weights are zero-stride
+    views of one float (no memory, no RNG draws): the skeleton build_quantized converts to int tables."""
+    import sys  # noqa: PLC0415
+
+    from .nn import layers  # noqa: PLC0415
+
+    original = layers._normal
+    owner = threading.get_ident()
+
+    def placeholder(shape, std, dtype=np.float32):
+        if threading.get_ident() != owner:  # another thread building a real model
+            return original(shape, std, dtype)
+        return np.broadcast_to(np.zeros((), dtype=dtype), shape)
+
+    patched = [m for name, m in list(sys.modules.items())
+               if name.startswith(__package__ + ".") and getattr(m, "_normal", None) is original]
+    for m in patched:
+        m._normal = placeholder
+    try:
+        yield
+    finally:
+        for m in patched:
+            m._normal = original
+
+
+def _is_placeholder(a) -> bool:
+    return isinstance(a, np.ndarray) and a.size > 1 and 0 in a.strides
+
+
+def build_quantized(cls, config, bits: int = 8, group_size: int | None = None, embeddings: bool = True) -> Module:
+    """A quantized `cls(config)` (e.g. GPT) with uninitialised int tables, for load_state_dict to fill.
+
+    The float weights that quantization replaces are never allocated: the model is built with
+    zero-stride placeholder weights, converted by `quantize`'s own traversal (same modules, same
+    ties, same state_dict names) into empty int8 / packed int4 tables; only the parameters that stay
+    float (LayerNorms, biases, MoE routers, unquantized embeddings) get real arrays.
+    Used by tinygpt.checkpoint.load_model for quantized checkpoints.
+    """
+    with _no_float_init():
+        model = cls(config)
+    quantize(model, bits=bits, embeddings=embeddings, group_size=group_size, _empty=True)
+    for p in model.parameters():  # what stays float is loaded from the file: give it memory
+        if _is_placeholder(p.data):
+            p.data = np.zeros(p.shape, dtype=p.dtype)
+    return model

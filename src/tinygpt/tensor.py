@@ -39,7 +39,7 @@ def _to_array(data, dtype, device):
 class Tensor:
     """A multi-dimensional array that records the ops applied to it for backward()."""
 
-    __slots__ = ("data", "grad", "requires_grad", "_node", "_retain_grad", "__weakref__")
+    __slots__ = ("data", "grad", "requires_grad", "_node", "_retain_grad", "_grad_hooks", "__weakref__")
     __array_priority__ = 1000  # numpy scalars/arrays defer to Tensor's reflected operators
 
     def __init__(self, data, requires_grad=False, dtype=None, device=None):
@@ -50,6 +50,7 @@ class Tensor:
         self.requires_grad = bool(requires_grad)
         self._node = None
         self._retain_grad = False
+        self._grad_hooks = None
 
     @classmethod
     def _wrap(cls, array, requires_grad=False):
@@ -58,6 +59,7 @@ class Tensor:
             array = np.asarray(array)
         t = cls.__new__(Tensor)
         t.data, t.grad, t.requires_grad, t._node, t._retain_grad = array, None, requires_grad, None, False
+        t._grad_hooks = None
         return t
 
     # ------------------------------------------------------------------ properties
@@ -137,6 +139,25 @@ class Tensor:
 
     def zero_grad(self):
         self.grad = None
+
+    def register_post_accumulate_grad_hook(self, hook) -> "HookHandle":
+        """Call ``hook(self)`` during backward() as soon as this leaf's gradient of that pass is final and
+        added into ``.grad`` (before the rest of the graph is done), as torch's hook of the same name.
+
+        A pass that gives the leaf no gradient does not call it. Data-parallel training starts a
+        bucket's all-reduce from here while backward goes on. Returns a handle; ``handle.remove()``
+        unregisters the hook.
+        """
+        if not self.is_leaf or not self.requires_grad:
+            raise RuntimeError("register_post_accumulate_grad_hook: only a leaf tensor that requires grad "
+                               "has an accumulated gradient")
+        if not callable(hook):
+            raise TypeError(f"register_post_accumulate_grad_hook: hook must be callable, got {type(hook).__name__}")
+        if self._grad_hooks is None:
+            self._grad_hooks = {}
+        handle = HookHandle(self._grad_hooks)
+        self._grad_hooks[handle.id] = hook
+        return handle
 
     def _accumulate(self, g, own: bool = False):
         """Add g into .grad; own=True: g is referenced nowhere else, so it may become .grad uncopied."""
@@ -323,6 +344,19 @@ class Tensor:
 
 
 # ---------------------------------------------------------------------- helpers
+class HookHandle:
+    """Returned by `Tensor.register_post_accumulate_grad_hook`; `remove()` unregisters the hook."""
+
+    _next_id = 0
+
+    def __init__(self, hooks: dict):
+        self.hooks, self.id = hooks, HookHandle._next_id
+        HookHandle._next_id += 1
+
+    def remove(self) -> None:
+        self.hooks.pop(self.id, None)
+
+
 def _raw(x):
     return x.data if isinstance(x, Tensor) else x
 

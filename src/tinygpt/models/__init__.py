@@ -1,7 +1,7 @@
-"""Models: GPTConfig, GPT, the KV cache and the GPT-1-style classifier."""
+"""Models: GPTConfig, GPT, generation (its options and the KV cache) and the GPT-1-style classifier."""
 from .classifier import GPTClassifier
 from .config import GPTConfig
-from .generation import KVCache
+from .generation import GenerationConfig, KVCache
 from .gpt import GPT
 
-__all__ = ["GPT", "GPTConfig", "KVCache", "GPTClassifier"]
+__all__ = ["GPT", "GPTConfig", "GenerationConfig", "KVCache", "GPTClassifier"]

@@ -2,10 +2,20 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 
 
 SPARSE_PATTERNS = ("dense", "alternating", "banded")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 @dataclass
@@ -37,18 +47,23 @@ class GPTConfig:
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ValueError(f"GPTConfig: {name} must be a positive int, got {value!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"GPTConfig: n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"GPTConfig: dropout must be in [0, 1), got {self.dropout}")
+        if not _is_real(self.dropout) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig: dropout must be a number in [0, 1), got {self.dropout!r}")
+        for name in ("bias", "tie_weights"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"GPTConfig: {name} must be True or False, got {getattr(self, name)!r}")
+        if self.final_norm is not None and not isinstance(self.final_norm, bool):
+            raise ValueError(f"GPTConfig: final_norm must be True, False or None (by norm), got {self.final_norm!r}")
         choices = {"norm": ("pre", "post"), "position": ("learned", "sinusoidal"), "gelu": ("tanh", "none")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"GPTConfig: {name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if not self.layer_norm_eps > 0:
-            raise ValueError(f"GPTConfig: layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+        if not _is_real(self.layer_norm_eps) or not 0 < self.layer_norm_eps < math.inf:
+            raise ValueError(f"GPTConfig: layer_norm_eps must be a finite number > 0, got {self.layer_norm_eps!r}")
         self._check_sparse_pattern()
         if self.position == "sinusoidal" and self.n_embd % 2:
             raise ValueError(f"GPTConfig: sinusoidal positions need an even n_embd, got {self.n_embd}")
@@ -57,18 +72,22 @@ class GPTConfig:
         self._check_moe()
 
     def _check_moe(self):
-        if not isinstance(self.n_expert, int) or self.n_expert < 0:
+        if not _is_int(self.n_expert) or self.n_expert < 0:
             raise ValueError(f"GPTConfig: n_expert must be an int >= 0 (0 = dense MLP), got {self.n_expert!r}")
-        if not isinstance(self.moe_every, int) or self.moe_every < 1:
+        if not _is_int(self.moe_every) or self.moe_every < 1:
             raise ValueError(f"GPTConfig: moe_every must be a positive int, got {self.moe_every!r}")
-        if self.expert_top_k not in (1, 2):
+        if not _is_int(self.expert_top_k) or self.expert_top_k not in (1, 2):
             raise ValueError(f"GPTConfig: expert_top_k must be 1 or 2, got {self.expert_top_k!r}")
         if self.n_expert and self.expert_top_k > self.n_expert:
             raise ValueError(f"GPTConfig: expert_top_k {self.expert_top_k} exceeds n_expert {self.n_expert}")
-        if not self.capacity_factor >= 0:
-            raise ValueError(f"GPTConfig: capacity_factor must be > 0 (or 0: dropless), got {self.capacity_factor!r}")
-        if not self.moe_aux_loss_coef >= 0:
-            raise ValueError(f"GPTConfig: moe_aux_loss_coef must be >= 0, got {self.moe_aux_loss_coef!r}")
+        if self.n_expert and self.moe_every > self.n_layer:  # layers moe_every-1, 2*moe_every-1, ...: none
+            raise ValueError(f"GPTConfig: moe_every {self.moe_every} is larger than n_layer {self.n_layer}, so no "
+                             f"layer would be a mixture of experts (n_expert {self.n_expert})")
+        if not _is_real(self.capacity_factor) or not 0 <= self.capacity_factor < math.inf:
+            raise ValueError(f"GPTConfig: capacity_factor must be a finite number > 0 (or 0: dropless), "
+                             f"got {self.capacity_factor!r}")
+        if not _is_real(self.moe_aux_loss_coef) or not 0 <= self.moe_aux_loss_coef < math.inf:
+            raise ValueError(f"GPTConfig: moe_aux_loss_coef must be a finite number >= 0, got {self.moe_aux_loss_coef!r}")
 
     def layer_moe(self, layer: int) -> dict | None:
         """MoE settings for layer `layer` (keyword arguments of nn.MoE), or None for a dense MLP."""
@@ -98,9 +117,12 @@ class GPTConfig:
                     raise ValueError(f"GPTConfig: sparse_pattern[{i}] must be 'dense', 'banded' or a positive int, "
                                      f"got {e!r}")
             self.sparse_pattern = pattern  # a tuple (a list from JSON comes back equal)
-        if w is None and any(e in ("alternating", "banded") for e in
-                             ((pattern,) if isinstance(pattern, str) else pattern)):
+        if w is None and _uses_window(pattern):
             raise ValueError(f"GPTConfig: sparse_pattern {self.sparse_pattern!r} needs attention_window (the band width)")
+        if w is not None and not _uses_window(pattern):  # else the model is silently dense
+            raise ValueError(f"GPTConfig: attention_window {w} is set but sparse_pattern {self.sparse_pattern!r} "
+                             "bands no layer with it; choose sparse_pattern 'alternating' (GPT-3), 'banded' or "
+                             "per layer, or attention_window=None for a dense model")
 
     def layer_window(self, layer: int) -> int | None:
         """The attention band of layer `layer` (None = dense): GPT-3 alternates dense and banded."""
@@ -154,7 +176,10 @@ class GPTConfig:
         base = dict(vocab_size=50257, block_size=2048, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                     norm="pre", final_norm=True, gelu="tanh", position="learned", tie_weights=True, bias=True,
                     sparse_pattern="alternating", attention_window=GPT3_WINDOW)
-        return cls(**{**base, **overrides})
+        config = {**base, **overrides}
+        if "attention_window" not in overrides and not _uses_window(config["sparse_pattern"]):
+            config["attention_window"] = None  # e.g. sparse_pattern='dense': the preset's band has no use
+        return cls(**config)
 
     def num_params(self, non_embedding: bool = False) -> int:
         """The parameter count of GPT(self), computed without allocating (a tied head counted
@@ -172,6 +197,16 @@ class GPTConfig:
         if self.position == "learned" and not non_embedding:
             n += self.block_size * C
         return n
+
+
+def _uses_window(pattern) -> bool:
+    """Whether sparse_pattern bands some layer with attention_window ('alternating', 'banded', or a
+    per-layer 'banded'); False for anything else, invalid patterns included (checked elsewhere)."""
+    entries = (pattern,) if isinstance(pattern, str) else pattern
+    try:
+        return any(isinstance(e, str) and e in ("alternating", "banded") for e in entries)
+    except TypeError:  # not a sequence
+        return False
 
 
 def _preset(family: str, size: str, table: dict) -> tuple:

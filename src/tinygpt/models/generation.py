@@ -1,4 +1,4 @@
-"""Autoregressive generation: a KV cache, the logits processors and the sampling loop.
+"""Autoregressive generation: its options (GenerationConfig), a KV cache, the logits processors and the loop.
 
 KVCache keeps every layer's keys and values for the tokens already seen, so a new token
 costs one (1, C) pass through the stack plus attention over the cached keys: O(T) per token
@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -166,39 +167,74 @@ def sample(logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One draw per row from softmax(logits) by inverse CDF (one uniform per row)."""
     probs = softmax(logits)
     cdf = np.cumsum(probs, axis=-1)
+    bad = ~np.isfinite(cdf[:, -1])  # NaN total: a +inf or NaN logit, or a row of -inf (would draw token 0)
+    if bad.any():
+        raise FloatingPointError(
+            f"generate: cannot sample row(s) {np.flatnonzero(bad).tolist()[:10]}: softmax of the processed logits "
+            "is not finite (a logit is +inf or NaN, or every logit is -inf; logits / temperature overflows "
+            "float64 at a tiny temperature: use temperature=0 for greedy decoding)")
     u = rng.random((probs.shape[0], 1)) * cdf[:, -1:]  # scaled by the total so rounding cannot overshoot
     return (cdf <= u).sum(axis=-1)  # first index whose cdf exceeds u: always a token with p > 0
 
 
-# ============================================================================ the loop
+# ============================================================================ the options
 def _is_int(x) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
-def check_args(vocab_size, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-               num_return_sequences, eos_token_id, seed, use_cache):
-    """Clear errors for bad generation arguments."""
-    if not _is_int(max_new_tokens) or max_new_tokens < 0:
-        raise ValueError(f"generate: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if not isinstance(temperature, numbers.Real) or not math.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"generate: temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (not _is_int(top_k) or top_k < 1):
-        raise ValueError(f"generate: top_k must be an int >= 1 or None, got {top_k!r}")
-    if top_p is not None and (not isinstance(top_p, numbers.Real) or not 0.0 < top_p <= 1.0):
-        raise ValueError(f"generate: top_p must be in (0, 1] or None, got {top_p!r}")
-    if (not isinstance(repetition_penalty, numbers.Real) or not math.isfinite(repetition_penalty)
-            or repetition_penalty <= 0):
-        raise ValueError(f"generate: repetition_penalty must be a finite number > 0 (1 = off), got {repetition_penalty!r}")
-    if not _is_int(num_return_sequences) or num_return_sequences < 1:
-        raise ValueError(f"generate: num_return_sequences must be an int >= 1, got {num_return_sequences!r}")
-    if eos_token_id is not None and (not _is_int(eos_token_id) or not 0 <= eos_token_id < vocab_size):
-        raise ValueError(f"generate: eos_token_id must be None or a token id in [0, {vocab_size}), got {eos_token_id!r}")
-    if seed is not None and (not _is_int(seed) or seed < 0):
-        raise ValueError(f"generate: seed must be None or an int >= 0, got {seed!r}")
-    if not isinstance(use_cache, bool):
-        raise TypeError(f"generate: use_cache must be True or False, got {use_cache!r}")
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Every option of GPT.generate and GPT.stream, checked once, when it is made.
+
+    The fields, in this order, are the arguments after `idx` of generate and stream (by
+    position or by keyword). eos_token_id's upper bound (the vocabulary) is checked against
+    the model when generation starts.
+    """
+
+    max_new_tokens: int                  # tokens to add (int >= 0)
+    temperature: float = 1.0             # logits / temperature before sampling; 0 = greedy (argmax)
+    top_k: int | None = None             # sample among the k most likely tokens
+    top_p: float | None = None           # nucleus: the most likely tokens holding probability p
+    repetition_penalty: float = 1.0      # CTRL / Hugging Face; > 1 discourages repeats, 1 = off
+    num_return_sequences: int = 1        # each prompt row repeated n times
+    eos_token_id: int | None = None      # a row that emits it is finished (then padded with it)
+    seed: int | None = None              # a private RNG for this call (else tinygpt's global one)
+    use_cache: bool = True               # KV cache (O(T) per token); False re-runs the context
+
+    def __post_init__(self):
+        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 0:
+            raise ValueError(f"generate: max_new_tokens must be an int >= 0, got {self.max_new_tokens!r}")
+        t = self.temperature
+        if not isinstance(t, numbers.Real) or not math.isfinite(t) or t < 0:
+            raise ValueError(f"generate: temperature must be a finite number >= 0 (0 = greedy), got {t!r}")
+        if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
+            raise ValueError(f"generate: top_k must be an int >= 1 or None, got {self.top_k!r}")
+        p = self.top_p
+        if p is not None and (not isinstance(p, numbers.Real) or not 0.0 < p <= 1.0):
+            raise ValueError(f"generate: top_p must be in (0, 1] or None, got {p!r}")
+        r = self.repetition_penalty
+        if not isinstance(r, numbers.Real) or not math.isfinite(r) or r <= 0:
+            raise ValueError(f"generate: repetition_penalty must be a finite number > 0 (1 = off), got {r!r}")
+        if not _is_int(self.num_return_sequences) or self.num_return_sequences < 1:
+            raise ValueError(f"generate: num_return_sequences must be an int >= 1, got {self.num_return_sequences!r}")
+        if self.eos_token_id is not None and (not _is_int(self.eos_token_id) or self.eos_token_id < 0):
+            raise ValueError(f"generate: eos_token_id must be None or a token id >= 0, got {self.eos_token_id!r}")
+        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
+            raise ValueError(f"generate: seed must be None or an int >= 0, got {self.seed!r}")
+        if not isinstance(self.use_cache, bool):
+            raise TypeError(f"generate: use_cache must be True or False, got {self.use_cache!r}")
+        object.__setattr__(self, "temperature", float(t))  # frozen: set once, here
+        object.__setattr__(self, "repetition_penalty", float(r))
+
+    @classmethod
+    def from_args(cls, *args, **kwargs) -> GenerationConfig:
+        """The options of generate(idx, ...) / stream(idx, ...): one GenerationConfig, or its fields."""
+        if len(args) == 1 and not kwargs and isinstance(args[0], cls):
+            return args[0]
+        return cls(*args, **kwargs)
 
 
+# ============================================================================ the loop
 def prepare_prompt(idx, vocab_size: int, block_size: int) -> np.ndarray:
     """Prompt ids as a host int64 (B, T) array (a 1-D prompt is one row); warns when T > block_size."""
     raw = idx.data if isinstance(idx, Tensor) else idx
@@ -262,25 +298,51 @@ def next_logits(model, ids: np.ndarray, cache: KVCache | None, state: dict) -> n
     return to_numpy(logits.data[:, 0, :]).astype(np.float64)
 
 
-def generate_tokens(model, ids: np.ndarray, max_new_tokens: int, temperature: float = 1.0, top_k=None, top_p=None,
-                    repetition_penalty: float = 1.0, eos_token_id=None, rng=None, use_cache: bool = True):
+def check_finite(logits: np.ndarray, step: int, n_steps: int) -> None:
+    """FloatingPointError naming the step and what is not finite when the model's logits (B, vocab)
+    hold NaN or inf (sampling from them would silently pick token 0)."""
+    if np.isfinite(logits).all():
+        return
+    nan, pos, neg = np.isnan(logits), np.isposinf(logits), np.isneginf(logits)
+    rows = np.flatnonzero((nan | pos | neg).any(axis=-1)).tolist()
+    shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+    raise FloatingPointError(
+        f"generate: step {step + 1} of {n_steps}: the model's next-token logits are not finite "
+        f"({int(nan.sum())} NaN, {int(pos.sum())} +inf, {int(neg.sum())} -inf) in row(s) {shown}; "
+        "a weight or an activation is NaN/inf (check the parameters with np.isfinite)")
+
+
+def stream_tokens(model, ids: np.ndarray, opts: GenerationConfig):
+    """The iterator behind GPT.generate and GPT.stream: checks `opts` against the model now and
+    returns generate_tokens' generator over the prompt ids (B, T) repeated num_return_sequences times."""
+    vocab_size = model.config.vocab_size
+    if opts.eos_token_id is not None and opts.eos_token_id >= vocab_size:
+        raise ValueError(f"generate: eos_token_id must be None or a token id in [0, {vocab_size}), "
+                         f"got {opts.eos_token_id!r}")
+    rng = np.random.default_rng(opts.seed) if opts.seed is not None else _random.generator()
+    ids = np.repeat(ids, opts.num_return_sequences, axis=0)  # (B, T) -> (B * n, T)
+    return generate_tokens(model, ids, opts, rng)
+
+
+def generate_tokens(model, ids: np.ndarray, opts: GenerationConfig, rng: np.random.Generator):
     """Yield one (B,) int64 array of new tokens per step; `ids` (B, T) is extended in a copy.
 
-    Rows that produced eos_token_id are finished: they yield eos_token_id from then on (padding),
-    and the loop stops early once every row is finished.
+    Rows that produced opts.eos_token_id are finished: they yield eos_token_id from then on
+    (padding), and the loop stops early once every row is finished.
     """
-    rng = rng if rng is not None else _random.generator()
     B = ids.shape[0]
-    cache = KVCache.for_model(model, B) if use_cache and max_new_tokens > 0 else None
+    cache = KVCache.for_model(model, B) if opts.use_cache and opts.max_new_tokens > 0 else None
     state = {"start": 0}
     finished = np.zeros(B, dtype=bool)
-    for _ in range(max_new_tokens):
+    eos = opts.eos_token_id
+    for step in range(opts.max_new_tokens):
         logits = next_logits(model, ids, cache, state)
-        logits = apply_repetition_penalty(logits, ids, repetition_penalty)
-        nxt = sample_next(logits, temperature, top_k, top_p, rng).astype(np.int64)
-        if eos_token_id is not None:
-            nxt = np.where(finished, eos_token_id, nxt)
-            finished |= nxt == eos_token_id
+        check_finite(logits, step, opts.max_new_tokens)
+        logits = apply_repetition_penalty(logits, ids, opts.repetition_penalty)
+        nxt = sample_next(logits, opts.temperature, opts.top_k, opts.top_p, rng).astype(np.int64)
+        if eos is not None:
+            nxt = np.where(finished, eos, nxt)
+            finished |= nxt == eos
         ids = np.concatenate([ids, nxt[:, None]], axis=1)
         yield nxt.copy()
         if finished.all():

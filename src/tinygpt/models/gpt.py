@@ -4,13 +4,12 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
-from .. import random as _random
 from ..backend import array_device, to_device
 from ..nn import Block, Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, sinusoidal_positions
 from ..nn.moe import collect_aux_loss
 from ..tensor import Tensor
 from .config import GPTConfig
-from .generation import KVCache, check_args, generate_tokens, prepare_prompt, sample_next  # noqa: F401 - sample_next: old import path
+from .generation import GenerationConfig, KVCache, prepare_prompt, stream_tokens
 
 
 class GPT(Module):
@@ -30,11 +29,7 @@ class GPT(Module):
         else:
             transformer.register_buffer("wpe", sinusoidal_positions(c.block_size, c.n_embd), persistent=False)
         transformer.drop = Dropout(c.dropout)
-        transformer.h = ModuleList(
-            Block(c.n_embd, c.n_head, c.dropout, c.bias, c.norm, c.layer_window(i), c.n_layer, gelu=c.gelu,
-                  eps=c.layer_norm_eps, moe=c.layer_moe(i))
-            for i in range(c.n_layer)
-        )
+        transformer.h = ModuleList(Block(c, layer=i) for i in range(c.n_layer))
         if c.final_norm:
             transformer.ln_f = LayerNorm(c.n_embd, bias=c.bias, eps=c.layer_norm_eps)
         self.transformer = transformer
@@ -70,11 +65,12 @@ class GPT(Module):
             raise TypeError(f"GPT: token ids must be integers, got dtype {ids.dtype}")
         if ids.ndim != 2:
             raise ValueError(f"GPT: idx must have shape (batch, time), got {ids.shape}")
-        T = ids.shape[1]
+        B, T = ids.shape
         if T > self.config.block_size:
             raise ValueError(f"GPT: sequence length {T} is longer than the context (block_size {self.config.block_size})")
-        if T == 0:
-            raise ValueError("GPT: empty sequence (time dimension 0)")
+        if B == 0 or T == 0:  # an error, not an empty result: a loss over no tokens would be NaN
+            raise ValueError(f"GPT: empty input: idx has shape {ids.shape}; batch size and sequence length "
+                             "must be at least 1")
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= self.config.vocab_size:
             bad = lo if lo < 0 else hi
@@ -157,52 +153,43 @@ class GPT(Module):
 
         return hf.from_pretrained(cls, path, **overrides)
 
-    def save_pretrained(self, path, dtype=np.float32) -> None:
-        """Write config.json + model.safetensors that transformers' GPT2LMHeadModel loads; see models/hf.py."""
+    def save_pretrained(self, path, dtype=np.float32, tokenizer=None) -> None:
+        """Write config.json + model.safetensors that transformers' GPT2LMHeadModel loads (and the
+        tokenizer's files, if given, so from_pretrained(path, with_tokenizer=True) reads both); see models/hf.py."""
         from . import hf  # noqa: PLC0415
 
-        hf.save_pretrained(self, path, dtype=dtype)
+        hf.save_pretrained(self, path, dtype=dtype, tokenizer=tokenizer)
 
     # ------------------------------------------------------------------ generation
-    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, repetition_penalty: float = 1.0, num_return_sequences: int = 1,
-                 eos_token_id: int | None = None, seed: int | None = None, use_cache: bool = True):
-        """Append up to `max_new_tokens` tokens to idx (B, T) (or (T,)); returns (B * n, T + new).
+    def generate(self, idx, *args, **kwargs):
+        """Append up to max_new_tokens tokens to idx (B, T) (or (T,)); returns (B * n, T + new) of the
+        kind given (Tensor or array).
 
-        temperature 0 = greedy; top_k / top_p (nucleus) filter; repetition_penalty > 1 discourages
-        tokens already in the row (CTRL / Hugging Face semantics); num_return_sequences repeats each
-        row n times (row b's copies are rows b*n..b*n+n-1); eos_token_id finishes a row, which is then
-        padded with eos_token_id, and generation stops when every row is finished (the result may be
-        shorter than T + max_new_tokens). seed: a private RNG (else tinygpt's global one). use_cache:
-        KV cache (O(T) per token). Prompts longer than block_size are cropped from the left for the
-        model (with a warning) but returned whole. Returns the same kind as given (Tensor or array).
+        The arguments after idx are GenerationConfig's fields (their meaning is documented there), by
+        position or by keyword, or one GenerationConfig: generate(idx, max_new_tokens, temperature=1.0,
+        top_k=None, top_p=None, repetition_penalty=1.0, num_return_sequences=1, eos_token_id=None,
+        seed=None, use_cache=True).
+
+        Row b's n = num_return_sequences copies are rows b*n..b*n+n-1. A row that emits eos_token_id
+        is padded with it, and generation stops once every row has (the result may be shorter than
+        T + max_new_tokens). Prompts longer than block_size are cropped from the left for the model
+        (with a warning) but returned whole. Non-finite logits raise FloatingPointError naming the step.
         """
         as_tensor = isinstance(idx, Tensor)
         out_device = array_device(idx.data if as_tensor else idx) or "cpu"  # hand the result back where it came from
         ids = prepare_prompt(idx, self.config.vocab_size, self.config.block_size)
-        new = list(self._stream(ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-                                num_return_sequences, eos_token_id, seed, use_cache))
-        ids = np.repeat(ids, num_return_sequences, axis=0)
+        opts = GenerationConfig.from_args(*args, **kwargs)
+        new = list(stream_tokens(self, ids, opts))
+        ids = np.repeat(ids, opts.num_return_sequences, axis=0)
         if new:
             ids = np.concatenate([ids, np.stack(new, axis=1)], axis=1)
         if as_tensor:
             return Tensor(ids, device=out_device)
         return to_device(ids, out_device) if out_device != "cpu" else ids
 
-    def stream(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-               top_p: float | None = None, repetition_penalty: float = 1.0, num_return_sequences: int = 1,
-               eos_token_id: int | None = None, seed: int | None = None, use_cache: bool = True):
-        """generate() as an iterator: yields each new token batch, a (B * n,) int64 numpy array,
-        as soon as it is sampled. Arguments are checked at the call, not at the first next()."""
+    def stream(self, idx, *args, **kwargs):
+        """generate() as an iterator (the same arguments): yields each new token batch, a (B * n,)
+        int64 numpy array, as soon as it is sampled. Arguments are checked at the call, not at the
+        first next()."""
         ids = prepare_prompt(idx, self.config.vocab_size, self.config.block_size)
-        return self._stream(ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-                            num_return_sequences, eos_token_id, seed, use_cache)
-
-    def _stream(self, ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty, num_return_sequences,
-                eos_token_id, seed, use_cache):
-        check_args(self.config.vocab_size, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-                   num_return_sequences, eos_token_id, seed, use_cache)
-        rng = np.random.default_rng(seed) if seed is not None else _random.generator()
-        ids = np.repeat(ids, num_return_sequences, axis=0)  # (B, T) -> (B * n, T)
-        return generate_tokens(self, ids, max_new_tokens, float(temperature), top_k, top_p,
-                               float(repetition_penalty), eos_token_id, rng, use_cache)
+        return stream_tokens(self, ids, GenerationConfig.from_args(*args, **kwargs))

@@ -47,6 +47,8 @@ class AdamW(Optimizer):
 
     def step(self, closure=None):
         """One update of every parameter that has a grad; returns ``closure()`` if given."""
+        if self._sharded is not None:  # ZeRO-1 (tinygpt.distributed.shard_optimizer): this rank's chunks
+            return self._sharded.step(closure)
         loss = closure() if closure is not None else None
         for group in self.param_groups:
             beta1, beta2 = group["betas"]

@@ -28,6 +28,10 @@ class Optimizer:
         Per-parameter state keyed by ``id(param)``: raw arrays and scalars such as ``'step'``.
     """
 
+    # Set by tinygpt.distributed.shard_optimizer: a ZeRO-1 shard that takes over step() and the state
+    # (state_dict() still returns this class's format, gathered from every rank).
+    _sharded = None
+
     def __init__(self, params, defaults: dict):
         self.defaults = dict(defaults)
         self.param_groups: list[dict] = []
@@ -86,20 +90,33 @@ class Optimizer:
 
     def state_dict(self) -> dict:
         """A copy of the state with parameters replaced by their running index (as torch)."""
+        if self._sharded is not None:
+            return self._sharded.state_dict()
+        state = {}
+        for i, p in enumerate(self._params()):
+            if id(p) in self.state:
+                state[i] = {k: (v.copy() if hasattr(v, "shape") else v) for k, v in self.state[id(p)].items()}
+        return {"state": state, "param_groups": self._groups_state()}
+
+    def _groups_state(self) -> list:
+        """The groups' options with their parameters replaced by running indices (state_dict's 'param_groups')."""
         groups, index = [], 0
         for g in self.param_groups:
             n = len(g["params"])
             groups.append({**{k: v for k, v in g.items() if k != "params"},
                            "params": list(range(index, index + n))})
             index += n
-        state = {}
-        for i, p in enumerate(self._params()):
-            if id(p) in self.state:
-                state[i] = {k: (v.copy() if hasattr(v, "shape") else v) for k, v in self.state[id(p)].items()}
-        return {"state": state, "param_groups": groups}
+        return groups
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Restore `state_dict()`'s output; arrays are copied to each parameter's device and dtype."""
+        if self._sharded is not None:
+            self._sharded.load_state_dict(state_dict)
+        else:
+            self._restore(state_dict)
+
+    def _restore(self, state_dict: dict) -> None:
+        """load_state_dict's work: check the state against the groups, then set the state and group options."""
         name = type(self).__name__
         saved_groups = state_dict["param_groups"]
         if len(saved_groups) != len(self.param_groups):

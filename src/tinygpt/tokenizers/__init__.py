@@ -2,10 +2,11 @@
 
 Both have ``encode(text) -> int64 array``, ``decode(ids) -> str``, ``vocab_size`` and
 ``to_dict()`` / ``from_dict()`` (JSON-able, for checkpoint metadata); `from_dict` here picks
-the class from the dict's 'type'.
+the class from the dict's 'type'. ``ByteLevelBPE.load(dir)`` / ``save(dir)`` read and write
+Hugging Face tokenizer directories (tokenizers/pretrained.py).
 """
-from ..data import CharTokenizer
 from .bpe import ENDOFTEXT, GPT2_SPLIT_PATTERN, ByteLevelBPE, bytes_to_unicode
+from .char import CharTokenizer
 
 __all__ = ["CharTokenizer", "ByteLevelBPE", "bytes_to_unicode", "GPT2_SPLIT_PATTERN", "ENDOFTEXT", "from_dict"]
 

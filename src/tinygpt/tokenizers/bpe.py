@@ -15,9 +15,8 @@ id per new token made by a merge, then the special tokens (GPT-2: '<|endoftext|>
 """
 from __future__ import annotations
 
+import codecs
 import heapq
-import json
-import os
 import time
 from collections import Counter
 
@@ -28,7 +27,6 @@ try:
 except ImportError:  # declared in pyproject.toml; the message says what to do if it is absent
     regex = None
 
-from ..checkpoint import atomic_write
 
 # The pre-tokenisation pattern of GPT-2 (encoder.py), verbatim.
 GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -36,6 +34,7 @@ ENDOFTEXT = "<|endoftext|>"
 VOCAB_NAME = "vocab.json"
 MERGES_NAME = "merges.txt"
 MERGES_HEADER = "#version: 0.2"
+ROLES = ("bos_token", "eos_token", "unk_token", "pad_token")  # Hugging Face's names for the special tokens' parts
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -79,8 +78,12 @@ def _split_pattern():
 _SPLIT = None
 
 
+_SYMBOL_TO_LATIN1 = {ord(c): b for c, b in _CHAR_TO_BYTE.items()}  # str.translate table: symbol -> chr(byte)
+
+
 def _symbols_to_bytes(token: str) -> bytes:
-    return bytes(_CHAR_TO_BYTE[c] for c in token)
+    """The bytes a token of byte symbols stands for (every character must be one of the 256 symbols)."""
+    return token.translate(_SYMBOL_TO_LATIN1).encode("latin-1")
 
 
 class ByteLevelBPE:
@@ -94,12 +97,33 @@ class ByteLevelBPE:
     merges : sequence of (str, str) or "a b" strings
         The merges, lowest rank (applied first) first.
     special_tokens : sequence of str, optional
-        Tokens encoded as one id when allowed (see `encode`). None: every vocab entry that is
-        neither a byte symbol nor made by a merge (GPT-2: '<|endoftext|>').
+        The special tokens (encoded as one id when allowed, see `encode`). Every vocab entry
+        must be a byte symbol, the result of a merge or a declared special token; anything else
+        is an error (a truncated merges.txt, or a merges.txt of another vocabulary). None:
+        GPT-2's one special token, '<|endoftext|>', when the vocab has it.
+    roles : dict, optional
+        Which special token plays which part: keys 'bos_token', 'eos_token', 'unk_token',
+        'pad_token' (Hugging Face's names); values special tokens or None. None: GPT-2's
+        convention, '<|endoftext|>' as bos, eos and unk when it is a special token.
+    errors : str
+        `decode`'s default for bytes that are not UTF-8 ('replace', as GPT-2; 'strict', ...).
+    model_max_length : int, optional
+        The context length of the model the tokenizer belongs to (recorded, written to
+        tokenizer_config.json; `encode` does not truncate).
     """
 
-    def __init__(self, vocab, merges, special_tokens=None, *, _where=None):
+    def __init__(self, vocab, merges, special_tokens=None, *, roles=None, errors="replace", model_max_length=None,
+                 _where=None):
         _need_regex()
+        try:
+            codecs.lookup_error(errors)
+        except (LookupError, TypeError):
+            raise ValueError(f"ByteLevelBPE: errors must be a codec error handler ('replace', 'strict', ...), "
+                             f"got {errors!r}") from None
+        if model_max_length is not None and (isinstance(model_max_length, bool) or
+                                             not isinstance(model_max_length, int) or model_max_length < 1):
+            raise ValueError(f"ByteLevelBPE: model_max_length must be a positive int or None, got {model_max_length!r}")
+        self.errors, self.model_max_length = errors, model_max_length
         where_vocab = _where[0] if _where else (lambda token: f"vocab entry {token!r}")
         where_merge = _where[1] if _where else (lambda rank: f"merges[{rank}]")
         if not isinstance(vocab, dict):
@@ -145,22 +169,30 @@ class ByteLevelBPE:
             made.add(a + b)
         natural = set(_BASE_SYMBOLS) | made
         if special_tokens is None:
-            special_tokens = [t for t in self.vocab if t not in natural]
-        else:
-            special_tokens = list(special_tokens)
-            for t in special_tokens:
-                if not isinstance(t, str) or t not in vocab:
-                    raise ValueError(f"ByteLevelBPE: the special token {t!r} is not in the vocab")
-                if t in natural:
-                    raise ValueError(f"ByteLevelBPE: the special token {t!r} is also an ordinary token "
-                                     f"(a byte symbol or a merge result)")
-            if len(set(special_tokens)) != len(special_tokens):
-                raise ValueError(f"ByteLevelBPE: repeated special tokens in {special_tokens}")
-            stray = [t for t in self.vocab if t not in natural and t not in special_tokens]
-            if stray:
-                raise ValueError(f"ByteLevelBPE: vocab entry {stray[0]!r} is neither a byte symbol, a merge "
-                                 f"result nor a special token")
-        self.special_tokens: dict[str, int] = {t: vocab[t] for t in special_tokens}
+            special_tokens = [ENDOFTEXT] if ENDOFTEXT in vocab and ENDOFTEXT not in natural else []
+        elif isinstance(special_tokens, str):
+            raise ValueError(f"ByteLevelBPE: special_tokens must be a sequence of strings, got the string "
+                             f"{special_tokens!r}")
+        special_tokens = list(special_tokens)
+        for t in special_tokens:
+            if not isinstance(t, str) or t not in vocab:
+                raise ValueError(f"ByteLevelBPE: the special token {t!r} is not in the vocab")
+            if t in natural:
+                raise ValueError(f"ByteLevelBPE: the special token {t!r} is also an ordinary token "
+                                 f"(a byte symbol or a merge result)")
+        if len(set(special_tokens)) != len(special_tokens):
+            raise ValueError(f"ByteLevelBPE: repeated special tokens in {special_tokens}")
+        declared = set(special_tokens)
+        stray = [t for t in self.vocab if t not in natural and t not in declared]
+        if stray:
+            more = f" (and {len(stray) - 1} more entries like it)" if len(stray) > 1 else ""
+            raise ValueError(
+                f"{where_vocab(stray[0])}: id {vocab[stray[0]]} is neither a byte symbol, nor made by one of the "
+                f"{len(self.merges)} merges, nor a declared special token{more}. The merges do not match the vocab "
+                f"(a truncated merges file, or one of another vocabulary?); declare real special tokens with "
+                f"special_tokens=[...] (or in tokenizer_config.json)")
+        self.special_tokens: dict[str, int] = {t: vocab[t] for t in sorted(special_tokens, key=vocab.get)}
+        self.roles = self._check_roles(roles)
         self._base_ids = [vocab[_BYTE_TO_CHAR[b]] for b in range(256)]  # byte value -> id
         self._id_bytes: list[bytes] = [b""] * len(vocab)  # id -> the bytes it stands for
         for token, i in vocab.items():
@@ -169,11 +201,35 @@ class ByteLevelBPE:
         self.cache_size = 1 << 16
         self._special_re = {}
 
+    def _check_roles(self, roles) -> dict:
+        if roles is None:
+            return {r: ENDOFTEXT for r in ("bos_token", "eos_token", "unk_token")} \
+                if ENDOFTEXT in self.special_tokens else {}
+        if not isinstance(roles, dict):
+            raise ValueError(f"ByteLevelBPE: roles must be a dict role -> special token, got {type(roles).__name__}")
+        out = {}
+        for role, token in roles.items():
+            if role not in ROLES:
+                raise ValueError(f"ByteLevelBPE: unknown role {role!r} (roles: {', '.join(ROLES)})")
+            if token is None:
+                continue
+            if token not in self.special_tokens:
+                raise ValueError(f"ByteLevelBPE: the {role} {token!r} is not a special token of this tokenizer "
+                                 f"(it has {list(self.special_tokens)})")
+            out[role] = token
+        return out
+
     # ---------------------------------------------------------------- basic properties
 
     @property
     def vocab_size(self) -> int:
         return len(self.vocab)
+
+    @property
+    def eos_token_id(self) -> int | None:
+        """The id of the end-of-text token (roles['eos_token']; GPT-2: 50256), or None."""
+        eos = self.roles.get("eos_token")
+        return None if eos is None else self.special_tokens[eos]
 
     def __len__(self):
         return self.vocab_size
@@ -184,7 +240,7 @@ class ByteLevelBPE:
 
     def __eq__(self, other):
         return (isinstance(other, ByteLevelBPE) and self.vocab == other.vocab and self.merges == other.merges
-                and self.special_tokens == other.special_tokens)
+                and self.special_tokens == other.special_tokens and self.roles == other.roles)
 
     def token_bytes(self, i: int) -> bytes:
         """The bytes token `i` stands for (a special token: its UTF-8 text)."""
@@ -307,70 +363,53 @@ class ByteLevelBPE:
         table = self._id_bytes
         return b"".join(table[i] for i in self._check_ids(ids))
 
-    def decode(self, ids, errors: str = "replace") -> str:
+    def decode(self, ids, errors: str | None = None) -> str:
         """The text of a 1-D sequence of ids. Generated ids can cut a character's UTF-8 bytes
-        apart; `errors` ('replace', as GPT-2; 'strict'; ...) says what to do then."""
-        return self.decode_bytes(ids).decode("utf-8", errors=errors)
+        apart; `errors` ('replace', as GPT-2; 'strict'; ...; None: self.errors) says what to do then."""
+        return self.decode_bytes(ids).decode("utf-8", errors=self.errors if errors is None else errors)
 
     # ---------------------------------------------------------------- files
 
     @classmethod
-    def from_files(cls, vocab_json, merges_txt, special_tokens=None) -> "ByteLevelBPE":
-        """Load GPT-2 format files (vocab.json: token -> id; merges.txt: '#version' line, then
-        one 'a b' merge per line, by rank). Malformed files raise ValueError naming file and line."""
-        vocab_json, merges_txt = os.fspath(vocab_json), os.fspath(merges_txt)
-        with open(vocab_json, encoding="utf-8") as f:
-            raw = f.read()
-        try:
-            vocab = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{vocab_json}: line {exc.lineno} column {exc.colno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(vocab, dict):
-            raise ValueError(f"{vocab_json}: line 1: expected a JSON object token -> id, got {type(vocab).__name__}")
+    def from_files(cls, vocab_json, merges_txt, special_tokens=None, **kwargs) -> "ByteLevelBPE":
+        """Load GPT-2 format files (vocab.json: token -> id; merges.txt: an optional '#version'
+        first line, then one 'a b' merge per line, by rank). special_tokens=None: '<|endoftext|>'
+        if the vocab has it; any other entry that no merge makes must be declared. Malformed or
+        mismatched files raise ValueError naming the file and line. kwargs: roles, errors,
+        model_max_length (see the class)."""
+        from . import pretrained  # noqa: PLC0415 - pretrained imports this module
 
-        def where_vocab(token):
-            for form in (json.dumps(token, ensure_ascii=False), json.dumps(token)):
-                pos = raw.find(form)
-                if pos >= 0:
-                    return f"{vocab_json}: line {raw.count(chr(10), 0, pos) + 1}: token {token!r}"
-            return f"{vocab_json}: token {token!r}"
-
-        merges, lines = [], []
-        with open(merges_txt, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                line = line.rstrip("\r\n")
-                if lineno == 1 and line.startswith("#version"):
-                    continue
-                if not line.strip():
-                    continue
-                if line.startswith("#"):
-                    raise ValueError(f"{merges_txt}: line {lineno}: a '#' line is only allowed first (#version)")
-                merges.append(line)
-                lines.append(lineno)
-
-        def where_merge(rank):
-            return f"{merges_txt}: line {lines[rank]}"
-
-        return cls(vocab, merges, special_tokens, _where=(where_vocab, where_merge))
+        vocab, where_vocab = pretrained.read_vocab_json(vocab_json)
+        merges, where_merge = pretrained.read_merges_txt(merges_txt)
+        return cls(vocab, merges, special_tokens, _where=(where_vocab, where_merge), **kwargs)
 
     @classmethod
     def load(cls, directory, special_tokens=None) -> "ByteLevelBPE":
-        """`from_files(directory/vocab.json, directory/merges.txt)`."""
-        return cls.from_files(os.path.join(directory, VOCAB_NAME), os.path.join(directory, MERGES_NAME),
-                              special_tokens)
+        """The tokenizer of a Hugging Face / GPT-2 directory: tokenizer.json if present, else
+        vocab.json + merges.txt; special tokens and their roles from tokenizer_config.json and
+        special_tokens_map.json (see tinygpt/tokenizers/pretrained.py). special_tokens: use
+        these instead of the declared ones."""
+        from . import pretrained  # noqa: PLC0415
 
-    def save(self, directory) -> None:
-        """Write directory/vocab.json and directory/merges.txt in GPT-2's format (atomically);
-        transformers' GPT2Tokenizer and tokenizers' ByteLevelBPETokenizer read them."""
-        vocab = json.dumps(self.vocab, ensure_ascii=False, indent=1).encode("utf-8")
-        merges = "".join([MERGES_HEADER + "\n"] + [f"{a} {b}\n" for a, b in self.merges]).encode("utf-8")
-        for name, data in ((VOCAB_NAME, vocab), (MERGES_NAME, merges)):
-            atomic_write(os.path.join(directory, name), lambda tmp, data=data: _write_bytes(tmp, data))
+        return pretrained.load(cls, directory, special_tokens)
+
+    def save(self, directory, model_max_length: int | None = None) -> None:
+        """Write vocab.json, merges.txt (GPT-2's format), tokenizer.json, tokenizer_config.json and
+        special_tokens_map.json into `directory`, each atomically: transformers' AutoTokenizer and
+        tokenizers' Tokenizer.from_file read them offline."""
+        from . import pretrained  # noqa: PLC0415
+
+        pretrained.save(self, directory, model_max_length)
 
     def to_dict(self) -> dict:
         """Everything as JSON-able data (for checkpoint metadata)."""
-        return {"type": "bpe", "vocab": dict(self.vocab), "merges": [f"{a} {b}" for a, b in self.merges],
-                "special_tokens": list(self.special_tokens)}
+        d = {"type": "bpe", "vocab": dict(self.vocab), "merges": [f"{a} {b}" for a, b in self.merges],
+             "special_tokens": list(self.special_tokens), "roles": dict(self.roles)}
+        if self.errors != "replace":
+            d["errors"] = self.errors
+        if self.model_max_length is not None:
+            d["model_max_length"] = self.model_max_length
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ByteLevelBPE":
@@ -378,7 +417,8 @@ class ByteLevelBPE:
                 or not isinstance(d.get("merges"), list) or not isinstance(d.get("special_tokens"), list):
             raise ValueError("ByteLevelBPE.from_dict: expected {'type': 'bpe', 'vocab': dict, 'merges': list, "
                              "'special_tokens': list}")
-        return cls(d["vocab"], d["merges"], d["special_tokens"])
+        return cls(d["vocab"], d["merges"], d["special_tokens"], roles=d.get("roles"),
+                   errors=d.get("errors", "replace"), model_max_length=d.get("model_max_length"))
 
     # ---------------------------------------------------------------- training
 
@@ -511,7 +551,3 @@ class ByteLevelBPE:
                   f"{len(text):,} characters in {time.perf_counter() - t0:.1f} s")
         return tok
 
-
-def _write_bytes(path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
