@@ -1,10 +1,10 @@
 """Every CUDA kernel of tinygpt._C.cuda on this GPU, timed with CUDA events, with its napkin math.
 
 Two parts (one file per group of kernel families, in benchmarks/cuda/):
-  - gemm_norm_gelu_adamw.py: the tensor-core GEMM (fp32 / tf32 / bf16) vs cupy.matmul (cuBLAS) on
+  - gemm_and_elementwise.py: the tensor-core GEMM (fp32 / tf32 / bf16) vs cupy.matmul (cuBLAS) on
     the products of a GPT training step, in TFLOP/s; layernorm, add_layer_norm, GELU and AdamW in GB/s
     against a device-to-device copy measured in the same run;
-  - attention_softmax_ce_dropout.py: flash attention vs torch's scaled_dot_product_attention (and
+  - attention_and_rowwise.py: flash attention vs torch's scaled_dot_product_attention (and
     the CuPy reference), TFLOP/s; softmax, log_softmax, cross-entropy, dropout and embedding in GB/s
     and % of copy.
 
@@ -21,8 +21,8 @@ import sys
 
 HERE = pathlib.Path(__file__).resolve().parent / "cuda"
 sys.path.insert(0, str(HERE))  # their shared _events module
-PARTS = {"gemm_norm_gelu_adamw": ("matmul", "layer_norm", "gelu", "adamw"),
-         "attention_softmax_ce_dropout": ("attention", "softmax", "cross_entropy", "dropout", "embedding")}
+PARTS = {"gemm_and_elementwise": ("matmul", "layer_norm", "gelu", "adamw"),
+         "attention_and_rowwise": ("attention", "softmax", "cross_entropy", "dropout", "embedding")}
 
 
 def _load(name):

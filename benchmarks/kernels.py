@@ -4,13 +4,13 @@ Each benchmarks/kernels/<family>.py exposes `rows(quick) -> list[dict]` (keys: k
 impl, pass, median_ms and gbps or gflops). This driver runs them all, prints one table per
 kernel with the native/reference and native/torch ratios, and can save everything as JSON.
 
-    python benchmarks/kernels.py [--quick] [--only attention,layernorm] [--json out.json]
+    python benchmarks/kernels.py [--quick] [--only attention,layer_norm] [--json out.json]
     python benchmarks/kernels.py --from-json out.json    # print the tables of a saved run again
 
 Rates are put against this machine's measured ceilings: memory-bound kernels' GB/s (bytes read +
 written at least once) as a percentage of numpy.copyto's bandwidth on 256 MB (the family's `copy`
 row), matmul and attention GFLOP/s as a percentage of the best SGEMM rate on a 2048^3 product
-(matmul's `peak` rows; attention's forward counts 2 matmuls per score, causal half).
+(linear's `peak` rows; attention's forward counts 2 matmuls per score, causal half).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ Profiles (pick one with HYPOTHESIS_PROFILE=ci|dev|thorough; ci is the default):
 
 TINYGPT_CUDA_EMULATOR=1 runs the GPU tests without a GPU: CuPy is played by tests/fake_cupy.py and
 tinygpt._C.cuda by csrc/cuda's kernels compiled for the CPU emulator (tests/cuda_emu), so
-    TINYGPT_CUDA_EMULATOR=1 pytest tests/test_cuda_*.py tests/test_gpu.py
+    TINYGPT_CUDA_EMULATOR=1 pytest tests/test_cuda_*.py tests/test_gpu.py && TINYGPT_CUDA_EMULATOR=1 pytest -m gpu tests/ops
 checks every CUDA kernel and wrapper against the float64 references (not CuPy, not speed).
 Only the GPU tests are meant for this mode: the rest of the suite expects no GPU.
 """
@@ -19,7 +19,9 @@ from hypothesis import HealthCheck, settings
 import tinygpt as tg
 from tinygpt import kernels
 
-_COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# function_scoped_fixture: the ops tests' `impl` fixture (tests/ops/conftest.py) only picks an implementation,
+# which every hypothesis example of the test shares on purpose.
+_COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.register_profile("ci", max_examples=25, derandomize=True, database=None, **_COMMON)
 settings.register_profile("dev", max_examples=50, **_COMMON)
 settings.register_profile("thorough", max_examples=500, **_COMMON)

@@ -3,7 +3,7 @@ float64 reference. GPU-only: every test is marked `gpu` (skips without CuPy and 
 
 Error sources (eps = 2^-24), as in tests/test_native_cross_entropy.py with the GPU's sums:
   - s = sum exp(x - m) per row: one warp, each lane an online sum of n_l = ceil(V / 32) terms
-    (see tests/test_cuda_softmax.py): relative error <= K eps with K = 8 n_l + 256 (worst case
+    (see tests/ops/test_softmax.py): relative error <= K eps with K = 8 n_l + 256 (worst case
     with margin); expf <= 2 ulp; x - m rounds at eps |x - m| for the terms that matter (< 88).
   - log s in float32 (logf, 1 ulp <= 2 eps |log s| <= 22 eps at V = 50257); the row loss
     (m - x_t) + log s in float64 from float32 values: exact apart from log s; the mean in float64

@@ -1,4 +1,4 @@
-"""Fused ops (tinygpt.functional): value vs a float64 NumPy computation written here, float64
+"""Fused ops (tinygpt.functional; gelu and softmax in tests/ops/): value vs a float64 NumPy computation (refs.py), float64
 finite-difference gradients, torch.nn.functional where installed, errors and dropout/attention
 properties.
 
@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 from helpers import arrays, check_grads, compare_with_torch, floats, rng_arrays, seeds, shapes
+from refs import F32, F32_GRAD, T64, VAL64, np_attention, np_cross_entropy, np_layer_norm, tf, visible  # noqa: F401
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -20,71 +21,6 @@ import tinygpt.functional as F
 from tinygpt.kernels import reference
 
 pytestmark = pytest.mark.usefixtures("seeded")
-
-VAL64 = dict(rtol=1e-12, atol=1e-12)
-F32 = dict(rtol=1e-5, atol=1e-6)  # float32 forward vs float64
-F32_GRAD = dict(rtol=1e-4, atol=1e-5)  # float32 grads vs torch float32
-T64 = dict(rtol=1e-10, atol=1e-12)  # float64 vs torch float64
-
-
-def tf():
-    return pytest.importorskip("torch").nn.functional
-
-
-# ------------------------------------------------------------------ independent NumPy references
-def np_softmax(x, axis=-1):
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
-
-
-def np_log_softmax(x, axis=-1):
-    s = x - x.max(axis=axis, keepdims=True)
-    return s - np.log(np.exp(s).sum(axis=axis, keepdims=True))
-
-
-def np_layer_norm(x, w=None, b=None, eps=1e-5):
-    mu = x.mean(-1, keepdims=True)
-    var = ((x - mu) ** 2).mean(-1, keepdims=True)
-    y = (x - mu) / np.sqrt(var + eps)
-    return y * (1.0 if w is None else w) + (0.0 if b is None else b)
-
-
-np_erf = np.vectorize(math.erf)
-
-
-def np_gelu(x, approximate):
-    if approximate == "tanh":
-        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
-    return 0.5 * x * (1.0 + np_erf(x / math.sqrt(2.0)))
-
-
-def np_cross_entropy(logits, targets, ignore_index=-1):
-    lp = np_log_softmax(logits.reshape(-1, logits.shape[-1]))
-    t = targets.reshape(-1)
-    keep = t != ignore_index
-    return -lp[np.flatnonzero(keep), t[keep]].mean()
-
-
-def visible(t_q, t_k, causal, window):
-    """(t_q, t_k) bool: query i sits at position t_k - t_q + i; it sees key j when j is not in its
-    future (causal) and is within `window` positions of it (window)."""
-    m = np.ones((t_q, t_k), bool)
-    for i in range(t_q):
-        pos = t_k - t_q + i
-        for j in range(t_k):
-            if causal and j > pos:
-                m[i, j] = False
-            if window is not None and abs(pos - j) >= window:
-                m[i, j] = False
-    return m
-
-
-def np_attention(q, k, v, causal, window, scale=None):
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    s = np.einsum("...qd,...kd->...qk", q, k) * scale
-    s = np.where(visible(q.shape[-2], k.shape[-2], causal, window), s, -np.inf)
-    return np.einsum("...qk,...kd->...qd", np_softmax(s), v)
-
 
 # ====================================================================== linear
 @given(data=st.data(), lead=shapes(0, 2, max_side=3), n_in=st.integers(1, 4), n_out=st.integers(1, 4),
@@ -204,72 +140,6 @@ def test_layer_norm_torch(kernel_impl, dtype, affine):
 def test_layer_norm_param_shape_error():
     with pytest.raises(ValueError, match=r"layer_norm.*weight.*\(4,\)"):
         F.layer_norm(tg.randn(2, 4), tg.randn(3))
-
-
-# ====================================================================== gelu
-@pytest.mark.parametrize("approximate", ["tanh", "none"])
-@given(data=st.data(), shape=shapes())
-def test_gelu(approximate, data, shape):
-    x = data.draw(arrays(shape, elements=floats(-5, 5)))
-    out = check_grads(lambda t: F.gelu(t, approximate=approximate), x)
-    np.testing.assert_allclose(out, np_gelu(x, approximate), rtol=1e-12, atol=1e-14)
-
-
-@pytest.mark.parametrize("approximate", ["tanh", "none"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_gelu_torch(kernel_impl, dtype, approximate):
-    x = np.linspace(-6, 6, 97).reshape(1, 97)
-    tol = T64 if dtype == np.float64 else F32_GRAD
-    out = compare_with_torch(lambda t: F.gelu(t, approximate), lambda t: tf().gelu(t, approximate=approximate), x,
-                             dtype=dtype, **tol)
-    if dtype == np.float32:
-        np.testing.assert_allclose(out, np_gelu(x, approximate), **F32)
-
-
-def test_gelu_bad_approximate():
-    with pytest.raises(ValueError, match="approximate"):
-        F.gelu(tg.randn(3), approximate="erf")
-
-
-def test_reference_erf_matches_math_erf():
-    grid = np.concatenate([np.linspace(-30, 30, 6001), np.geomspace(1e-300, 1e-3, 50), -np.geomspace(1e-12, 1, 30),
-                           [0.0, -0.0, 2.5, -2.5, np.nextafter(2.5, 0), 5.9, 6.0, 27.0, -27.0, 40.0, 1e10]])
-    ours, ref = reference.erf(grid), np_erf(grid)
-    np.testing.assert_allclose(ours, ref, rtol=4e-15, atol=2e-16)
-    assert reference.erf(grid.astype(np.float32)).dtype == np.float32
-
-
-# ====================================================================== softmax / log_softmax
-@pytest.mark.parametrize("fn, ref", [(F.softmax, np_softmax), (F.log_softmax, np_log_softmax)])
-@given(data=st.data(), shape=shapes(1, 3))
-def test_softmax_log_softmax(fn, ref, data, shape):
-    x = data.draw(arrays(shape, elements=floats(-5, 5)))
-    axis = data.draw(st.integers(-len(shape), len(shape) - 1))
-    out = check_grads(lambda t: fn(t, axis=axis), x)
-    np.testing.assert_allclose(out, ref(x, axis), rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("axis", [-1, 0])
-def test_softmax_torch(kernel_impl, name, dtype, axis):
-    (x,) = rng_arrays(2, (3, 4, 5), lo=-4, hi=4)
-    tol = T64 if dtype == np.float64 else F32_GRAD
-    compare_with_torch(lambda t: getattr(F, name)(t, axis=axis), lambda t: getattr(tf(), name)(t, dim=axis), x,
-                       dtype=dtype, **tol)
-
-
-@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_softmax_stable_at_large_logits(kernel_impl, name, dtype):
-    x = np.array([[1e4, -1e4, 0.0, 1e4 - 1.0], [-1e4, -1e4, -1e4 + 1.0, -1e4]])
-    t = tg.Tensor(x.astype(dtype), requires_grad=True)
-    out = getattr(F, name)(t)
-    assert np.isfinite(out.numpy()).all()
-    out.backward(np.ones_like(x, dtype=dtype))
-    assert np.isfinite(t.grad.numpy()).all()
-    tol = T64 if dtype == np.float64 else F32_GRAD
-    compare_with_torch(lambda a: getattr(F, name)(a), lambda a: getattr(tf(), name)(a, dim=-1), x, dtype=dtype, **tol)
 
 
 # ====================================================================== cross_entropy

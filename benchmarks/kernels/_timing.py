@@ -104,3 +104,16 @@ def reps_for(nbytes: int, quick: bool, full: int) -> int:
     """Repetitions scaled so each measurement moves ~64 MB x base (7 quick, `full` otherwise)."""
     base = 7 if quick else full
     return max(base, min(200, int(base * 64e6 / max(nbytes, 1))))
+
+
+def main(module_file: str) -> None:
+    """The `__main__` of a family module: benchmarks/kernels.py --only <family> [its arguments], so
+    every family prints the same table (ratios to the reference, torch and this machine's ceilings)."""
+    import pathlib  # noqa: PLC0415
+    import runpy  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    family = pathlib.Path(module_file).stem
+    driver = pathlib.Path(module_file).resolve().parents[1] / "kernels.py"
+    sys.argv = [str(driver), "--only", family, *sys.argv[1:]]
+    runpy.run_path(str(driver), run_name="__main__")

@@ -25,8 +25,6 @@ OMP_WAIT_POLICY=passive or OMP_NUM_THREADS=1 there, or at a quiet time.
 """
 from __future__ import annotations
 
-import os
-import sys
 
 import numpy as np
 
@@ -34,6 +32,7 @@ CONFIGS = [(4, 128), (6, 384)]  # (n_layer, n_embd)
 HYPER = dict(lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
 
 
+import _timing  # noqa: E402
 from _timing import threads as _timing_threads, copy_row, interleaved_median as _interleaved  # noqa: E402
 
 
@@ -122,21 +121,7 @@ def rows(quick: bool = False) -> list[dict]:
     return out
 
 
-def print_rows(rs: list[dict]) -> None:
-    print(f"{'kernel':<22} {'shape':<36} {'impl':<10} {'median ms':>10} {'GB/s':>7} "
-          f"{'% copy':>7} {'vs ref':>7} {'vs torch':>8}")
-    base = {(r["kernel"], r["shape"], r["impl"]): r["median_ms"] for r in rs}
-    for r in rs:
-        key = (r["kernel"], r["shape"])
-        vs_ref = base.get(("adamw" if r["kernel"] == "adamw[torch foreach]" else r["kernel"], r["shape"], "reference"),
-                          float("nan")) / r["median_ms"]
-        vs_torch = base.get(key + ("torch",), float("nan")) / r["median_ms"]
-        print(f"{r['kernel']:<22} {r['shape']:<36} {r['impl']:<10} {r['median_ms']:>10.3f} "
-              f"{r['gbps']:>7.2f} {r['pct_copy']:>6.0f}% {vs_ref:>6.2f}x {vs_torch:>7.2f}x")
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-    print(f"load average {os.getloadavg()}, {os.cpu_count()} logical cores, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
-    print_rows(rows(quick="--quick" in sys.argv))
+    _timing.main(__file__)

@@ -19,9 +19,7 @@ Run directly for a table: python benchmarks/kernels/attention.py [--quick]
 from __future__ import annotations
 
 import math
-import os
 import statistics
-import sys
 import time
 
 SHAPES = [(12, 4, 64, 32), (16, 6, 256, 64), (4, 12, 1024, 64)]  # (B, nh, T, hs)
@@ -46,8 +44,8 @@ def _time(contenders: dict, steps: int, warmup: int, budget_s: float) -> dict:
     return {n: statistics.median(t) for n, t in times.items()}
 
 
+import _timing  # noqa: E402
 from _timing import native_cpu, torch_or_none  # noqa: E402
-from _timing import threads as _threads  # noqa: E402
 
 
 def rows(quick: bool = False) -> list[dict]:
@@ -149,19 +147,7 @@ def _packed_contenders(cpu, R, torch, B, nh, T, hs, scale):
     return fwd, fb
 
 
-def _print(rs):
-    print(f"{'kernel':<20} {'shape':<26} {'pass':<8} {'impl':<10} {'median_ms':>10} {'GFLOP/s':>8} {'vs torch':>8}")
-    by = {(r["kernel"], r["shape"], r["pass"], r["impl"]): r for r in rs}
-    for r in rs:
-        t = by.get((r["kernel"], r["shape"], r["pass"], "torch"))
-        rel = f"{t['median_ms'] / r['median_ms']:.2f}x" if t else "-"
-        print(f"{r['kernel']:<20} {r['shape']:<26} {r['pass']:<8} {r['impl']:<10} {r['median_ms']:>10.3f} "
-              f"{r['gflops']:>8.1f} {rel:>8}")
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-    print(f"load average {os.getloadavg()}, cpu_count {os.cpu_count()}, threads {_threads()} "
-          "(set OMP_NUM_THREADS to change)")
-    _print(rows(quick="--quick" in sys.argv))
-    print(f"load average {os.getloadavg()}")
+    _timing.main(__file__)

@@ -22,8 +22,6 @@ OMP_WAIT_POLICY=passive or OMP_NUM_THREADS=1 there, or at a quiet time.
 """
 from __future__ import annotations
 
-import os
-import sys
 
 import numpy as np
 
@@ -32,6 +30,7 @@ SHAPES = [(768, 65), (4096, 65), (16384, 65), (768, 50257), (2048, 50257)]
 QUICK_SHAPES = [(16384, 65), (768, 50257)]
 
 
+import _timing  # noqa: E402
 from _timing import threads as _timing_threads, copy_row, interleaved_median as _interleaved, reps_for  # noqa: E402
 
 
@@ -92,20 +91,7 @@ def rows(quick: bool = False) -> list[dict]:
     return out
 
 
-def print_rows(rs: list[dict]) -> None:
-    print(f"{'kernel':<16} {'shape':<16} {'pass':<8} {'impl':<10} {'median ms':>10} {'GB/s':>7} "
-          f"{'% copy':>7} {'vs ref':>7} {'vs torch':>8}")
-    base = {(r["kernel"], r["shape"], r["pass"], r["impl"]): r["median_ms"] for r in rs}
-    for r in rs:
-        key = (r["kernel"], r["shape"], r["pass"])
-        vs_ref = base.get(key + ("reference",), float("nan")) / r["median_ms"]
-        vs_torch = base.get(key + ("torch",), float("nan")) / r["median_ms"]
-        print(f"{r['kernel']:<16} {r['shape']:<16} {r['pass']:<8} {r['impl']:<10} {r['median_ms']:>10.3f} "
-              f"{r['gbps']:>7.2f} {r['pct_copy']:>6.0f}% {vs_ref:>6.2f}x {vs_torch:>7.2f}x")
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-    print(f"load average {os.getloadavg()}, {os.cpu_count()} logical cores, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
-    print_rows(rows(quick="--quick" in sys.argv))
+    _timing.main(__file__)

@@ -12,9 +12,7 @@ Run directly for a table: python benchmarks/kernels/dropout.py [--quick]
 """
 from __future__ import annotations
 
-import os
 import statistics
-import sys
 import time
 
 SHAPES = [(768, 128), (4096, 384), (16384, 768)]  # (B*T, C)
@@ -35,8 +33,8 @@ def _time(contenders: dict, steps: int, warmup: int) -> dict:
     return {n: statistics.median(t) for n, t in times.items()}
 
 
+import _timing  # noqa: E402
 from _timing import native_cpu, torch_or_none  # noqa: E402
-from _timing import threads as _threads  # noqa: E402
 
 
 def rows(quick: bool = False) -> list[dict]:
@@ -83,19 +81,7 @@ def rows(quick: bool = False) -> list[dict]:
     return out
 
 
-def _print(rs):
-    print(f"{'kernel':<8} {'shape':<16} {'pass':<8} {'impl':<10} {'median_ms':>10} {'GB/s':>7} {'vs torch':>8}")
-    by = {(r["shape"], r["pass"], r["impl"]): r for r in rs}
-    for r in rs:
-        t = by.get((r["shape"], r["pass"], "torch"))
-        rel = f"{t['median_ms'] / r['median_ms']:.2f}x" if t else "-"
-        print(f"{r['kernel']:<8} {r['shape']:<16} {r['pass']:<8} {r['impl']:<10} {r['median_ms']:>10.3f} "
-              f"{r['gbps']:>7.1f} {rel:>8}")
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-    print(f"load average {os.getloadavg()}, cpu_count {os.cpu_count()}, threads {_threads()} "
-          "(set OMP_NUM_THREADS to change)")
-    _print(rows(quick="--quick" in sys.argv))
-    print(f"load average {os.getloadavg()}")
+    _timing.main(__file__)

@@ -11,9 +11,8 @@ Run directly for a table: python benchmarks/kernels/embedding.py [--quick]
 """
 from __future__ import annotations
 
-import os
-import sys
 
+import _timing  # noqa: E402
 from _timing import interleaved_median
 from _timing import native_cpu, torch_or_none
 
@@ -65,7 +64,4 @@ def rows(quick: bool = False) -> list[dict]:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-    for r in rows(quick="--quick" in sys.argv):
-        print(f"{r['kernel']:<10} {r['shape']:<24} {r['pass']:<8} {r['impl']:<10} {r['median_ms']:>9.3f} ms "
-              f"{r['gbps']:>7.1f} GB/s")
+    _timing.main(__file__)

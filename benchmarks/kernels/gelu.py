@@ -1,6 +1,6 @@
 """Benchmark: GELU, tanh and exact (native vs NumPy reference vs PyTorch).
 
-    python benchmarks/kernels/gelu.py [--quick] [--threads N]
+    python benchmarks/kernels/gelu.py [--quick]   (OMP_NUM_THREADS=N to set the threads)
 
 `rows(quick)` returns one dict per (kernel, shape, impl, pass): median_ms over many runs with
 the implementations interleaved round by round (and min_ms, the best run: on a loaded
@@ -17,8 +17,6 @@ Bytes: fwd 2n floats (x, y), bwd 3n (grad, x, dx).
 """
 from __future__ import annotations
 
-import os
-import sys
 
 import numpy as np
 
@@ -26,6 +24,7 @@ SHAPES = [(768, 512), (4096, 1536), (8192, 3072)]  # (B*T, 4C)
 QUICK_SHAPES = [(768, 512), (4096, 1536)]
 
 
+import _timing  # noqa: E402
 from _timing import copy_row, interleaved_median_min as _interleaved, reps_for, threads as _threads  # noqa: E402
 
 
@@ -88,22 +87,7 @@ def rows(quick: bool = False, threads: int | None = None) -> list[dict]:
     return out
 
 
-def _print(table):
-    print(f"{'kernel':14} {'shape':14} {'pass':8} {'impl':10} {'median_ms':>10} {'min_ms':>9} {'GB/s':>7} {'%copy':>6} "
-          f"{'vs ref':>7} {'vs torch':>8}")
-    base = {(r["kernel"], r["shape"], r["pass"], r["impl"]): r["median_ms"] for r in table}
-    for r in table:
-        key = (r["kernel"], r["shape"], r["pass"])
-        vs_ref = base.get(key + ("reference",), float("nan")) / r["median_ms"]
-        vs_torch = base.get(key + ("torch",), float("nan")) / r["median_ms"]
-        print(f"{r['kernel']:14} {r['shape']:14} {r['pass']:8} {r['impl']:10} {r['median_ms']:10.3f} "
-              f"{r['min_ms']:9.3f} {r['gbps']:7.2f} {r['pct_copy']:6.1f} {vs_ref:7.2f} {vs_torch:8.2f}")
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-    threads = int(sys.argv[sys.argv.index("--threads") + 1]) if "--threads" in sys.argv else None
-    print(f"load average {os.getloadavg()}, cpus {os.cpu_count()}, threads {threads or _threads()} "
-          "(--threads N or OMP_NUM_THREADS to change)")
-    _print(rows(quick="--quick" in sys.argv, threads=threads))
-    print(f"load average {os.getloadavg()}")
+    _timing.main(__file__)

@@ -2,9 +2,9 @@
 //
 // Forward gathers rows (threads split the rows). Backward zero-fills dW (V, C) and adds each grad row into its id's row in
 // index order, which is exactly what reference.embedding_backward's numpy.add.at does, so the two
-// agree bit for bit; numpy.add.at pays ~15 ns per element for its generality (1.4 ms of the small
-// training step's ~30 ms), this loop ~0.3 ns. Threads split the columns, never the rows: every dW
-// element is still summed by one thread in index order (deterministic for any thread count).
+// agree bit for bit, at a fraction of numpy.add.at's per-element cost (BENCHMARKS.md). Threads split
+// the columns, never the rows: every dW element is still summed by one thread in index order
+// (deterministic for any thread count).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>

@@ -13,7 +13,7 @@
 //   backward shares exp(-t^2) with the normal pdf: one exp per element either way.
 // exp: the SIMD layer's (simd.h: exp_lanes), as plain float code so the loops vectorise.
 // Max error vs the float64 reference on float32 inputs (3e6 points in [-12, 12] and N(0, 3)):
-// see tests/test_native_gelu.py (relative <= 2e-6, absolute <= 5e-7).
+// see tests/ops/test_gelu.py (relative <= 2e-6, absolute <= 5e-7).
 //
 // SIMD: the erf form in `#pragma omp simd` loops, one copy per instruction set (isa.h: TG_PER_ISA);
 // OpenMP threads split the array.

@@ -2,10 +2,7 @@
 // tinygpt/kernels/cuda/gelu.py gelu_forward / gelu_backward, same signatures as reference.py; like the
 // CPU kernels nothing is saved: the backward recomputes from x, arithmetic instead of traffic).
 //
-// 'tanh' (GPT-2): y = 0.5 x (1 + tanh u), u = sqrt(2/pi) (x + 0.044715 x^3), evaluated as
-//   y = x s, s = 1 / (1 + e), e = exp(-2u) (no cancellation in the negative tail), u from x clamped
-//   to +-12 (beyond, s is 0 or 1 to float precision and x^3 would overflow), e capped at exp(80);
-//   y' = s + x 2 s (1 - s) u'(x) with 1 - s = e s.
+// 'tanh' (GPT-2): gelu.cuh's gelu_tanh and gelu_tanh_grad (the GEMM epilogue's GELU too).
 // 'none' (exact): y = x Phi(x), Phi(x) = erfc(-x / sqrt 2) / 2 (CUDA's erfcf, <= 4 ulp: accurate
 //   in the negative tail where 1 + erf would cancel), y' = Phi(x) + x exp(-x^2 / 2) / sqrt(2 pi).
 // expf / erfcf are the accurate libdevice versions (no fast-math); the extra ALU time is hidden
@@ -18,6 +15,7 @@
 #include <cstdint>
 
 #include "common.h"
+#include "cuda/gelu.cuh"
 #include "registry.h"
 #include "cuda/launch.cuh"
 
@@ -25,30 +23,14 @@ namespace tinygpt {
 namespace cuda_gelu {
 namespace {
 
-constexpr float kSqrt2OverPi = 0.7978845608028654f;
-constexpr float kGeluC = 0.044715f;
 constexpr float kSqrtHalf = 0.7071067811865476f;
 constexpr float kInvSqrt2Pi = 0.3989422804014327f;
 
 struct TanhFwd {
-  __device__ __forceinline__ float operator()(float x, float) const {
-    // Below -12 the true value (|x| e^-142 at most) is 0 in float; x / (1 + e^80) would not be
-    // for |x| above ~1e29.
-    if (x <= -12.0f) return 0.0f * x;
-    const float xc = fminf(x, 12.0f);
-    const float u = kSqrt2OverPi * (xc + kGeluC * xc * xc * xc);
-    return x / (1.0f + expf(-2.0f * u));
-  }
+  __device__ __forceinline__ float operator()(float x, float) const { return gelu_tanh(x); }
 };
 struct TanhBwd {  // (grad, x) -> grad * gelu'(x)
-  __device__ __forceinline__ float operator()(float g, float x) const {
-    const float xc = fminf(fmaxf(x, -12.0f), 12.0f);
-    const float u = kSqrt2OverPi * (xc + kGeluC * xc * xc * xc);
-    const float e = expf(fminf(-2.0f * u, 80.0f));
-    const float s = 1.0f / (1.0f + e);
-    const float du = kSqrt2OverPi * (1.0f + 3.0f * kGeluC * xc * xc);
-    return g * (s + xc * 2.0f * (e * s * s) * du);
-  }
+  __device__ __forceinline__ float operator()(float g, float x) const { return gelu_tanh_grad(g, x); }
 };
 struct ErfFwd {
   __device__ __forceinline__ float operator()(float x, float) const {

@@ -1,5 +1,5 @@
-// Launch sizing shared by the CUDA launchers: the SM count of the current device and the block
-// count of a grid-stride loop.
+// Launch helpers shared by the CUDA launchers: a bound pointer argument as a typed pointer, the SM
+// count of the current device and the block count of a grid-stride loop.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -10,6 +10,12 @@
 
 namespace tinygpt {
 namespace cuda_launch {
+
+// A device pointer passed from Python as an integer (0: absent).
+template <typename Ptr>
+Ptr ptr(std::uintptr_t p) {
+  return reinterpret_cast<Ptr>(p);
+}
 
 // Streaming multiprocessors of the current device, queried once per device. Launches come from
 // Python threads holding no lock: a race only recomputes the same value.

@@ -29,6 +29,7 @@
 #include <cstdint>
 
 #include "common.h"
+#include "cuda/launch.cuh"
 #include "registry.h"
 
 namespace tinygpt {
@@ -319,11 +320,6 @@ __global__ void ln_finish_kernel(const float* __restrict__ partial, float* __res
   out[c] = s;
 }
 
-template <typename Ptr>
-Ptr ptr(std::uintptr_t p) {
-  return reinterpret_cast<Ptr>(p);
-}
-
 inline bool aligned16(std::uintptr_t p) { return p % 16 == 0; }  // 0 (absent) counts as aligned
 
 // NV for the warp kernels, or 0 for the block kernel.
@@ -343,6 +339,7 @@ namespace cuda {
 namespace {
 
 using namespace cuda_layer_norm;
+using cuda_launch::ptr;
 
 // ------------------------------------------------------------------------------ launchers
 void layer_norm_forward(std::uintptr_t y, std::uintptr_t s_out, std::uintptr_t mean,

@@ -173,7 +173,7 @@ def check_linear_gelu(x, w, b, g, precision, emulate=True):
     _check_product(hh, x2, np.ascontiguousarray(w.T), precision, "linear_gelu h",
                    extra=0.0 if b is None else EPS * np.abs(b64), expected=h64, emulate=emulate)
     # y = gelu(h) of the kernel's own h: |gelu'| <= 1.13 (checked above through h), the GELU's own
-    # evaluation to 1e-5 relative (exp with an argument up to 87: see tests/test_cuda_gelu.py);
+    # evaluation to 1e-5 relative (exp with an argument up to 87: see tests/ops/test_gelu.py);
     # + 1e-15 |h|: the float64 reference's 1 + tanh(u) cancels to 0 for u < -19, where the kernel
     # gives h e^-80 (its cap) instead.
     y_of_h = gelu_tanh64(hh)
@@ -181,7 +181,7 @@ def check_linear_gelu(x, w, b, g, precision, emulate=True):
                    "linear_gelu y")
 
     # Backward from the kernel's own saved h: dh = g * gelu'(h) to 1e-5 |dh| + 1e-6 |g| (as
-    # test_cuda_gelu), then the GEMM bounds with |dh| <= 1.2 |g|.
+    # tests/ops/test_gelu.py), then the GEMM bounds with |dh| <= 1.2 |g|.
     gx, gw, gb = kcuda.linear.linear_gelu_backward(dg_, dx_, dw_, b is not None, saved)
     t = np.tanh(np.sqrt(2 / np.pi) * (hh + 0.044715 * hh**3))
     g2 = g.reshape(rows, n_out).astype(np.float64)

@@ -367,7 +367,7 @@ def test_dispatch(op):
     (4, 1536, 128, False), (6, 1536, 128, True),  # long rows pack more per output: the threshold halves
 ])
 def test_policy(rows, n_in, n_out, native):
-    """The shape-class policy (data from benchmarks/kernels/matmul.py) and that select() follows it."""
+    """The shape-class policy (data from benchmarks/kernels/linear.py) and that select() follows it."""
     assert kernels.policy.linear_policy(rows, n_in, n_out) is native
     x = np.zeros((rows, n_in), np.float32)
     w = np.zeros((n_out, n_in), np.float32)

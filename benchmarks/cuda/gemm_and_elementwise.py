@@ -1,4 +1,4 @@
-"""CUDA kernels (csrc/cuda/{matmul,layernorm,gelu,adamw}.cu) vs cuBLAS / CuPy, timed with CUDA events.
+"""CUDA kernels (csrc/cuda/{gemm.cuh,linear,layer_norm,gelu,adamw}.cu) vs cuBLAS / CuPy, timed with CUDA events.
 
     python benchmarks/cuda_kernels.py [--quick] [--only matmul,layernorm,gelu,adamw]   (or this file directly, --json out.json)
 
@@ -9,7 +9,7 @@ matmul: our GEMM in each precision vs cupy.matmul (cuBLAS; fp32, or TF32 when Cu
 CUPY_TF32=1) on the products of a GPT training step (rows = B*T up to 16384; C in 384..1536; the
 4C MLP; the 50257-wide logits), forward (x W^T), dX (dY W) and dW (dY^T X), in TFLOP/s. (The
 library itself does not use a table built from these: its default 'auto' dispatch times both GEMMs
-on each layer's first call, tinygpt/kernels/cuda.py.) Memory-bound kernels: GB/s (bytes read + written / time) next to a
+on each layer's first call, tinygpt/kernels/policy.py.) Memory-bound kernels: GB/s (bytes read + written / time) next to a
 device-to-device copy of the same size (the target is >= 80% of it).
 Needs CuPy and a GPU; prints why and exits 0 otherwise.
 """

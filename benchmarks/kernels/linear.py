@@ -18,7 +18,7 @@ rows(quick) returns dicts with kernel, shape, impl ('native' | 'reference' | 'to
 median_ms, best_ms, gflops (from the median; 2 M N K per product, bias and GELU not counted) and
 pct_peak (median GFLOP/s over the measured peak).
 
-    python benchmarks/kernels/matmul.py [--quick] [--grid] [--threads N] [--cpu-time] [--interleaved]
+    python benchmarks/kernels/linear.py [--quick] [--grid] [--threads N] [--cpu-time] [--interleaved]
 
 By default each library's calls are timed as one block (after a 0.3 s pause and warm-up calls), the
 libraries one after another in the same run. --interleaved alternates the three libraries call by

@@ -1,7 +1,7 @@
 """CUDA layernorm and fused add + layernorm (csrc/cuda/layernorm.cu via tinygpt/kernels/cuda.py)
 against the float64 reference. Every test is marked `gpu` (skipped without CuPy and a GPU).
 
-Tolerances: as tests/test_native_layernorm.py (float32 kernel, float64 reference): y and dx within
+Tolerances: as tests/test_native_layer_norm.py (float32 kernel, float64 reference): y and dx within
 K eps32 sqrt(C) times the magnitude they are built from, with the row's condition number
 cond = max|x| rstd (x - mean loses the common offset's low bits in any float32 layernorm). The
 GPU sums a row in per-lane serial chunks (<= 32 terms) then a 5-level shuffle tree, so its error is
