@@ -99,7 +99,8 @@ double grad_value(const py::object& grad) {
 }
 
 py::tuple cross_entropy_forward(const py::array& logits, const py::array& targets,
-                                int64_t ignore_index) {
+                                const py::object& ignore_index_in) {
+  const int64_t ignore_index = int64_from_py(ignore_index_in, "cross_entropy_forward: ignore_index");
   const float* lp = input_ptr<float>(logits, "cross_entropy_forward: logits", 2);
   const int64_t N = logits.shape(0), V = logits.shape(1);
   TG_CHECK(V >= 1, "cross_entropy_forward: logits must have at least one class, got shape ",
