@@ -20,14 +20,14 @@ def _contiguous(a):
     return a if a is None or a.flags.c_contiguous else array_module(a).ascontiguousarray(a)
 
 
-def _check_floats(op, **arrays):
-    """The named arrays (None skipped) must be floating point and all of one dtype: bool or integer
-    data, or float32 mixed with float64, is refused rather than silently promoted."""
+def _check_floats(op, one_dtype=True, **arrays):
+    """The named arrays (None skipped) must be floating point and (one_dtype) all of one dtype: bool or
+    integer data, or float32 mixed with float64, is refused rather than silently promoted."""
     given = {name: a for name, a in arrays.items() if a is not None}
     for name, a in given.items():
         if a.dtype.kind != "f":
             raise TypeError(f"{op}: {name} must be a floating-point array, got dtype {a.dtype}")
-    if len({a.dtype for a in given.values()}) > 1:
+    if one_dtype and len({a.dtype for a in given.values()}) > 1:
         dtypes = ", ".join(f"{name} {a.dtype}" for name, a in given.items())
         raise TypeError(f"{op}: the inputs must have one dtype, got {dtypes} (convert them first, e.g. with .astype)")
 
@@ -121,7 +121,7 @@ def embedding(ids, weight: Tensor) -> Tensor:
 class LayerNorm(Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps=1e-5):
-        _check_floats("layer_norm", input=x, weight=weight, bias=bias)
+        _check_floats("layer_norm", one_dtype=False, input=x, weight=weight, bias=bias)
         _check_rows("layer_norm", x)
         C = x.shape[-1]
         for name, p in (("weight", weight), ("bias", bias)):
@@ -157,7 +157,7 @@ class AddLayerNorm(Function):
     def forward(ctx, x, residual, weight, bias, eps=1e-5):
         if x.shape != residual.shape:
             raise ValueError(f"add_layer_norm: x {x.shape} and residual {residual.shape} must have the same shape")
-        _check_floats("add_layer_norm", x=x, residual=residual, weight=weight, bias=bias)
+        _check_floats("add_layer_norm", one_dtype=False, x=x, residual=residual, weight=weight, bias=bias)
         _check_rows("add_layer_norm", x)
         C = x.shape[-1]
         for name, p in (("weight", weight), ("bias", bias)):

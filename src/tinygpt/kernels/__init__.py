@@ -120,7 +120,7 @@ def _qualifies(arrays):
         device = dev
         if a.dtype.kind == "f" and a.dtype != np.float32:
             return None
-        if not a.flags.c_contiguous or not a.flags.aligned:
+        if not a.flags.c_contiguous or not getattr(a.flags, "aligned", True):
             return None
     return device
 
