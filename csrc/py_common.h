@@ -7,6 +7,7 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <initializer_list>
 #include <iterator>
@@ -31,13 +32,19 @@ inline std::string shape_str(const py::array& a) {
   return tuple_str(a.shape(), a.shape() + a.ndim());
 }
 
-// Checks that `a` holds T and is C-contiguous, with `ndim` dimensions unless ndim < 0.
+// Checks that `a` holds T, is C-contiguous and aligned for T, with `ndim` dimensions unless ndim < 0.
 // `what` names the argument in messages, op first: "layernorm_forward: weight".
+// Unaligned arrays are legal NumPy (np.frombuffer at an odd offset, a field of a packed structured
+// array) but reading them through T* is undefined behaviour: they are refused, not copied (the
+// kernels never copy their arguments); tinygpt.kernels runs the reference on them instead.
 template <typename T>
 void check_array(const py::array& a, const char* what, py::ssize_t ndim = -1) {
   TG_CHECK(py::isinstance<py::array_t<T>>(a), what, " must be ",
            std::string(py::str(py::dtype::of<T>())), ", got ", std::string(py::str(a.dtype())));
   TG_CHECK(a.flags() & py::array::c_style, what, " must be C-contiguous");
+  TG_CHECK(reinterpret_cast<std::uintptr_t>(a.data()) % alignof(T) == 0, what,
+           " must be aligned to ", alignof(T), " bytes (its data starts at an odd address); copy it first, "
+           "e.g. with numpy.array(a, order='C')");
   TG_CHECK(ndim < 0 || a.ndim() == ndim, what, " must have ", ndim, " dimensions, got shape ",
            shape_str(a));
 }
@@ -79,14 +86,58 @@ T* output_ptr(py::array& a, const char* what, std::initializer_list<py::ssize_t>
   return static_cast<T*>(a.mutable_data());
 }
 
+// The number of elements of an array of T of `shape` (made from several arguments' dims), checked
+// before anything is multiplied in a way that could overflow: a ValueError naming `what` when the
+// array could not be addressed (its bytes, with slack, exceed PTRDIFF_MAX) or a dim is negative.
+template <typename T>
+py::ssize_t checked_numel(const std::vector<py::ssize_t>& shape, const char* what) {
+  const py::ssize_t limit = (PTRDIFF_MAX - 4096) / static_cast<py::ssize_t>(sizeof(T));
+  py::ssize_t n = 1;
+  for (py::ssize_t d : shape) TG_CHECK(d >= 0, what, " would have a negative dimension: ", tuple_str(shape.begin(), shape.end()));
+  for (py::ssize_t d : shape) if (d == 0) return 0;
+  for (py::ssize_t d : shape) {
+    TG_CHECK(!__builtin_mul_overflow(n, d, &n) && n <= limit, what, " of shape ", tuple_str(shape.begin(), shape.end()),
+             " would be too large to address");
+  }
+  return n;
+}
+
+// A Python int (or anything with __index__) as int64; a ValueError naming `what` when it does not
+// fit and a TypeError when it is not an integer (instead of pybind11's generic "incompatible
+// function arguments" for an int64_t parameter).
+inline int64_t int64_from_py(const py::handle& value, const char* what) {
+  PyObject* index = PyNumber_Index(value.ptr());
+  if (index == nullptr) {
+    PyErr_Clear();
+    throw py::type_error(std::string(what) + " must be an int, got " + std::string(py::str(py::type::of(value))));
+  }
+  int overflow = 0;
+  const long long v = PyLong_AsLongLongAndOverflow(index, &overflow);
+  const std::string repr = overflow != 0 ? std::string(py::str(index)) : "";
+  Py_DECREF(index);
+  TG_CHECK(overflow == 0, what, " = ", repr, " is out of range: it must fit a signed 64-bit integer");
+  return static_cast<int64_t>(v);
+}
+
+// A Python int (or anything with __index__) taken mod 2^64, as reference.dropout_mask takes a seed.
+inline uint64_t seed_from_py(const py::handle& seed, const char* what) {
+  PyObject* index = PyNumber_Index(seed.ptr());
+  if (index == nullptr) {
+    PyErr_Clear();
+    TG_CHECK(false, what, " must be an int, got ", std::string(py::str(py::type::of(seed))));
+  }
+  const unsigned long long value = PyLong_AsUnsignedLongLongMask(index);  // mod 2^64
+  Py_DECREF(index);
+  return static_cast<uint64_t>(value);
+}
+
 // A new C-contiguous float32 array whose data is 64-byte aligned (NumPy's allocator gives 16): full
 // vector stores cover whole cache lines instead of straddling two, and threads writing neighbouring
 // 64-byte-multiple blocks (GEMM tiles, attention heads of a (B, T, C) output) never share a line. The
 // memory still comes from NumPy (a view into a slightly larger array), so large outputs keep its
 // huge-page hint and allocation cache: fresh 4 KiB page faults would cost more than the alignment.
 inline py::array_t<float> aligned_array(const std::vector<py::ssize_t>& shape) {
-  py::ssize_t n = 1;
-  for (py::ssize_t d : shape) n *= d;
+  const py::ssize_t n = checked_numel<float>(shape, "output");
   py::array_t<float> buf(n + 16);
   float* p = buf.mutable_data();
   const size_t misalign = reinterpret_cast<uintptr_t>(p) % 64;

@@ -52,7 +52,8 @@ float* state_ptr(py::array& a, const char* what, py::ssize_t n) {
 
 void adamw_step(py::array& param, const py::array& grad, py::array& exp_avg,
                 py::array& exp_avg_sq, double lr, double beta1, double beta2, double eps,
-                double weight_decay, int64_t step) {
+                double weight_decay, const py::object& step_in) {
+  const int64_t step = int64_from_py(step_in, "adamw_step: step");
   check_array<float>(param, "adamw_step: param");
   TG_CHECK(param.writeable(), "adamw_step: param must be writeable");
   const py::ssize_t n = param.size();

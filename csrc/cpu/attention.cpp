@@ -281,17 +281,6 @@ void run_backward(const Kernels& isa, const Problem& P, const float* grad, const
 }
 
 // ------------------------------------------------------------------ bindings
-uint64_t seed_from_py(const py::handle& seed, const char* what) {
-  PyObject* index = PyNumber_Index(seed.ptr());
-  if (index == nullptr) {
-    PyErr_Clear();
-    TG_CHECK(false, what, " must be an int, got ", std::string(py::str(py::type::of(seed))));
-  }
-  const unsigned long long value = PyLong_AsUnsignedLongLongMask(index);  // mod 2^64
-  Py_DECREF(index);
-  return static_cast<uint64_t>(value);
-}
-
 struct Shapes {
   std::vector<py::ssize_t> lead;  // leading (batch, head, ...) dims
   int64_t BH = 1, Tq = 0, Tk = 0, D = 0, Dv = 0;
@@ -328,7 +317,7 @@ std::optional<int64_t> window_from_py(const py::object& window, const char* op) 
   if (window.is_none()) return std::nullopt;
   TG_CHECK(py::isinstance<py::int_>(window) || py::hasattr(window, "__index__"), op,
            ": window must be None or a positive int, got ", std::string(py::str(window)));
-  const int64_t w = window.cast<int64_t>();
+  const int64_t w = int64_from_py(window, (std::string(op) + ": window").c_str());
   TG_CHECK(w >= 1, op, ": window must be None or a positive int, got ", w);
   return w;
 }
@@ -541,10 +530,10 @@ void bind_attention(py::module_& m) {
 
   m.def(
       "qkv_attention_forward",
-      [](const py::array& qkv, int64_t n_head, bool causal, const py::object& window, double dropout_p,
+      [](const py::array& qkv, const py::object& n_head, bool causal, const py::object& window, double dropout_p,
          const py::object& seed, double scale) {
         const char* op = "qkv_attention_forward";
-        const Packed d = check_packed(op, qkv, n_head);
+        const Packed d = check_packed(op, qkv, int64_from_py(n_head, "qkv_attention_forward: n_head"));
         const std::optional<int64_t> w = window_from_py(window, op);
         check_dropout_p(dropout_p, op);
         const uint64_t sd = seed_from_py(seed, "qkv_attention_forward: seed");
@@ -563,10 +552,10 @@ void bind_attention(py::module_& m) {
 
   m.def(
       "qkv_attention_backward",
-      [](const py::array& grad, const py::array& qkv, int64_t n_head, double dropout_p, double scale,
+      [](const py::array& grad, const py::array& qkv, const py::object& n_head, double dropout_p, double scale,
          const py::tuple& saved) {
         const char* op = "qkv_attention_backward";
-        const Packed d = check_packed(op, qkv, n_head);
+        const Packed d = check_packed(op, qkv, int64_from_py(n_head, "qkv_attention_backward: n_head"));
         check_dropout_p(dropout_p, op);
         const Saved sv = unpack_saved(op, saved, grad, {d.B, d.T, d.C}, {d.B, d.nh, d.T});
         std::vector<int> lo, hi;
@@ -594,10 +583,10 @@ void bind_attention(py::module_& m) {
       [](const py::object& fwd_br, const py::object& fwd_bc, const py::object& bwd_br, const py::object& bwd_bc) {
         auto set = [](int& slot, const py::object& value, const char* what, bool query) {
           if (value.is_none()) return;
-          const int x = value.cast<int>();
+          const int64_t x = int64_from_py(value, (std::string("attention_tiles: ") + what).c_str());
           TG_CHECK(x >= 1 && x <= 1024 && (!query || x % kAlign == 0), "attention_tiles: ", what,
                    query ? " must be a multiple of 16 in [16, 1024], got " : " must be in [1, 1024], got ", x);
-          slot = x;
+          slot = static_cast<int>(x);
         };
         set(g_fwd_br, fwd_br, "fwd_br", true);
         set(g_fwd_bc, fwd_bc, "fwd_bc", false);

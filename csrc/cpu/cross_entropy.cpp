@@ -11,7 +11,7 @@
 //           ignore_index, count), 8 bytes per row.
 // backward  per row, one pass: dlogits = exp((x - m) - log s) * g/count, minus g/count at the
 //           target ((p - 1) * scale there, so p ~ 1 does not cancel badly); ignored rows get
-//           0 * g/count (zeros; nan when every row is ignored and count = 0, as the reference).
+//           exactly 0, also when every row is ignored (count = 0: nan loss, zero gradient, as PyTorch).
 // Keeping m and log s apart (instead of lse = m + log s) keeps x - m exact near the max even for
 // logits of magnitude 1e4, where lse itself would carry an absolute error of ulp(1e4) ~ 1e-3.
 #include <cmath>
@@ -55,7 +55,7 @@ TG_INLINE void backward_rows_body(float* __restrict dlogits, const float* __rest
                    const int64_t* __restrict targets, const float* __restrict rmax,
                    const float* __restrict rlogsum, int64_t ignore_index, float scale, int64_t r0,
                    int64_t r1, int64_t V) {
-  const float fill = 0.0f * scale;  // 0, or nan when count == 0 (scale inf/nan), as the reference
+  const float fill = 0.0f;  // ignored rows: exactly 0, whatever g is (PyTorch's gradient)
   for (int64_t r = r0; r < r1; ++r) {
     const float* x = logits + r * V;
     float* d = dlogits + r * V;
@@ -99,7 +99,8 @@ double grad_value(const py::object& grad) {
 }
 
 py::tuple cross_entropy_forward(const py::array& logits, const py::array& targets,
-                                int64_t ignore_index) {
+                                const py::object& ignore_index_in) {
+  const int64_t ignore_index = int64_from_py(ignore_index_in, "cross_entropy_forward: ignore_index");
   const float* lp = input_ptr<float>(logits, "cross_entropy_forward: logits", 2);
   const int64_t N = logits.shape(0), V = logits.shape(1);
   TG_CHECK(V >= 1, "cross_entropy_forward: logits must have at least one class, got shape ",
@@ -141,8 +142,9 @@ py::array_t<float> cross_entropy_backward(const py::object& grad, const py::arra
   const int64_t ignore_index = saved[2].cast<int64_t>();
   const int64_t count = saved[3].cast<int64_t>();
   count_valid(tp, N, V, ignore_index, "cross_entropy_backward: targets");
-  // g / count in float64, then float32, as the reference's (grad / count).astype(float32).
-  const float scale = static_cast<float>(g / static_cast<double>(count));
+  // g / count in float64, then float32, as the reference. count == 0: every row is ignored (all
+  // zeros), so scale is never used and 1/0 never formed.
+  const float scale = count > 0 ? static_cast<float>(g / static_cast<double>(count)) : 0.0f;
 
   py::array_t<float> dlogits({N, V});
   float* dp = dlogits.mutable_data();

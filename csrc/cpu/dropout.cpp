@@ -40,18 +40,6 @@ void dropout_apply(float* y, const float* x, int64_t n, uint64_t seed, double p)
   }
 }
 
-// A Python int (or anything with __index__) taken mod 2^64, as reference.dropout_mask does.
-uint64_t seed_from_py(const py::handle& seed, const char* what) {
-  PyObject* index = PyNumber_Index(seed.ptr());
-  if (index == nullptr) {
-    PyErr_Clear();
-    TG_CHECK(false, what, " must be an int, got ", std::string(py::str(py::type::of(seed))));
-  }
-  const unsigned long long value = PyLong_AsUnsignedLongLongMask(index);
-  Py_DECREF(index);
-  return static_cast<uint64_t>(value);
-}
-
 void check_p(double p, const char* op) {
   TG_CHECK(p >= 0.0 && p < 1.0, op, ": p must be in [0, 1), got ", p);
 }

@@ -19,6 +19,10 @@
 //   backward: one pass for sum(dxhat) and sum(dxhat * xhat) while accumulating
 //             dweight += g * xhat and dbias += g, then one pass writing dx (+ grad_s for the
 //             fused op, whose saved s replaces re-reading x and residual).
+// Wide rows (float32 values beyond ~1e19, where the sum of squares overflows and the fast path
+// would give rstd = 0, y = 0): the forward detects them by a non-finite sum of squares and the
+// backward by a saved rstd below rstd_min(C); each such row alone is recomputed in float64
+// (wide_row_forward / wide_row_backward), every other row keeps its float path bit for bit.
 // dweight/dbias: rows are split into a fixed number of chunks (a function of N only); each
 // chunk accumulates in double, and the chunks are added in chunk order, so the result is
 // bitwise the same for any thread count (no atomics).
@@ -26,6 +30,7 @@
 // SIMD: plain loops with `#pragma omp simd`, one copy per instruction set (isa.h: TG_PER_ISA).
 // OpenMP splits rows over threads.
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -55,8 +60,9 @@ TG_INLINE float madd(float a, float b, float c) {
 
 // ------------------------------------------------------------------------ row kernels
 // Mean and 1/sqrt(var + eps) of one row v[0..C), given sum = sum(v) (the caller's first pass).
+// Returns false when the float sums overflowed (a wide row: the results are not usable).
 template <bool kFma>
-TG_INLINE void row_stats(const float* v, float sum, index_t C, float eps, float* mean_out,
+TG_INLINE bool row_stats(const float* v, float sum, index_t C, float eps, float* mean_out,
                          float* rstd_out) {
   const float m0 = sum / static_cast<float>(C);
   float s1 = 0.0f, s2 = 0.0f;
@@ -70,6 +76,67 @@ TG_INLINE void row_stats(const float* v, float sum, index_t C, float eps, float*
   const double var = std::max(0.0, (static_cast<double>(s2) - static_cast<double>(s1) * dm) / C);
   *mean_out = static_cast<float>(m0 + dm);
   *rstd_out = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(eps)));
+  return std::isfinite(s2);  // an overflowing sum makes mean inf and s2 inf or nan too
+}
+
+// ------------------------------------------------------------------------ wide rows (cold)
+// Rows beyond float's range for the float path, recomputed in float64 (two passes). One copy for
+// every instruction set: they are rare (inputs near 1e19 and beyond), so speed does not matter.
+double mean64(const float* v, index_t C) {
+  double sum = 0.0;
+  for (index_t i = 0; i < C; ++i) sum += v[i];
+  return sum / static_cast<double>(C);
+}
+double var64(const float* v, double mean, index_t C) {
+  double ss = 0.0;
+  for (index_t i = 0; i < C; ++i) ss += (v[i] - mean) * (v[i] - mean);
+  return ss / static_cast<double>(C);
+}
+
+[[gnu::noinline, gnu::cold]] void wide_row_forward(const float* v, const float* w, const float* b,
+                                                   float* y, index_t C, float eps, float* mean_out,
+                                                   float* rstd_out) {
+  const double mean = mean64(v, C);
+  const double rstd = 1.0 / std::sqrt(var64(v, mean, C) + static_cast<double>(eps));
+  for (index_t i = 0; i < C; ++i) {
+    double o = (v[i] - mean) * rstd;
+    if (w != nullptr) o *= w[i];
+    if (b != nullptr) o += b[i];
+    y[i] = static_cast<float>(o);
+  }
+  *mean_out = static_cast<float>(mean);
+  *rstd_out = static_cast<float>(rstd);
+}
+
+// The backward of one wide row; its statistics are recomputed from v (the saved rstd may be a
+// float32 subnormal; eps is far below the variance of such a row).
+[[gnu::noinline, gnu::cold]] void wide_row_backward(const float* g, const float* gs, const float* v,
+                                                    const float* w, float* dx, double* dw,
+                                                    double* db, index_t C) {
+  const double mean = mean64(v, C);
+  const double rstd = 1.0 / std::sqrt(var64(v, mean, C));
+  double a = 0.0, c = 0.0;
+  for (index_t i = 0; i < C; ++i) {
+    const double dxhat = w != nullptr ? static_cast<double>(g[i]) * w[i] : g[i];
+    a += dxhat;
+    c += dxhat * ((v[i] - mean) * rstd);
+  }
+  a /= static_cast<double>(C);
+  c /= static_cast<double>(C);
+  for (index_t i = 0; i < C; ++i) {
+    const double xhat = (v[i] - mean) * rstd;
+    const double dxhat = w != nullptr ? static_cast<double>(g[i]) * w[i] : g[i];
+    dx[i] = static_cast<float>(rstd * (dxhat - a - xhat * c) + (gs != nullptr ? gs[i] : 0.0f));
+    if (dw != nullptr) dw[i] += g[i] * xhat;
+    db[i] += g[i];
+  }
+}
+
+// The smallest saved rstd the float backward handles: rstd a normal float and |v - mean|, at most
+// std * sqrt(C), within half of float's range (so v - mean and xhat cannot overflow).
+float rstd_min(index_t C) {
+  return static_cast<float>(std::max(static_cast<double>(FLT_MIN),
+                                     2.0 * std::sqrt(static_cast<double>(C)) / static_cast<double>(FLT_MAX)));
 }
 
 // y = (v - mean) * rstd * w + b for one row; w, b may be null. (v - mean is formed first,
@@ -115,7 +182,10 @@ TG_INLINE void forward_rows(const float* x, const float* r, float* s, const floa
 #pragma omp simd reduction(+ : sum)
       for (index_t i = 0; i < C; ++i) sum += v[i];
     }
-    row_stats<kFma>(v, sum, C, eps, mean + row, rstd + row);
+    if (!row_stats<kFma>(v, sum, C, eps, mean + row, rstd + row)) {
+      wide_row_forward(v, w, b, y + row * C, C, eps, mean + row, rstd + row);
+      continue;
+    }
     row_normalize<kFma>(v, w, b, y + row * C, C, mean[row], rstd[row]);
   }
 }
@@ -128,11 +198,17 @@ TG_INLINE void backward_rows_impl(const float* g, const float* gs, const float* 
                                   const float* mean, const float* rstd, float* dx, double* dw,
                                   double* db, index_t r0, index_t r1, index_t C) {
   const float inv_c = 1.0f / static_cast<float>(C);
+  const float rs_min = rstd_min(C);
   for (index_t row = r0; row < r1; ++row) {
     const float* gr = g + row * C;
     const float* vr = v + row * C;
     const float rs = rstd[row];
     const float mu = mean[row];
+    if (rs < rs_min) {
+      wide_row_backward(gr, gs != nullptr ? gs + row * C : nullptr, vr, w, dx + row * C,
+                        kWeight ? dw : nullptr, db, C);
+      continue;
+    }
     float sum_dxhat = 0.0f, sum_dxhat_xhat = 0.0f;
 #pragma omp simd reduction(+ : sum_dxhat, sum_dxhat_xhat)
     for (index_t i = 0; i < C; ++i) {

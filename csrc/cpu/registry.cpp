@@ -33,8 +33,10 @@ void bind_controls(py::module_& m) {
       "Number of threads the CPU kernels use (1 when built without OpenMP).");
   m.def(
       "set_num_threads",
-      [](int n) {
-        TG_CHECK(n >= 1, "set_num_threads: n must be >= 1, got ", n);
+      [](const py::object& n_in) {
+        const int64_t n64 = int64_from_py(n_in, "set_num_threads: n");
+        TG_CHECK(n64 >= 1 && n64 <= 65536, "set_num_threads: n must be in [1, 65536], got ", n64);
+        const int n = static_cast<int>(n64);
 #ifdef TINYGPT_WITH_OPENMP
         omp_set_num_threads(n);
 #endif

@@ -149,31 +149,31 @@ namespace cpu {
 void bind_softmax(py::module_& m) {
   m.def(
       "softmax_forward",
-      [](const py::array& x, int64_t axis) {
-        return forward(x, axis, "softmax_forward", "softmax_forward: x", softmax_forward_rows);
+      [](const py::array& x, const py::object& axis) {
+        return forward(x, int64_from_py(axis, "softmax_forward: axis"), "softmax_forward", "softmax_forward: x", softmax_forward_rows);
       },
       py::arg("x"), py::arg("axis"),
       "softmax over the last axis of float32 x (..., C) -> (y, ()); axis must be -1 or ndim-1.");
   m.def(
       "softmax_backward",
-      [](const py::array& grad, const py::array& y, int64_t axis, const py::object& /*saved*/) {
-        return backward(grad, y, axis, "softmax_backward", "softmax_backward: grad",
+      [](const py::array& grad, const py::array& y, const py::object& axis, const py::object& /*saved*/) {
+        return backward(grad, y, int64_from_py(axis, "softmax_backward: axis"), "softmax_backward", "softmax_backward: grad",
                         "softmax_backward: y", softmax_backward_rows);
       },
       py::arg("grad"), py::arg("y"), py::arg("axis"), py::arg("saved"),
       "dx = y * (grad - sum(grad * y, last axis)) for y = softmax(x).");
   m.def(
       "log_softmax_forward",
-      [](const py::array& x, int64_t axis) {
-        return forward(x, axis, "log_softmax_forward", "log_softmax_forward: x",
+      [](const py::array& x, const py::object& axis) {
+        return forward(x, int64_from_py(axis, "log_softmax_forward: axis"), "log_softmax_forward", "log_softmax_forward: x",
                        log_softmax_forward_rows);
       },
       py::arg("x"), py::arg("axis"),
       "log_softmax over the last axis of float32 x (..., C) -> (y, ()); axis must be -1 or ndim-1.");
   m.def(
       "log_softmax_backward",
-      [](const py::array& grad, const py::array& y, int64_t axis, const py::object& /*saved*/) {
-        return backward(grad, y, axis, "log_softmax_backward", "log_softmax_backward: grad",
+      [](const py::array& grad, const py::array& y, const py::object& axis, const py::object& /*saved*/) {
+        return backward(grad, y, int64_from_py(axis, "log_softmax_backward: axis"), "log_softmax_backward", "log_softmax_backward: grad",
                         "log_softmax_backward: y", log_softmax_backward_rows);
       },
       py::arg("grad"), py::arg("y"), py::arg("axis"), py::arg("saved"),

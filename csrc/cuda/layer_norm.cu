@@ -22,6 +22,12 @@
 //   block per row (anything else): 256 threads stride over the row; passes re-read the row from
 //     L1/L2; the block's dweight/dbias partials accumulate in its own workspace row (each column
 //     owned by one thread: no races).
+// Wide rows (values beyond ~1e19, where the float sum of squares overflows): the forward detects
+// one by a non-finite d2 (uniform over the row's warp or block) and recomputes it alone in float64
+// (wide_row_forward); the backward detects one by a saved rstd below rstd_min(C) (where v - mean
+// could overflow or rstd is subnormal) and recomputes its statistics in float64, then runs the
+// float path on the row scaled by a power of two (exact), with sc = 1 for every other row, so
+// ordinary rows keep their results bit for bit.
 // Napkin math (H100, 3.35 TB/s HBM3): forward at N = 16384, C = 768 moves 2 x 50 MB -> ~30 us at
 // 100%; the target is >= 80% of a device-to-device copy. Backward reads g and x, writes dx: 1.5x.
 #include <cuda_runtime.h>
@@ -38,6 +44,9 @@ namespace {
 
 constexpr int kWarps = 8;  // warps per block in the warp-per-row kernels
 constexpr int kBlock = 256;
+// Blocks per SM the forward warp kernels are compiled for (main's occupancy before the wide-row path):
+// the cold wide-row call and its float64 registers must not lower the occupancy of ordinary launches.
+template <int NV> constexpr int kFwdMinBlocks = NV <= 3 ? 8 : NV <= 6 ? 6 : 4;
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -58,13 +67,89 @@ __device__ __forceinline__ float block_sum(float v, float* red) {
   return t;
 }
 
+// ------------------------------------------------------------------------------ wide rows (cold)
+// A sum over the threads of one row: its warp (kWarp) or the block of kBlock threads (red: kBlock / 32
+// doubles of shared memory).
+template <bool kWarp>
+__device__ __forceinline__ double row_sum64(double v, double* red) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  if (kWarp) return v;
+  __syncthreads();
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+  __syncthreads();
+  double t = 0.0;
+  for (int w = 0; w < kBlock / 32; ++w) t += red[w];
+  return t;
+}
+
+// float64 mean and 1/sqrt(var + eps) of row v = x (+ res) of C floats, two passes.
+template <bool kWarp>
+__device__ __forceinline__ void row_stats64(const float* x, const float* res, int C, double eps, double* red,
+                                            double* mean, double* rstd) {
+  const int t = kWarp ? threadIdx.x % 32 : threadIdx.x, nt = kWarp ? 32 : kBlock;
+  double sum = 0.0;
+  for (int c = t; c < C; c += nt) sum += res != nullptr ? x[c] + res[c] : x[c];
+  *mean = row_sum64<kWarp>(sum, red) / C;
+  double ss = 0.0;
+  for (int c = t; c < C; c += nt) {
+    const double d = (res != nullptr ? x[c] + res[c] : x[c]) - *mean;
+    ss += d * d;
+  }
+  *rstd = 1.0 / sqrt(row_sum64<kWarp>(ss, red) / C + eps);
+}
+
+// The forward of one wide row in float64 (x, res, y point at the row; s_out was already written).
+template <bool kWarp>
+__device__ __noinline__ void wide_row_forward(const float* x, const float* res, const float* w, const float* b,
+                                              float* y, float* mean_out, float* rstd_out, int C, float eps,
+                                              double* red) {
+  double mean, rstd;
+  row_stats64<kWarp>(x, res, C, eps, red, &mean, &rstd);
+  const int t = kWarp ? threadIdx.x % 32 : threadIdx.x, nt = kWarp ? 32 : kBlock;
+  for (int c = t; c < C; c += nt) {
+    double o = ((res != nullptr ? x[c] + res[c] : x[c]) - mean) * rstd;
+    if (w != nullptr) o *= w[c];
+    if (b != nullptr) o += b[c];
+    y[c] = static_cast<float>(o);
+  }
+  if (t == 0) {
+    *mean_out = static_cast<float>(mean);
+    *rstd_out = static_cast<float>(rstd);
+  }
+}
+
+// What the backward uses for a row: xhat = (v * sc - mu) * rs and dx = rso * (...). An ordinary row
+// has sc = 1, mu = mean, rs = rso = rstd (the saved values).
+struct RowScale {
+  float mu, rs, sc, rso;
+};
+
+// A wide row's RowScale: statistics recomputed in float64 from v (eps is far below its variance),
+// v scaled by sc = 2^-k with 2^k ~ std (exact), so v * sc - mu and xhat stay in range.
+template <bool kWarp>
+__device__ __noinline__ RowScale wide_row_scale(const float* v, int C, double* red) {
+  double mean, rstd;
+  row_stats64<kWarp>(v, nullptr, C, 0.0, red, &mean, &rstd);
+  const int k = ilogb(1.0 / rstd);
+  const double sc = ldexp(1.0, -k);
+  return {static_cast<float>(mean * sc), static_cast<float>(rstd / sc), static_cast<float>(sc),
+          static_cast<float>(rstd)};
+}
+
+// The smallest saved rstd the float backward handles: a normal float, and |v - mean| <= std sqrt(C)
+// within half of float's range.
+__device__ __forceinline__ float rstd_min(int C) {
+  return fmaxf(1.17549435e-38f, 2.0f * sqrtf(static_cast<float>(C)) / 3.40282347e+38f);
+}
+
 __device__ __forceinline__ float4 ld4(const float* p, int i) {
   return __ldg(reinterpret_cast<const float4*>(p) + i);
 }
 
 // ------------------------------------------------------------------------------ forward
 template <int NV>
-__global__ void __launch_bounds__(kWarps * 32)
+__global__ void __launch_bounds__(kWarps * 32, kFwdMinBlocks<NV>)
     ln_forward_warp(const float* __restrict__ x, const float* __restrict__ res,
                     const float* __restrict__ w, const float* __restrict__ b, float* __restrict__ s_out,
                     float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
@@ -103,6 +188,12 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
   d1 = warp_sum(d1);
   d2 = warp_sum(d2);
+  if (!isfinite(d2)) {  // a wide row (the same d2 in every lane)
+    const long long off = static_cast<long long>(row) * C;
+    wide_row_forward<true>(x + off, res != nullptr ? res + off : nullptr, w, b, y + off, mean_out + row,
+                           rstd_out + row, C, eps, nullptr);
+    return;
+  }
   const float var = fmaxf((d2 - d1 * d1 * inv_c) * inv_c, 0.0f);
   mean += d1 * inv_c;
   const float rstd = 1.0f / sqrtf(var + eps);
@@ -135,6 +226,7 @@ __global__ void __launch_bounds__(kBlock)
                      float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ rstd_out,
                      int N, int C, float eps) {
   __shared__ float red[kBlock / 32];
+  __shared__ double red64[kBlock / 32];
   const int row = blockIdx.x;
   if (row >= N) return;
   const long long off = static_cast<long long>(row) * C;
@@ -159,6 +251,11 @@ __global__ void __launch_bounds__(kBlock)
   }
   d1 = block_sum(d1, red);
   d2 = block_sum(d2, red);
+  if (!isfinite(d2)) {  // a wide row (the same d2 in every thread)
+    wide_row_forward<false>(x + off, res != nullptr ? res + off : nullptr, w, b, y + off, mean_out + row,
+                            rstd_out + row, C, eps, red64);
+    return;
+  }
   const float var = fmaxf((d2 - d1 * d1 * inv_c) * inv_c, 0.0f);
   mean += d1 * inv_c;
   const float rstd = 1.0f / sqrtf(var + eps);
@@ -198,9 +295,12 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
   const int r_begin = blockIdx.x * rows_per_block;
   const int r_end = min(N, r_begin + rows_per_block);
+  const float rs_min = rstd_min(C);
   for (int row = r_begin + warp; row < r_end; row += kWarps) {
     const long long off4 = static_cast<long long>(row) * C4;
-    const float mu = mean[row], rs = rstd[row];
+    RowScale sr = {mean[row], rstd[row], 1.0f, rstd[row]};
+    if (sr.rs < rs_min) sr = wide_row_scale<true>(xs + off4 * 4, C, nullptr);  // the same in every lane
+    const float mu = sr.mu, rs = sr.rs, sc = sr.sc, rso = sr.rso;
     float4 xh[NV], dh[NV];
     float sa = 0.0f, sb = 0.0f;
 #pragma unroll
@@ -211,7 +311,8 @@ __global__ void __launch_bounds__(kWarps * 32)
       if (c < C4) {
         const float4 xv = __ldg(reinterpret_cast<const float4*>(xs) + off4 + c);
         const float4 gv = __ldg(reinterpret_cast<const float4*>(g) + off4 + c);
-        xh[i] = make_float4((xv.x - mu) * rs, (xv.y - mu) * rs, (xv.z - mu) * rs, (xv.w - mu) * rs);
+        xh[i] = make_float4((xv.x * sc - mu) * rs, (xv.y * sc - mu) * rs, (xv.z * sc - mu) * rs,
+                            (xv.w * sc - mu) * rs);
         dh[i] = make_float4(gv.x * wv[i].x, gv.y * wv[i].y, gv.z * wv[i].z, gv.w * wv[i].w);
         acc_b[i].x += gv.x; acc_b[i].y += gv.y; acc_b[i].z += gv.z; acc_b[i].w += gv.w;
         acc_w[i].x += gv.x * xh[i].x; acc_w[i].y += gv.y * xh[i].y;
@@ -225,8 +326,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     for (int i = 0; i < NV; ++i) {
       const int c = lane + 32 * i;
       if (c < C4) {
-        float4 o = make_float4(rs * (dh[i].x - a - xh[i].x * bm), rs * (dh[i].y - a - xh[i].y * bm),
-                               rs * (dh[i].z - a - xh[i].z * bm), rs * (dh[i].w - a - xh[i].w * bm));
+        float4 o = make_float4(rso * (dh[i].x - a - xh[i].x * bm), rso * (dh[i].y - a - xh[i].y * bm),
+                               rso * (dh[i].z - a - xh[i].z * bm), rso * (dh[i].w - a - xh[i].w * bm));
         if (grad_s != nullptr) {
           const float4 gs = __ldg(reinterpret_cast<const float4*>(grad_s) + off4 + c);
           o.x += gs.x; o.y += gs.y; o.z += gs.z; o.w += gs.w;
@@ -276,6 +377,7 @@ __global__ void __launch_bounds__(kBlock)
                       float* __restrict__ dx, float* __restrict__ partial_dw,
                       float* __restrict__ partial_db, int N, int C, int rows_per_block) {
   __shared__ float red[kBlock / 32];
+  __shared__ double red64[kBlock / 32];
   const long long poff = static_cast<long long>(blockIdx.x) * C;
   for (int c = threadIdx.x; c < C; c += kBlock) {  // this block's workspace row, owned per column
     if (partial_dw != nullptr) partial_dw[poff + c] = 0.0f;
@@ -284,12 +386,15 @@ __global__ void __launch_bounds__(kBlock)
   const float inv_c = 1.0f / static_cast<float>(C);
   const int r_begin = blockIdx.x * rows_per_block;
   const int r_end = min(N, r_begin + rows_per_block);
+  const float rs_min = rstd_min(C);
   for (int row = r_begin; row < r_end; ++row) {
     const long long off = static_cast<long long>(row) * C;
-    const float mu = mean[row], rs = rstd[row];
+    RowScale sr = {mean[row], rstd[row], 1.0f, rstd[row]};
+    if (sr.rs < rs_min) sr = wide_row_scale<false>(xs + off, C, red64);  // the same in every thread
+    const float mu = sr.mu, rs = sr.rs, sc = sr.sc, rso = sr.rso;
     float sa = 0.0f, sb = 0.0f;
     for (int c = threadIdx.x; c < C; c += kBlock) {
-      const float xh = (xs[off + c] - mu) * rs;
+      const float xh = (xs[off + c] * sc - mu) * rs;
       const float gv = g[off + c];
       const float dh = w != nullptr ? gv * w[c] : gv;
       sa += dh;
@@ -300,10 +405,10 @@ __global__ void __launch_bounds__(kBlock)
     const float a = block_sum(sa, red) * inv_c;
     const float bm = block_sum(sb, red) * inv_c;
     for (int c = threadIdx.x; c < C; c += kBlock) {
-      const float xh = (xs[off + c] - mu) * rs;
+      const float xh = (xs[off + c] * sc - mu) * rs;
       const float gv = g[off + c];
       const float dh = w != nullptr ? gv * w[c] : gv;
-      float o = rs * (dh - a - xh * bm);
+      float o = rso * (dh - a - xh * bm);
       if (grad_s != nullptr) o += grad_s[off + c];
       dx[off + c] = o;
     }

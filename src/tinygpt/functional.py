@@ -20,8 +20,29 @@ def _contiguous(a):
     return a if a is None or a.flags.c_contiguous else array_module(a).ascontiguousarray(a)
 
 
+def _check_floats(op, one_dtype=True, **arrays):
+    """The named arrays (None skipped) must be floating point and (one_dtype) all of one dtype: bool or
+    integer data, or float32 mixed with float64, is refused rather than silently promoted."""
+    given = {name: a for name, a in arrays.items() if a is not None}
+    for name, a in given.items():
+        if a.dtype.kind != "f":
+            raise TypeError(f"{op}: {name} must be a floating-point array, got dtype {a.dtype}")
+    if one_dtype and len({a.dtype for a in given.values()}) > 1:
+        dtypes = ", ".join(f"{name} {a.dtype}" for name, a in given.items())
+        raise TypeError(f"{op}: the inputs must have one dtype, got {dtypes} (convert them first, e.g. with .astype)")
+
+
+def _check_rows(op, x):
+    """x must have a last axis to work along, and a non-empty one."""
+    if x.ndim < 1 or x.shape[-1] == 0:
+        raise ValueError(f"{op}: input must have at least 1 dimension with a non-empty last axis, got shape {x.shape}")
+
+
 # ----------------------------------------------------------------------------- linear
 def _check_linear(op, x, weight, bias):
+    _check_floats(op, input=x, weight=weight, bias=bias)
+    if x.ndim < 1:
+        raise ValueError(f"{op}: input must have at least 1 dimension (..., in), got a 0-d array")
     if weight.ndim != 2 or x.shape[-1] != weight.shape[1]:
         raise ValueError(f"{op}: input {x.shape} does not match weight (out, in) = {weight.shape}")
     if bias is not None and bias.shape != (weight.shape[0],):
@@ -100,6 +121,8 @@ def embedding(ids, weight: Tensor) -> Tensor:
 class LayerNorm(Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps=1e-5):
+        _check_floats("layer_norm", one_dtype=False, input=x, weight=weight, bias=bias)
+        _check_rows("layer_norm", x)
         C = x.shape[-1]
         for name, p in (("weight", weight), ("bias", bias)):
             if p is not None and p.shape != (C,):
@@ -134,6 +157,8 @@ class AddLayerNorm(Function):
     def forward(ctx, x, residual, weight, bias, eps=1e-5):
         if x.shape != residual.shape:
             raise ValueError(f"add_layer_norm: x {x.shape} and residual {residual.shape} must have the same shape")
+        _check_floats("add_layer_norm", one_dtype=False, x=x, residual=residual, weight=weight, bias=bias)
+        _check_rows("add_layer_norm", x)
         C = x.shape[-1]
         for name, p in (("weight", weight), ("bias", bias)):
             if p is not None and p.shape != (C,):
@@ -249,7 +274,13 @@ class CrossEntropy(Function):
 
 
 def cross_entropy(logits: Tensor, targets, ignore_index: int = -1) -> Tensor:
-    """Mean cross-entropy of logits (..., V) against integer targets (...), skipping ignore_index."""
+    """Mean cross-entropy of logits (..., V) against integer targets (...), skipping ignore_index.
+
+    When every target is ignore_index (a batch of padding only) the mean has no terms: the loss is
+    nan, as PyTorch's, so the batch cannot pass for a perfect prediction in a log, and its gradient
+    is exactly 0, also as PyTorch's, so backward and an optimiser step leave the weights finite
+    (AdamW then only applies weight decay).
+    """
     t = targets.data if isinstance(targets, Tensor) else targets
     t = t if hasattr(t, "dtype") else logits.xp.asarray(t)  # a list: onto the logits' device
     V = logits.shape[-1]
@@ -344,6 +375,7 @@ def qkv_attention(qkv: Tensor, n_head: int, causal: bool = True, dropout_p: floa
     """
     if qkv.ndim != 3:
         raise ValueError(f"qkv_attention: qkv must be (B, T, 3 * n_embd), got shape {qkv.shape}")
+    _check_floats("qkv_attention", qkv=qkv)
     if not isinstance(n_head, (int, np.integer)) or n_head < 1 or qkv.shape[-1] % (3 * n_head):
         raise ValueError(f"qkv_attention: qkv's last dim {qkv.shape[-1]} must be 3 * n_embd with n_embd "
                          f"divisible by n_head {n_head!r}")
@@ -367,6 +399,7 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
             f"scaled_dot_product_attention: shapes q {q.shape}, k {k.shape}, v {v.shape} do not match "
             "(need the same batch/head dims, q and k the same head size, k and v the same length)"
         )
+    _check_floats("scaled_dot_product_attention", q=q, k=k, v=v)
     if causal and q.shape[-2] > k.shape[-2]:
         raise ValueError(f"scaled_dot_product_attention: causal attention needs Tq <= Tk, got {q.shape[-2]} > {k.shape[-2]}")
     options = _attention_options("scaled_dot_product_attention", window, dropout_p, scale, q.shape[-1])
@@ -375,6 +408,9 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
 
 def _attention_options(op, window, dropout_p, scale, hs) -> dict:
     """The checked window, dropout_p, scale (default 1/sqrt(hs)) and a drawn dropout seed of an attention call."""
+    if hs < 1 and scale is None:  # size-0 heads: every score is 0, fine with a given scale
+        raise ValueError(f"{op}: the head size is 0, so the default scale 1/sqrt(head size) is undefined; "
+                         "use a head size >= 1 (n_embd >= n_head) or pass scale")
     if window is not None and (not isinstance(window, (int, np.integer)) or window < 1):
         raise ValueError(f"{op}: window must be a positive int, got {window!r}")
     if not 0.0 <= dropout_p < 1.0:

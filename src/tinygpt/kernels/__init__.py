@@ -106,7 +106,10 @@ def _reference_kernel(op):
 
 
 def _qualifies(arrays):
-    """The device all arrays share if every float array is float32 and C-contiguous, else None."""
+    """The device all arrays share if every float array is float32, C-contiguous and aligned, else None.
+
+    Unaligned arrays (np.frombuffer at an odd offset, a field of a packed structured array) are legal
+    NumPy that the native kernels refuse (they read through float*): the reference runs on them."""
     device = None
     for a in arrays:
         if a is None:
@@ -117,7 +120,7 @@ def _qualifies(arrays):
         device = dev
         if a.dtype.kind == "f" and a.dtype != np.float32:
             return None
-        if not a.flags.c_contiguous:
+        if not a.flags.c_contiguous or not getattr(a.flags, "aligned", True):
             return None
     return device
 

@@ -65,12 +65,23 @@ def embedding_backward(grad, ids, weight_shape, saved):
 
 # ----------------------------------------------------------------------------- layer_norm
 def layer_norm_forward(x, weight, bias, eps):
-    """Normalise over the last axis; saves mean and 1/std (each (..., 1))."""
+    """Normalise over the last axis; saves mean and 1/std (each (..., 1)).
+
+    A float32 row whose variance overflows (values beyond ~1e19) is recomputed alone in float64
+    (_wide_rows), so it normalises as the float64 formula does; every other row is untouched.
+    """
     xp = array_module(x)
-    mean = x.mean(axis=-1, keepdims=True)
-    xc = x - mean
-    rstd = 1.0 / xp.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = x.mean(axis=-1, keepdims=True)
+        xc = x - mean
+        var = (xc * xc).mean(axis=-1, keepdims=True)
+    rstd = 1.0 / xp.sqrt(var + eps)
     y = xc * rstd
+    wide = ~xp.isfinite(var[..., 0])  # (...,): the row sum or the sum of squares overflowed
+    if wide.any():
+        xw = x[wide].astype(xp.float64)
+        mean[wide], rstd[wide], xhat = _stats64(xw, eps)
+        y[wide] = xhat
     if weight is not None:
         y *= weight
     if bias is not None:
@@ -78,16 +89,41 @@ def layer_norm_forward(x, weight, bias, eps):
     return y, (mean, rstd)
 
 
+def _stats64(x, eps):
+    """float64 mean (k, 1), 1/std (k, 1) and the normalised rows of float64 rows x (k, C): two passes."""
+    xp = array_module(x)
+    mean = x.mean(axis=-1, keepdims=True)
+    xc = x - mean
+    rstd = 1.0 / xp.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps)
+    return mean, rstd, xc * rstd
+
+
+def layer_norm_rstd_min(C, dtype):
+    """The smallest saved 1/std for which layer_norm_backward's float formulas are safe: rstd normal
+    and |x - mean| <= std sqrt(C) within half the dtype's range. Rows below it (std beyond ~1e36 in
+    float32) are recomputed in float64, forward statistics included."""
+    info = np.finfo(dtype)
+    return max(float(info.tiny), 2.0 * math.sqrt(C) / float(info.max))
+
+
 def layer_norm_backward(grad, x, weight, saved):
     """Returns (dx, dweight, dbias) (the last two None when the op has no weight/bias)."""
+    xp = array_module(x)
     mean, rstd = saved
     C = x.shape[-1]
-    xhat = (x - mean) * rstd
+    dxhat = grad * weight if weight is not None else grad
+    with np.errstate(over="ignore", invalid="ignore"):
+        xhat = (x - mean) * rstd
+        dx = rstd * (dxhat - dxhat.mean(axis=-1, keepdims=True) - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
+    wide = rstd[..., 0] < layer_norm_rstd_min(C, x.dtype)  # (...,): rows float arithmetic cannot carry
+    if wide.any():  # recomputed in float64 from x (eps is far below these rows' variance)
+        _, rstd64, xhat64 = _stats64(x[wide].astype(xp.float64), 0.0)
+        d64 = dxhat[wide].astype(xp.float64)
+        xhat[wide] = xhat64
+        dx[wide] = rstd64 * (d64 - d64.mean(axis=-1, keepdims=True) - xhat64 * (d64 * xhat64).mean(axis=-1, keepdims=True))
     g2 = grad.reshape(-1, C)
     gw = (g2 * xhat.reshape(-1, C)).sum(axis=0) if weight is not None else None
     gb = g2.sum(axis=0)
-    dxhat = grad * weight if weight is not None else grad
-    dx = rstd * (dxhat - dxhat.mean(axis=-1, keepdims=True) - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
     return dx, gw, gb
 
 
@@ -190,7 +226,8 @@ def cross_entropy_forward(logits, targets, ignore_index):
     """Mean negative log-likelihood over rows whose target is not ignore_index.
 
     logits (N, V), targets (N,) ints. Saves the row logsumexp; the probability matrix is
-    rebuilt in backward. With every target ignored the mean is 0/0 = nan, as in PyTorch.
+    rebuilt in backward. With every target ignored the mean is 0/0 = nan, as in PyTorch, and its
+    gradient is exactly 0 (see cross_entropy_backward).
     """
     xp = array_module(logits)
     valid = targets != ignore_index
@@ -210,7 +247,10 @@ def cross_entropy_backward(grad, logits, targets, saved):
     probs = xp.exp(logits - lse)  # (N, V)
     rows = xp.arange(logits.shape[0])
     probs[rows, xp.where(valid, targets, 0)] -= 1.0
-    probs *= (valid * (grad / count)).astype(logits.dtype)[:, None]
+    # Ignored rows get exactly 0 whatever grad is; with every row ignored (count 0) the loss does not
+    # depend on the logits at all, so its gradient is 0 (PyTorch's), never grad / 0.
+    scale = grad / xp.maximum(count, 1)
+    probs *= xp.where(valid, scale, 0.0).astype(logits.dtype)[:, None]
     return probs
 
 

@@ -83,6 +83,9 @@ def arg(name: str, a, *, shape=None, dtype=np.float32, ndim=None):
         raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(a.shape)}")
     if not a.flags.c_contiguous:
         raise ValueError(f"{name}: expected a C-contiguous array")
+    if a.data.ptr % a.dtype.itemsize:
+        raise ValueError(f"{name}: expected an array aligned to {a.dtype.itemsize} bytes (its data starts at an "
+                         "odd address); copy it first")
     if a.device.id != cp.cuda.Device().id:
         raise ValueError(f"{name}: array is on GPU {a.device.id}, the current device is {cp.cuda.Device().id}")
     return a
@@ -101,16 +104,23 @@ def size(name: str, n: int) -> int:
 
 
 def integer(name: str, value) -> int:
-    """A Python integer from anything with __index__; errors name the argument."""
+    """A Python integer from anything with __index__ that fits int64 (what the launchers take); errors
+    name the argument."""
     try:
-        return operator.index(value)
+        value = operator.index(value)
     except TypeError:
         raise TypeError(f"{name}: expected an int, got {type(value).__name__}") from None
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(f"{name}: {value} is out of range: it must fit a signed 64-bit integer")
+    return value
 
 
 def seed64(name: str, seed) -> int:
     """The seed taken mod 2^64, as reference.dropout_mask does."""
-    return integer(name, seed) % (1 << 64)
+    try:
+        return operator.index(seed) % (1 << 64)
+    except TypeError:
+        raise TypeError(f"{name}: expected an int, got {type(seed).__name__}") from None
 
 
 def probability(name: str, p) -> float:
