@@ -38,9 +38,15 @@ draws). A checkpoint holds the model, AdamW state, step, config, tokenizer, samp
 the global RNG, so `--resume` continues on exactly the trajectory (same batches, same dropout
 masks, same learning rates) that an uninterrupted run would have taken.
 
-Structure (for data-parallel training to build on): `train_step` (forward and backward over
-the micro-batches of one step, a `reduce_gradients` hook, clipping, the optimiser step),
-`Evaluator`, `save_run` and the `MetricsLog` are separate; `train` is the loop that calls them.
+Structure: `train_step` (forward and backward over the micro-batches of one step, a
+`reduce_gradients` hook, clipping, the optimiser step), `Evaluator`, `save_run` and the
+`MetricsLog` are separate; `train` is the loop that calls them.
+
+Data parallel: `mpiexec -n N python examples/train_shakespeare.py <flags>` trains the same model on
+N processes (or GPUs, one per rank) as one process with the same flags: --batch-size is the global
+batch, rank 0 alone prints and writes, --zero 1 shards AdamW's state (ZeRO-1), and checkpoints
+resume at any N. The data-parallel part is cli/_dist.py (docs/distributed.md); without a launcher
+none of it runs.
 """
 from __future__ import annotations
 
