@@ -7,6 +7,7 @@ A 2-layer GPT, batch 5 (split 3 + 2 and 2 + 2 + 1), lr 3e-3 cosine, clip 1.0, fl
 losses and what was measured: LOSS_TOL's comment.
 """
 import json
+import os
 import re
 import shutil
 import signal
@@ -217,8 +218,6 @@ def _finish(proc, log, timeout=60):
 @needs_mpi
 def test_a_killed_rank_ends_the_training_job(tmp_path):
     proc, log, pids = _start(2, tmp_path / "run")
-    import os
-
     os.kill(pids[1], signal.SIGKILL)
     rc, out, seconds = _finish(proc, log)
     assert rc != 0 and seconds < 30, (rc, seconds, out)
@@ -226,13 +225,13 @@ def test_a_killed_rank_ends_the_training_job(tmp_path):
 
 
 @needs_mpi
-def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step(tmp_path):
-    """SIGINT to rank 1 only: the ranks agree to stop after the step, rank 0 saves the checkpoint, every
-    rank exits 130 (the one-process Ctrl-C contract), and the checkpoint resumes."""
+@pytest.mark.parametrize("target", ["rank 1", "launcher"])
+def test_ctrl_c_stops_every_rank_after_the_same_step(tmp_path, target):
+    """SIGINT to rank 1 only, or to mpiexec (a Ctrl-C in the terminal; it forwards the signal to every rank):
+    the ranks agree to stop after the same step, rank 0 saves the checkpoint, every rank exits 130 (the
+    one-process Ctrl-C contract), and the checkpoint resumes."""
     proc, log, pids = _start(2, tmp_path / "run")
-    import os
-
-    os.kill(pids[1], signal.SIGINT)
+    os.kill(pids[1] if target == "rank 1" else proc.pid, signal.SIGINT)
     rc, out, seconds = _finish(proc, log)
     assert rc == 130 and seconds < 30, (rc, seconds, out)
     interrupted = records(tmp_path / "run", "interrupted")
