@@ -106,3 +106,27 @@ def test_errors_name_the_argument():
         K.dropout.dropout_backward(x.astype(cp.float64), 0.5, saved)
     with pytest.raises(ValueError, match="dropout_backward: saved must be"):
         K.dropout.dropout_backward(x, 0.5, (0,))
+
+
+@pytest.mark.skipif(not K.has("qkv_attention"), reason="tinygpt._C was built without the CUDA attention kernel")
+@pytest.mark.parametrize("start, stop", [(0, 2), (2, 5), (3, 4)])
+def test_a_batch_slice_draws_the_global_batchs_mask_rows(start, stop):
+    """Data parallelism (random.batch_rows): rows start.. of a batch under the seed shifted to row `start`
+    get the whole batch's dropout and attention-probability masks on the CUDA kernels too."""
+    cp = _cp()
+    rng = np.random.default_rng(start)
+    x = rng.standard_normal((5, 6, 7)).astype(np.float32)
+    seed = 2**63 + 12345  # shifted seeds use all 64 bits
+    full, _ = K.dropout.dropout_forward(cp.asarray(x), 0.3, seed)
+    part, _ = K.dropout.dropout_forward(cp.asarray(x[start:stop]), 0.3,
+                                        R.dropout_seed_for_rows(seed, x[start:stop].shape, start))
+    np.testing.assert_array_equal(cp.asnumpy(part), cp.asnumpy(full)[start:stop])
+    B, T, nh, hs = 5, 9, 2, 4
+    qkv = rng.standard_normal((B, T, 3 * nh * hs)).astype(np.float32)
+    full, _ = K.attention.qkv_attention_forward(cp.asarray(qkv), nh, True, None, 0.2, seed, 0.5)
+    part, _ = K.attention.qkv_attention_forward(cp.asarray(qkv[start:stop]), nh, True, None, 0.2,
+                                                R.dropout_seed_for_rows(seed, (stop - start, nh, T, T), start), 0.5)
+    np.testing.assert_allclose(cp.asnumpy(part), cp.asnumpy(full)[start:stop], rtol=1e-6, atol=1e-7)
+    if start > 0:  # without the shift the slice would draw the first rows' masks
+        wrong, _ = K.attention.qkv_attention_forward(cp.asarray(qkv[start:stop]), nh, True, None, 0.2, seed, 0.5)
+        assert np.abs(cp.asnumpy(wrong) - cp.asnumpy(full)[start:stop]).max() > 1e-3

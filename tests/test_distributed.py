@@ -15,9 +15,7 @@ between any two summation orders (one process with other kernels too) while the 
 not change; it is left out of the weight comparison.
 """
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -25,42 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mpi_jobs import _MISSING, _env, _find_mpiexec, needs_mpi
 
 HERE = Path(__file__).resolve().parent
 TRAIN = HERE / "distributed_train.py"
 
 
-def _find_mpiexec():
-    beside = Path(sys.executable).parent / "mpiexec"  # a venv's bin (the mpich wheel puts it there)
-    return str(beside) if beside.exists() else shutil.which("mpiexec")
-
-
-try:
-    import mpi4py  # noqa: F401
-    _MISSING = None if _find_mpiexec() else "no mpiexec on PATH or beside the interpreter (pip install \".[mpi]\")"
-except ImportError:
-    _MISSING = "mpi4py is not installed (pip install \".[mpi]\" installs mpi4py and MPICH)"
-if _MISSING and os.environ.get("TINYGPT_REQUIRE_MPI") == "1":  # CI, after installing the [mpi] extra
-    raise RuntimeError(f"TINYGPT_REQUIRE_MPI=1, but {_MISSING}")
-
-def needs_mpi(test):
-    """Marked `mpi` (CI's MPI pass selects these) and skipped without MPI."""
-    return pytest.mark.mpi(pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")(test))
-
 STEPS = 200
 LOSS_TOL, WEIGHT_TOL = 3e-6, 1e-5
-
-
-_LAUNCHER_VARS = ("PMI_", "OMPI_", "PMIX_", "MV2_")
-
-
-def _env(**extra):
-    """The children's environment: one thread per rank (2 cores), a short wait limit, no launcher variables
-    (a child started without mpiexec is then one process); tinygpt comes from where it does for pytest."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_LAUNCHER_VARS)}
-    env.update(OMP_NUM_THREADS="1", TINYGPT_DIST_TIMEOUT="60")
-    env.update(extra)
-    return env
 
 
 def launch(n, runs, tmp_path, tag, timeout=240, env=None, check=True):
@@ -425,3 +395,37 @@ def test_zero1_refuses_parameters_moved_after_the_reducer_was_built():
 
     with pytest.raises(TypeError, match="ZeRO-1 is implemented for AdamW"):
         dist.shard_optimizer(SGD(model.parameters(), lr=0.1), reducer)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_dropout_masks_of_a_batch_slice_are_the_global_batchs(native):
+    """Inside batch_rows(r0) every dropout site of a GPT (embeddings, attention probabilities, residuals)
+    draws the global batch's mask rows: the logits and the gradients of a split batch are the whole
+    batch's, so data-parallel training with dropout does not depend on the number of ranks."""
+    import tinygpt as tg
+    from tinygpt import kernels
+    from tinygpt.random import batch_rows
+
+    cfg = tg.GPTConfig(vocab_size=13, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.3)
+    tg.manual_seed(0)
+    model = tg.GPT(cfg)
+    ids = np.random.default_rng(1).integers(0, 13, size=(5, 9))
+    x, y = ids[:, :-1], ids[:, 1:]
+
+    def run(rows, offset):
+        tg.manual_seed(7)  # each rank draws the same per-call seeds
+        for p in model.parameters():
+            p.grad = None
+        with kernels.use_native(native), batch_rows(offset):
+            logits, loss = model(x[rows], y[rows])
+            (loss * (len(range(5)[rows]) / 5)).backward()
+        return logits.numpy(), {n: p.grad.numpy().copy() for n, p in model.named_parameters()}
+
+    full, gfull = run(slice(0, 5), 0)
+    a, ga = run(slice(0, 3), 0)
+    b, gb = run(slice(3, 5), 3)
+    np.testing.assert_allclose(np.concatenate([a, b]), full, rtol=1e-5, atol=1e-6)
+    for n in gfull:
+        np.testing.assert_allclose(ga[n] + gb[n], gfull[n], rtol=1e-4, atol=1e-6, err_msg=n)
+    shifted, _ = run(slice(3, 5), 0)  # without the offset the slice reuses the first rows' masks
+    assert np.abs(shifted - full[3:]).max() > 1e-3

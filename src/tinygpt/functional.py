@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from . import kernels
+from .kernels import reference
 from . import random as _random
 from .autograd import Function
 from .backend import xp as array_module
@@ -311,8 +312,12 @@ class Dropout(Function):
         return ctx.kernel.backward(g, ctx.p, ctx.saved), None, None
 
 
-def _draw_seed() -> int:
-    return int(_random.generator().integers(0, 2**63 - 1))
+def _draw_seed(mask_shape) -> int:
+    """One seed per dropout call from the global generator; inside `random.batch_rows(r0)` shifted so that
+    a batch slice starting at global row r0 draws the global batch's mask rows (leading axis: batch)."""
+    seed = int(_random.generator().integers(0, 2**63 - 1))
+    offset = _random.row_offset()
+    return seed if offset == 0 else reference.dropout_seed_for_rows(seed, mask_shape, offset)
 
 
 def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
@@ -327,7 +332,7 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
         return x
     if p == 1.0:
         return x * 0.0
-    return Dropout.apply(x, p, _draw_seed())
+    return Dropout.apply(x, p, _draw_seed(x.shape))
 
 
 # ----------------------------------------------------------------------------- attention
@@ -379,7 +384,9 @@ def qkv_attention(qkv: Tensor, n_head: int, causal: bool = True, dropout_p: floa
     if not isinstance(n_head, (int, np.integer)) or n_head < 1 or qkv.shape[-1] % (3 * n_head):
         raise ValueError(f"qkv_attention: qkv's last dim {qkv.shape[-1]} must be 3 * n_embd with n_embd "
                          f"divisible by n_head {n_head!r}")
-    options = _attention_options("qkv_attention", window, dropout_p, scale, qkv.shape[-1] // (3 * n_head))
+    B, T = qkv.shape[0], qkv.shape[1]
+    options = _attention_options("qkv_attention", window, dropout_p, scale, qkv.shape[-1] // (3 * n_head),
+                                 (B, int(n_head), T, T))
     return QKVAttention.apply(qkv, n_head=int(n_head), causal=causal, **options)
 
 
@@ -402,12 +409,14 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
     _check_floats("scaled_dot_product_attention", q=q, k=k, v=v)
     if causal and q.shape[-2] > k.shape[-2]:
         raise ValueError(f"scaled_dot_product_attention: causal attention needs Tq <= Tk, got {q.shape[-2]} > {k.shape[-2]}")
-    options = _attention_options("scaled_dot_product_attention", window, dropout_p, scale, q.shape[-1])
+    options = _attention_options("scaled_dot_product_attention", window, dropout_p, scale, q.shape[-1],
+                                 q.shape[:-1] + (k.shape[-2],))
     return Attention.apply(q, k, v, causal=causal, **options)
 
 
-def _attention_options(op, window, dropout_p, scale, hs) -> dict:
-    """The checked window, dropout_p, scale (default 1/sqrt(hs)) and a drawn dropout seed of an attention call."""
+def _attention_options(op, window, dropout_p, scale, hs, mask_shape) -> dict:
+    """The checked window, dropout_p, scale (default 1/sqrt(hs)) and a drawn dropout seed of an attention call
+    (whose mask has `mask_shape`, (..., Tq, Tk))."""
     if hs < 1 and scale is None:  # size-0 heads: every score is 0, fine with a given scale
         raise ValueError(f"{op}: the head size is 0, so the default scale 1/sqrt(head size) is undefined; "
                          "use a head size >= 1 (n_embd >= n_head) or pass scale")
@@ -416,5 +425,5 @@ def _attention_options(op, window, dropout_p, scale, hs) -> dict:
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"{op}: dropout_p must be in [0, 1), got {dropout_p}")
     return dict(window=None if window is None else int(window), dropout_p=float(dropout_p),
-                seed=_draw_seed() if dropout_p > 0.0 else 0,
+                seed=_draw_seed(mask_shape) if dropout_p > 0.0 else 0,
                 scale=1.0 / math.sqrt(hs) if scale is None else float(scale))

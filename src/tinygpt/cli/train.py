@@ -38,13 +38,20 @@ draws). A checkpoint holds the model, AdamW state, step, config, tokenizer, samp
 the global RNG, so `--resume` continues on exactly the trajectory (same batches, same dropout
 masks, same learning rates) that an uninterrupted run would have taken.
 
-Structure (for data-parallel training to build on): `train_step` (forward and backward over
-the micro-batches of one step, a `reduce_gradients` hook, clipping, the optimiser step),
-`Evaluator`, `save_run` and the `MetricsLog` are separate; `train` is the loop that calls them.
+Structure: `train_step` (forward and backward over the micro-batches of one step, a
+`reduce_gradients` hook, clipping, the optimiser step), `Evaluator`, `save_run` and the
+`MetricsLog` are separate; `train` is the loop that calls them.
+
+Data parallel: `mpiexec -n N python examples/train_shakespeare.py <flags>` trains the same model on
+N processes (or GPUs, one per rank) as one process with the same flags: --batch-size is the global
+batch, rank 0 alone prints and writes, --zero 1 shards AdamW's state (ZeRO-1), and checkpoints
+resume at any N. The data-parallel part is cli/_dist.py (docs/distributed.md); without a launcher
+none of it runs.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -63,7 +70,7 @@ from ..data import DEFAULT_TEXT, BatchSampler, CharTokenizer, train_val_split
 from ..nn.moe import MoE
 from ..nn.utils import clip_grad_norm_
 from ..optim import cosine_with_warmup
-from . import common
+from . import _dist, common
 from .common import HelpFormatter, StopRequest, encode, explicit_dests, kernels_label
 from .metrics import MATPLOTLIB_HINT, METRICS_NAME, PLOT_NAME, MetricsLog, plot_metrics, split_metrics
 
@@ -166,6 +173,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     o.add_argument("--beta1", type=float, default=0.9, help="AdamW beta1")
     o.add_argument("--beta2", type=float, default=0.99, help="AdamW beta2")
     o.add_argument("--grad-clip", type=float, default=1.0, help="max global grad norm; 0 disables clipping")
+    o.add_argument("--zero", type=int, choices=(0, 1), default=0,
+                   help="under mpiexec -n N: 1 shards AdamW's moments over the ranks (ZeRO-1: 1/N of the optimiser "
+                        "memory each, the same model and checkpoint); 0 keeps them replicated")
 
     e = p.add_argument_group("evaluation, logging and sampling")
     e.add_argument("--eval-interval", type=int, default=250, help="iterations between evaluations (and checkpoints)")
@@ -354,6 +364,7 @@ class Evaluator:
     def __init__(self, splits: dict, batch_size: int, block_size: int, seed: int, to_device, grad_accum: int = 1):
         self.splits, self.batch_size, self.block_size = splits, batch_size, block_size
         self.seed, self.to_device, self.grad_accum = seed, to_device, grad_accum
+        self.parallel = None  # data parallel: each rank computes every N-th batch whole, the mean is reduced
 
     def __call__(self, model, iters: int) -> dict:
         """{'train': {'loss', 'ppl', 'bits_per_token', 'bits_per_char'}, 'val': {...}}"""
@@ -365,11 +376,16 @@ class Evaluator:
                     sampler = BatchSampler(tokens, self.batch_size * self.grad_accum, self.block_size,
                                            seed=self.seed + 1 + k)
                     losses = []
-                    for _ in range(iters):
-                        for x, y in micro_batches(sampler, self.grad_accum):
+                    for i in range(iters):
+                        batches = micro_batches(sampler, self.grad_accum)  # every rank draws every batch
+                        if self.parallel is not None and not self.parallel.evaluates(i):
+                            continue
+                        for x, y in batches:
                             _, loss = model(self.to_device(x), self.to_device(y))
                             losses.append(loss.item())
-                    out[name] = split_metrics(float(np.mean(losses)), chars_per_token)
+                    mean = float(np.mean(losses)) if self.parallel is None else \
+                        self.parallel.mean(losses, iters * self.grad_accum)
+                    out[name] = split_metrics(mean, chars_per_token)
         finally:
             model.train()
         return out
@@ -390,7 +406,7 @@ def moe_stats(model, as_tensor: bool = False) -> tuple:
 
 
 def train_step(model, optimizer, batches, *, lr: float, grad_clip: float, to_device, params=None,
-               reduce_gradients=None) -> dict:
+               reduce_gradients=None, parallel=None) -> dict:
     """One optimiser step over a list of (x, y) micro-batches (gradient accumulation).
 
     Each micro-batch's loss is scaled by 1/len(batches) before its backward, so the accumulated
@@ -398,18 +414,30 @@ def train_step(model, optimizer, batches, *, lr: float, grad_clip: float, to_dev
     concatenated batch (up to float rounding; not with dropout, whose masks are drawn per
     micro-batch, nor for MoE capacity, which is per micro-batch). `reduce_gradients(params)`,
     when given, runs after the backward passes and before clipping (the data-parallel all-reduce).
+    `parallel` (a cli._dist.DataParallel): `batches` are global, this rank computes its rows of each,
+    the gradients are summed over ranks (on the last micro-step) and clipped by their global norm.
 
     Returns {'loss': mean cross-entropy, 'moe_aux_loss', 'moe_dropped_frac'} (None without MoE).
     """
     params = model.parameters() if params is None else params
     for group in optimizer.param_groups:
         group["lr"] = lr
-    optimizer.zero_grad()
+    clip = clip_grad_norm_
+    if parallel is None:
+        optimizer.zero_grad()
+    else:
+        parallel.zero_grad()
+        batches = parallel.local(batches)
+        reduce_gradients, clip = parallel.reduce_gradients, parallel.clip_grad_norm_
     n = len(batches)
     losses, auxes, drops = [], [], []
-    for x, y in batches:
-        _, loss = model(to_device(x), to_device(y))
-        (loss if n == 1 else loss * (1.0 / n)).backward()
+    for k, (x, y) in enumerate(batches):
+        with contextlib.nullcontext() if parallel is None else parallel.micro_step(k, n):
+            _, loss = model(to_device(x), to_device(y))
+            if parallel is None:
+                (loss if n == 1 else loss * (1.0 / n)).backward()
+            else:  # this rank's share of the global mean: the sum over ranks is the global batch's gradient
+                (loss * (parallel.share / n)).backward()
         losses.append(loss.detach())
         aux, dropped = moe_stats(model, as_tensor=True)
         if aux is not None:
@@ -418,7 +446,7 @@ def train_step(model, optimizer, batches, *, lr: float, grad_clip: float, to_dev
     if reduce_gradients is not None:
         reduce_gradients(params)
     if grad_clip > 0:
-        clip_grad_norm_(params, grad_clip)
+        clip(params, grad_clip)
     optimizer.step()
     # read the numbers only now (on a GPU .item() waits for the device: the step is already queued)
     values = [v.item() for v in losses]
@@ -457,16 +485,27 @@ class Run:
     start_iter: int = 0
     best_val: float = math.inf
     resumed: bool = False
+    parallel: object = None  # cli._dist.DataParallel under mpiexec -n N > 1
+
+    @property
+    def main(self) -> bool:
+        """The process that prints, logs and writes files (rank 0, or the only one)."""
+        return self.parallel is None or self.parallel.is_main
 
 
 def save_run(run: Run, it: int, interrupted: bool = False) -> None:
     """The checkpoint of `run` after `it` steps (atomic; everything --resume needs)."""
     args = run.args
-    os.makedirs(args.out_dir, exist_ok=True)
-    hyper = {k: v for k, v in vars(args).items() if k not in ("resume", "force", "eval_only")}
+    # --zero and the number of ranks do not change the model: the file is the same whatever they are
+    hyper = {k: v for k, v in vars(args).items() if k not in ("resume", "force", "eval_only", "zero")}
     best = run.best_val if math.isfinite(run.best_val) else None
-    save_checkpoint(run.ckpt_path, run.model, run.optimizer, step=it, config=run.config, tokenizer=run.tokenizer,
-                    sampler=run.sampler, extra={"best_val_loss": best, "args": hyper, "interrupted": interrupted})
+    # data parallel: every rank gathers ZeRO-1's sharded moments (a collective), rank 0 alone writes
+    with contextlib.nullcontext() if run.parallel is None else run.parallel.gathered_state(run.optimizer):
+        if run.main:
+            os.makedirs(args.out_dir, exist_ok=True)
+            save_checkpoint(run.ckpt_path, run.model, run.optimizer, step=it, config=run.config,
+                            tokenizer=run.tokenizer, sampler=run.sampler,
+                            extra={"best_val_loss": best, "args": hyper, "interrupted": interrupted})
 
 
 def _eval_record(it: int, iters: int, ev: dict, final: bool = False) -> dict:
@@ -511,8 +550,9 @@ def _from_pretrained(args, explicit: set):
     return model.config, model, tokenizer
 
 
-def setup(args, explicit: set, device: str) -> Run:
-    """Data, tokenizer, model, optimiser and sampler of a new, pretrained or resumed run."""
+def setup(args, explicit: set, device: str, parallel=None) -> Run:
+    """Data, tokenizer, model, optimiser and sampler of a new, pretrained or resumed run (`parallel`: this
+    rank's cli._dist.DataParallel under mpiexec, attached once the model and checkpoint are loaded)."""
     ckpt_path = os.path.join(args.out_dir, CKPT_NAME)
     meta = None
     if args.resume:
@@ -549,7 +589,7 @@ def setup(args, explicit: set, device: str) -> Run:
         config, model, tokenizer = _from_pretrained(args, explicit)
     else:
         tokenizer = make_tokenizer(args, text, meta)
-    if isinstance(tokenizer, tokenizers.ByteLevelBPE):
+    if isinstance(tokenizer, tokenizers.ByteLevelBPE) and (parallel is None or parallel.is_main):
         tokenizer.save(args.out_dir)  # vocab.json + merges.txt beside the checkpoint (GPT-2's format)
     splits = split_tokens(args, tokenizer, text)
 
@@ -591,6 +631,8 @@ def setup(args, explicit: set, device: str) -> Run:
             raise _fail(f"nothing to train: the checkpoint is at iteration {run.start_iter} and --max-iters is "
                         f"{args.max_iters}; pass a larger --max-iters to continue, or --eval-only to evaluate it")
         tqdm.write(f"resumed from {ckpt_path} at iteration {run.start_iter} (best val loss {run.best_val:.4f})")
+    if parallel is not None:
+        parallel.attach(run, _fail)
     return run
 
 
@@ -612,6 +654,11 @@ def _describe(run: Run) -> None:
                f"({model.num_params(non_embedding=True) / 1e6:.2f}M without positions), {config.n_layer} layers, "
                f"{config.n_head} heads, {config.n_embd} channels, block {config.block_size}; "
                f"{args.batch_size * args.grad_accum * config.block_size} tokens per iteration{accum}")
+    if run.parallel is not None:
+        tqdm.write(run.parallel.describe())
+    elif args.zero:
+        tqdm.write("note: --zero 1 shards the optimiser over the ranks of mpiexec -n N; one process has nothing "
+                   "to shard")
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -621,7 +668,7 @@ def train(run: Run) -> dict:
     t_start = time.perf_counter()
     tokens_per_iter = args.batch_size * args.grad_accum * config.block_size
     metrics_path = os.path.join(args.out_dir, METRICS_NAME)
-    log = MetricsLog(metrics_path, append=run.resumed)
+    log = MetricsLog(metrics_path, append=run.resumed) if run.main else _dist.NullLog()
     log.write({"type": "start", "iter": run.start_iter, "resumed": run.resumed, "time": time.time(),
                "tokens_per_iter": tokens_per_iter, "device": run.device, "init_from": args.init_from})
     step_times, losses, eval_log = [], {}, []
@@ -633,6 +680,8 @@ def train(run: Run) -> dict:
     it = run.start_iter
     try:
         with StopRequest() as stop:
+            if run.parallel is not None:
+                stop = run.parallel.stop_flag(stop)  # every rank stops after the same step
             while True:
                 if (it % args.eval_interval == 0 or it == args.max_iters) and not (run.resumed and it == run.start_iter):
                     t0 = time.perf_counter()
@@ -657,7 +706,10 @@ def train(run: Run) -> dict:
                 t0 = time.perf_counter()
                 lr = lr_at(args, it)
                 stats = train_step(model, run.optimizer, micro_batches(run.sampler, args.grad_accum), lr=lr,
-                                   grad_clip=args.grad_clip, to_device=run.to_device, params=params)
+                                   grad_clip=args.grad_clip, to_device=run.to_device, params=params,
+                                   parallel=run.parallel)
+                if run.parallel is not None:
+                    stats = run.parallel.reduce_stats(stats)  # the global batch's loss
                 dt = time.perf_counter() - t0
                 last = stats["loss"]
                 if not math.isfinite(last):
@@ -699,14 +751,14 @@ def train(run: Run) -> dict:
     finally:
         bar.close()
         log.close()
-    plot = write_plot(metrics_path, os.path.join(args.out_dir, PLOT_NAME)) if args.plot else None
+    plot = write_plot(metrics_path, os.path.join(args.out_dir, PLOT_NAME)) if args.plot and run.main else None
     return summarise(run, it, t_start, step_times, losses, eval_log, last, final, final_eval_time, sample,
                      interrupted, metrics_path, plot)
 
 
 def generate_sample(run: Run) -> str:
     args = run.args
-    if args.sample_tokens <= 0:
+    if args.sample_tokens <= 0 or not run.main:
         return ""
     start = start_token(run.tokenizer)
     out = run.model.generate(run.to_device(np.array([[start]], dtype=np.int64)), max_new_tokens=args.sample_tokens,
@@ -766,9 +818,10 @@ def summarise(run, it, t_start, step_times, losses, eval_log, last, final, final
         "plot": plot,
         "sample": sample,
     }
-    os.makedirs(args.out_dir, exist_ok=True)
-    with open(os.path.join(args.out_dir, SUMMARY_NAME), "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=1, ensure_ascii=False, allow_nan=False)
+    if run.main:
+        os.makedirs(args.out_dir, exist_ok=True)
+        with open(os.path.join(args.out_dir, SUMMARY_NAME), "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=1, ensure_ascii=False, allow_nan=False)
 
     def num(v, fmt):
         return "-" if v is None else format(v, fmt)
@@ -796,7 +849,7 @@ def summarise(run, it, t_start, step_times, losses, eval_log, last, final, final
 
 
 # ---------------------------------------------------------------------------- --eval-only
-def eval_only(args, explicit: set, device: str) -> dict:
+def eval_only(args, explicit: set, device: str, parallel=None) -> dict:
     """Evaluate OUT_DIR's checkpoint (or --init-from) on both splits: loss, perplexity, bits/char."""
     ckpt_path = os.path.join(args.out_dir, CKPT_NAME)
     if args.init_from:
@@ -827,7 +880,9 @@ def eval_only(args, explicit: set, device: str) -> dict:
         return a if device == "cpu" else tg.Tensor(a, device=device)
 
     t0 = time.perf_counter()
-    ev = Evaluator(splits, args.batch_size, block, args.seed, to_device, args.grad_accum)(model, args.final_eval_iters)
+    evaluator = Evaluator(splits, args.batch_size, block, args.seed, to_device, args.grad_accum)
+    evaluator.parallel = parallel  # under mpiexec: the batches split across the ranks
+    ev = evaluator(model, args.final_eval_iters)
     tqdm.write(f"{source} (iteration {step}), {args.final_eval_iters} batches of {args.batch_size} x {block} tokens "
                f"per split ({time.perf_counter() - t0:.1f} s):")
     for split in ("train", "val"):
@@ -844,11 +899,12 @@ def main(argv=None, prog: str | None = None) -> dict:
     explicit = explicit_dests(build_parser(prog), argv)
     check_args(args)
     device = common.check_device(args.device, PROG)
-    if args.eval_only:
-        return eval_only(args, explicit, device)
-    run = setup(args, explicit, device)
-    _describe(run)
-    return train(run)
+    with _dist.session(args) as parallel:  # None for one process (no launcher): nothing changes
+        if args.eval_only:
+            return eval_only(args, explicit, device, parallel)
+        run = setup(args, explicit, device, parallel)
+        _describe(run)
+        return train(run)
 
 
 def run(argv=None, prog: str | None = None) -> int:

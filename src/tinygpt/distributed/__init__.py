@@ -16,7 +16,7 @@ Public API::
     shard_optimizer(adamw, reducer)                             # ZeRO-1 (reducer built with shard=True)
     gathered_state(optimizer)                                   # gather ZeRO-1 state once; rank 0 saves
     all_reduce(values, op), evaluate(model, batches)            # host reductions, split evaluation
-    dropout_seed(seed, shape, row_offset)                       # masks of a batch slice
+    batch_rows(row_offset), dropout_seed(seed, shape, row_offset)  # dropout masks independent of N
 
 `import tinygpt` never imports this package's MPI or NCCL parts; without a launcher `init()` returns
 a one-process group that needs neither.
@@ -24,11 +24,12 @@ a one-process group that needs neither.
 from __future__ import annotations
 
 import hashlib
-import math
 
 import numpy as np
 
 from .. import backend
+from ..kernels import reference
+from ..random import batch_rows
 from ..tensor import Tensor
 from .comm import (Communicator, DistributedError, DistributedTimeout, LocalComm, MPIComm, NCCLComm,  # noqa: F401
                    Work)
@@ -44,7 +45,7 @@ __all__ = [
     "Communicator", "LocalComm", "MPIComm", "NCCLComm", "Work", "DistributedError", "DistributedTimeout",
     "broadcast_parameters", "verify_replicas", "batch_slice", "local_batch", "all_reduce", "evaluate",
     "GradReducer", "DEFAULT_BUCKET_MB", "shard_optimizer", "ZeroShard", "gathered_state", "optimizer_state_nbytes",
-    "dropout_seed",
+    "dropout_seed", "batch_rows",
 ]
 
 
@@ -176,16 +177,9 @@ def evaluate(model, batches, comm=None) -> float:
     return float(c.host_all_reduce(np.array([total]), "sum")[0]) / count
 
 
-_GOLDEN = 0x9E3779B97F4A7C15  # the counter increment of the dropout hash (kernels/reference.py dropout_mask)
-
-
 def dropout_seed(seed: int, shape, row_offset: int) -> int:
     """The seed under which an array of `shape` holding rows ``row_offset ...`` of a global batch draws
-    exactly those rows of the mask that the whole batch draws under `seed`.
-
-    Dropout masks are counter-based: element i of a mask is a hash of ``seed + (i + 1) * golden``
-    (mod 2^64), i the flat index. Rows starting at `row_offset` begin at flat index
-    ``row_offset * prod(shape[1:])``, so shifting the seed by that many increments reproduces them.
-    """
-    per_row = math.prod(shape[1:]) if len(shape) > 1 else 1
-    return (int(seed) + int(row_offset) * per_row * _GOLDEN) % (1 << 64)
+    exactly those rows of the mask that the whole batch draws under `seed`
+    (kernels.reference.dropout_seed_for_rows; inside ``batch_rows(row_offset)`` every dropout call of
+    tinygpt.functional applies it itself)."""
+    return reference.dropout_seed_for_rows(seed, shape, row_offset)

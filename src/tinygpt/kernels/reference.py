@@ -301,6 +301,18 @@ def dropout_mask(shape, p, seed, xp):
     return keep.reshape(shape)
 
 
+def dropout_seed_for_rows(seed, shape, row_offset):
+    """The seed under which an array of `shape` holding rows ``row_offset ...`` of a larger batch draws
+    exactly those rows of the mask the whole batch draws under `seed` (the batch axis leading).
+
+    Rows from `row_offset` on start at flat counter ``row_offset * prod(shape[1:])``, and shifting the
+    seed by that many counter increments moves dropout_mask's counter there (the hash sees only
+    ``seed + (i + 1) * golden``). Data-parallel ranks use it so that masks do not depend on the split.
+    """
+    per_row = math.prod(shape[1:]) if len(shape) > 1 else 1
+    return (int(seed) + int(row_offset) * per_row * _GOLDEN) % (1 << 64)
+
+
 def dropout_forward(x, p, seed):
     xp = array_module(x)
     keep = dropout_mask(x.shape, p, seed, xp)
