@@ -11,7 +11,8 @@ With `--device cuda` the defaults become nanoGPT's GPU configuration
 256-token context, batch 64, dropout 0.2, lr 1e-3 cosine-decayed to 1e-4 over 5000
 iterations after 100 warmup iterations, betas 0.9/0.99, evaluation every 250 iterations on
 200 batches (nanoGPT reports a validation loss of about 1.47). Any flag given explicitly
-overrides the preset.
+overrides the preset. Matrix products on the GPU use TF32 by default, as nanoGPT's
+(`--matmul-precision fp32` for full float32; kernels/policy.py holds the choice).
 
 Tokenizers: `--tokenizer char` (the default) has one token per character of the text;
 `--tokenizer bpe` trains GPT-2's byte-level BPE on the training split (a few seconds) and
@@ -60,6 +61,7 @@ from .. import tokenizers
 from ..checkpoint import CheckpointError, load_checkpoint, load_model, model_config, read_checkpoint_metadata, \
     save_checkpoint
 from ..data import DEFAULT_TEXT, BatchSampler, CharTokenizer, train_val_split
+from ..kernels import policy
 from ..nn.moe import MoE
 from ..nn.utils import clip_grad_norm_
 from ..optim import cosine_with_warmup
@@ -120,6 +122,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     io.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                     help="cuda: train on the GPU with CuPy, and default to nanoGPT's GPU configuration "
                          "(6x6x384, block 256, batch 64, dropout 0.2, 5000 iterations; flags override it)")
+    io.add_argument("--matmul-precision", choices=("tf32", "fp32", "bf16"), default=None,
+                    help="float32 matrix products on the GPU: tf32 (the default there, as nanoGPT), fp32 (full "
+                         "precision) or bf16 inputs; default: TINYGPT_MATMUL_PRECISION if set, else tf32 on cuda")
     io.add_argument("--seed", type=int, default=1337, help="initialisation, dropout, batches and the sample")
     io.add_argument("--plot", action=argparse.BooleanOptionalAction, default=True,
                     help=f"write OUT_DIR/{PLOT_NAME} at the end (needs matplotlib: pip install 'tinygpt[plot]')")
@@ -598,7 +603,8 @@ def _describe(run: Run) -> None:
     args, config, model = run.args, run.config, run.model
     train_ids, val_ids = run.splits["train"][0], run.splits["val"][0]
     n_tokens = len(train_ids) + len(val_ids)
-    tqdm.write(f"tinygpt {tg.__version__} | {run.device} | kernels: {kernels_label(run.device)}")
+    precision = f" | matmul {args.matmul_precision}" if run.device == "cuda" else ""
+    tqdm.write(f"tinygpt {tg.__version__} | {run.device} | kernels: {kernels_label(run.device)}{precision}")
     if args.tokenizer == "char":
         tqdm.write(f"data: {n_tokens:,} characters, vocab {run.tokenizer.vocab_size}, "
                    f"train {len(train_ids):,} / val {len(val_ids):,}")
@@ -844,11 +850,13 @@ def main(argv=None, prog: str | None = None) -> dict:
     explicit = explicit_dests(build_parser(prog), argv)
     check_args(args)
     device = common.check_device(args.device, PROG)
-    if args.eval_only:
-        return eval_only(args, explicit, device)
-    run = setup(args, explicit, device)
-    _describe(run)
-    return train(run)
+    args.matmul_precision = policy.training_matmul_precision(device, args.matmul_precision)
+    with policy.matmul_precision(args.matmul_precision, device):  # restored when the run ends
+        if args.eval_only:
+            return eval_only(args, explicit, device)
+        run = setup(args, explicit, device)
+        _describe(run)
+        return train(run)
 
 
 def run(argv=None, prog: str | None = None) -> int:
