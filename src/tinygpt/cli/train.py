@@ -177,6 +177,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     e.add_argument("--eval-iters", type=int, default=20, help="batches per split at each periodic evaluation")
     e.add_argument("--final-eval-iters", type=int, default=200,
                    help="batches per split for the final evaluation and --eval-only")
+    e.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                   help="stop training after this much wall time (then evaluate, save and summarise as at "
+                        "--max-iters); default: none")
     e.add_argument("--log-interval", type=int, default=10, help="iterations between progress-bar/log updates")
     e.add_argument("--no-progress", action="store_true", help="no progress bar; print a log line instead")
     e.add_argument("--sample-tokens", type=int, default=500, help="tokens to sample at the end (0: none)")
@@ -204,6 +207,8 @@ def _fail(msg: str) -> SystemExit:
 
 def check_args(args) -> None:
     """Values argparse cannot check alone (ranges, combinations)."""
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise _fail("--time-limit must be > 0 seconds")
     if args.max_iters < 0 or args.eval_interval < 1 or args.eval_iters < 1 or args.final_eval_iters < 1:
         raise _fail("--max-iters must be >= 0 and --eval-interval, --eval-iters, --final-eval-iters >= 1")
     if args.batch_size < 1 or args.grad_accum < 1 or args.log_interval < 1:
@@ -633,7 +638,7 @@ def train(run: Run) -> dict:
     step_times, losses, eval_log = [], {}, []
     params = model.parameters()
     last = None
-    interrupted = False
+    interrupted = timed_out = False
     bar = tqdm(total=args.max_iters, initial=min(run.start_iter, args.max_iters), disable=args.no_progress,
                unit="it", dynamic_ncols=True, desc="train")
     it = run.start_iter
@@ -655,6 +660,10 @@ def train(run: Run) -> dict:
                                f"(ppl {ev['val']['ppl']:.2f}, {ev['val']['bits_per_char']:.3f} bits/char) "
                                f"({time.perf_counter() - t0:.1f}s){saved}")
                 if it >= args.max_iters:
+                    break
+                if args.time_limit is not None and time.perf_counter() - t_start > args.time_limit:
+                    timed_out = True
+                    tqdm.write(f"--time-limit {args.time_limit:g} s reached at iteration {it}")
                     break
                 if stop.requested:
                     interrupted = True
@@ -707,7 +716,7 @@ def train(run: Run) -> dict:
         log.close()
     plot = write_plot(metrics_path, os.path.join(args.out_dir, PLOT_NAME)) if args.plot else None
     return summarise(run, it, t_start, step_times, losses, eval_log, last, final, final_eval_time, sample,
-                     interrupted, metrics_path, plot)
+                     interrupted, metrics_path, plot, timed_out)
 
 
 def generate_sample(run: Run) -> str:
@@ -734,7 +743,7 @@ def write_plot(metrics_path: str, png_path: str):
 
 
 def summarise(run, it, t_start, step_times, losses, eval_log, last, final, final_eval_time, sample, interrupted,
-              metrics_path, plot) -> dict:
+              metrics_path, plot, timed_out=False) -> dict:
     args, model, config = run.args, run.model, run.config
     tokens_per_iter = args.batch_size * args.grad_accum * config.block_size
     median = float(np.median(step_times)) if step_times else None
@@ -745,6 +754,7 @@ def summarise(run, it, t_start, step_times, losses, eval_log, last, final, final
         "start_iter": run.start_iter,
         "resumed": run.resumed,
         "interrupted": interrupted,
+        "time_limited": timed_out,
         "wall_time_s": time.perf_counter() - t_start,
         "train_time_s": sum(step_times),
         "median_ms_per_iter": median * 1e3 if median else None,
