@@ -10,9 +10,10 @@
 #   1 build    cmake with TINYGPT_CUDA=ON for this card's architecture only (nvidia-smi compute_cap),
 #              parallel; then the versions (GPU, driver, CUDA, CuPy, PyTorch) and the CUDA ops, failing
 #              fast when tinygpt.kernels.cuda_ops() is empty (the later stages then use the reference)
-#   2 tests    each CUDA kernel test file (tests/test_gpu.py, tests/test_cuda_*.py, tests/ops/test_*.py;
-#              GPU_TEST_MARK, default `gpu`, selects their tests) alone under a timeout, all of them
-#              whatever fails; failing files again with CUDA_LAUNCH_BLOCKING=1 while time allows
+#   2 tests    each CUDA kernel test file (tests/test_cuda_*.py, tests/ops/test_*.py, then tests/test_gpu.py;
+#              GPU_TEST_MARK, default `gpu`, selects their tests; hypothesis profile `quick`, 5 examples)
+#              alone under a timeout, all of them whatever fails; failing files again with
+#              CUDA_LAUNCH_BLOCKING=1 while time allows
 #   3 train    examples/train_shakespeare.py --device cuda (nanoGPT's Shakespeare config, TF32), evaluations
 #              sized to the budget and --time-limit; target best val <= 1.47 (nanoGPT: 1.4697). On the
 #              CuPy reference (TINYGPT_NATIVE=0) when the kernels failed to build or test, or the run crashed
@@ -37,7 +38,7 @@ MARK=${GPU_TEST_MARK:-gpu}
 mkdir -p "$OUT"
 TMPD=$(mktemp -d)
 trap 'rm -rf "$TMPD"' EXIT
-export PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}" HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}
+export PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}" HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-quick}
 START=$SECONDS
 : >"$OUT/times.txt"
 
@@ -109,13 +110,13 @@ if not tg.backend.cuda_available() or not info["cuda"]:
 EOF
 NATIVE=1
 export SMOKE PY
-stage build "$(cap 240 300)" "$OUT/build.log" bash -c "$(declare -f build); build" || NATIVE=0
-stage versions "$(cap 60 290)" "$OUT/build.log" "${PYRUN[@]}" "$TMPD/info.py" || NATIVE=0
+stage build "$(cap 240 310)" "$OUT/build.log" bash -c "$(declare -f build); build" || NATIVE=0
+stage versions "$(cap 60 300)" "$OUT/build.log" "${PYRUN[@]}" "$TMPD/info.py" || NATIVE=0
 tail -4 "$OUT/build.log"
 
 # ------------------------------------------------------------------------------------------ 2 tests
 files=()
-for f in tests/test_gpu.py tests/test_cuda_*.py tests/ops/test_*.py; do
+for f in tests/test_cuda_*.py tests/ops/test_*.py tests/test_gpu.py; do  # the kernels' own tests first
   [ -e "$f" ] || continue
   [ "$(basename "$f")" = test_cuda_emulator.py ] && continue  # the emulator's own checks: no GPU code
   files+=("$f")
@@ -129,7 +130,7 @@ note "tests: ${#files[@]} files (-m $MARK)"
 failed=()
 kernel_failed=0
 for f in "${files[@]}"; do
-  stage "test $f" "$(cap 90 300)" "$OUT/tests.log" "$PY" -m pytest -q -p no:cacheprovider -m "$MARK" -rfEs "$f"
+  stage "test $f" "$(cap 90 320)" "$OUT/tests.log" "$PY" -m pytest -q -p no:cacheprovider -m "$MARK" -rfEs "$f"
   rc=$?
   if [ $rc -ne 0 ] && [ $rc -ne 5 ]; then  # 5: nothing selected in that file
     failed+=("$f")
@@ -137,7 +138,7 @@ for f in "${files[@]}"; do
   fi
 done
 for f in "${failed[@]}"; do
-  CUDA_LAUNCH_BLOCKING=1 stage "rerun $f with CUDA_LAUNCH_BLOCKING=1" "$(cap 60 310)" "$OUT/tests.log" \
+  CUDA_LAUNCH_BLOCKING=1 stage "rerun $f with CUDA_LAUNCH_BLOCKING=1" "$(cap 60 330)" "$OUT/tests.log" \
     "$PY" -m pytest -q -p no:cacheprovider -m "$MARK" -x -rfE "$f"
 done
 note "tests: ${#failed[@]} of ${#files[@]} files failed${failed[*]:+: ${failed[*]}}"
@@ -160,12 +161,12 @@ train() {  # train NATIVE(0|1) LIMIT
 if [ $SMOKE = 1 ]; then  # rehearse the fallback's command too (the main run below writes train.json)
   train 0 60 && rm -rf "$TMPD/train"
 fi
-train $NATIVE "$(cap 270 80)"
+train $NATIVE "$(cap 240 60)"
 rc=$?
 if [ $rc -ne 0 ] && [ $NATIVE = 1 ]; then  # the kernels crashed the run: the reference proves the device path
   note "train: the native run failed (exit $rc): again on the CuPy reference"
   rm -rf "$TMPD/train"
-  train 0 "$(cap 270 40)"
+  train 0 "$(cap 240 30)"
 fi
 if [ -f "$TMPD/train/summary.json" ]; then
   cp "$TMPD/train/summary.json" "$OUT/train.json"
@@ -184,7 +185,7 @@ fi
 # ------------------------------------------------------------------------------------------ 4 bench
 bench_args=(--part model --no-compile --no-ref --tf32 --steps 10 --warmup 2)
 [ $SMOKE = 1 ] && bench_args=(--part model --tiny --no-torch --steps 2 --warmup 1 --copy-mib 4)
-stage "bench shakespeare" "$(cap 100 75)" "$OUT/bench.log" "${PYRUN[@]}" benchmarks/gpu.py --config shakespeare \
+stage "bench shakespeare" "$(cap 100 40)" "$OUT/bench.log" "${PYRUN[@]}" benchmarks/gpu.py --config shakespeare \
   "${bench_args[@]}" --json "$OUT/bench-shakespeare.json"
 stage "bench gpt2" "$(cap 150 5)" "$OUT/bench.log" "${PYRUN[@]}" benchmarks/gpu.py --config gpt2 \
   "${bench_args[@]}" --json "$OUT/bench-gpt2.json"

@@ -12,6 +12,7 @@ wrappers (kernels/cuda/linear.py) ask precision_code and run_gemm.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 from typing import NamedTuple
 
@@ -112,7 +113,10 @@ def training_matmul_precision(device: str, requested: str | None = None) -> str:
 
 
 def _linalg():
-    return backend.cupy()._core._routines_linalg
+    """cupy._core._routines_linalg: where CuPy keeps cupy.matmul's compute type per dtype."""
+    cp = backend.cupy()
+    linalg = getattr(getattr(cp, "_core", None), "_routines_linalg", None)
+    return linalg if linalg is not None else importlib.import_module("cupy._core._routines_linalg")
 
 
 def _set_cublas(name: str):
