@@ -200,7 +200,8 @@ def bench_model(name: str, args, tg, np, cp, torch, timer, peaks) -> dict:
     else:
         print(f"[{name}] note: no native CUDA kernels in this build (tinygpt.kernels.cuda_ops() is empty): "
               "timing the reference on CuPy only")
-    contenders.append(("tinygpt-ref", "tinygpt", False))
+    if not (args.no_ref and contenders):
+        contenders.append(("tinygpt-ref", "tinygpt", False))
     if torch is not None and not args.no_torch:
         contenders.append(("torch", "torch", "eager"))
         if not args.no_compile:
@@ -620,6 +621,10 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=None, help="override the batch size (GPT-2 default 8)")
     p.add_argument("--dropout", type=float, default=None, help="override the dropout (default 0.2 / 0.0 for gpt2)")
     p.add_argument("--no-torch", action="store_true", help="time tinygpt alone")
+    p.add_argument("--no-ref", action="store_true",
+                   help="skip tinygpt-ref (the reference on CuPy) when the CUDA kernels are there")
+    p.add_argument("--tiny", action="store_true",
+                   help="tiny stand-ins for both configurations (rehearsing the script on the CUDA emulator)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compilation takes minutes)")
     p.add_argument("--torch-bf16", action="store_true", help="also time PyTorch under bf16 autocast")
     p.add_argument("--tf32", action="store_true",
@@ -641,8 +646,15 @@ def _write_json(path, payload):
     print(f"saved {path}")
 
 
+# --tiny: the same code paths at sizes the CUDA emulator runs in seconds (benchmarks/gpu_session.sh --smoke)
+TINY_CONFIGS = {"shakespeare": dict(vocab_size=11, block_size=16, n_layer=1, n_head=2, n_embd=8, batch_size=2, dropout=0.2),
+                "gpt2": dict(vocab_size=50, block_size=32, n_layer=1, n_head=2, n_embd=16, batch_size=2, dropout=0.0)}
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.tiny:
+        CONFIGS.update(TINY_CONFIGS)
     if args.tf32:
         os.environ["CUPY_TF32"] = "1"  # read by CuPy when it loads (tinygpt imports it lazily, below)
     import numpy as np  # noqa: PLC0415

@@ -1,8 +1,9 @@
 """Shared pytest setup: hypothesis profiles, the `gpu` marker skip, the reference/native fixture.
 
-Profiles (pick one with HYPOTHESIS_PROFILE=ci|dev|thorough; ci is the default):
+Profiles (pick one with HYPOTHESIS_PROFILE=ci|dev|quick|thorough; ci is the default):
   ci        25 examples, derandomized (reproducible CI), no deadline
   dev       50 examples
+  quick     5 examples, derandomized (benchmarks/gpu_session.sh: the kernel tests in a timed session)
   thorough  500 examples
 
 TINYGPT_CUDA_EMULATOR=1 runs the GPU tests without a GPU: CuPy is played by tests/fake_cupy.py and
@@ -24,6 +25,7 @@ from tinygpt import kernels
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.register_profile("ci", max_examples=25, derandomize=True, database=None, **_COMMON)
 settings.register_profile("dev", max_examples=50, **_COMMON)
+settings.register_profile("quick", max_examples=5, derandomize=True, database=None, **_COMMON)  # a timed GPU session
 settings.register_profile("thorough", max_examples=500, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

@@ -115,7 +115,7 @@ def train(spec: dict) -> dict:
                 (loss * (share / s["accum"])).backward()
             loss_sum += loss.item() * share / s["accum"]
         if reducer is None:
-            norm = clip_grad_norm_(model.parameters(), s["clip"]) if s["clip"] else 0.0
+            norm = float(clip_grad_norm_(model.parameters(), s["clip"])) if s["clip"] else 0.0
             losses.append(loss_sum)
         else:
             reducer.wait()

@@ -140,6 +140,22 @@ class _Random:
         return self._rng.integers(low, high, size, dtype=dtype).view(GpuArray)
 
 
+class _Linalg:
+    """cupy._core._routines_linalg's float32 compute-type switch (the products stay numpy's; tests read
+    which compute type a cupy.matmul ran under). Constants as CuPy's."""
+
+    COMPUTE_TYPE_DEFAULT, COMPUTE_TYPE_PEDANTIC, COMPUTE_TYPE_FP32, COMPUTE_TYPE_BF16, COMPUTE_TYPE_TF32 = 1, 2, 4, 6, 7
+
+    def __init__(self):
+        self.types = {}
+
+    def get_compute_type(self, dtype):
+        return self.types.get(np.dtype(dtype), self.COMPUTE_TYPE_DEFAULT)
+
+    def set_compute_type(self, dtype, compute_type):
+        self.types[np.dtype(dtype)] = compute_type
+
+
 class FakeCupy(types.ModuleType):
     """numpy's functions, results as GpuArrays; types, ufuncs and constants unchanged."""
 
@@ -156,6 +172,7 @@ class FakeCupy(types.ModuleType):
             get_elapsed_time=lambda a, b: (b.t - a.t) * 1e3)
         self.get_default_memory_pool = lambda: _Pool()
         self.random = _Random()
+        self._core = types.SimpleNamespace(_routines_linalg=_Linalg())
 
     def __getattr__(self, name):
         if _real_cupy is not None and not hasattr(_real_cupy, name):

@@ -81,17 +81,45 @@ def test_clip_grad_norm_runs_the_kernels_and_matches_the_cpu(monkeypatch):
         c.grad = tg.Tensor(rng.standard_normal(c.shape).astype(np.float32) * 3)
         g.grad = c.grad.to("cuda")
     calls = []
-    for name in ("grad_norm", "grad_scale_"):
+    for name in ("grad_norm", "grad_scale_", "grad_clip_"):
         real = getattr(K.grad_norm, name)
         monkeypatch.setattr(K.grad_norm, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
-    for norm_type, max_norm in ((2.0, 1.0), (math.inf, 1e-4)):  # both clip
+    for norm_type, max_norm in ((2.0, 1.0), (math.inf, 1e-4), (2.0, 1e6)):  # two clip, the last does not
         want = tg.nn.utils.clip_grad_norm_(cpu, max_norm, norm_type)
         got = tg.nn.utils.clip_grad_norm_(gpu, max_norm, norm_type)
-        np.testing.assert_allclose(got, want, rtol=1e-12)
+        assert got.device == "cuda" and want.device == "cpu"  # the norm stays on the gradients' device
+        np.testing.assert_allclose(float(got), float(want), rtol=1e-12)
         for c, g in zip(cpu, gpu):
             np.testing.assert_array_equal(cp.asnumpy(g.grad.data), c.grad.data)
-    assert calls == ["grad_norm", "grad_scale_", "grad_norm", "grad_scale_"]
+    assert calls == ["grad_norm", "grad_clip_"] * 3  # the scale from the device norm: no host read
     assert kernels.grad_norm([cp.asarray(np.ones(3, np.float32))], 3.0) is None  # other norms: per array
+
+
+@given(grads=grad_lists(), norm_type=st.sampled_from([2.0, math.inf]),
+       max_norm=st.sampled_from([1e-30, 1e-3, 0.7, 1e3, 1e30]))
+def test_clip_scales_as_the_host_would(grads, norm_type, max_norm):
+    """grad_clip computes clip_grad_norm_'s host arithmetic on the device: total = sqrt(sum) (or the max),
+    coef = max_norm / (total + 1e-6) in float64, g *= float32(coef) unless coef >= 1 (NaN scales)."""
+    cp = _cp()
+    dev = [cp.asarray(g) for g in grads]
+    norm = K.grad_norm.grad_norm(dev, norm_type)
+    v = float(norm)
+    coef = max_norm / ((v if norm_type == math.inf else math.sqrt(v)) + 1e-6)
+    K.grad_norm.grad_clip_(dev, norm, max_norm, norm_type)
+    for d, g in zip(dev, grads):
+        np.testing.assert_array_equal(cp.asnumpy(d), g if coef >= 1.0 else g * np.float32(coef))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_clip_by_a_nonfinite_norm_scales_by_nan_or_zero(bad):
+    cp = _cp()
+    g = np.ones(CHUNK + 3, np.float32)
+    g[7] = bad
+    dev = [cp.asarray(g)]
+    K.grad_norm.grad_clip_(dev, K.grad_norm.grad_norm(dev, 2.0), 1.0, 2.0)
+    out = cp.asnumpy(dev[0])
+    # NaN norm: coef NaN, every element NaN (as torch); inf norm: coef 0, so 0 except inf * 0 = NaN
+    assert np.isnan(out).all() if np.isnan(bad) else (np.isnan(out[7]) and (np.delete(out, 7) == 0).all())
 
 
 def test_argument_errors():
@@ -102,3 +130,7 @@ def test_argument_errors():
         K.grad_norm.grad_norm([cp.asarray(np.ones(3, np.float32))], 1.0)
     with pytest.raises(TypeError, match="tensor 1: expected dtype float32"):
         K.grad_norm.grad_scale_([cp.asarray(np.ones(3, np.float32)), cp.asarray(np.ones(3))], 0.5)
+    with pytest.raises(TypeError, match="grad_clip_: norm: expected dtype float64"):
+        K.grad_norm.grad_clip_([cp.asarray(np.ones(3, np.float32))], cp.ones((), np.float32), 1.0, 2.0)
+    with pytest.raises(ValueError, match="grad_clip_: norm_type must be 2 or inf"):
+        K.grad_norm.grad_clip_([cp.asarray(np.ones(3, np.float32))], cp.ones((), np.float64), 1.0, 1.0)

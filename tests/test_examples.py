@@ -196,6 +196,15 @@ def test_refuses_to_overwrite_a_checkpoint_without_force(text_file, tmp_path):
         _train(text_file, tmp_path, "--resume", "--force")
 
 
+def test_time_limit_stops_training_then_evaluates_and_summarises(text_file, tmp_path):
+    s = _train(text_file, tmp_path, "--max-iters", "500", "--sample-tokens", "0", "--time-limit", "1e-9")
+    assert s["time_limited"] and s["iterations"] < 500 and not s["interrupted"]
+    assert s["final"] is not None and s["best_val_loss"] is not None  # the final evaluation still ran
+    assert not _train(text_file, tmp_path / "b", "--max-iters", "2", "--sample-tokens", "0")["time_limited"]
+    with pytest.raises(SystemExit, match="--time-limit must be > 0"):
+        _train(text_file, tmp_path / "c", "--time-limit", "0")
+
+
 def test_eval_only(trained, text_file, capsys):
     out, s = trained
     ev = train_shakespeare.main(["--data", text_file, "--out-dir", str(out), "--eval-only", "--final-eval-iters", "3"])

@@ -282,10 +282,11 @@ def test_attention_dropout_same_on_every_device():
 
 def test_bad_ids_and_indices_raise_on_the_gpu():
     w = tg.randn(7, 4, device="cuda")
+    # under the CUDA kernels the range checks stay on the GPU and raise at the next host read
     with pytest.raises(ValueError, match="token id 9 at position"):
-        F.embedding(on("cuda", np.array([[1, 9]])), w)
+        F.embedding(on("cuda", np.array([[1, 9]])), w).numpy()
     with pytest.raises(ValueError, match="target 5 at flat position 1"):
-        F.cross_entropy(tg.randn(2, 5, device="cuda"), on("cuda", np.array([0, 5])))
+        F.cross_entropy(tg.randn(2, 5, device="cuda"), on("cuda", np.array([0, 5]))).item()
     with pytest.raises(IndexError, match="out of bounds"):  # CuPy alone would wrap the index around
         tg.randn(3, 4, device="cuda")[np.array([0, 3])]
 
@@ -391,7 +392,7 @@ def test_adamw_sgd_and_clipping_steps_agree():
             _, loss = model(x, y)
             opt.zero_grad()
             loss.backward()
-            norms.append(clip_grad_norm_(model.parameters(), 0.5))
+            norms.append(float(clip_grad_norm_(model.parameters(), 0.5)))
             opt.step()
         state = opt.state[id(model.transformer.wte.weight)]
         assert backend.device_of(state["exp_avg"]) == device  # optimiser state lives with the parameter

@@ -7,6 +7,7 @@
 //          kernel combines the partials in a fixed order into a 0-d float64 (no atomics: the result is
 //          deterministic). NaN propagates through both (also through max, as numpy's max does).
 //   scale: g *= scale (float32 multiply, as `g *= coef` on a float32 array with a Python float).
+//   clip:  the same scale computed on the device from the norm's 0-d result (no host read).
 // Tensors are described as in every multi-tensor launch (csrc/cuda/multi_tensor.cuh): table[2 t] =
 // device pointer of tensor t, table[2 t + 1] = its size; each block one kChunk-element chunk of one tensor.
 // Napkin math: one read of every gradient (4 B/element) for the norm, read + write (8 B) for the scale;
@@ -79,6 +80,21 @@ __global__ void __launch_bounds__(kThreads)
   for (long long i = c.begin + threadIdx.x; i < c.end; i += kThreads) g[i] *= scale;
 }
 
+// clip_grad_norm_'s scale with the norm left on the device: total = sqrt(sum) (or the max), coef =
+// max_norm / (total + 1e-6) in float64 as the host computed it, and g *= float32(coef) unless coef >= 1
+// (so a NaN norm scales by NaN, as torch). Every thread derives coef from the one value: no host read.
+__global__ void __launch_bounds__(kThreads)
+    clip_kernel(const long long* __restrict__ table, const long long* __restrict__ block_start, int T,
+                const double* __restrict__ norm, double max_norm, bool max_abs) {
+  const double v = *norm;
+  const double coef = max_norm / ((max_abs ? v : sqrt(v)) + 1e-6);
+  if (coef >= 1.0) return;
+  const float scale = static_cast<float>(coef);
+  const multi_tensor::Chunk c = multi_tensor::chunk_of(table, 2, block_start, T, blockIdx.x);
+  float* g = reinterpret_cast<float*>(c.row[0]);
+  for (long long i = c.begin + threadIdx.x; i < c.end; i += kThreads) g[i] *= scale;
+}
+
 void check_counts(const char* op, int num_tensors, long long num_blocks) {
   TG_CHECK(num_tensors >= 1, op, ": need at least one tensor, got ", num_tensors);
   TG_CHECK(num_blocks >= 0 && num_blocks <= 2147483647LL, op, ": bad block count ", num_blocks);
@@ -125,6 +141,17 @@ void grad_scale(std::uintptr_t table, std::uintptr_t block_start, int num_tensor
   TG_CUDA_CHECK_LAUNCH();
 }
 
+void grad_clip(std::uintptr_t table, std::uintptr_t block_start, int num_tensors, long long num_blocks,
+               std::uintptr_t norm, double max_norm, bool max_abs, std::uintptr_t stream) {
+  check_counts("grad_clip", num_tensors, num_blocks);
+  TG_CHECK(norm != 0, "grad_clip: norm must be a device pointer");
+  if (num_blocks == 0) return;
+  clip_kernel<<<static_cast<unsigned>(num_blocks), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
+      reinterpret_cast<const long long*>(table), reinterpret_cast<const long long*>(block_start), num_tensors,
+      reinterpret_cast<const double*>(norm), max_norm, max_abs);
+  TG_CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace
 
 void bind_grad_norm(py::module_& m) {
@@ -136,6 +163,10 @@ void bind_grad_norm(py::module_& m) {
   m.def("grad_scale", &grad_scale, py::arg("table"), py::arg("block_start"), py::arg("num_tensors"),
         py::arg("num_blocks"), py::arg("scale"), py::arg("stream"), nogil,
         "Every tensor of the list *= float32(scale), in place, one launch.");
+  m.def("grad_clip", &grad_clip, py::arg("table"), py::arg("block_start"), py::arg("num_tensors"),
+        py::arg("num_blocks"), py::arg("norm"), py::arg("max_norm"), py::arg("max_abs"), py::arg("stream"), nogil,
+        "clip_grad_norm_'s scale from the 0-d float64 grad_norm result on the device (sum of squares, or the "
+        "max with max_abs): every tensor *= float32(max_norm / (norm + 1e-6)) when that is below 1.");
 }
 
 }  // namespace cuda

@@ -118,12 +118,44 @@ def to_device(array, device: str):
 
 
 def to_numpy(array) -> np.ndarray:
-    """A host numpy array (copies from the GPU when needed; other array-likes via np.asarray)."""
+    """A host numpy array (copies from the GPU when needed; other array-likes via np.asarray).
+    A copy from the GPU first settles the deferred checks (check_pending)."""
     if is_cupy_array(array):
+        check_pending()
         return array.get()
     if isinstance(array, np.ndarray):
         return array
     return np.asarray(array)
+
+
+# ----------------------------------------------------------------------------- deferred device checks
+# A check of GPU data (token ids in range, say) read back at once would stall the host on every call
+# until the GPU caught up. Instead its outcome stays on the device as a 0-d bool and is read with the
+# next copy to the host (to_numpy, Tensor.item: the training loop reads its loss once per step), all
+# pending outcomes in one transfer; the first failed check raises its error there. Bounded: every
+# _MAX_PENDING checks they are settled anyway.
+_pending: list = []  # (0-d bool device array: True when the check failed, callable returning the exception)
+_MAX_PENDING = 256
+
+
+def defer_check(failed, error) -> None:
+    """Queue a check whose outcome `failed` (a 0-d bool cupy array) is read later; `error()` builds the
+    exception to raise when it is True (it may read the GPU: it only runs when the check failed)."""
+    _pending.append((failed, error))
+    if len(_pending) >= _MAX_PENDING:
+        check_pending()
+
+
+def check_pending() -> None:
+    """Read every deferred check's outcome (one device -> host copy) and raise the first failure's error."""
+    if not _pending:
+        return
+    checks = _pending[:]
+    _pending.clear()
+    failed = cupy().stack([f for f, _ in checks]).get()
+    for (_, error), bad in zip(checks, failed):
+        if bad:
+            raise error()
 
 
 def synchronize() -> None:

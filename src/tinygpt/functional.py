@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from . import kernels
+from . import backend, kernels
 from .kernels import reference
 from . import random as _random
 from .autograd import Function
@@ -86,21 +86,39 @@ def linear_gelu(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor
 
 
 # ----------------------------------------------------------------------------- embedding
-def _check_ids(op, ids, n):
+def _check_range(kernel, bad, error) -> None:  # kernel: the Kernel that will run, or None
+    """Raise error() when any of `bad` (a bool array over the ids) is set. Under the CUDA kernels the
+    test stays on the device and is read with the next host read (backend.defer_check), so it never
+    stalls a step: those kernels stay in bounds meanwhile (a NaN row / a NaN loss, never a stray read).
+    The reference indexes with the ids, so it is checked first (on the GPU that waits for it)."""
+    if kernel is not None and kernel.name == "native-cuda":
+        backend.defer_check(bad.any(), error)
+    elif bad.any():
+        raise error()
+
+
+def _check_ids(op, ids, n, kernel=None):
     if ids.dtype.kind not in "iu":
         raise TypeError(f"{op}: token ids must be integers, got dtype {ids.dtype}")
-    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= n):
+    if not ids.size:
+        return
+
+    def error():
         xp = array_module(ids)
-        bad = xp.argwhere((ids < 0) | (ids >= n))[0]
-        pos = tuple(int(i) for i in bad)
-        raise ValueError(f"{op}: token id {int(ids[pos])} at position {pos} is out of range [0, {n})")
+        bad = xp.argwhere((ids < 0) | (ids >= n))
+        if not len(bad):  # deferred, and the array was overwritten since
+            return ValueError(f"{op}: a token id was out of range [0, {n})")
+        pos = tuple(int(i) for i in bad[0])
+        return ValueError(f"{op}: token id {int(ids[pos])} at position {pos} is out of range [0, {n})")
+
+    _check_range(kernel, (ids < 0) | (ids >= n), error)
 
 
 class Embedding(Function):
     @staticmethod
     def forward(ctx, ids, weight):
-        _check_ids("embedding", ids, weight.shape[0])
         ctx.kernel = kernels.select("embedding", ids, weight)
+        _check_ids("embedding", ids, weight.shape[0], ctx.kernel)
         out, saved = ctx.kernel.forward(ids, weight)
         ctx.save_for_backward(ids, saved)
         ctx.weight_shape = weight.shape
@@ -259,11 +277,23 @@ def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- cross-entropy
+def _check_targets(kernel, t, V, ignore_index):
+    def error():
+        now = (t != ignore_index) & ((t < 0) | (t >= V))
+        if not bool(now.any()):  # deferred, and the array was overwritten since
+            return ValueError(f"cross_entropy: a target was out of range [0, {V})")
+        i = int(array_module(t).argmax(now))
+        return ValueError(f"cross_entropy: target {int(t[i])} at flat position {i} is out of range [0, {V})")
+
+    _check_range(kernel, (t != ignore_index) & ((t < 0) | (t >= V)), error)
+
+
 class CrossEntropy(Function):
     @staticmethod
     def forward(ctx, logits, targets, ignore_index=-1):
         logits = _contiguous(logits)
         ctx.kernel = kernels.select("cross_entropy", logits, targets)
+        _check_targets(ctx.kernel, targets, logits.shape[-1], ignore_index)
         loss, saved = ctx.kernel.forward(logits, targets, ignore_index)
         ctx.save_for_backward(logits, targets, saved)
         return loss
@@ -290,10 +320,6 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -1) -> Tensor:
     if t.dtype.kind not in "iu":
         raise TypeError(f"cross_entropy: targets must be integers, got dtype {t.dtype}")
     t = t.reshape(-1)
-    bad = (t != ignore_index) & ((t < 0) | (t >= V))
-    if bad.any():
-        i = int(array_module(t).argmax(bad))
-        raise ValueError(f"cross_entropy: target {int(t[i])} at flat position {i} is out of range [0, {V})")
     return CrossEntropy.apply(logits.reshape(-1, V), t.astype(np.int64, copy=False), ignore_index=ignore_index)
 
 

@@ -88,6 +88,8 @@ class Tensor:
     def item(self):
         if self.size != 1:
             raise ValueError(f"item: only one-element tensors convert to a Python scalar, got shape {self.shape}")
+        if backend.is_cupy_array(self.data):
+            backend.check_pending()  # deferred device checks settle with this read (backend.defer_check)
         return self.data.reshape(()).item()
 
     def tolist(self):
@@ -232,7 +234,13 @@ class Tensor:
     def __bool__(self):
         if self.size != 1:
             raise ValueError(f"the truth value of a tensor of shape {self.shape} is ambiguous")
-        return bool(self.data)
+        return bool(self.item())
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
 
     # ------------------------------------------------------------------ elementwise
     def exp(self):

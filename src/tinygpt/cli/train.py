@@ -11,7 +11,8 @@ With `--device cuda` the defaults become nanoGPT's GPU configuration
 256-token context, batch 64, dropout 0.2, lr 1e-3 cosine-decayed to 1e-4 over 5000
 iterations after 100 warmup iterations, betas 0.9/0.99, evaluation every 250 iterations on
 200 batches (nanoGPT reports a validation loss of about 1.47). Any flag given explicitly
-overrides the preset.
+overrides the preset. Matrix products on the GPU use TF32 by default, as nanoGPT's
+(`--matmul-precision fp32` for full float32; kernels/policy.py holds the choice).
 
 Tokenizers: `--tokenizer char` (the default) has one token per character of the text;
 `--tokenizer bpe` trains GPT-2's byte-level BPE on the training split (a few seconds) and
@@ -67,6 +68,7 @@ from .. import tokenizers
 from ..checkpoint import CheckpointError, load_checkpoint, load_model, model_config, read_checkpoint_metadata, \
     save_checkpoint
 from ..data import DEFAULT_TEXT, BatchSampler, CharTokenizer, train_val_split
+from ..kernels import policy
 from ..nn.moe import MoE
 from ..nn.utils import clip_grad_norm_
 from ..optim import cosine_with_warmup
@@ -127,6 +129,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     io.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                     help="cuda: train on the GPU with CuPy, and default to nanoGPT's GPU configuration "
                          "(6x6x384, block 256, batch 64, dropout 0.2, 5000 iterations; flags override it)")
+    io.add_argument("--matmul-precision", choices=("tf32", "fp32", "bf16"), default=None,
+                    help="float32 matrix products on the GPU: tf32 (the default there, as nanoGPT), fp32 (full "
+                         "precision) or bf16 inputs; default: TINYGPT_MATMUL_PRECISION if set, else tf32 on cuda")
     io.add_argument("--seed", type=int, default=1337, help="initialisation, dropout, batches and the sample")
     io.add_argument("--plot", action=argparse.BooleanOptionalAction, default=True,
                     help=f"write OUT_DIR/{PLOT_NAME} at the end (needs matplotlib: pip install 'tinygpt[plot]')")
@@ -182,6 +187,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     e.add_argument("--eval-iters", type=int, default=20, help="batches per split at each periodic evaluation")
     e.add_argument("--final-eval-iters", type=int, default=200,
                    help="batches per split for the final evaluation and --eval-only")
+    e.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                   help="stop training after this much wall time (then evaluate, save and summarise as at "
+                        "--max-iters); default: none")
     e.add_argument("--log-interval", type=int, default=10, help="iterations between progress-bar/log updates")
     e.add_argument("--no-progress", action="store_true", help="no progress bar; print a log line instead")
     e.add_argument("--sample-tokens", type=int, default=500, help="tokens to sample at the end (0: none)")
@@ -209,6 +217,8 @@ def _fail(msg: str) -> SystemExit:
 
 def check_args(args) -> None:
     """Values argparse cannot check alone (ranges, combinations)."""
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise _fail("--time-limit must be > 0 seconds")
     if args.max_iters < 0 or args.eval_interval < 1 or args.eval_iters < 1 or args.final_eval_iters < 1:
         raise _fail("--max-iters must be >= 0 and --eval-interval, --eval-iters, --final-eval-iters >= 1")
     if args.batch_size < 1 or args.grad_accum < 1 or args.log_interval < 1:
@@ -640,7 +650,8 @@ def _describe(run: Run) -> None:
     args, config, model = run.args, run.config, run.model
     train_ids, val_ids = run.splits["train"][0], run.splits["val"][0]
     n_tokens = len(train_ids) + len(val_ids)
-    tqdm.write(f"tinygpt {tg.__version__} | {run.device} | kernels: {kernels_label(run.device)}")
+    precision = f" | matmul {args.matmul_precision}" if run.device == "cuda" else ""
+    tqdm.write(f"tinygpt {tg.__version__} | {run.device} | kernels: {kernels_label(run.device)}{precision}")
     if args.tokenizer == "char":
         tqdm.write(f"data: {n_tokens:,} characters, vocab {run.tokenizer.vocab_size}, "
                    f"train {len(train_ids):,} / val {len(val_ids):,}")
@@ -674,7 +685,7 @@ def train(run: Run) -> dict:
     step_times, losses, eval_log = [], {}, []
     params = model.parameters()
     last = None
-    interrupted = False
+    interrupted = timed_out = False
     bar = tqdm(total=args.max_iters, initial=min(run.start_iter, args.max_iters), disable=args.no_progress,
                unit="it", dynamic_ncols=True, desc="train")
     it = run.start_iter
@@ -698,6 +709,10 @@ def train(run: Run) -> dict:
                                f"(ppl {ev['val']['ppl']:.2f}, {ev['val']['bits_per_char']:.3f} bits/char) "
                                f"({time.perf_counter() - t0:.1f}s){saved}")
                 if it >= args.max_iters:
+                    break
+                if args.time_limit is not None and time.perf_counter() - t_start > args.time_limit:
+                    timed_out = True
+                    tqdm.write(f"--time-limit {args.time_limit:g} s reached at iteration {it}")
                     break
                 if stop.requested:
                     interrupted = True
@@ -753,7 +768,7 @@ def train(run: Run) -> dict:
         log.close()
     plot = write_plot(metrics_path, os.path.join(args.out_dir, PLOT_NAME)) if args.plot and run.main else None
     return summarise(run, it, t_start, step_times, losses, eval_log, last, final, final_eval_time, sample,
-                     interrupted, metrics_path, plot)
+                     interrupted, metrics_path, plot, timed_out)
 
 
 def generate_sample(run: Run) -> str:
@@ -780,7 +795,7 @@ def write_plot(metrics_path: str, png_path: str):
 
 
 def summarise(run, it, t_start, step_times, losses, eval_log, last, final, final_eval_time, sample, interrupted,
-              metrics_path, plot) -> dict:
+              metrics_path, plot, timed_out=False) -> dict:
     args, model, config = run.args, run.model, run.config
     tokens_per_iter = args.batch_size * args.grad_accum * config.block_size
     median = float(np.median(step_times)) if step_times else None
@@ -791,6 +806,7 @@ def summarise(run, it, t_start, step_times, losses, eval_log, last, final, final
         "start_iter": run.start_iter,
         "resumed": run.resumed,
         "interrupted": interrupted,
+        "time_limited": timed_out,
         "wall_time_s": time.perf_counter() - t_start,
         "train_time_s": sum(step_times),
         "median_ms_per_iter": median * 1e3 if median else None,
@@ -899,7 +915,9 @@ def main(argv=None, prog: str | None = None) -> dict:
     explicit = explicit_dests(build_parser(prog), argv)
     check_args(args)
     device = common.check_device(args.device, PROG)
-    with _dist.session(args) as parallel:  # None for one process (no launcher): nothing changes
+    args.matmul_precision = policy.training_matmul_precision(device, args.matmul_precision)
+    with policy.matmul_precision(args.matmul_precision, device), _dist.session(args) as parallel:
+        # parallel is None for one process (no launcher): nothing changes; the precision is restored at the end
         if args.eval_only:
             return eval_only(args, explicit, device, parallel)
         run = setup(args, explicit, device, parallel)

@@ -259,7 +259,7 @@ class GradReducer:
         if not self.shard:
             from ..nn.utils import clip_grad_norm_  # noqa: PLC0415 - nn imports the model layers
 
-            return clip_grad_norm_(self.params, max_norm, norm_type)
+            return float(clip_grad_norm_(self.params, max_norm, norm_type))
         norm_type = float(norm_type)
         if norm_type not in (2.0, float("inf")):
             raise ValueError(f"clip_grad_norm_: ZeRO-1 supports norm_type 2 or inf, got {norm_type}")

@@ -60,6 +60,7 @@ OPS: dict[str, Op] = {
     "adamw_multi_step": Op("adamw", "update", cpu=False),  # the CPU runs adamw_step per tensor
     "grad_norm": Op("grad_norm", "update", cpu=False),     # the CPU reduces per array (nn.utils)
     "grad_scale_": Op("grad_norm", "update", cpu=False),
+    "grad_clip_": Op("grad_norm", "update", cpu=False),
 }
 
 
@@ -182,6 +183,16 @@ def grad_norm(grads, norm_type):
     norm_type = float(norm_type)
     fn = _native_for("grad_norm", grads) if grads and norm_type in (2.0, float("inf")) else None
     return None if fn is None else fn(grads, norm_type)
+
+
+def grad_clip_(grads, norm, max_norm: float, norm_type) -> bool:
+    """clip_grad_norm_'s scale from grad_norm's device result `norm`, in one CUDA launch that never reads
+    it on the host; False (nothing done) when that kernel does not apply: the caller scales another way."""
+    fn = _native_for("grad_clip_", grads) if grads and float(norm_type) in (2.0, float("inf")) else None
+    if fn is None:
+        return False
+    fn(grads, norm, max_norm, norm_type)
+    return True
 
 
 def grad_scale_(grads, scale: float) -> None:

@@ -2,7 +2,8 @@
 
 CPU    `cpu_native(op, *arrays)`: the native kernel or the reference, per shape class, for the ops
        whose native kernel is not faster everywhere (linear, linear_gelu: `linear_policy`).
-CUDA   the tensor-core GEMM's input precision (`set_matmul_precision`: fp32 | tf32 | bf16) and which
+CUDA   the tensor-core GEMM's input precision (`set_matmul_precision`: fp32 | tf32 | bf16; a training
+       run's default: `training_matmul_precision`, TF32 on the GPU), cuBLAS's in the same (`cublas_precision`), and which
        GEMM runs each linear product (`set_matmul_backend`: ours | cublas | auto, measured per shape
        class by `run_gemm`, the autotuner).
 The kernels themselves never decide: tinygpt.kernels.select asks cpu_native, and the CUDA linear
@@ -10,6 +11,8 @@ wrappers (kernels/cuda/linear.py) ask precision_code and run_gemm.
 """
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 from typing import NamedTuple
 
@@ -57,11 +60,17 @@ def cpu_native(op: str, *arrays) -> bool:
 #                     arrays; what nanoGPT turns on (torch.backends.cuda.matmul.allow_tf32 = True).
 #   'bf16'            inputs rounded to bfloat16 (7-bit mantissa, relative 2^-8) in shared memory;
 #                     the arrays stay float32 (no bf16 array support: the model keeps fp32).
-# All accumulate in fp32. fp32 by default because PyTorch's default is also full fp32 ('highest',
-# allow_tf32 off), and with it a GPU run matches the CPU kernels to float32 accuracy; TF32 is one
-# call (or TINYGPT_MATMUL_PRECISION=tf32) away. Products that the backend choice below sends to
-# cuBLAS (cupy.matmul) run in cuBLAS's fp32 (or TF32 if CuPy was started with CUPY_TF32=1).
+# All accumulate in fp32. The library's default is fp32, as PyTorch's ('highest', allow_tf32 off):
+# a GPU result then matches the CPU kernels to float32 accuracy (what the GPU tests compare). Training
+# on the GPU defaults to TF32 instead (`training_matmul_precision`, the train CLI's --matmul-precision),
+# as nanoGPT and PyTorch's recommended settings do (docs/gpu.md argues it from published figures).
+# Products that the backend choice below sends to cuBLAS (cupy.matmul) run in the same precision
+# (`cublas_precision`: CuPy's float32 compute type, i.e. cublasGemmEx's compute type), so the
+# autotuner compares like with like.
 PRECISIONS = {"tf32": 0, "fp32": 1, "bf16": 2}  # the `precision` argument of csrc/cuda/linear.cu
+# cuBLAS's float32 products in each precision: CuPy's compute types (cupy/_core/_routines_linalg):
+# DEFAULT = CUBLAS_COMPUTE_32F (full fp32), TF32 = CUBLAS_COMPUTE_32F_FAST_TF32, BF16 = _FAST_16BF.
+CUBLAS_COMPUTE = {"fp32": "COMPUTE_TYPE_DEFAULT", "tf32": "COMPUTE_TYPE_TF32", "bf16": "COMPUTE_TYPE_BF16"}
 
 
 def _check_precision(name):
@@ -90,6 +99,62 @@ def get_matmul_precision() -> str:
 def precision_code() -> int:
     """The current precision as the launchers' integer code."""
     return PRECISIONS[_matmul_precision]
+
+
+def training_matmul_precision(device: str, requested: str | None = None) -> str:
+    """The GEMM precision of a training run: `requested` when given, else TINYGPT_MATMUL_PRECISION when
+    set, else 'tf32' on the GPU (nanoGPT's torch.backends.cuda.matmul.allow_tf32 = True) and 'fp32' on
+    the CPU (whose kernels are fp32 whatever the setting)."""
+    if requested is not None:
+        return _check_precision(requested)
+    if os.environ.get("TINYGPT_MATMUL_PRECISION", "").strip():
+        return _matmul_precision  # checked at import
+    return "tf32" if device == "cuda" else "fp32"
+
+
+def _linalg():
+    """cupy._core._routines_linalg: where CuPy keeps cupy.matmul's compute type per dtype."""
+    cp = backend.cupy()
+    linalg = getattr(getattr(cp, "_core", None), "_routines_linalg", None)
+    return linalg if linalg is not None else importlib.import_module("cupy._core._routines_linalg")
+
+
+def _set_cublas(name: str):
+    """Set CuPy's float32 compute type to `name`'s; returns the previous compute type."""
+    linalg = _linalg()
+    previous = linalg.get_compute_type(np.float32)
+    want = getattr(linalg, CUBLAS_COMPUTE[name])
+    if previous != want:
+        linalg.set_compute_type(np.float32, want)
+    return previous
+
+
+@contextlib.contextmanager
+def cublas_precision(name: str | None = None):
+    """cupy.matmul / cuBLAS on float32 arrays in `name`'s precision (default: the current GEMM
+    precision) inside the block, CuPy's previous compute type restored after."""
+    linalg = _linalg()
+    previous = _set_cublas(_check_precision(name or _matmul_precision))
+    try:
+        yield
+    finally:
+        if linalg.get_compute_type(np.float32) != previous:
+            linalg.set_compute_type(np.float32, previous)
+
+
+@contextlib.contextmanager
+def matmul_precision(name: str, device: str = "cuda"):
+    """Inside the block our GEMM uses `name` and, on the GPU, so does every cuBLAS float32 product
+    (the reference array code's included); both settings are restored after (a training run)."""
+    previous = set_matmul_precision(name)
+    try:
+        if device == "cuda":
+            with cublas_precision(name):
+                yield
+        else:
+            yield
+    finally:
+        set_matmul_precision(previous)
 
 
 # ----------------------------------------------------------------------------- CUDA: our GEMM or cuBLAS
@@ -187,9 +252,14 @@ def run_gemm(op, direction, rows, n_in, n_out, ours, cublas) -> None:
     """Run `ours()` or `cublas()` (each computes the same outputs in place) as the backend setting says,
     measuring the shape class first when 'auto' has no choice for it yet."""
     use = matmul_policy(op, rows, n_in, n_out, direction)
+
+    def cublas_alike():  # cuBLAS in our GEMM's precision: TF32 against TF32, fp32 against fp32
+        with cublas_precision():
+            cublas()
+
     if use is None:  # once per class: the key is built a second time only here
-        t = median_ms({"ours": ours, "cublas": cublas}, _TUNE_REPS)
+        t = median_ms({"ours": ours, "cublas": cublas_alike}, _TUNE_REPS)
         choice = MatmulChoice(t["ours"] < t["cublas"], t["ours"], t["cublas"])
         _matmul_choices[_shape_class(op, direction, rows, n_in, n_out)] = choice
         use = choice.ours
-    (ours if use else cublas)()
+    (ours if use else cublas_alike)()

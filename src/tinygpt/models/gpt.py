@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
+from .. import backend
 from ..backend import array_device, to_device
 from ..nn import Block, Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, sinusoidal_positions
 from ..nn.moe import collect_aux_loss
@@ -71,6 +72,8 @@ class GPT(Module):
         if B == 0 or T == 0:  # an error, not an empty result: a loss over no tokens would be NaN
             raise ValueError(f"GPT: empty input: idx has shape {ids.shape}; batch size and sequence length "
                              "must be at least 1")
+        if backend.is_cupy_array(ids):  # on the GPU the embedding checks the range on the device (deferred)
+            return ids
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= self.config.vocab_size:
             bad = lo if lo < 0 else hi

@@ -138,25 +138,28 @@ def saved_tuple(op: str, saved, n: int, what: str) -> tuple:
 
 
 # ----------------------------------------------------------------------------- multi-tensor launches
-_last_table: tuple = ((), None)  # (key, result) of the last tensor_table call
+_tables: dict = {}  # (rows, chunk) -> the device table: the last few, most recently used last
+_MAX_TABLES = 8
 
 
 def tensor_table(rows, chunk):
     """The device table of a multi-tensor launch: rows (pointers..., n) as int64 (T, len(row)), the
     first block of each tensor (cumulative ceil(n / chunk)), and the total block count.
-    The table is a function of (rows, chunk) alone, so the last one is reused when they repeat
-    (clip_grad_norm_'s norm and scale launches describe the same gradients)."""
-    global _last_table
+    The table is a function of (rows, chunk) alone, so the last _MAX_TABLES are kept and reused when
+    they repeat: a training step's grad_norm / grad_clip and AdamW tables describe the same arrays
+    every step (CuPy's pool hands the gradients the same addresses), so no table is copied up again."""
     key = (tuple(rows), chunk)
-    if _last_table[0] == key:
-        return _last_table[1]
-    table = np.array(rows, dtype=np.int64).reshape(len(rows), -1)
-    starts = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(-(-table[:, -1] // chunk), out=starts[1:])
-    cp = backend.cupy()
-    # copied on the current stream, so ordered before the launch that reads them
-    result = cp.asarray(table), cp.asarray(starts), int(starts[-1])
-    _last_table = (key, result)
+    result = _tables.pop(key, None)
+    if result is None:
+        table = np.array(rows, dtype=np.int64).reshape(len(rows), -1)
+        starts = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(-(-table[:, -1] // chunk), out=starts[1:])
+        cp = backend.cupy()
+        # copied on the current stream, so ordered before the launch that reads them
+        result = cp.asarray(table), cp.asarray(starts), int(starts[-1])
+        if len(_tables) >= _MAX_TABLES:
+            del _tables[next(iter(_tables))]  # the least recently used
+    _tables[key] = result
     return result
 
 
