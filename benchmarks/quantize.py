@@ -10,6 +10,14 @@ fixed batches (a seeded BatchSampler, the same windows for every variant), then 
 copy (int8 embeddings + head, float embeddings with an int8 head, and the same two with int4 in
 groups of 32) and measures again.
 Prints weight bytes (tinygpt.weight_memory), val loss, perplexity and the eval time.
+
+--decode evaluates the same windows the way generation runs them: token by token through the KV cache,
+--batch-size sequences at a time (at most 8 rows: every quantized product then takes the native
+integer GEMV, whose activations are quantized to int8 per block of 32), and adds greedy agreement
+with float32 on a real prompt: along float32's own greedy continuation of --prompt (--new tokens),
+the share of steps where the quantized model's argmax is the same token (teacher-forced, so one
+early difference does not decide every later step), and the first step where free-running greedy
+generation differs.
 """
 from __future__ import annotations
 
@@ -38,6 +46,38 @@ def val_loss(model, val_ids, block_size, batches, batch_size, seed):
     return float(np.mean(losses)), time.perf_counter() - t0
 
 
+def val_loss_decode(model, val_ids, block_size, batches, batch_size, seed):
+    """Mean next-token loss of the same windows, fed one token at a time through the KV cache."""
+    from tinygpt.models.generation import KVCache  # noqa: PLC0415
+
+    sampler = BatchSampler(val_ids, batch_size, block_size, seed=seed)
+    model.eval()
+    losses = []
+    t0 = time.perf_counter()
+    with tg.no_grad():
+        for _ in range(batches):
+            x, y = sampler.sample()
+            cache = KVCache.for_model(model, x.shape[0])
+            for t in range(x.shape[1]):
+                logits = model(x[:, t:t + 1], kv_cache=cache)[0].numpy()[:, 0].astype(np.float64)  # (B, vocab)
+                m = logits.max(axis=1, keepdims=True)
+                logp = logits - m - np.log(np.exp(logits - m).sum(axis=1, keepdims=True))
+                losses.append(-logp[np.arange(len(y)), y[:, t]].mean())
+    return float(np.mean(losses)), time.perf_counter() - t0
+
+
+def greedy_agreement(model, reference_ids, prompt_len):
+    """(share of steps whose argmax matches reference_ids' next token when fed reference_ids, first free-running
+    difference) for the continuation reference_ids[prompt_len:]."""
+    with tg.no_grad():
+        logits = model(reference_ids[None, :-1])[0].numpy()[0]  # (T - 1, vocab), teacher-forced
+    pred = logits[prompt_len - 1:].argmax(axis=1)
+    same = pred == reference_ids[prompt_len:]
+    free = model.generate(reference_ids[None, :prompt_len], max_new_tokens=len(same), temperature=0)[0, prompt_len:]
+    diff = np.nonzero(free != reference_ids[prompt_len:])[0]
+    return float(same.mean()), (int(diff[0]) if diff.size else None)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out-dir", default="out-shakespeare-char", help="directory holding ckpt.safetensors")
@@ -46,6 +86,10 @@ def main(argv=None):
     p.add_argument("--batches", type=int, default=100, help="validation batches")
     p.add_argument("--batch-size", type=int, default=12)
     p.add_argument("--seed", type=int, default=4242, help="seed of the validation batch sampler")
+    p.add_argument("--decode", action="store_true",
+                   help="token-by-token cached evaluation (the decode GEMV path; use --batch-size <= 8) and greedy agreement")
+    p.add_argument("--prompt", default="ROMEO:\nWhat say you, my lord?\n", help="--decode: the greedy agreement prompt")
+    p.add_argument("--new", type=int, default=200, help="--decode: greedy tokens compared")
     args = p.parse_args(argv)
 
     path = os.path.join(args.out_dir, "ckpt.safetensors")
@@ -59,6 +103,10 @@ def main(argv=None):
         load_checkpoint(path, model, restore_rng=False)
         return model
 
+    evaluate = val_loss_decode if args.decode else val_loss
+    if args.decode:
+        prompt = np.array(tok.encode(args.prompt), dtype=np.int64)
+        ref_ids = fresh().eval().generate(prompt[None], max_new_tokens=args.new, temperature=0)[0]
     rows = []
     for name, make in [("float32", fresh),
                        ("int8 (embeddings + tied head)", lambda: tg.quantize(fresh())),
@@ -68,18 +116,21 @@ def main(argv=None):
                         lambda: tg.quantize(fresh(), bits=4, embeddings=False))]:
         model = make()
         mem = tg.weight_memory(model)
-        loss, dt = val_loss(model, val_ids, cfg.block_size, args.batches, args.batch_size, args.seed)
-        rows.append((name, mem["total"], loss, math.exp(loss), dt))
+        loss, dt = evaluate(model, val_ids, cfg.block_size, args.batches, args.batch_size, args.seed)
+        agree = greedy_agreement(model.eval(), ref_ids, len(prompt)) if args.decode else None
+        rows.append((name, mem["total"], loss, math.exp(loss), dt, agree))
 
     base = rows[0]
     print(f"model: {cfg.n_layer} layers, {cfg.n_head} heads, n_embd {cfg.n_embd}, block {cfg.block_size}, "
           f"vocab {cfg.vocab_size}, step {meta['step']}; val: {args.batches} batches x {args.batch_size} "
-          f"x {cfg.block_size} tokens (seed {args.seed})")
-    print("| weights | bytes | vs float32 | val loss | val perplexity | ppl change | eval time (s) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, mem, loss, ppl, dt in rows:
+          f"x {cfg.block_size} tokens (seed {args.seed})" + (", token by token through the KV cache" if args.decode else ""))
+    extra = " greedy agreement (teacher-forced) | first free-running difference |" if args.decode else ""
+    print("| weights | bytes | vs float32 | val loss | val perplexity | ppl change | eval time (s) |" + extra)
+    print("|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if args.decode else ""))
+    for name, mem, loss, ppl, dt, agree in rows:
+        cells = f" {agree[0]:.3f} | {'none' if agree[1] is None else agree[1]} |" if agree else ""
         print(f"| {name} | {mem:,} | {mem / base[1]:.3f}x | {loss:.4f} | {ppl:.4f} | "
-              f"{100 * (ppl / base[3] - 1):+.2f}% | {dt:.2f} |")
+              f"{100 * (ppl / base[3] - 1):+.2f}% | {dt:.2f} |" + cells)
     return rows
 
 

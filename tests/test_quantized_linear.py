@@ -3,7 +3,8 @@ per-channel and packed int4 group weights, against a float64 evaluation of the d
 the reference and on every native CPU instruction set this machine runs (avx512 skips without it).
 
 Bounds (u = 2^-24, W = q * s exactly in float64, A = |x| @ |W|.T + |b|):
-- Float paths (the reference; the native tiled path: rows > 8, or int4 groups other than 32): the
+- Float paths (the reference; the CUDA kernel; the native CPU tiled path: rows > 8, or int4 groups
+  other than 32): the
   weight is fl(q * s) (1 rounding) and the product any float32 summation of K terms, so
   |y - ref| <= (K + 20) u A: the standard gamma_K bound with slack for the bias, the weight and the
   output rounding. A wrong or missing term costs about A / K, far above it.
@@ -32,7 +33,29 @@ cpu = getattr(kernels._native, "cpu", None)
 HAS_NATIVE = hasattr(cpu, "quantized_linear_forward")
 U = 2.0 ** -24
 GEMV_ROWS = 8
-IMPLS = ["reference", "avx512", "avx2", "baseline"]
+IMPLS = ["reference", "avx512", "avx2", "baseline", "cuda"]
+
+
+def _cuda_skip_reason():
+    from tinygpt.kernels import cuda as K  # noqa: PLC0415
+
+    if not tg.backend.cuda_available():
+        return "no GPU (or TINYGPT_CUDA_EMULATOR unset)"
+    if not K.has("quantized_linear"):
+        return "tinygpt._C was built without the CUDA quantized_linear kernel"
+    return None
+
+
+def _on_gpu(fn):
+    """fn over CuPy copies of its array arguments, the result back on the host."""
+    cp = tg.backend.cupy()
+
+    def run(*args):
+        out = fn(*(cp.asarray(a) if isinstance(a, np.ndarray) else a for a in args))
+        if isinstance(out, tuple):
+            return (cp.asnumpy(out[0]),) + out[1:]
+        return cp.asnumpy(out)
+    return run
 
 
 @contextlib.contextmanager
@@ -40,6 +63,14 @@ def implementation(name):
     """Yields (forward, backward, gemv_possible) of the reference or of one native ISA (skips if absent)."""
     if name == "reference":
         yield R.quantized_linear_forward, R.quantized_linear_backward, False
+        return
+    if name == "cuda":  # the GPU GEMV accumulates in float: the float bound holds for every row count
+        reason = _cuda_skip_reason()
+        if reason:
+            pytest.skip(reason)
+        from tinygpt.kernels.cuda import quantized_linear as KQ  # noqa: PLC0415
+
+        yield _on_gpu(KQ.quantized_linear_forward), _on_gpu(KQ.quantized_linear_backward), False
         return
     if not HAS_NATIVE:
         pytest.skip("tinygpt._C is not built with quantized_linear")
@@ -163,11 +194,13 @@ def test_backward_is_grad_times_weight(impl, rows, groups, n_out, bits, seed):
 
 @pytest.mark.parametrize("impl", IMPLS[1:])
 @pytest.mark.parametrize("bits", [8, 4])
-@pytest.mark.parametrize("rows", [1, 8, 12])
+@pytest.mark.parametrize("rows", [1, 5, 8, 12])
 def test_non_finite_input_gives_non_finite_row(impl, bits, rows):
     """A NaN or inf in x never turns into a finite output: its row is non-finite, the others are not."""
     x, q, s, b = problem(0, rows, 96, 20, bits, 32, 1.0, False)
     x[0, 5] = np.nan
+    if rows == 5:
+        x[0, 5] = np.inf
     if rows > 1:
         x[rows - 1, 70] = np.inf
     with implementation(impl) as (fwd, _, _native):
@@ -187,6 +220,9 @@ def test_zero_rows_and_zero_x(impl):
         y, _ = fwd(np.zeros((2, 64), np.float32), q, s, b)  # all-zero blocks: scale 0, y = b exactly
         np.testing.assert_array_equal(y, np.broadcast_to(b, (2, 10)))
         assert bwd(np.zeros((0, 10), np.float32), q, s).shape == (0, 64)
+    with implementation(impl) as (fwd, _, _native):  # int4 at the GEMV's shape: all-zero x gives b exactly
+        q4, s4 = quantize_int4(np.random.default_rng(0).standard_normal((10, 64)).astype(np.float32), 32)
+        np.testing.assert_array_equal(fwd(np.zeros((3, 64), np.float32), q4, s4, b)[0], np.broadcast_to(b, (3, 10)))
 
 
 def test_native_errors_name_the_problem():

@@ -201,13 +201,16 @@ void dequantize_panel(const void* q, const float* s, const Dims& d, int64_t o0, 
         const float so = s[o];
         for (int64_t k = 0; k < d.in; ++k) wr[k] = static_cast<float>(qr[k]) * so;
       } else {
-        const uint8_t* qr = static_cast<const uint8_t*>(q) + o * (d.in / 2);
-        const int64_t gs = d.in / d.groups;
-        for (int64_t k = 0; k < d.in; k += 2) {
-          const int lo = qr[k / 2] & 0x0F, hi = qr[k / 2] >> 4;
-          const float sg = s[o * d.groups + k / gs];  // gs is even: k and k + 1 share a group
-          wr[k] = static_cast<float>(lo >= 8 ? lo - 16 : lo) * sg;
-          wr[k + 1] = static_cast<float>(hi >= 8 ? hi - 16 : hi) * sg;
+        const int64_t half = d.in / d.groups / 2;  // bytes per group (the group size is even)
+        for (int64_t g = 0; g < d.groups; ++g) {
+          const uint8_t* qg = static_cast<const uint8_t*>(q) + o * (d.in / 2) + g * half;
+          const float sg = s[o * d.groups + g];
+          float* wg = wr + 2 * g * half;
+          for (int64_t i = 0; i < half; ++i) {
+            // sign-extend each nibble: (n ^ 8) - 8
+            wg[2 * i] = static_cast<float>(static_cast<int>((qg[i] & 0x0F) ^ 8) - 8) * sg;
+            wg[2 * i + 1] = static_cast<float>(static_cast<int>((qg[i] >> 4) ^ 8) - 8) * sg;
+          }
         }
       }
     }
