@@ -48,9 +48,9 @@ for line in sys.stdin:
     if not line.strip():
         continue
     r = json.loads(line)
-    ts = r["samples_ts"]
-    print(f"llama.cpp {os.path.basename(r[\"model_filename\"]):<18} threads {r[\"n_threads\"]}  "
-          f"tg{r[\"n_gen\"]} {statistics.median(ts):7.1f} tok/s ({min(ts):.1f}-{max(ts):.1f})")
+    ts, name = r["samples_ts"], os.path.basename(r["model_filename"])
+    print("llama.cpp %-18s threads %d  tg%d %7.1f tok/s (%.1f-%.1f)"
+          % (name, r["n_threads"], r["n_gen"], statistics.median(ts), min(ts), max(ts)))
 '
 }
 

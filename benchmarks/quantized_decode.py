@@ -94,6 +94,33 @@ def prefill(model, n: int, rng) -> float:
         return time.perf_counter() - t0
 
 
+def breakdown(model, new: int, rng) -> tuple[float, dict]:
+    """(seconds per decode step, {Function name: seconds per step}) for batch 1: every outermost
+    Function.apply timed (its kernel included); what is left is Python glue outside any Function."""
+    from tinygpt import autograd  # noqa: PLC0415
+
+    spent, depth = {}, [0]
+    original = autograd.Function.apply.__func__
+
+    def timed(cls, *a, **k):
+        if depth[0]:
+            return original(cls, *a, **k)
+        depth[0] += 1
+        t0 = time.perf_counter()
+        try:
+            return original(cls, *a, **k)
+        finally:
+            spent[cls.__name__] = spent.get(cls.__name__, 0.0) + time.perf_counter() - t0
+            depth[0] -= 1
+
+    autograd.Function.apply = classmethod(timed)
+    try:
+        total = decode(model, 1, new, rng)
+    finally:
+        autograd.Function.apply = classmethod(original)
+    return total / new, {k: v / new for k, v in spent.items()}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1)
@@ -102,6 +129,7 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--tests", default="b1,b8,prefill", help="comma list of b1, b8, prefill")
     p.add_argument("--formats", default="fp32,int8,int4")
+    p.add_argument("--breakdown", action="store_true", help="also print the time per decode step by op (batch 1)")
     args = p.parse_args(argv)
     tests = args.tests.split(",")
     tg.manual_seed(0)
@@ -148,6 +176,15 @@ def main(argv=None):
         ratio = f"{statistics.median(times[name, 'b1']) / fp32_b1:.2f}x" if fp32_b1 and "b1" in tests else ""
         print(f"{name:8} {nbytes / 1e6:9.1f} {bw * 1e9 / nbytes:11.1f}  " + "  ".join(f"{c:>22}" for c in cells)
               + f"  {ratio}")
+    if args.breakdown:
+        print("\n# time per decode step (batch 1) by op, ms (the op's kernel included; glue = outside any op)")
+        parts = {name: breakdown(m, args.new, rng) for name, m in models.items()}
+        ops = sorted({op for _, d in parts.values() for op in d}, key=lambda op: -max(d.get(op, 0) for _, d in parts.values()))
+        print(f"{'op':16}" + "".join(f"{name:>10}" for name in parts))
+        for op in ops:
+            print(f"{op:16}" + "".join(f"{1e3 * d.get(op, 0.0):10.2f}" for _, d in parts.values()))
+        print(f"{'glue':16}" + "".join(f"{1e3 * (t - sum(d.values())):10.2f}" for t, d in parts.values()))
+        print(f"{'total':16}" + "".join(f"{1e3 * t:10.2f}" for t, _ in parts.values()))
 
 
 if __name__ == "__main__":
