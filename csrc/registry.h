@@ -13,7 +13,7 @@
 #include <vector>
 
 #define TG_CPU_FAMILIES(X) X(linear) X(embedding) X(layer_norm) X(gelu) X(softmax) X(cross_entropy) X(dropout) \
-  X(attention) X(adamw)
+  X(attention) X(adamw) X(quantized_linear)
 #define TG_CUDA_FAMILIES(X) TG_CPU_FAMILIES(X) X(grad_norm)
 
 namespace tinygpt {

@@ -79,6 +79,20 @@ class Node:
         self.fn, self.ctx, self.inputs, self.index, self.n_outputs = fn, ctx, inputs, index, n_outputs
 
 
+_TENSOR = None
+
+
+def _tensor_class():
+    """tinygpt.tensor.Tensor (imported on first use: tensor.py imports this module). A cached global, not an
+    import statement per call: the import machinery's lookup was a measurable part of a decode step."""
+    global _TENSOR
+    if _TENSOR is None:
+        from .tensor import Tensor  # noqa: PLC0415
+
+        _TENSOR = Tensor
+    return _TENSOR
+
+
 class Function:
     """Subclass with `forward(ctx, *args, **kwargs) -> array` and `backward(ctx, grad) -> grads`.
 
@@ -98,13 +112,12 @@ class Function:
 
     @classmethod
     def apply(cls, *args, **kwargs):
-        from .tensor import Tensor  # noqa: PLC0415 - tensor.py imports this module
-
+        Tensor = _tensor_class()
         device = None
         raw, needs = [], []
         for a in args:
             if isinstance(a, Tensor):
-                dev = a.device
+                dev = array_device(a.data)  # a.device, minus a call: apply runs ~150 times per decoded token
                 raw.append(a.data)
                 needs.append(a.requires_grad)
             else:  # raw arrays (ids, targets, masks) must sit on the tensors' device too

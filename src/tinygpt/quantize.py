@@ -5,9 +5,10 @@ ExpertLinear with a QuantizedExpertLinear and (embeddings=True) every Embedding 
 QuantizedEmbedding. Each output channel c gets one float32 scale s_c = max_i |w_ci| / 127 and
 int8 weights q_ci = round(w_ci / s_c) in [-127, 127], so |w - q s| <= s / 2 elementwise
 (the weight-only scheme of LLM.int8() without its outlier decomposition, as in GPTQ/AWQ-style
-"W8A16" inference). Activations stay float: the product is computed as (x @ q.T) * s + b,
-the int8 weight cast to float a block of output rows at a time and multiplied by the linear
-kernel (native SGEMM where it qualifies; there is no int8 GEMM in this repo), so no full float
+"W8A16" inference). The product y = x @ (q * s).T + b is the `quantized_linear` kernel op: natively,
+up to 8 rows (decode) are quantized per block of 32 to int8 and multiplied with integer dot products
+straight from the int8 / int4 tables (q8_0-style activations, as llama.cpp), more rows by the float
+GEMM on dequantized panels; the reference dequantizes a block of output rows at a time. No full float
 copy of a weight matrix is ever held.
 
 Tied LM head: the head's output channels are the embedding's rows, so with embeddings=True the
@@ -106,9 +107,11 @@ def dequantize_int4(packed, scale, dtype=np.float32):
 
 
 class _Int8Linear(Function):
-    """y = (x @ q.T) * scale + bias, q (out, in) int8 cast to x's dtype `block_rows` rows at a time.
+    """y = x @ (q * scale).T + bias through the `quantized_linear` op (tinygpt.kernels): the native kernel
+    (integer GEMV for up to 8 rows, dequantized panels + SGEMM above) or the reference, which dequantizes
+    `block_rows` output channels at a time. No full float copy of the weight is ever made.
 
-    bits=4: q (out, in/2) packed int4 with group scales (out, in/group): each block is dequantized.
+    q (out, in) int8 with scale (out,), or bits=4: q (out, in/2) packed int4 with group scales (out, in/group).
     """
 
     @staticmethod
@@ -118,17 +121,9 @@ class _Int8Linear(Function):
         if x.shape[-1] != in_f:
             raise ValueError(f"QuantizedLinear: input {x.shape} does not match weight (out, in) = {(out_f, in_f)}")
         x2 = xp.ascontiguousarray(x.reshape(-1, in_f))  # (..., in) -> (M, in)
-        y = xp.empty((x2.shape[0], out_f), dtype=x.dtype)
-        for o in range(0, out_f, block_rows):
-            if bits == 4:  # (rows, in/2) packed -> (rows, in) float, group scales applied
-                w = dequantize_int4(q[o:o + block_rows], scale[o:o + block_rows], x.dtype)
-            else:  # (rows, in): a float copy of one block of output rows; the scale is applied to y below
-                w = q[o:o + block_rows].astype(x.dtype)
-            y[:, o:o + block_rows] = kernels.select("linear", x2, w, None).forward(x2, w, None)[0]  # (M, rows)
-        if bits == 8:
-            y *= scale.astype(x.dtype)
-        if bias is not None:
-            y += bias.astype(x.dtype)
+        kernel = kernels.select("quantized_linear", x2, q, scale, bias)
+        extra = {"block_rows": block_rows} if kernel.name == "reference" else {}
+        y = kernel.forward(x2, q, scale, bias, **extra)[0]  # (M, out)
         return y.reshape(*x.shape[:-1], out_f)  # (M, out) -> (..., out)
 
     @staticmethod

@@ -46,6 +46,7 @@ class Op(NamedTuple):
 OPS: dict[str, Op] = {
     "linear": Op("linear"),
     "linear_gelu": Op("linear"),
+    "quantized_linear": Op("quantized_linear"),
     "embedding": Op("embedding"),
     "layer_norm": Op("layer_norm"),
     "add_layer_norm": Op("layer_norm"),

@@ -50,6 +50,45 @@ def linear_gelu_backward(grad, x, weight, has_bias, saved):
     return linear_backward(dh, x, weight, has_bias, ())
 
 
+# ----------------------------------------------------------------------------- quantized_linear
+QUANTIZED_BLOCK_ROWS = 4096  # output channels dequantized at a time: never a float copy of a whole big table
+
+
+def quantized_weight(q, scale, dtype):
+    """The float weight (out, in) that int8 q (out, in) with scale (out,), or packed int4 q (out, in/2)
+    with group scales (out, in/group), stands for (tinygpt.quantize's layouts), in `dtype`."""
+    from ..quantize import dequantize_int4  # noqa: PLC0415 - quantize imports the kernels
+
+    if q.dtype == np.uint8:
+        return dequantize_int4(q, scale, dtype)
+    return q.astype(dtype) * scale.astype(dtype)[:, None]
+
+
+def quantized_linear_forward(x, q, scale, bias, block_rows=QUANTIZED_BLOCK_ROWS):
+    """y = x @ W.T + bias for W = quantized_weight(q, scale): dequantize `block_rows` output channels, matmul."""
+    xp = array_module(x)
+    out_f, in_f = q.shape[0], q.shape[1] * (2 if q.dtype == np.uint8 else 1)
+    x2 = x.reshape(-1, in_f)  # (..., in) -> (N, in)
+    y = xp.empty((x2.shape[0], out_f), dtype=x.dtype)
+    for o in range(0, out_f, block_rows):
+        w = quantized_weight(q[o:o + block_rows], scale[o:o + block_rows], x.dtype)  # (rows, in)
+        y[:, o:o + block_rows] = x2 @ w.T  # (N, in) @ (in, rows)
+    if bias is not None:
+        y += bias.astype(x.dtype)
+    return y.reshape(x.shape[:-1] + (out_f,)), ()
+
+
+def quantized_linear_backward(grad, q, scale, block_rows=QUANTIZED_BLOCK_ROWS):
+    """dx = grad @ W: the input gradient (the int weights have none)."""
+    xp = array_module(grad)
+    out_f, in_f = q.shape[0], q.shape[1] * (2 if q.dtype == np.uint8 else 1)
+    g2 = grad.reshape(-1, out_f)  # (N, out)
+    dx = xp.zeros((g2.shape[0], in_f), dtype=grad.dtype)
+    for o in range(0, out_f, block_rows):
+        dx += g2[:, o:o + block_rows] @ quantized_weight(q[o:o + block_rows], scale[o:o + block_rows], grad.dtype)
+    return dx.reshape(grad.shape[:-1] + (in_f,))
+
+
 # ----------------------------------------------------------------------------- embedding
 def embedding_forward(ids, weight):
     return weight[ids], ()  # (...,) -> (..., C)

@@ -32,6 +32,13 @@ from ..backend import xp as array_module
 from ..tensor import Tensor
 
 
+def embedding_array(emb):
+    """An array with the device and float dtype of embedding `emb`'s output, without building anything:
+    its float weight, or a quantized embedding's scales (its `.weight` would dequantize the whole table)."""
+    table = getattr(emb, "_table", None)
+    return table()[1] if table is not None else emb.weight.data
+
+
 # ============================================================================ KV cache
 class KVCache:
     """Per-layer keys and values (B, nh, max_length, hs), preallocated and filled in place.
@@ -56,7 +63,7 @@ class KVCache:
     def for_model(cls, model, batch_size: int) -> KVCache:
         """An empty cache for `model` on its device and dtype, holding up to block_size tokens."""
         c = model.config
-        w = model.transformer.wte.weight.data
+        w = embedding_array(model.transformer.wte)
         return cls(c.n_layer, batch_size, c.n_head, c.n_embd // c.n_head, c.block_size, dtype=w.dtype,
                    xp=array_module(w))
 
@@ -291,7 +298,7 @@ def next_logits(model, ids: np.ndarray, cache: KVCache | None, state: dict) -> n
             cache.reset()
             state["start"] = max(0, N - bs)
         feed = ids[:, state["start"] + cache.length:]
-    feed = to_device(feed, model.transformer.wte.weight.device)
+    feed = to_device(feed, model.device)
     with _Inference(model):
         h = model.hidden_states(feed, kv_cache=cache) if cache is not None else model.hidden_states(feed)
         logits = model.lm_head(h[:, -1:, :])  # last position only: (B, 1, C) -> (B, 1, vocab)

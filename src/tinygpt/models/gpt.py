@@ -5,12 +5,13 @@ import numpy as np
 
 from .. import functional as F
 from .. import backend
-from ..backend import array_device, to_device
+from ..backend import array_device, device_of, to_device
+from ..backend import xp as array_module
 from ..nn import Block, Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, sinusoidal_positions
 from ..nn.moe import collect_aux_loss
 from ..tensor import Tensor
 from .config import GPTConfig
-from .generation import GenerationConfig, KVCache, prepare_prompt, stream_tokens
+from .generation import GenerationConfig, KVCache, embedding_array, prepare_prompt, stream_tokens
 
 
 class GPT(Module):
@@ -43,7 +44,7 @@ class GPT(Module):
     @property
     def device(self) -> str:
         """The device of the model's parameters ('cpu' or 'cuda')."""
-        return self.transformer.wte.weight.device
+        return device_of(embedding_array(self.transformer.wte))  # never a quantized table's dequantized .weight
 
     def _on_device(self, ids, what: str):
         """Token ids as a raw array on the model's device: host arrays and lists are moved there,
@@ -95,7 +96,7 @@ class GPT(Module):
             t0 = kv_cache.length  # position offset of the new tokens
         tok = tr.wte(ids)  # (B, T) -> (B, T, C)
         if self.config.position == "learned":
-            pos = tr.wpe(tr.wpe.weight.xp.arange(t0, t0 + T))  # (T, C)
+            pos = tr.wpe(array_module(ids).arange(t0, t0 + T))  # (T, C)
         else:
             pos = Tensor._wrap(tr.wpe[t0:t0 + T])
         x = tr.drop(tok + pos)

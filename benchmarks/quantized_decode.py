@@ -1,0 +1,193 @@
+"""Quantized inference speed on GPT-2 124M (random weights): fp32 vs int8 vs int4, with the bound beside each.
+
+Per weight format, in one process (--threads N, set before numpy loads), interleaved within every
+repetition (the formats alternate, so a load change hits all of them):
+  decode b1    greedy cached decode, batch 1: --new steps after a 16-token prompt (the prompt is not timed,
+               as llama-bench -p 0 -n 64 times generation only)
+  decode b8    the same with 8 sequences: tokens/s counts all 8
+  prefill 512  one forward of 512 tokens into an empty cache plus the head on the last one (llama-bench -p 512)
+The bound column is the weight-streaming bound of a decode step: measured copy bandwidth (read + write bytes
+of numpy copies on --threads threads at once) / the weight bytes a token streams (every table once: the
+tied int8 / int4 head is the embedding table; one wpe row). Prefill is compute-bound: its bound is not shown.
+
+    python benchmarks/quantized_decode.py --threads 2
+    python benchmarks/quantized_decode.py --threads 1 --new 32 --reps 3
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402 - must run before numpy loads (thread environment)
+
+THREADS = common.preparse_int(sys.argv[1:], "--threads", 1)
+common.set_thread_env(THREADS)
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+import tinygpt as tg  # noqa: E402
+from tinygpt.models.generation import KVCache  # noqa: E402
+from tinygpt.quantize import quantize, weight_memory  # noqa: E402
+
+GPT2 = dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
+
+
+def copy_bandwidth(threads: int, mb: int = 256, reps: int = 5) -> float:
+    """GB/s (read + write) of numpy copies of mb MB in `threads` threads at once (numpy drops the GIL), best of reps."""
+    n = (mb << 20) // 4 // threads
+    src = [np.ones(n, np.float32) for _ in range(threads)]
+    dst = [np.zeros(n, np.float32) for _ in range(threads)]
+    best = float("inf")
+    for _ in range(reps + 1):  # the first pass faults the pages in
+        barrier = threading.Barrier(threads + 1)
+
+        def work(i):
+            barrier.wait()
+            np.copyto(dst[i], src[i])
+
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+        for t in ts:
+            t.start()
+        t0 = time.perf_counter()
+        barrier.wait()
+        for t in ts:
+            t.join()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * threads * n * 4 / best / 1e9
+
+
+def token_bytes(model) -> int:
+    """Weight bytes one decode step reads: every array once, but a single row of the position table."""
+    wpe = model.transformer.wpe
+    tables = [wpe.qweight, wpe.scale] if hasattr(wpe, "qweight") else [wpe.weight.data]  # int8 or float positions
+    rows = tables[0].shape[0]
+    return weight_memory(model)["total"] - sum(a.nbytes for a in tables) * (rows - 1) // rows
+
+
+def decode(model, batch: int, new: int, rng, on_start=None) -> float:
+    """Seconds for `new` greedy cached decode steps of `batch` sequences after a 16-token prompt (untimed)."""
+    prompt = rng.integers(0, GPT2["vocab_size"], size=(batch, 16))
+    cache = KVCache.for_model(model, batch)
+    with tg.no_grad():
+        h = model.hidden_states(prompt, kv_cache=cache)
+        tok = model.lm_head(h[:, -1:]).data[:, -1].argmax(-1)[:, None]
+        if on_start is not None:  # breakdown: forget what the prompt cost
+            on_start()
+        t0 = time.perf_counter()
+        for _ in range(new):
+            h = model.hidden_states(tok, kv_cache=cache)
+            tok = model.lm_head(h[:, -1:]).data[:, -1].argmax(-1)[:, None]  # (B, 1, vocab) -> (B, 1)
+        return time.perf_counter() - t0
+
+
+def prefill(model, n: int, rng) -> float:
+    prompt = rng.integers(0, GPT2["vocab_size"], size=(1, n))
+    cache = KVCache.for_model(model, 1)
+    with tg.no_grad():
+        t0 = time.perf_counter()
+        h = model.hidden_states(prompt, kv_cache=cache)
+        model.lm_head(h[:, -1:])
+        return time.perf_counter() - t0
+
+
+def breakdown(model, new: int, rng) -> tuple[float, dict]:
+    """(seconds per decode step, {Function name: seconds per step}) for batch 1: every outermost
+    Function.apply timed (its kernel included); what is left is Python glue outside any Function."""
+    from tinygpt import autograd  # noqa: PLC0415
+
+    spent, depth = {}, [0]
+    original = autograd.Function.apply.__func__
+
+    def timed(cls, *a, **k):
+        if depth[0]:
+            return original(cls, *a, **k)
+        depth[0] += 1
+        t0 = time.perf_counter()
+        try:
+            return original(cls, *a, **k)
+        finally:
+            spent[cls.__name__] = spent.get(cls.__name__, 0.0) + time.perf_counter() - t0
+            depth[0] -= 1
+
+    autograd.Function.apply = classmethod(timed)
+    try:
+        total = decode(model, 1, new, rng, on_start=spent.clear)
+    finally:
+        autograd.Function.apply = classmethod(original)
+    return total / new, {k: v / new for k, v in spent.items()}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--new", type=int, default=64, help="decode steps timed per run (llama-bench -n 64)")
+    p.add_argument("--prefill", type=int, default=512)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--tests", default="b1,b8,prefill", help="comma list of b1, b8, prefill")
+    p.add_argument("--formats", default="fp32,int8,int4")
+    p.add_argument("--breakdown", action="store_true", help="also print the time per decode step by op (batch 1)")
+    args = p.parse_args(argv)
+    tests = args.tests.split(",")
+    tg.manual_seed(0)
+    base = tg.GPT(tg.GPTConfig(**GPT2)).eval()
+    models = {}
+    for name in args.formats.split(","):
+        if name == "fp32":
+            models[name] = base
+            continue
+        m = tg.GPT(tg.GPTConfig(**GPT2)).eval()
+        m.load_state_dict(base.state_dict())
+        models[name] = quantize(m, bits={"int8": 8, "int4": 4}[name])
+    bw = copy_bandwidth(args.threads)
+    print(f"# {common.cpu_model()}, threads {args.threads}, "
+          f"copy bandwidth {bw:.1f} GB/s (read + write), {time.strftime('%Y-%m-%d %H:%M:%S')}, "
+          f"load {os.getloadavg()[0]:.2f}")
+    times = {(f, t): [] for f in models for t in tests}
+    rng = np.random.default_rng(0)
+    for name, m in models.items():  # warm-up: first-call allocations, thread pools
+        decode(m, 1, 2, rng)
+    for rep in range(args.reps):
+        order = list(models) if rep % 2 == 0 else list(models)[::-1]
+        for t in tests:
+            for name in order:
+                m = models[name]
+                if t == "b1":
+                    times[name, t].append(args.new / decode(m, 1, args.new, rng))
+                elif t == "b8":
+                    times[name, t].append(8 * args.new / decode(m, 8, args.new, rng))
+                elif t == "prefill":
+                    times[name, t].append(args.prefill / prefill(m, args.prefill, rng))
+                else:
+                    raise SystemExit(f"unknown test {t!r}: use b1, b8, prefill")
+    print(f"# load after: {os.getloadavg()[0]:.2f}; medians of {args.reps} (min-max)")
+    print(f"{'weights':8} {'MB/token':>9} {'bound tok/s':>11}  " + "  ".join(f"{t + ' tok/s':>22}" for t in tests)
+          + "  vs fp32 (b1)")
+    fp32_b1 = statistics.median(times["fp32", "b1"]) if ("fp32", "b1") in times else None
+    for name, m in models.items():
+        nbytes = token_bytes(m)
+        cells = []
+        for t in tests:
+            v = times[name, t]
+            cells.append(f"{statistics.median(v):8.1f} ({min(v):6.1f}-{max(v):6.1f})")
+        ratio = f"{statistics.median(times[name, 'b1']) / fp32_b1:.2f}x" if fp32_b1 and "b1" in tests else ""
+        print(f"{name:8} {nbytes / 1e6:9.1f} {bw * 1e9 / nbytes:11.1f}  " + "  ".join(f"{c:>22}" for c in cells)
+              + f"  {ratio}")
+    if args.breakdown:
+        print("\n# time per decode step (batch 1) by op, ms (the op's kernel included; glue = outside any op)")
+        parts = {name: breakdown(m, args.new, rng) for name, m in models.items()}
+        ops = sorted({op for _, d in parts.values() for op in d}, key=lambda op: -max(d.get(op, 0) for _, d in parts.values()))
+        print(f"{'op':16}" + "".join(f"{name:>10}" for name in parts))
+        for op in ops:
+            print(f"{op:16}" + "".join(f"{1e3 * d.get(op, 0.0):10.2f}" for _, d in parts.values()))
+        print(f"{'glue':16}" + "".join(f"{1e3 * (t - sum(d.values())):10.2f}" for t, d in parts.values()))
+        print(f"{'total':16}" + "".join(f"{1e3 * t:10.2f}" for t, _ in parts.values()))
+
+
+if __name__ == "__main__":
+    main()
