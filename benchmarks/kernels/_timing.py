@@ -18,6 +18,21 @@ def threads() -> int:
     return int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count())
 
 
+def pin_threads(n: int | None):
+    """torch and the native kernels on n threads (None: torch on threads(), native at its default);
+    returns a function that restores the native kernels' thread count."""
+    import torch  # noqa: PLC0415
+
+    from tinygpt import kernels  # noqa: PLC0415
+
+    torch.set_num_threads(n or threads())
+    cpu = getattr(kernels._native, "cpu", None)
+    before = cpu.get_num_threads() if cpu is not None else None
+    if n and cpu is not None:
+        cpu.set_num_threads(n)
+    return lambda: None if before is None else cpu.set_num_threads(before)
+
+
 def native_cpu(op: str):
     """tinygpt._C.cpu, which must have `<op>_forward` (a benchmark of that kernel cannot run without it)."""
     from tinygpt import kernels

@@ -40,11 +40,8 @@ def rows(quick: bool = False, threads: int | None = None) -> list[dict]:
     from tinygpt import kernels  # noqa: PLC0415
     from tinygpt.kernels import reference as ref  # noqa: PLC0415
 
-    torch.set_num_threads(threads or _threads())
+    restore_threads = _timing.pin_threads(threads)
     cpu = getattr(kernels._native, "cpu", None)
-    native_threads = cpu.get_num_threads() if cpu is not None else None
-    if threads and cpu is not None:
-        cpu.set_num_threads(threads)
     has_native = hasattr(cpu, "gelu_forward")
     aten = torch.ops.aten
     copy, row = copy_row()
@@ -82,8 +79,7 @@ def rows(quick: bool = False, threads: int | None = None) -> list[dict]:
                     gbps = nbytes / t / 1e9
                     out.append({"kernel": f"gelu_{approx}", "shape": f"({N}, {H})", "impl": impl, "pass": pas,
                                 "median_ms": t * 1e3, "min_ms": t_min * 1e3, "gbps": gbps, "pct_copy": 100 * gbps / copy, "threads": threads or _threads()})
-    if native_threads is not None:
-        cpu.set_num_threads(native_threads)
+    restore_threads()
     return out
 
 
