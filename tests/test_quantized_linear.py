@@ -16,6 +16,8 @@ Bounds (u = 2^-24, W = q * s exactly in float64, A = |x| @ |W|.T + |b|):
   |y - ref| <= sum_k |w_k| d_b(k) (1 + 2^-10) / 2 + (G + 20) u sum_k (|w_k| + 8 s_k [int4]) (|x_k| + d_b(k)) + u |b|.
   The first term is the activation quantization itself (what llama.cpp's q8_0 activations do too);
   a wrong block scale or index is off by O(A), far above it.
+quantized_linear_gelu (the quantized MLP's c_fc + tanh GELU) is held to its saved h being the product
+(the bounds above) and y, dx being exactly that implementation's own GELU and backward of h.
 """
 import contextlib
 

@@ -10,36 +10,21 @@ Run directly for a table: python benchmarks/kernels/quantized_linear.py [--quick
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
-import threading
+import sys
 import time
 
 import _timing  # noqa: E402
 from _timing import native_cpu, pin_threads
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import common  # noqa: E402 - benchmarks/common.py: copy_bandwidth
+
 # (name, in, out): attention qkv and proj, MLP fc and proj, the tied head
 SHAPES = [("attn.c_attn", 768, 2304), ("attn.c_proj", 768, 768), ("mlp.c_fc", 768, 3072),
           ("mlp.c_proj", 3072, 768), ("lm_head", 768, 50257)]
 COLD_BYTES = 64 << 20
-
-
-def copy_gbps(threads: int, mb: int = 256, reps: int = 5) -> float:
-    """GB/s (read + write) of numpy copies of mb MB split over `threads` threads (numpy drops the GIL), best of reps."""
-    import numpy as np
-
-    n = (mb << 20) // 4 // threads
-    src = [np.ones(n, np.float32) for _ in range(threads)]
-    dst = [np.zeros(n, np.float32) for _ in range(threads)]
-    best = float("inf")
-    for _ in range(reps + 1):  # the first pass faults the pages in
-        ts = [threading.Thread(target=np.copyto, args=(dst[i], src[i])) for i in range(threads)]
-        t0 = time.perf_counter()
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * threads * n * 4 / best / 1e9
 
 
 def rows(quick: bool = False, threads=(1, 2)) -> list[dict]:
@@ -49,38 +34,36 @@ def rows(quick: bool = False, threads=(1, 2)) -> list[dict]:
 
     cpu = native_cpu("quantized_linear")
     out = []
-    rng = np.random.default_rng(0)
-    tables = {}
-    for name, n_in, n_out in SHAPES:
-        w = (rng.standard_normal((n_out, n_in)) * 0.02).astype(np.float32)
-        tables[name] = {}
-        for fmt, (q, s) in (("int8", quantize_absmax(w, axis=1)), ("int4", quantize_int4(w, 32))):
-            copies = -(-COLD_BYTES // (q.nbytes + s.nbytes))
-            tables[name][fmt] = [(q.copy(), s.copy()) for _ in range(copies)]
     for nt in threads:
         restore = pin_threads(nt)
-        try:
-            out.append(dict(kernel="copy", threads=nt, gbps=round(copy_gbps(nt), 2)))
-            for name, n_in, n_out in SHAPES:
-                x = rng.standard_normal((1, n_in)).astype(np.float32)
-                b = rng.standard_normal(n_out).astype(np.float32)
-                for fmt, copies in tables[name].items():
-                    reps = 7 if quick else 31
-                    for q, s in copies:  # warm-up: page faults, the thread pool
-                        cpu.quantized_linear_forward(x, q, s, b)
+        out.append(dict(kernel="copy", threads=nt, gbps=round(common.copy_bandwidth(nt), 2)))
+        restore()
+    rng = np.random.default_rng(0)
+    reps = 7 if quick else 31
+    for name, n_in, n_out in SHAPES:
+        w = (rng.standard_normal((n_out, n_in)) * 0.02).astype(np.float32)
+        x = rng.standard_normal((1, n_in)).astype(np.float32)
+        b = rng.standard_normal(n_out).astype(np.float32)
+        for fmt, (q, s) in (("int8", quantize_absmax(w, axis=1)), ("int4", quantize_int4(w, 32))):
+            nbytes = q.nbytes + s.nbytes
+            copies = [(q.copy(), s.copy()) for _ in range(-(-COLD_BYTES // nbytes))]
+            for nt in threads:
+                restore = pin_threads(nt)
+                try:
+                    for qq, ss in copies:  # warm-up: page faults, the thread pool
+                        cpu.quantized_linear_forward(x, qq, ss, b)
                     ts = []
                     for i in range(reps):
-                        q, s = copies[i % len(copies)]
+                        qq, ss = copies[i % len(copies)]
                         t0 = time.perf_counter()
-                        cpu.quantized_linear_forward(x, q, s, b)
+                        cpu.quantized_linear_forward(x, qq, ss, b)
                         ts.append(time.perf_counter() - t0)
-                    med = statistics.median(ts)
-                    nbytes = q.nbytes + s.nbytes
-                    out.append(dict(kernel=f"{fmt} {name}", shape=f"({n_out},{n_in})", threads=nt,
-                                    median_ms=round(med * 1e3, 4), min_ms=round(min(ts) * 1e3, 4),
-                                    gbps=round(nbytes / med / 1e9, 2)))
-        finally:
-            restore()
+                finally:
+                    restore()
+                med = statistics.median(ts)
+                out.append(dict(kernel=f"{fmt} gemv", shape=f"{name} ({n_out},{n_in})", role=f"{nt} thr",
+                                impl="native", threads=nt, median_ms=round(med * 1e3, 4),
+                                min_ms=round(min(ts) * 1e3, 4), gbps=round(nbytes / med / 1e9, 2), **{"pass": "fwd"}))
     return out
 
 
@@ -89,9 +72,9 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", default="1,2", help="comma list of thread counts")
     a = p.parse_args(argv)
-    print(f"{'kernel':24s} {'shape':>12s} {'thr':>3s} {'median ms':>10s} {'min ms':>9s} {'GB/s':>7s}")
-    for r in rows(a.quick, tuple(int(t) for t in a.threads.split(","))):
-        print(f"{r['kernel']:24s} {r.get('shape', ''):>12s} {r['threads']:>3d} {r.get('median_ms', ''):>10} "
+    print(f"{'kernel':10s} {'shape':>26s} {'thr':>3s} {'median ms':>10s} {'min ms':>9s} {'GB/s':>7s}")
+    for r in sorted(rows(a.quick, tuple(int(t) for t in a.threads.split(","))), key=lambda r: r["threads"]):
+        print(f"{r['kernel']:10s} {r.get('shape', ''):>26s} {r['threads']:>3d} {r.get('median_ms', ''):>10} "
               f"{r.get('min_ms', ''):>9} {r['gbps']:>7.2f}")
 
 
