@@ -32,7 +32,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import example, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 import tinygpt as tg
@@ -120,7 +120,7 @@ def attention_problem(draw, limits):
         t_q = min(t_q, t_k + window - 1)
     hs = draw(st.sampled_from(limits["hs"]))
     hv = hs if draw(st.booleans()) else draw(st.sampled_from(limits["hv"]))
-    mags = (draw(st.sampled_from([0.1, 1.0, 3.0])), draw(st.sampled_from([1.0, 3.0])), draw(st.sampled_from([1.0, 1e3])))
+    mags = tuple(draw(st.sampled_from(m)) for m in ([0.1, 1.0, 3.0], [1.0, 3.0], [1.0, 1e3]))  # q, k, v
     p = draw(st.sampled_from([0.0, 0.0, 0.1, 0.5]))
     return dict(lead=lead, t_q=t_q, t_k=t_k, hs=hs, hv=hv, causal=causal, window=window, mags=mags, p=p,
                 seed=draw(st.integers(0, 2**63 - 1)), tiles=draw(st.sampled_from(TILES)),
@@ -354,7 +354,7 @@ def test_option_errors(native_impl):
         fwd(q, k[..., :3, :].copy(), v[..., :3, :].copy(), True, None, 0.0, 0, 1.0)
     if cuda:
         with pytest.raises(TypeError, match="attention_forward: q: expected a cupy array"):
-            fwd(native_impl.host(q), k, v, True, None, 0.0, 0, 1.0)
+            fwd(tg.backend.cupy().asnumpy(q), k, v, True, None, 0.0, 0, 1.0)
         big = native_impl.to(np.ones((1, 2, 4, 300), np.float32))
         with pytest.raises(ValueError, match="attention_forward: head sizes up to 256"):
             fwd(big, big, v, True, None, 0.0, 0, 1.0)
@@ -437,7 +437,8 @@ QKV_LIMITS = {"cuda": dict(t=140, nh=[1, 2, 3, 6], hs=[1, 7, 16, 33, 64, 100, 12
 @st.composite
 def qkv_problem(draw, limits):
     return dict(B=draw(st.integers(1, 3)), T=draw(st.integers(1, limits["t"])), nh=draw(st.sampled_from(limits["nh"])),
-                hs=draw(st.sampled_from(limits["hs"])), window=draw(st.one_of(st.none(), st.integers(1, limits["window"]))),
+                hs=draw(st.sampled_from(limits["hs"])),
+                window=draw(st.one_of(st.none(), st.integers(1, limits["window"]))),
                 p=draw(st.sampled_from([0.0, 0.0, 0.1, 0.2, 0.5])), causal=draw(st.booleans()),
                 mag=draw(st.sampled_from([0.1, 1.0, 30.0])), seed=draw(st.integers(0, 2**63 - 1)),
                 tile=draw(st.sampled_from(TILES)), data=draw(st.integers(0, 2**32 - 1)))
@@ -460,7 +461,8 @@ def check_packed_equals_split_heads(impl, B, T, nh, hs, window, p, causal, mag, 
 
 @given(data=st.data())
 def test_qkv_packed_equals_split_heads(native_impl, data):
-    check_packed_equals_split_heads(native_impl, **data.draw(qkv_problem(native_impl.limit(QKV_LIMITS)), label="problem"))
+    problem = data.draw(qkv_problem(native_impl.limit(QKV_LIMITS)), label="problem")
+    check_packed_equals_split_heads(native_impl, **problem)
 
 
 @pytest.mark.parametrize("c", [
@@ -517,7 +519,8 @@ def test_qkv_argument_errors(native_impl):
     kern, to, cuda = native_impl.kernel("qkv_attention"), native_impl.to, native_impl.device == "cuda"
     f, b = kern.forward, kern.backward
     qkv, g = (to(a) for a in _qkv(0, 2, 6, 2, 4))
-    with pytest.raises(ValueError, match=r"qkv_attention_forward: qkv:? (must be \(B, T, 3 \* n_embd\)|expected 3 dim)"):
+    with pytest.raises(ValueError,
+                       match=r"qkv_attention_forward: qkv:? (must be \(B, T, 3 \* n_embd\)|expected 3 dim)"):
         f(qkv[0], 2, True, None, 0.0, 0, 1.0)
     with pytest.raises(ValueError, match="qkv_attention_forward: qkv's last dim 24 must be 3 \\* n_embd .* n_head 5"):
         f(qkv, 5, True, None, 0.0, 0, 1.0)
@@ -537,7 +540,8 @@ def test_qkv_argument_errors(native_impl):
         b(g[:, :5].copy(), qkv, 2, 0.0, 1.0, saved)
     with pytest.raises(ValueError, match="qkv_attention_backward: saved must be the 6-tuple"):
         b(g, qkv, 2, 0.0, 1.0, saved[:3])
-    with pytest.raises(ValueError, match=r"qkv_attention_backward: saved row max:? (must have|expected) shape \(2, 2, 6\)"):
+    with pytest.raises(ValueError,
+                       match=r"qkv_attention_backward: saved row max:? (must have|expected) shape \(2, 2, 6\)"):
         b(g, qkv, 2, 0.0, 1.0, (y, saved[1][:, :1].copy()) + tuple(saved[2:]))
 
 

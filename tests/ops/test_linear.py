@@ -446,7 +446,7 @@ def test_k_split(rows, n_in, n_out, threads):
             np.testing.assert_array_equal(a, c)
 
 
-# ------------------------------------------------------------------ CUDA: tilings, split-K, alignment, cuBLAS, autotuner
+# ------------------------------------------------------------------ CUDA: tilings, split-K, alignment, cuBLAS, auto
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("rows,n_in,n_out", [(2048, 768, 768), (1000, 771, 1539), (4097, 384, 1536),
                                              (300, 3072, 768), (16, 1024, 6283)])
@@ -658,7 +658,8 @@ def test_backward_errors(native_impl, op):
     x, w, b = _xwb(to)
     g = to(np.ones((4, 2), np.float32))
     saved = k.forward(x, w, b)[1]
-    with pytest.raises(ValueError, match=rf"{fn}: grad:? (must have shape \(4, 2\), got \(4, 3\)|expected shape \(4, 2\))"):
+    with pytest.raises(ValueError,
+                       match=rf"{fn}: grad:? (must have shape \(4, 2\), got \(4, 3\)|expected shape \(4, 2\))"):
         f(to(np.ones((4, 3), np.float32)), x, w, True, saved)
     with pytest.raises(TypeError if cuda else ValueError,
                        match=rf"{fn}: grad:? (must be float32, got float64|expected dtype float32)"):
@@ -670,7 +671,8 @@ def test_backward_errors(native_impl, op):
     if "gelu" in op:
         with pytest.raises(ValueError, match=rf"{fn}: saved must be the \(h,\) tuple"):
             f(g, x, w, True, ())
-        with pytest.raises(ValueError, match=rf"{fn}: saved h:? (must have shape \(4, 2\), got \(2, 4\)|expected shape \(4, 2\))"):
+        with pytest.raises(ValueError,
+                           match=rf"{fn}: saved h:? (must have shape \(4, 2\), got \(2, 4\)|expected shape \(4, 2\))"):
             f(g, x, w, True, (to(np.ones((2, 4), np.float32)),))
 
 
