@@ -223,6 +223,22 @@ def test_generate_and_dequantized_weight_view():
     np.testing.assert_array_equal(w.numpy(), model.transformer.wte.weight.numpy())
 
 
+def test_quantized_model_never_dequantizes_the_embedding_table(monkeypatch):
+    """Decoding with an int8 wte / tied head reads the int8 table only: the dequantizing .weight is never used
+    (KVCache.for_model, GPT.device, the position ids)."""
+    cfg = tg.GPTConfig(vocab_size=97, block_size=32, n_layer=2, n_head=2, n_embd=32)
+    tg.manual_seed(0)
+    model = tg.quantize(tg.GPT(cfg))
+
+    def boom(self):
+        raise AssertionError("the whole quantized table was dequantized")
+
+    monkeypatch.setattr(QuantizedEmbedding, "weight", property(boom))
+    monkeypatch.setattr(QuantizedLinear, "weight", property(boom))
+    out = model.generate(np.array([[1, 2, 3]]), max_new_tokens=4, temperature=0)
+    assert out.shape == (1, 7)
+
+
 # ------------------------------------------------------------------ errors
 def test_errors():
     model = GPT(tiny())
