@@ -205,6 +205,16 @@ def test_zero_rows_and_zero_x(native_impl):
                                   np.broadcast_to(b, (3, 10)))
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+def test_cuda_misaligned_x(cuda_impl, bits):
+    """CUDA: x 4 bytes off a 16-byte boundary (the GEMV reads it in float4) is still within the float bound."""
+    x, q, s, b = problem(2, 3, 96, 20, bits, 32, 1.0, True)
+    xd = cuda_impl.to(x, offset=1)
+    assert xd.data.ptr % 16
+    y, _ = cuda_impl.kernel("quantized_linear").forward(xd, cuda_impl.to(q), cuda_impl.to(s), cuda_impl.to(b))
+    check_forward(cuda_impl.host(y), x, q, s, b, gemv=False)
+
+
 def test_native_errors_name_the_problem(cpu_impl):
     x, q, s, b = problem(0, 2, 64, 10, 8, None, 1.0, False)
     k = cpu_impl.kernel("quantized_linear")
