@@ -93,55 +93,6 @@ def test_embedding_float_ids():
         F.embedding(np.array([0.0, 1.0]), tg.randn(7, 3))
 
 
-# ====================================================================== layer_norm
-AFFINE = [(True, True), (True, False), (False, True), (False, False)]
-
-
-@pytest.mark.parametrize("affine", AFFINE)
-@given(seed=seeds, lead=shapes(0, 2, max_side=3), C=st.integers(2, 6))
-def test_layer_norm(affine, seed, lead, C):
-    has_w, has_b = affine
-    x, w, b = rng_arrays(seed, lead + (C,), (C,), (C,))
-    arrays_ = [x] + ([w] if has_w else []) + ([b] if has_b else [])
-
-    def fn(x_, *p):
-        p = list(p)
-        return F.layer_norm(x_, p.pop(0) if has_w else None, p.pop(0) if has_b else None)
-
-    out = check_grads(fn, *arrays_)
-    np.testing.assert_allclose(out, np_layer_norm(x, w if has_w else None, b if has_b else None), rtol=1e-10,
-                               atol=1e-12)
-
-
-def test_layer_norm_eps():
-    (x,) = rng_arrays(0, (3, 4), lo=-1e-2, hi=1e-2)  # small variance: eps matters
-    for eps in (1e-5, 1e-2):
-        np.testing.assert_allclose(F.layer_norm(tg.Tensor(x), eps=eps).numpy(), np_layer_norm(x, eps=eps),
-                                   rtol=1e-10, atol=1e-12)
-
-
-@pytest.mark.parametrize("affine", AFFINE)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_layer_norm_torch(kernel_impl, dtype, affine):
-    has_w, has_b = affine
-    x, w, b = rng_arrays(1, (2, 3, 8), (8,), (8,))
-    arrays_ = [x] + ([w] if has_w else []) + ([b] if has_b else [])
-
-    def call(fn, x_, *p):
-        p = list(p)
-        return fn(x_, p.pop(0) if has_w else None, p.pop(0) if has_b else None)
-
-    tol = T64 if dtype == np.float64 else F32_GRAD
-    compare_with_torch(lambda *a: call(F.layer_norm, *a),
-                       lambda *a: call(lambda x_, w_, b_: tf().layer_norm(x_, (8,), w_, b_), *a),
-                       *arrays_, dtype=dtype, **tol)
-
-
-def test_layer_norm_param_shape_error():
-    with pytest.raises(ValueError, match=r"layer_norm.*weight.*\(4,\)"):
-        F.layer_norm(tg.randn(2, 4), tg.randn(3))
-
-
 # ====================================================================== cross_entropy
 @given(data=st.data(), lead=shapes(1, 2, max_side=4), V=st.integers(1, 5))
 def test_cross_entropy(data, lead, V):
