@@ -93,55 +93,6 @@ def test_embedding_float_ids():
         F.embedding(np.array([0.0, 1.0]), tg.randn(7, 3))
 
 
-# ====================================================================== cross_entropy
-@given(data=st.data(), lead=shapes(1, 2, max_side=4), V=st.integers(1, 5))
-def test_cross_entropy(data, lead, V):
-    logits = data.draw(arrays(lead + (V,), elements=floats(-4, 4)))
-    targets = data.draw(hnp.arrays(np.int64, lead, elements=st.integers(-1, V - 1)))  # -1: ignored
-    assume((targets != -1).any())
-    out = check_grads(lambda t: F.cross_entropy(t, targets), logits)
-    assert out.shape == ()
-    np.testing.assert_allclose(out, np_cross_entropy(logits, targets), rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("ignore_index", [-1, -100, 2])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_cross_entropy_torch(kernel_impl, dtype, ignore_index):
-    torch = pytest.importorskip("torch")
-    (logits,) = rng_arrays(3, (2, 5, 7), lo=-3, hi=3)
-    targets = np.random.default_rng(4).integers(0, 7, size=(2, 5))
-    targets[0, 1] = targets[1, 3] = ignore_index
-    tol = T64 if dtype == np.float64 else F32_GRAD
-    out = compare_with_torch(
-        lambda t: F.cross_entropy(t, targets, ignore_index=ignore_index),
-        lambda t: tf().cross_entropy(t.reshape(-1, 7), torch.from_numpy(targets).reshape(-1),
-                                     ignore_index=ignore_index),
-        logits, dtype=dtype, **tol)
-    np.testing.assert_allclose(out, np_cross_entropy(logits, targets, ignore_index), **F32)
-
-
-@pytest.mark.parametrize("bad", [7, 9, -2])
-def test_cross_entropy_out_of_range_target_names_it(bad):
-    targets = np.array([0, bad, 3])
-    with pytest.raises(ValueError, match=rf"cross_entropy.*target {bad}"):
-        F.cross_entropy(tg.randn(3, 7), targets)
-
-
-def test_cross_entropy_all_ignored_is_nan_like_torch():
-    torch = pytest.importorskip("torch")
-    logits = np.random.default_rng(0).standard_normal((3, 4))
-    ours = F.cross_entropy(tg.Tensor(logits), np.array([-1, -1, -1])).item()
-    theirs = tf().cross_entropy(torch.from_numpy(logits), torch.tensor([-1, -1, -1]), ignore_index=-1).item()
-    assert math.isnan(ours) and math.isnan(theirs)
-
-
-def test_cross_entropy_input_errors():
-    with pytest.raises(ValueError, match=r"targets \(3,\).*\(2, 4\)"):
-        F.cross_entropy(tg.randn(2, 4), np.array([0, 1, 2]))
-    with pytest.raises(TypeError, match="integers"):
-        F.cross_entropy(tg.randn(2, 4), np.array([0.0, 1.0]))
-
-
 # ====================================================================== dropout
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
 def test_dropout_statistics(kernel_impl, p):
