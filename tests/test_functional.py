@@ -56,43 +56,6 @@ def test_linear_shape_errors():
         F.linear(tg.randn(2, 5), tg.randn(4, 5), tg.randn(3))
 
 
-# ====================================================================== embedding
-@given(data=st.data(), V=st.integers(1, 5), C=st.integers(1, 4), id_shape=shapes(0, 2, max_side=5))
-def test_embedding(data, V, C, id_shape):
-    ids = data.draw(hnp.arrays(np.int64, id_shape, elements=st.integers(0, V - 1)))  # repeats are likely
-    w = data.draw(arrays((V, C)))
-    out = check_grads(lambda w_: F.embedding(ids, w_), w)
-    np.testing.assert_array_equal(out, w[ids])
-
-
-def test_embedding_repeated_ids_scatter_add():
-    w = tg.Tensor(np.arange(8.0).reshape(4, 2), requires_grad=True)
-    ids = np.array([[1, 1, 3], [1, 0, 3]])
-    F.embedding(ids, w).backward(np.ones((2, 3, 2)))
-    np.testing.assert_array_equal(w.grad.numpy(), [[1, 1], [3, 3], [0, 0], [2, 2]])
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_embedding_torch(kernel_impl, dtype):
-    torch = pytest.importorskip("torch")
-    ids = np.array([[0, 2, 2, 5], [5, 5, 1, 0]])
-    (w,) = rng_arrays(0, (6, 3))
-    tol = T64 if dtype == np.float64 else F32_GRAD
-    compare_with_torch(lambda w_: F.embedding(tg.Tensor(ids), w_),
-                       lambda w_: tf().embedding(torch.from_numpy(ids), w_), w, dtype=dtype, **tol)
-
-
-@pytest.mark.parametrize("bad", [7, 100, -1])
-def test_embedding_out_of_range_names_id(bad):
-    with pytest.raises(ValueError, match=rf"embedding.*{bad}"):
-        F.embedding(np.array([[0, bad, 1]]), tg.randn(7, 3))
-
-
-def test_embedding_float_ids():
-    with pytest.raises(TypeError, match="integers"):
-        F.embedding(np.array([0.0, 1.0]), tg.randn(7, 3))
-
-
 # ====================================================================== dropout
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
 def test_dropout_statistics(kernel_impl, p):
