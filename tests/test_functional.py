@@ -56,64 +56,6 @@ def test_linear_shape_errors():
         F.linear(tg.randn(2, 5), tg.randn(4, 5), tg.randn(3))
 
 
-# ====================================================================== dropout
-@pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
-def test_dropout_statistics(kernel_impl, p):
-    x = tg.ones(200_000)
-    y = F.dropout(x, p).numpy()
-    scale = 1.0 / (1.0 - p)
-    kept = y != 0
-    np.testing.assert_allclose(y[kept], scale, rtol=1e-6)  # inverted scaling of the kept elements
-    # the dropped fraction is Binomial(n, p)/n with std sqrt(p(1-p)/n) <= 0.0012: allow 5 std
-    assert abs((~kept).mean() - p) < 0.006
-    assert abs(y.mean() - 1.0) < 5 * math.sqrt(p / (1 - p) / x.size)  # mean preserved
-
-
-def test_dropout_seed_reproducible(kernel_impl):
-    x = tg.randn(64, 33)
-    tg.manual_seed(11)
-    a = F.dropout(x, 0.5).numpy()
-    b = F.dropout(x, 0.5).numpy()
-    tg.manual_seed(11)
-    c = F.dropout(x, 0.5).numpy()
-    np.testing.assert_array_equal(a, c)
-    assert not np.array_equal(a, b)  # each call draws a new mask
-
-
-def test_dropout_identity_cases():
-    x = tg.randn(5, 4, requires_grad=True)
-    assert F.dropout(x, 0.7, training=False) is x
-    assert F.dropout(x, 0.0) is x
-    np.testing.assert_array_equal(F.dropout(x, 1.0).numpy(), np.zeros((5, 4)))
-    for p in (-0.1, 1.5):
-        with pytest.raises(ValueError, match="dropout"):
-            F.dropout(x, p)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_dropout_gradient_is_mask_times_scale(kernel_impl, dtype):
-    x = tg.Tensor(np.random.default_rng(0).uniform(0.5, 1.5, (7, 9)).astype(dtype), requires_grad=True)
-    y = F.dropout(x, 0.3)
-    assert y.dtype == dtype
-    w = np.random.default_rng(1).standard_normal((7, 9)).astype(dtype)
-    y.backward(w)
-    mask = y.numpy() != 0  # x has no zeros, so zeros in y are exactly the dropped elements
-    np.testing.assert_allclose(x.grad.numpy(), w * mask / 0.7, rtol=1e-6)
-    np.testing.assert_allclose(y.numpy(), x.numpy() * mask / 0.7, rtol=1e-6)
-    assert x.grad.dtype == dtype
-
-
-def test_dropout_finite_differences():
-    """With the seed fixed before each call the mask is fixed, so dropout is linear in x."""
-    (x,) = rng_arrays(0, (4, 5))
-
-    def fn(t):
-        tg.manual_seed(5)
-        return F.dropout(t, 0.4)
-
-    check_grads(fn, x)
-
-
 # ====================================================================== attention
 @st.composite
 def attention_case(draw):
