@@ -1,20 +1,17 @@
-"""Fused ops (tinygpt.functional; gelu and softmax in tests/ops/): value vs a float64 NumPy computation (refs.py), float64
-finite-difference gradients, torch.nn.functional where installed, errors and dropout/attention
-properties.
+"""Fused ops (tinygpt.functional; the other families in tests/ops/test_<family>.py): value vs a float64 NumPy
+computation (refs.py), float64 finite-difference gradients, torch.nn.functional where installed, errors and
+attention properties.
 
 float32 tests run on every kernel implementation (fixture `kernel_impl`: reference, and native
 when built). Tolerances: float64 values 1e-12..1e-10; finite differences rtol 1e-5 / atol 1e-6;
 float32 vs float64 NumPy or torch rtol 1e-5..1e-4.
 """
-import math
-
 import numpy as np
 import pytest
-from helpers import arrays, check_grads, compare_with_torch, floats, rng_arrays, seeds, shapes
-from refs import F32, F32_GRAD, T64, VAL64, np_attention, np_cross_entropy, np_layer_norm, tf, visible  # noqa: F401
-from hypothesis import assume, given
+from helpers import arrays, check_grads, compare_with_torch, rng_arrays, seeds, shapes
+from refs import F32, F32_GRAD, T64, VAL64, np_attention, tf, visible  # noqa: F401
+from hypothesis import given
 from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 
 import tinygpt as tg
 import tinygpt.functional as F

@@ -433,7 +433,7 @@ def test_layer_norm_param_shape_error():
         F.layer_norm(tg.randn(2, 4), tg.randn(3))
 
 
-# ----------------------------------------------------------------------------- F.add_layer_norm and the multi-output autograd it relies on
+# ----------------------------------------------------------------------------- F.add_layer_norm, multi-output autograd
 # (float64 inputs: the reference kernels, with or without the native extension)
 def _fd_gradcheck(fn, arrays, seed=0, h=1e-6, tol=1e-6):
     """Central finite differences of L = sum_k <outputs_k, W_k> (random W) in float64."""
