@@ -106,17 +106,17 @@ def test_adamw_step(impl, shape, h, gscale, step0, seed):
         ref.check(*impl.host(state), impl.name)
 
 
-def test_large_parameter(native_impl):
+def test_large_parameter(large_impl):
     """A 1M-element parameter (split across threads on the CPU): two steps within the bounds."""
-    step_fn = native_impl.kernel("adamw_step")
+    step_fn = large_impl.kernel("adamw_step")
     p, m, v, grads = _state(3, (1024, 1000), 1.0)
-    state = [native_impl.to(a) for a in (p, m, v)]
+    state = [large_impl.to(a) for a in (p, m, v)]
     ref = Bounds(p, m, v)
     for step, g in ((7, grads[0]), (8, grads[1])):
         h = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1)
-        step_fn(state[0], native_impl.to(g), state[1], state[2], step=step, **h)
+        step_fn(state[0], large_impl.to(g), state[1], state[2], step=step, **h)
         ref.step(g, step, **h)
-        ref.check(*native_impl.host(state), native_impl.name)
+        ref.check(*large_impl.host(state), large_impl.name)
 
 
 @given(sizes=st.lists(st.sampled_from([0, 1, 3, 4, 5, 17, 1000, 16383, 16384, 16385, 40001]), min_size=1,

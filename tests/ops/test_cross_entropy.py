@@ -90,22 +90,22 @@ GPT2_CASES = {"default": [(5, 50257, 1.0), (64, 50257, 3.0), (7, 50257, 1e4)],  
               "cuda": [(5, 50257, 1.0), (64, 50257, 3.0), (7, 50257, 1e4), (33, 50304, 2.0)]}
 
 
-def test_gpt2_vocab(native_impl):
+def test_gpt2_vocab(large_impl):
     """V = 50257 (GPT-2): rows of 200 KB, ~99 CPU sum blocks each, 64 rows run multi-threaded; on CUDA
     every row starts at a different alignment, and also its padded size 50304."""
-    for N, V, scale in native_impl.limit(GPT2_CASES):
+    for N, V, scale in large_impl.limit(GPT2_CASES):
         logits, targets = _problem(N, N, V, scale, -1, 0.2)
         targets[0] = 7
-        check_cross_entropy(native_impl, logits, targets, -1)
+        check_cross_entropy(large_impl, logits, targets, -1)
 
 
 MANY_ROWS = {"cuda": 20000, "default": 4096}  # CUDA: more rows than the grid has warps (grid-stride)
 
 
-def test_char_vocab_many_rows(native_impl):
+def test_char_vocab_many_rows(large_impl):
     """V = 65 (character level), many rows: the CPU's parallel split over short rows, CUDA's grid-stride loop."""
-    logits, targets = _problem(3, native_impl.limit(MANY_ROWS), 65, 2.0, -1, 0.1)
-    check_cross_entropy(native_impl, logits, targets, -1)
+    logits, targets = _problem(3, large_impl.limit(MANY_ROWS), 65, 2.0, -1, 0.1)
+    check_cross_entropy(large_impl, logits, targets, -1)
 
 
 def test_all_ignored_is_nan_as_reference(native_impl):

@@ -54,15 +54,15 @@ SIZES = {"cpu": [1, 2**15 - 1, 2**15, 2**15 + 1, 100_003, 1 << 20],  # across th
          "cuda": [1, 3, 4, 5, 1023, 2**15 + 1, 100_003, 1 << 22]}   # around CUDA's float4 body and tail
 
 
-def test_sizes_and_misaligned_views(native_impl):
+def test_sizes_and_misaligned_views(large_impl):
     """Sizes across the CPU's parallel chunks and around CUDA's float4 body and tail; on CUDA also on
     views that start off a 16-byte boundary (offset 1..3 floats: the scalar path)."""
-    k = native_impl.kernel("dropout")
-    for n in native_impl.limit(SIZES):
+    k = large_impl.kernel("dropout")
+    for n in large_impl.limit(SIZES):
         x = np.random.default_rng(n).standard_normal(n).astype(np.float32)
-        for offset in [0, 1, 2, 3] if native_impl.device == "cuda" else [0]:
-            y, _ = k.forward(native_impl.to(x, offset), 0.3, n * 7919)
-            y = native_impl.host(y)
+        for offset in [0, 1, 2, 3] if large_impl.device == "cuda" else [0]:
+            y, _ = k.forward(large_impl.to(x, offset), 0.3, n * 7919)
+            y = large_impl.host(y)
             np.testing.assert_array_equal(y, R.dropout_forward(x, 0.3, n * 7919)[0], err_msg=f"n={n} offset={offset}")
             if n >= 100_000:
                 assert abs((y != 0).mean() - 0.7) < 0.01  # 5 sigma at n = 1e5

@@ -65,7 +65,7 @@ def test_embedding(impl, V, ids_shape, C, dtype, seed):
     (777, 50257, 20, 0.0),  # GPT-2's vocabulary, mostly unique ids (runs of 1), most rows zero
     (129, 1, 5, 1.0),       # a single id: one run through every span
 ])
-def test_long_runs_and_wide_vocabularies(native_impl, n, V, C, skew):
+def test_long_runs_and_wide_vocabularies(large_impl, n, V, C, skew):
     """CUDA: runs longer than a block's span and than the unrolled group, heads at span borders, a
     vocabulary whose rows are mostly absent (zeroed), the Shakespeare-like frequency skew."""
     rng = np.random.default_rng(n + V)
@@ -73,7 +73,7 @@ def test_long_runs_and_wide_vocabularies(native_impl, n, V, C, skew):
     ids[rng.random(n) < skew] = 0
     w = rng.standard_normal((V, C)).astype(np.float32)
     g = (rng.standard_normal((n, C)) * np.float32(1e3) ** rng.uniform(-1, 1, (n, 1))).astype(np.float32)
-    check_embedding(native_impl, ids, w, g)
+    check_embedding(large_impl, ids, w, g)
 
 
 def test_special_values_are_summed_in_order(native_impl):

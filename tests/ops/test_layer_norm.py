@@ -142,13 +142,13 @@ LARGE = {"cpu": [(5000, 256), (2, 701, 769)],  # > 2^20 elements: rows split ove
          "cuda": [(4099, 100), (5000, 768), (6000, 1031), (16384, 384)]}
 
 
-def test_large(native_impl):
-    for shape in native_impl.limit(LARGE):
+def test_large(large_impl):
+    for shape in large_impl.limit(LARGE):
         rng, x, g, w, b = _draw(7, shape[:-1], shape[-1], 1.0, 1.0, "wb")
-        check_layer_norm(native_impl, x, g, w, b, 1e-5)
-        if native_impl.device == "cpu":
+        check_layer_norm(large_impl, x, g, w, b, 1e-5)
+        if large_impl.device == "cpu":
             r, gs = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
-            check_add_layer_norm(native_impl, x, r, g, gs, w, b, 1e-5)
+            check_add_layer_norm(large_impl, x, r, g, gs, w, b, 1e-5)
 
 
 def test_large_offset_rows_stay_accurate(cpu_impl):
