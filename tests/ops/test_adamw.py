@@ -144,7 +144,7 @@ def test_cuda_multi_tensor_matches_single(cuda_impl, sizes, h, seed):
 
 
 @pytest.mark.parametrize("foreach", [False, True])
-def test_matches_torch_adamw(native_impl, foreach):
+def test_matches_torch_adamw(cpu_impl, foreach):
     """Several steps of torch.optim.AdamW (its own arithmetic) over GPT-like parameter shapes."""
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(0)
@@ -153,7 +153,7 @@ def test_matches_torch_adamw(native_impl, foreach):
     tparams = [torch.nn.Parameter(torch.tensor(p)) for p in params]
     opt = torch.optim.AdamW(tparams, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1,
                             foreach=foreach)
-    step_fn, to = native_impl.kernel("adamw_step"), native_impl.to
+    step_fn, to = cpu_impl.kernel("adamw_step"), cpu_impl.to
     dev = [[to(p), to(np.zeros_like(p)), to(np.zeros_like(p))] for p in params]
     for step in range(1, 6):
         grads = [rng.standard_normal(p.shape).astype(np.float32) for p in params]
@@ -165,7 +165,7 @@ def test_matches_torch_adamw(native_impl, foreach):
     # Both float32, rounding differently (torch's lerp and addcmul use FMA where ours may not):
     # m cancels in the lerp, so its tolerance is absolute, a few eps of the terms (|m|, |g| <~ 4)
     # over 5 steps; v is a sum of positive terms (relative); p ~ 1 moves by lr per step.
-    for (p, m, v), tp in zip((native_impl.host(s) for s in dev), tparams):
+    for (p, m, v), tp in zip((cpu_impl.host(s) for s in dev), tparams):
         np.testing.assert_allclose(p, tp.detach().numpy(), rtol=1e-6, atol=2e-7)
         np.testing.assert_allclose(m, opt.state[tp]["exp_avg"].numpy(), rtol=0, atol=5 * 8 * 4 * EPS)
         np.testing.assert_allclose(v, opt.state[tp]["exp_avg_sq"].numpy(), rtol=5 * 4 * EPS, atol=1e-30)
