@@ -159,6 +159,34 @@ def interleaved(contenders: dict, steps: int, warmup: int, block: int = 1) -> di
     return times
 
 
+def copy_bandwidth(threads: int, mb: int = 256, reps: int = 5) -> float:
+    """GB/s (read + write) of numpy copies of mb MB in `threads` threads at once (numpy drops the GIL), best of reps."""
+    import threading
+
+    import numpy as np
+
+    n = (mb << 20) // 4 // threads
+    src = [np.ones(n, np.float32) for _ in range(threads)]
+    dst = [np.zeros(n, np.float32) for _ in range(threads)]
+    best = float("inf")
+    for _ in range(reps + 1):  # the first pass faults the pages in
+        barrier = threading.Barrier(threads + 1)
+
+        def work(i):
+            barrier.wait()
+            np.copyto(dst[i], src[i])
+
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+        for t in ts:
+            t.start()
+        t0 = time.perf_counter()
+        barrier.wait()
+        for t in ts:
+            t.join()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * threads * n * 4 / best / 1e9
+
+
 def table(headers, rows, align=None) -> str:
     """A plain-text (Markdown-compatible) table."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]

@@ -26,7 +26,6 @@ common.set_thread_env(THREADS)
 
 import argparse  # noqa: E402
 import statistics  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -36,30 +35,6 @@ from tinygpt.models.generation import KVCache  # noqa: E402
 from tinygpt.quantize import quantize, weight_memory  # noqa: E402
 
 GPT2 = dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
-
-
-def copy_bandwidth(threads: int, mb: int = 256, reps: int = 5) -> float:
-    """GB/s (read + write) of numpy copies of mb MB in `threads` threads at once (numpy drops the GIL), best of reps."""
-    n = (mb << 20) // 4 // threads
-    src = [np.ones(n, np.float32) for _ in range(threads)]
-    dst = [np.zeros(n, np.float32) for _ in range(threads)]
-    best = float("inf")
-    for _ in range(reps + 1):  # the first pass faults the pages in
-        barrier = threading.Barrier(threads + 1)
-
-        def work(i):
-            barrier.wait()
-            np.copyto(dst[i], src[i])
-
-        ts = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
-        for t in ts:
-            t.start()
-        t0 = time.perf_counter()
-        barrier.wait()
-        for t in ts:
-            t.join()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * threads * n * 4 / best / 1e9
 
 
 def token_bytes(model) -> int:
@@ -144,7 +119,7 @@ def main(argv=None):
         m = tg.GPT(tg.GPTConfig(**GPT2)).eval()
         m.load_state_dict(base.state_dict())
         models[name] = quantize(m, bits={"int8": 8, "int4": 4}[name])
-    bw = copy_bandwidth(args.threads)
+    bw = common.copy_bandwidth(args.threads)
     print(f"# {common.cpu_model()}, threads {args.threads}, "
           f"copy bandwidth {bw:.1f} GB/s (read + write), {time.strftime('%Y-%m-%d %H:%M:%S')}, "
           f"load {os.getloadavg()[0]:.2f}")

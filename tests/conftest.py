@@ -20,6 +20,8 @@ from hypothesis import HealthCheck, settings
 import tinygpt as tg
 from tinygpt import kernels
 
+from helpers import EMULATOR
+
 # function_scoped_fixture: the ops tests' `impl` fixture (tests/ops/conftest.py) only picks an implementation,
 # which every hypothesis example of the test shares on purpose.
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -29,8 +31,6 @@ settings.register_profile("quick", max_examples=5, derandomize=True, database=No
 settings.register_profile("thorough", max_examples=500, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-
-EMULATOR = os.environ.get("TINYGPT_CUDA_EMULATOR", "").strip() not in ("", "0")
 
 
 def pytest_configure(config):

@@ -16,6 +16,9 @@ from hypothesis.extra import numpy as hnp
 
 import tinygpt as tg
 
+# TINYGPT_CUDA_EMULATOR=1: the GPU tests run on the CPU emulator (tests/cuda_emu; conftest.py installs it).
+EMULATOR = os.environ.get("TINYGPT_CUDA_EMULATOR", "").strip() not in ("", "0")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 
 

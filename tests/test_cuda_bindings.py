@@ -77,7 +77,7 @@ def test_precision_and_backend_settings():
         assert kpolicy.matmul_policy("linear", 4096, 768, 768)
         kpolicy.set_matmul_backend("cublas")
         assert not kpolicy.matmul_policy("linear_gelu", 4096, 768, 3072)
-        kpolicy.set_matmul_backend("auto")  # measured per shape class on the GPU (tests/test_cuda_linear.py)
+        kpolicy.set_matmul_backend("auto")  # measured per shape class on the GPU (tests/ops/test_linear.py)
         with pytest.raises(ValueError, match="matmul backend must be"):
             kpolicy.set_matmul_backend("cutlass")
     finally:

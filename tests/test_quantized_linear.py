@@ -16,6 +16,8 @@ Bounds (u = 2^-24, W = q * s exactly in float64, A = |x| @ |W|.T + |b|):
   |y - ref| <= sum_k |w_k| d_b(k) (1 + 2^-10) / 2 + (G + 20) u sum_k (|w_k| + 8 s_k [int4]) (|x_k| + d_b(k)) + u |b|.
   The first term is the activation quantization itself (what llama.cpp's q8_0 activations do too);
   a wrong block scale or index is off by O(A), far above it.
+quantized_linear_gelu (the quantized MLP's c_fc + tanh GELU) is held to its saved h being the product
+(the bounds above) and y, dx being exactly that implementation's own GELU and backward of h.
 """
 import contextlib
 
@@ -275,3 +277,64 @@ def test_quantized_model_never_dequantizes_the_embedding_table(monkeypatch):
     monkeypatch.setattr(QuantizedLinear, "weight", property(boom))
     out = model.generate(np.array([[1, 2, 3]]), max_new_tokens=4, temperature=0)
     assert out.shape == (1, 7)
+
+
+@contextlib.contextmanager
+def gelu_implementation(name):
+    """(fused forward, fused backward, gelu forward, gelu backward of h, gemv_possible, unfused backward) of one
+    implementation: the fused op must be exactly its own product followed by its own GELU."""
+    if name == "reference":
+        yield (R.quantized_linear_gelu_forward, R.quantized_linear_gelu_backward,
+               lambda h: R.gelu_forward(h, "tanh")[0], lambda g, h, saved: R.gelu_backward(g, h, "tanh", saved[1:]),
+               False, R.quantized_linear_backward)
+        return
+    with implementation(name) as (_, bwd, native):
+        if name == "cuda":
+            from tinygpt.kernels.cuda import gelu as KG  # noqa: PLC0415
+            from tinygpt.kernels.cuda import quantized_linear as KQ  # noqa: PLC0415
+
+            yield (_on_gpu(KQ.quantized_linear_gelu_forward), _on_gpu(KQ.quantized_linear_gelu_backward),
+                   _on_gpu(lambda h: KG.gelu_forward(h, "tanh")[0]),
+                   _on_gpu(lambda g, h, saved: KG.gelu_backward(g, h, "tanh", ())), False, bwd)
+            return
+        yield (cpu.quantized_linear_gelu_forward, cpu.quantized_linear_gelu_backward,
+               lambda h: cpu.gelu_forward(h, "tanh")[0], lambda g, h, saved: cpu.gelu_backward(g, h, "tanh", ()),
+               native, bwd)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@settings(max_examples=15, deadline=None)
+@given(rows=st.sampled_from([1, 3, 8, 9, 20]), groups=st.integers(1, 12), n_out=st.integers(1, 70),
+       bits=st.sampled_from([8, 4]), bias=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_gelu_fused_is_product_then_gelu(impl, rows, groups, n_out, bits, bias, seed):
+    """quantized_linear_gelu: the saved h is the product (within check_forward's bound for the path taken),
+    y is exactly that implementation's tanh GELU of h, dx exactly its backward through gelu'(h)."""
+    n_in = groups * 32
+    x, q, s, b = problem(seed, rows, n_in, n_out, bits, 32, 1.0, True, bias)
+    g = np.random.default_rng(seed + 1).standard_normal((rows, n_out)).astype(np.float32)
+    with gelu_implementation(impl) as (fwd, bwd, gelu_f, gelu_b, native, bwd_plain):
+        y, saved = fwd(x, q, s, b)
+        h = saved[0]
+        check_forward(h, x, q, s, b, gemv=native and rows <= GEMV_ROWS)
+        np.testing.assert_array_equal(y, gelu_f(h))
+        dx = bwd(g, q, s, saved)
+        np.testing.assert_array_equal(dx, bwd_plain(gelu_b(g, h, saved), q, s))
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_mlp_runs_the_fused_op(bits, monkeypatch):
+    """A quantized MLP's c_fc + tanh GELU is one quantized_linear_gelu call, equal to the unfused modules."""
+    tg.manual_seed(0)
+    mlp = tg.nn.MLP(64)
+    mlp.c_fc = QuantizedLinear.from_linear(mlp.c_fc, bits=bits)
+    mlp.c_proj = QuantizedLinear.from_linear(mlp.c_proj, bits=bits)
+    mlp.eval()
+    x = tg.Tensor(np.random.default_rng(0).standard_normal((2, 3, 64)).astype(np.float32))
+    seen = []
+    select = kernels.select
+    monkeypatch.setattr(kernels, "select", lambda op, *a, **k: seen.append(op) or select(op, *a, **k))
+    with tg.no_grad():
+        y = mlp(x).numpy()
+        unfused = mlp.c_proj(mlp.gelu(mlp.c_fc(x))).numpy()
+    assert seen[0] == "quantized_linear_gelu" and seen[1] == "quantized_linear"
+    np.testing.assert_allclose(y, unfused, rtol=1e-5, atol=1e-6)

@@ -5,12 +5,16 @@
 //
 //   quantized_linear_forward(x, q, scale, bias)  -> (y, ())
 //   quantized_linear_backward(grad, q, scale)    -> dx = grad @ (q * s)   (the input gradient only)
+//   quantized_linear_gelu_forward(x, q, scale, bias) -> (gelu_tanh(h), (h,)), h the product above: the
+//     quantized MLP's first projection with its GELU applied by the thread that computed h
+//   quantized_linear_gelu_backward(grad, q, scale, (h,)) -> (grad * gelu_tanh'(h)) @ (q * s)
 //
 // Two paths, by rows = prod(x.shape[:-1]):
 //  - GEMV (rows <= kGemvRows, int4 only with groups of 32): decode. Each thread takes a contiguous range
 //    of output channels (multiples of 16: whole cache lines of y and s), quantizes the x rows itself to
 //    int8 per block of 32 (d_b = amax_b / 127, round half to even: q8_0's activations), so there is no
-//    barrier, and runs integer dot products (quantized_linear_tiles.h). Weights stream once per call.
+//    barrier, and runs integer dot products four channels at a time (quantized_linear_tiles.h).
+//    Weights stream once per call.
 //    Error: the activation rounding, |x_k - d_b xq_k| <= d_b / 2, plus float rounding of the block sums.
 //  - Tiled (more rows, or other group sizes): panels of kPanel output channels are dequantized to float
 //    (exactly numpy's float32 q * s) and multiplied by the packed SGEMM (gemm.h), bias in its epilogue;
@@ -37,9 +41,12 @@ namespace tinygpt {
 namespace cpu {
 namespace {
 
+// Up to 4 output channels (nc) per call, weights ldw bytes apart (quantized_linear_tiles.h).
 struct QlKernels {
-  float (*dot_w8)(const int8_t* w, const int8_t* xq, const int8_t* xa, const float* d, int64_t in);
-  float (*dot_w4)(const uint8_t* w, const float* s, const int8_t* xq, const float* d, const float* c, int64_t G);
+  void (*dot4_w8)(const int8_t* w, int64_t ldw, const int8_t* xq, const int8_t* xa, const float* d, int64_t in,
+                  int nc, float* out);
+  void (*dot4_w4)(const uint8_t* w, int64_t ldw, const float* s, int64_t lds, const int8_t* xq, const float* d,
+                  const float* c, int64_t G, int nc, float* out);
 };
 
 #define TG_TILES "quantized_linear_tiles.h"
@@ -126,16 +133,15 @@ void prepare_w8(const float* x, int64_t in, W8Row r) {
 }
 
 // int4 weights, groups of 32: xq in the pair layout of quantized_linear_tiles.h, d and c = -8 d sum(xq)
-// per group, in the SIMD reduction's order for each full run of 8 groups when `permute` (AVX2 copies).
+// per group.
 struct W4Row {
   int8_t* xq;
   float* d;
   float* c;
 };
 
-void prepare_w4(const float* x, int64_t G, bool permute, W4Row r) {
+void prepare_w4(const float* x, int64_t G, W4Row r) {
   int8_t block[kBlock];
-  const int64_t G8 = permute ? G / 8 * 8 : 0;
   for (int64_t g = 0; g < G; ++g) {
     const float d = quantize_block(x + g * kBlock, kBlock, block);
     int32_t sum = 0;
@@ -145,13 +151,8 @@ void prepare_w4(const float* x, int64_t G, bool permute, W4Row r) {
       even[32 + i] = block[2 * i + 1];
       sum += block[2 * i] + block[2 * i + 1];
     }
-    int64_t slot = g;
-    if (g < G8) {  // position of group g in its run's order
-      const int64_t j = g % 8;
-      slot = g - j + (j % 2 == 0 ? j / 2 : 4 + j / 2);
-    }
-    r.d[slot] = d;
-    r.c[slot] = -8.0f * d * static_cast<float>(sum);
+    r.d[g] = d;
+    r.c[g] = -8.0f * d * static_cast<float>(sum);
   }
 }
 
@@ -246,43 +247,54 @@ void backward_tiled(const float* g, const void* q, const float* s, const Dims& d
 
 thread_local Bytes tl_act;
 
-// The GEMV path: threads over channel blocks, each preparing the activation rows itself.
-void forward_gemv(const float* x, const void* q, const float* s, const float* bias, const Dims& d, float* y) {
+// The GEMV path: threads over channel blocks, each preparing the activation rows itself; four channels
+// per kernel call. gelu: y = gelu_tanh(h) of each row's channel range, h kept in `pre` when not null.
+void forward_gemv(const float* x, const void* q, const float* s, const float* bias, const Dims& d, float* y,
+                  bool gelu = false, float* pre = nullptr) {
   const QlKernels& k = kQl[static_cast<int>(isa())];
-  const bool permute = isa() != Isa::baseline;
   const int64_t nb = (d.in + kBlock - 1) / kBlock;
   const int64_t nblocks = (d.out + kChannelGrain - 1) / kChannelGrain;
   parallel_blocks(nblocks, kChannelGrain * d.in / (d.int4 ? 8 : 4), [&](int64_t b0, int64_t b1, int) {
     // per row: xq (nb * 32 bytes), xa (nb * 32) for int8 or nothing, d and c (nb floats each)
     const size_t row_bytes = static_cast<size_t>(nb) * (2 * kBlock + 2 * sizeof(float)) + 64;
     char* buf = tl_act.get(row_bytes * static_cast<size_t>(d.rows));
-    std::vector<W8Row> r8(static_cast<size_t>(d.rows));
-    std::vector<W4Row> r4(static_cast<size_t>(d.rows));
+    int8_t* xq[kGemvRows];
+    int8_t* xa[kGemvRows];
+    float* dd[kGemvRows];
+    float* cc[kGemvRows];
     for (int64_t r = 0; r < d.rows; ++r) {
       char* p = buf + row_bytes * static_cast<size_t>(r);
-      int8_t* xq = reinterpret_cast<int8_t*>(p);
-      int8_t* xa = xq + nb * kBlock;
-      float* dd = reinterpret_cast<float*>(xa + nb * kBlock);
-      float* cc = dd + nb;
+      xq[r] = reinterpret_cast<int8_t*>(p);
+      xa[r] = xq[r] + nb * kBlock;
+      dd[r] = reinterpret_cast<float*>(xa[r] + nb * kBlock);
+      cc[r] = dd[r] + nb;
       if (d.int4) {
-        r4[r] = W4Row{xq, dd, cc};
-        prepare_w4(x + r * d.in, d.groups, permute, r4[r]);
+        prepare_w4(x + r * d.in, d.groups, W4Row{xq[r], dd[r], cc[r]});
       } else {
-        r8[r] = W8Row{xq, xa, dd};
-        prepare_w8(x + r * d.in, d.in, r8[r]);
+        prepare_w8(x + r * d.in, d.in, W8Row{xq[r], xa[r], dd[r]});
       }
     }
     const int64_t o0 = b0 * kChannelGrain, o1 = std::min(d.out, b1 * kChannelGrain);
-    for (int64_t o = o0; o < o1; ++o) {
-      const float bo = bias == nullptr ? 0.0f : bias[o];
-      if (d.int4) {
-        const uint8_t* w = static_cast<const uint8_t*>(q) + o * (d.in / 2);
-        const float* so = s + o * d.groups;
-        for (int64_t r = 0; r < d.rows; ++r) y[r * d.out + o] = k.dot_w4(w, so, r4[r].xq, r4[r].d, r4[r].c, d.groups) + bo;
-      } else {
-        const int8_t* w = static_cast<const int8_t*>(q) + o * d.in;
-        for (int64_t r = 0; r < d.rows; ++r)
-          y[r * d.out + o] = k.dot_w8(w, r8[r].xq, r8[r].xa, r8[r].d, d.in) * s[o] + bo;
+    float dots[4];
+    for (int64_t o = o0; o < o1; o += 4) {
+      const int nc = static_cast<int>(std::min<int64_t>(4, o1 - o));
+      for (int64_t r = 0; r < d.rows; ++r) {
+        float* yr = y + r * d.out + o;
+        if (d.int4) {
+          k.dot4_w4(static_cast<const uint8_t*>(q) + o * (d.in / 2), d.in / 2, s + o * d.groups, d.groups, xq[r], dd[r],
+                    cc[r], d.groups, nc, dots);
+          for (int j = 0; j < nc; ++j) yr[j] = dots[j] + (bias == nullptr ? 0.0f : bias[o + j]);
+        } else {
+          k.dot4_w8(static_cast<const int8_t*>(q) + o * d.in, d.in, xq[r], xa[r], dd[r], d.in, nc, dots);
+          for (int j = 0; j < nc; ++j) yr[j] = dots[j] * s[o + j] + (bias == nullptr ? 0.0f : bias[o + j]);
+        }
+      }
+    }
+    if (gelu) {
+      for (int64_t r = 0; r < d.rows; ++r) {
+        float* yr = y + r * d.out + o0;
+        if (pre != nullptr) std::copy(yr, yr + (o1 - o0), pre + r * d.out + o0);
+        gelu_tanh_rows(yr, yr, o1 - o0);
       }
     }
   });
@@ -290,10 +302,11 @@ void forward_gemv(const float* x, const void* q, const float* s, const float* bi
 
 bool use_gemv(const Dims& d) { return d.rows <= kGemvRows && (!d.int4 || d.in == d.groups * kBlock); }
 
-py::tuple quantized_linear_forward(const py::array& x, const py::array& q, const py::array& scale,
-                                   const py::object& bias) {
-  const char* op = "quantized_linear_forward";
-  check_array<float>(x, "quantized_linear_forward: x");
+// y = x @ W.T + b, or with gelu y = gelu_tanh(h) for that h, which it returns as the saved (h,).
+py::tuple forward_impl(const char* op, const py::array& x, const py::array& q, const py::array& scale,
+                       const py::object& bias, bool gelu) {
+  const std::string o(op);
+  check_array<float>(x, (o + ": x").c_str());
   TG_CHECK(x.ndim() >= 1, op, ": x must have at least 1 dimension (..., in), got shape ", shape_str(x));
   Dims d = check_weights(op, q, scale, x.shape(x.ndim() - 1));
   for (py::ssize_t i = 0; i + 1 < x.ndim(); ++i) d.rows *= x.shape(i);
@@ -301,30 +314,49 @@ py::tuple quantized_linear_forward(const py::array& x, const py::array& q, const
   if (!bias.is_none()) {
     TG_CHECK(py::isinstance<py::array>(bias), op, ": bias must be a numpy array or None, got ",
              std::string(py::str(py::type::of(bias))));
-    bp = input_ptr<float>(py::reinterpret_borrow<py::array>(bias), "quantized_linear_forward: bias", {d.out});
+    bp = input_ptr<float>(py::reinterpret_borrow<py::array>(bias), (o + ": bias").c_str(), {d.out});
   }
   std::vector<py::ssize_t> yshape = shape_of(x);
   yshape.back() = d.out;
   py::array_t<float> y = aligned_array(yshape);
+  py::array_t<float> h = gelu ? aligned_array(yshape) : py::array_t<float>();
   const float* xp = static_cast<const float*>(x.data());
   float* yp = y.mutable_data();
+  float* hp = gelu ? h.mutable_data() : nullptr;
   const float* sp = static_cast<const float*>(scale.data());
   {
     py::gil_scoped_release nogil;
     if (d.rows > 0 && d.out > 0) {
       if (use_gemv(d)) {
-        forward_gemv(xp, q.data(), sp, bp, d, yp);
+        forward_gemv(xp, q.data(), sp, bp, d, yp, gelu, hp);
       } else {
-        forward_tiled(xp, q.data(), sp, bp, d, yp);
+        forward_tiled(xp, q.data(), sp, bp, d, gelu ? hp : yp);
+        if (gelu) {
+          const int64_t n = d.rows * d.out;
+          parallel_blocks(n, 16, [&](int64_t i0, int64_t i1, int) { gelu_tanh_rows(hp + i0, yp + i0, i1 - i0); });
+        }
       }
     }
   }
+  if (gelu) return py::make_tuple(y, py::make_tuple(h));
   return py::make_tuple(y, py::tuple());
 }
 
-py::array_t<float> quantized_linear_backward(const py::array& grad, const py::array& q, const py::array& scale) {
-  const char* op = "quantized_linear_backward";
-  check_array<float>(grad, "quantized_linear_backward: grad");
+py::tuple quantized_linear_forward(const py::array& x, const py::array& q, const py::array& scale,
+                                   const py::object& bias) {
+  return forward_impl("quantized_linear_forward", x, q, scale, bias, false);
+}
+
+py::tuple quantized_linear_gelu_forward(const py::array& x, const py::array& q, const py::array& scale,
+                                        const py::object& bias) {
+  return forward_impl("quantized_linear_gelu_forward", x, q, scale, bias, true);
+}
+
+// dx = grad @ W; with gelu, dx = (grad * gelu_tanh'(h)) @ W for the h its forward saved.
+py::array_t<float> backward_impl(const char* op, const py::array& grad, const py::array& q, const py::array& scale,
+                                 const py::array* h) {
+  const std::string o(op);
+  check_array<float>(grad, (o + ": grad").c_str());
   TG_CHECK(grad.ndim() >= 1, op, ": grad must have at least 1 dimension (..., out), got shape ", shape_str(grad));
   const int64_t in = py::isinstance<py::array_t<uint8_t>>(q) && q.ndim() == 2 ? 2 * q.shape(1)
                      : q.ndim() == 2                                          ? q.shape(1)
@@ -334,16 +366,40 @@ py::array_t<float> quantized_linear_backward(const py::array& grad, const py::ar
            shape_str(q), ", got ", shape_str(grad));
   for (py::ssize_t i = 0; i + 1 < grad.ndim(); ++i) d.rows *= grad.shape(i);
   std::vector<py::ssize_t> shape = shape_of(grad);
+  const float* gp = static_cast<const float*>(grad.data());
+  py::array_t<float> dh;
+  if (h != nullptr) {
+    check_array<float>(*h, (o + ": saved h").c_str());
+    check_shape(*h, (o + ": saved h (the forward's pre-activation)").c_str(), shape);
+    dh = aligned_array(shape);
+    const float* hp = static_cast<const float*>(h->data());
+    float* dp = dh.mutable_data();
+    py::gil_scoped_release nogil;
+    parallel_blocks(d.rows * d.out, 16, [&](int64_t i0, int64_t i1, int) {
+      gelu_tanh_grad_rows(gp + i0, hp + i0, dp + i0, i1 - i0);
+    });
+    gp = dp;
+  }
   shape.back() = d.in;
   py::array_t<float> dx = aligned_array(shape);
   {
     py::gil_scoped_release nogil;
-    if (d.rows > 0 && d.in > 0) {
-      backward_tiled(static_cast<const float*>(grad.data()), q.data(), static_cast<const float*>(scale.data()), d,
-                     dx.mutable_data());
-    }
+    if (d.rows > 0 && d.in > 0) backward_tiled(gp, q.data(), static_cast<const float*>(scale.data()), d, dx.mutable_data());
   }
   return dx;
+}
+
+py::array_t<float> quantized_linear_backward(const py::array& grad, const py::array& q, const py::array& scale) {
+  return backward_impl("quantized_linear_backward", grad, q, scale, nullptr);
+}
+
+py::array_t<float> quantized_linear_gelu_backward(const py::array& grad, const py::array& q, const py::array& scale,
+                                                  const py::tuple& saved) {
+  const char* op = "quantized_linear_gelu_backward";
+  TG_CHECK(saved.size() == 1 && py::isinstance<py::array>(saved[0]), op,
+           ": saved must be the (h,) tuple quantized_linear_gelu_forward returned");
+  const py::array h = py::reinterpret_borrow<py::array>(saved[0]);
+  return backward_impl(op, grad, q, scale, &h);
 }
 
 }  // namespace
@@ -355,6 +411,12 @@ void bind_quantized_linear(py::module_& m) {
         "returns (y, ()). Up to 8 rows: int8 x int8 dots (x quantized per block of 32); more: float GEMM.");
   m.def("quantized_linear_backward", &quantized_linear_backward, py::arg("grad"), py::arg("q"), py::arg("scale"),
         "dx = grad @ (q * scale): the input gradient (quantized weights have none).");
+  m.def("quantized_linear_gelu_forward", &quantized_linear_gelu_forward, py::arg("x"), py::arg("q"), py::arg("scale"),
+        py::arg("bias"),
+        "y = gelu_tanh(h), h = x @ (q * scale).T + bias, in the same pass (the quantized MLP's first product); "
+        "returns (y, (h,)).");
+  m.def("quantized_linear_gelu_backward", &quantized_linear_gelu_backward, py::arg("grad"), py::arg("q"),
+        py::arg("scale"), py::arg("saved"), "dx = (grad * gelu_tanh'(h)) @ (q * scale) for saved = (h,).");
 }
 
 }  // namespace cpu

@@ -107,7 +107,8 @@ def dequantize_int4(packed, scale, dtype=np.float32):
 
 
 class _Int8Linear(Function):
-    """y = x @ (q * scale).T + bias through the `quantized_linear` op (tinygpt.kernels): the native kernel
+    """y = x @ (q * scale).T + bias (gelu=True: gelu_tanh of it) through the `quantized_linear` op
+    (`quantized_linear_gelu`; tinygpt.kernels): the native kernel
     (integer GEMV for up to 8 rows, dequantized panels + SGEMM above) or the reference, which dequantizes
     `block_rows` output channels at a time. No full float copy of the weight is ever made.
 
@@ -115,13 +116,14 @@ class _Int8Linear(Function):
     """
 
     @staticmethod
-    def forward(ctx, x, q, scale, bias, block_rows=4096, bits=8):
+    def forward(ctx, x, q, scale, bias, block_rows=4096, bits=8, gelu=False):
         xp = array_module(x)
         out_f, in_f = q.shape[0], q.shape[1] * (2 if bits == 4 else 1)
         if x.shape[-1] != in_f:
             raise ValueError(f"QuantizedLinear: input {x.shape} does not match weight (out, in) = {(out_f, in_f)}")
         x2 = xp.ascontiguousarray(x.reshape(-1, in_f))  # (..., in) -> (M, in)
-        kernel = kernels.select("quantized_linear", x2, q, scale, bias)
+        # gelu: the tanh GELU of the product in the same op (quantized_linear_gelu), as LinearGELU
+        kernel = kernels.select("quantized_linear_gelu" if gelu else "quantized_linear", x2, q, scale, bias)
         extra = {"block_rows": block_rows} if kernel.name == "reference" else {}
         y = kernel.forward(x2, q, scale, bias, **extra)[0]  # (M, out)
         return y.reshape(*x.shape[:-1], out_f)  # (M, out) -> (..., out)
@@ -234,6 +236,12 @@ class QuantizedLinear(_QuantizedModule):
         self._check_mode()
         q, s = self._table()
         return _Int8Linear.apply(x, q, s, self.bias, block_rows=self.block_rows, bits=self.bits)
+
+    def forward_gelu(self, x):
+        """gelu_tanh(self(x)) in one op (MLP's fused first projection, as F.linear_gelu for a float Linear)."""
+        self._check_mode()
+        q, s = self._table()
+        return _Int8Linear.apply(x, q, s, self.bias, block_rows=self.block_rows, bits=self.bits, gelu=True)
 
     def extra_repr(self):
         tied = ", tied to an embedding" if self._tied is not None else ""

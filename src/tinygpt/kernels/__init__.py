@@ -47,6 +47,7 @@ OPS: dict[str, Op] = {
     "linear": Op("linear"),
     "linear_gelu": Op("linear"),
     "quantized_linear": Op("quantized_linear"),
+    "quantized_linear_gelu": Op("quantized_linear"),
     "embedding": Op("embedding"),
     "layer_norm": Op("layer_norm"),
     "add_layer_norm": Op("layer_norm"),

@@ -89,6 +89,20 @@ def quantized_linear_backward(grad, q, scale, block_rows=QUANTIZED_BLOCK_ROWS):
     return dx.reshape(grad.shape[:-1] + (in_f,))
 
 
+def quantized_linear_gelu_forward(x, q, scale, bias, block_rows=QUANTIZED_BLOCK_ROWS):
+    """y = gelu_tanh(h), h = quantized_linear_forward(x, q, scale, bias): the quantized MLP's first projection
+    and its activation (as linear_gelu). Saves h and tanh(u(h))."""
+    h, _ = quantized_linear_forward(x, q, scale, bias, block_rows)
+    y, (t,) = gelu_forward(h, "tanh")
+    return y, (h, t)
+
+
+def quantized_linear_gelu_backward(grad, q, scale, saved, block_rows=QUANTIZED_BLOCK_ROWS):
+    """dx = (grad * gelu_tanh'(h)) @ W."""
+    h, t = saved
+    return quantized_linear_backward(gelu_backward(grad, h, "tanh", (t,)), q, scale, block_rows)
+
+
 # ----------------------------------------------------------------------------- embedding
 def embedding_forward(ids, weight):
     return weight[ids], ()  # (...,) -> (..., C)

@@ -23,6 +23,8 @@ class MLP(Module):
         # c_fc + GELU fused in one op (one kernel, no extra pass); a wrapped c_fc (LoRA) runs its own forward
         if self.gelu.approximate == "tanh" and type(self.c_fc) is Linear:
             h = F.linear_gelu(x, self.c_fc.weight, self.c_fc.bias)
+        elif self.gelu.approximate == "tanh" and hasattr(self.c_fc, "forward_gelu"):  # a QuantizedLinear
+            h = self.c_fc.forward_gelu(x)
         else:  # the exact erf GELU stays a separate op
             h = self.gelu(self.c_fc(x))
         return self.dropout(self.c_proj(h))

@@ -1,7 +1,8 @@
 """quantized_linear on CuPy arrays (csrc/cuda/quantized_linear.cu): the decode GEMV straight from the int8 /
 packed int4 tables for up to 8 rows; more rows (prefill), shapes the GEMV does not cover (in % 32 != 0,
 int4 groups not a multiple of 32) and the input gradient run the reference on CuPy arrays: dequantized
-blocks of output channels multiplied by cuBLAS."""
+blocks of output channels multiplied by cuBLAS. quantized_linear_gelu is that product followed by the gelu
+kernel (csrc/cuda/gelu.cu)."""
 from __future__ import annotations
 
 import math
@@ -9,9 +10,10 @@ import math
 import numpy as np
 
 from .. import reference
-from . import arg, empty, launch, optional, size
+from . import arg, empty, gelu, launch, optional, size
 
-LAUNCHERS = {"quantized_linear": ("quantized_gemv",)}
+LAUNCHERS = {"quantized_linear": ("quantized_gemv",), "quantized_linear_gelu": ("quantized_gemv", "gelu_forward",
+                                                                               "gelu_backward")}
 GEMV_ROWS = 8
 
 
@@ -39,3 +41,15 @@ def quantized_linear_forward(x, q, scale, bias):
 def quantized_linear_backward(grad, q, scale):
     """dx = grad @ (q * scale) (the input gradient), through the reference's dequantized blocks."""
     return reference.quantized_linear_backward(grad, q, scale)
+
+
+def quantized_linear_gelu_forward(x, q, scale, bias):
+    """y = gelu_tanh(h) for h = x @ (q * scale).T + bias; returns (y, (h,))."""
+    h, _ = quantized_linear_forward(x, q, scale, bias)
+    return gelu.gelu_forward(h, "tanh")[0], (h,)
+
+
+def quantized_linear_gelu_backward(grad, q, scale, saved):
+    """dx = (grad * gelu_tanh'(h)) @ (q * scale) for saved = (h,)."""
+    (h,) = saved
+    return quantized_linear_backward(gelu.gelu_backward(grad, h, "tanh", ()), q, scale)
