@@ -124,7 +124,7 @@ done
 REHEARSAL=tests/test_cuda_rehearsal_of_a_failure.py  # --smoke: a missing file, to rehearse the failure path
 if [ $SMOKE = 1 ]; then  # the loop as on the GPU, over one quick file and the rehearsal
   note "tests: on the GPU ${#files[@]} files: ${files[*]}"
-  files=(tests/test_cuda_grad_norm.py $REHEARSAL)
+  files=(tests/ops/test_grad_norm.py $REHEARSAL)
 fi
 note "tests: ${#files[@]} files (-m $MARK)"
 failed=()

@@ -1,4 +1,4 @@
-"""Float64 references and error bounds shared by the CPU (test_native_*) and CUDA (test_cuda_*) kernel tests.
+"""Float64 references and error bounds shared by the per-op kernel tests (tests/ops/test_<family>.py).
 
 Each check takes the kernel's outputs as host arrays and the constants of its own bound (stated
 and justified in the test module that uses it), so the CPU and GPU suites test one definition of

@@ -1,5 +1,5 @@
 """Float64 NumPy references written independently of tinygpt, and the tolerances of the tests of
-tinygpt.functional (tests/ops/test_<op>.py and tests/test_functional.py: value vs these, float64
+tinygpt.functional (tests/ops/test_<family>.py: value vs these, float64
 finite-difference gradients, torch.nn.functional where installed). float32 tests there run on every
 kernel implementation (fixture `kernel_impl`: reference, and native when built). Tolerances: float64 values 1e-12..1e-10;
 finite differences rtol 1e-5 / atol 1e-6; float32 vs float64 NumPy or torch rtol 1e-5..1e-4.

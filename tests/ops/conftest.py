@@ -1,7 +1,7 @@
 """The `impl` fixtures of the op tests: one per implementation present (see impls.py)."""
 import pytest
 
-from impls import ALL, CPU_ISAS, NATIVE, params, running
+from impls import ALL, CPU_ISAS, NATIVE, NATIVE_DEFAULT_ISA, params, running
 
 
 @pytest.fixture(params=params(ALL))
@@ -28,5 +28,14 @@ def cpu_impl(request):
 @pytest.fixture(params=params(["cuda"]))
 def cuda_impl(request):
     """CUDA only, for what only the CUDA kernels have (misaligned paths, GEMM precisions, ...)."""
+    with running(request.param) as i:
+        yield i
+
+
+@pytest.fixture(params=params(NATIVE_DEFAULT_ISA))
+def large_impl(request):
+    """As `native_impl` with the CPU on its default ISA only: for large problems, whose extra paths
+    (rows split over threads, grid-stride loops) do not depend on the ISA; the other tests check the
+    arithmetic of every ISA."""
     with running(request.param) as i:
         yield i

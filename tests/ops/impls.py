@@ -107,3 +107,6 @@ def params(names):
 ALL = ["reference"] + [f"cpu-{isa}" for isa in ISAS] + ["cuda"]
 NATIVE = ALL[1:]
 CPU_ISAS = NATIVE[:-1]
+# The ISA the CPU kernels run without set_isa (the best this CPU and build have, or TINYGPT_CPU_ISA's).
+DEFAULT_ISA = CPU.isa() if CPU is not None else "baseline"
+NATIVE_DEFAULT_ISA = [f"cpu-{DEFAULT_ISA}", "cuda"]

@@ -1,6 +1,7 @@
-"""CUDA grad-norm family (csrc/cuda/grad_norm.cu via tinygpt.kernels.cuda): the multi-tensor norm
-and scale behind clip_grad_norm_ on the GPU, against float64 NumPy. Marked `gpu` (skipped without
-CuPy and a GPU; TINYGPT_CUDA_EMULATOR=1 runs them on the CPU emulator).
+"""grad_norm, grad_scale_ and grad_clip_ (csrc/cuda/grad_norm.cu via tinygpt.kernels.cuda.grad_norm): the
+multi-tensor norm and scale behind clip_grad_norm_ on the GPU, against float64 NumPy. CUDA only (the
+CPU reduces per array in nn.utils): every test takes the `cuda_impl` fixture (marked `gpu`: a GPU, or
+the CPU emulator with TINYGPT_CUDA_EMULATOR=1).
 
 Tolerance: the float64 sum of n float32 squares (each exact in float64) in any order is within
 n * 2^-53 of the exact sum relative to it (all terms are >= 0), so rtol = 1e-12 covers n up to
@@ -18,7 +19,7 @@ import tinygpt as tg
 from tinygpt import kernels
 from tinygpt.kernels import cuda as K
 
-pytestmark = [pytest.mark.gpu,
+pytestmark = [pytest.mark.usefixtures("seeded"),
               pytest.mark.skipif(not K.has("grad_norm"), reason="tinygpt._C was built without the CUDA grad_norm kernels")]
 
 CHUNK = 16384
@@ -39,7 +40,7 @@ def grad_lists(draw):
 
 
 @given(grads=grad_lists(), norm_type=st.sampled_from([2.0, math.inf]))
-def test_norm_matches_float64(grads, norm_type):
+def test_norm_matches_float64(cuda_impl, grads, norm_type):
     cp = _cp()
     dev = [cp.asarray(g) for g in grads]
     got = K.grad_norm.grad_norm(dev, norm_type)
@@ -54,7 +55,7 @@ def test_norm_matches_float64(grads, norm_type):
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("norm_type", [2.0, math.inf])
-def test_nonfinite_propagates(bad, norm_type):
+def test_nonfinite_propagates(cuda_impl, bad, norm_type):
     cp = _cp()
     grads = [np.ones(CHUNK + 3, np.float32), np.ones(5, np.float32)]
     grads[0][CHUNK + 1] = bad
@@ -63,7 +64,7 @@ def test_nonfinite_propagates(bad, norm_type):
 
 
 @given(grads=grad_lists(), scale=st.sampled_from([0.0, 1e-7, 0.123456789, 0.5, 3.0, float("nan")]))
-def test_scale_is_one_float32_multiply(grads, scale):
+def test_scale_is_one_float32_multiply(cuda_impl, grads, scale):
     cp = _cp()
     dev = [cp.asarray(g) for g in grads]
     K.grad_norm.grad_scale_(dev, scale)
@@ -71,7 +72,7 @@ def test_scale_is_one_float32_multiply(grads, scale):
         np.testing.assert_array_equal(cp.asnumpy(d), g * np.float32(scale))
 
 
-def test_clip_grad_norm_runs_the_kernels_and_matches_the_cpu(monkeypatch):
+def test_clip_grad_norm_runs_the_kernels_and_matches_the_cpu(cuda_impl, monkeypatch):
     cp = _cp()
     rng = np.random.default_rng(0)
     shapes = [(65, 384), (384,), (1152, 384), (0,), (3,)]
@@ -97,7 +98,7 @@ def test_clip_grad_norm_runs_the_kernels_and_matches_the_cpu(monkeypatch):
 
 @given(grads=grad_lists(), norm_type=st.sampled_from([2.0, math.inf]),
        max_norm=st.sampled_from([1e-30, 1e-3, 0.7, 1e3, 1e30]))
-def test_clip_scales_as_the_host_would(grads, norm_type, max_norm):
+def test_clip_scales_as_the_host_would(cuda_impl, grads, norm_type, max_norm):
     """grad_clip computes clip_grad_norm_'s host arithmetic on the device: total = sqrt(sum) (or the max),
     coef = max_norm / (total + 1e-6) in float64, g *= float32(coef) unless coef >= 1 (NaN scales)."""
     cp = _cp()
@@ -111,7 +112,7 @@ def test_clip_scales_as_the_host_would(grads, norm_type, max_norm):
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
-def test_clip_by_a_nonfinite_norm_scales_by_nan_or_zero(bad):
+def test_clip_by_a_nonfinite_norm_scales_by_nan_or_zero(cuda_impl, bad):
     cp = _cp()
     g = np.ones(CHUNK + 3, np.float32)
     g[7] = bad
@@ -122,7 +123,7 @@ def test_clip_by_a_nonfinite_norm_scales_by_nan_or_zero(bad):
     assert np.isnan(out).all() if np.isnan(bad) else (np.isnan(out[7]) and (np.delete(out, 7) == 0).all())
 
 
-def test_argument_errors():
+def test_argument_errors(cuda_impl):
     cp = _cp()
     with pytest.raises(ValueError, match="need at least one tensor"):
         K.grad_norm.grad_norm([], 2.0)
