@@ -32,7 +32,6 @@ settings.register_profile("thorough", max_examples=500, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU and CuPy (skipped without one)")
     config.addinivalue_line("markers", "slow: takes long; deselect with -m 'not slow'")

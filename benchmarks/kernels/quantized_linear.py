@@ -5,11 +5,10 @@ products, native kernel only (tinygpt._C.cpu.quantized_linear_forward), 1 and 2 
 q + scales read per call / median time; `copy` is numpy's copy of 256 MB (read + write bytes) on the same
 thread count, the memory ceiling. Each timed call reads the next of enough copies of the table to fill
 64 MB (more than the caches), so every call streams its weights from memory as decode does.
-Run directly for a table: python benchmarks/kernels/quantized_linear.py [--quick] [--threads 1,2]
+Run directly (= python benchmarks/kernels.py --only quantized_linear): python benchmarks/kernels/quantized_linear.py [--quick]
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -67,16 +66,5 @@ def rows(quick: bool = False, threads=(1, 2)) -> list[dict]:
     return out
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--threads", default="1,2", help="comma list of thread counts")
-    a = p.parse_args(argv)
-    print(f"{'kernel':10s} {'shape':>26s} {'thr':>3s} {'median ms':>10s} {'min ms':>9s} {'GB/s':>7s}")
-    for r in sorted(rows(a.quick, tuple(int(t) for t in a.threads.split(","))), key=lambda r: r["threads"]):
-        print(f"{r['kernel']:10s} {r.get('shape', ''):>26s} {r['threads']:>3d} {r.get('median_ms', ''):>10} "
-              f"{r.get('min_ms', ''):>9} {r['gbps']:>7.2f}")
-
-
 if __name__ == "__main__":
-    main()
+    _timing.main(__file__)

@@ -42,7 +42,7 @@ from tinygpt.kernels import reference as R
 from tinygpt.nn import CausalSelfAttention
 
 from helpers import check_grads, compare_with_torch, rng_arrays, seeds
-from impls import CPU, Impl, params, running
+from impls import CPU, DEFAULT_ISA, Impl, running
 from kernel_checks import assert_attention_within_bound
 from kernel_checks import random_arrays as _arrays
 from refs import F32, F32_GRAD, T64, np_attention, tf, visible
@@ -53,13 +53,6 @@ C1 = {"cuda": 128.0, "default": 64.0}
 C2 = {"cuda": 64.0, "default": 32.0}
 TILES = [(64, 64, 64, 64), (16, 7, 16, 5), (16, 16, 32, 13), (32, 64, 32, 64)]  # CPU (fwd_br, fwd_bc, bwd_br, bwd_bc)
 SMALL_TILES = (16, 7, 16, 5)
-
-
-@pytest.fixture(params=params(["cpu-auto", "cuda"]))
-def device_impl(request):
-    """The CPU on the SIMD path it picks itself, and CUDA: for the long cases, which every ISA would only repeat."""
-    with running(request.param) as i:
-        yield i
 
 
 class tiles:
@@ -164,8 +157,8 @@ def test_cuda_attention_hd256(cuda_impl):
     ((2, 1), 333, 333, 100, False, None, 0.2),
     ((1, 1), 600, 600, 16, False, 129, 0.0),
 ])
-def test_long_sequences(device_impl, lead, t_q, t_k, hs, causal, window, p):
-    check_long(device_impl, lead, t_q, t_k, hs, causal, window, p)
+def test_long_sequences(large_impl, lead, t_q, t_k, hs, causal, window, p):
+    check_long(large_impl, lead, t_q, t_k, hs, causal, window, p)
 
 
 @pytest.mark.parametrize("lead, t_q, t_k, hs, causal, window, p", [
@@ -481,7 +474,7 @@ def test_qkv_packed_examples(native_impl, c):
     (4, 256, 6, 64, None, 0.2),  # the larger training config's shape
 ])
 def test_qkv_cpu_long_sequences_and_split_backward(B, T, nh, hs, window, p):
-    impl = Impl("cpu-auto")
+    impl = Impl(f"cpu-{DEFAULT_ISA}")
     qkv, g = _qkv(T, B, T, nh, hs)
     with running(impl):
         y, _, dqkv = _packed_run(impl, qkv, g, nh, True, window, p, 11, 0.125)
