@@ -29,6 +29,10 @@ class Linear(Module):
     def forward(self, x):
         return F.linear(x, self.weight, self.bias)
 
+    def forward_gelu(self, x):
+        """gelu_tanh(self(x)) in one op (the MLP's first projection; QuantizedLinear has the same)."""
+        return F.linear_gelu(x, self.weight, self.bias)
+
     def extra_repr(self):
         return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
 

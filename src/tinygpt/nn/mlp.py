@@ -1,7 +1,6 @@
 """The transformer's feed-forward network: Linear(C, 4C) -> GELU -> Linear(4C, C) -> dropout."""
 from __future__ import annotations
 
-from .. import functional as F
 from .layers import GELU, Dropout, Linear
 from .module import Module
 
@@ -20,10 +19,9 @@ class MLP(Module):
         self.dropout = Dropout(dropout)
 
     def forward(self, x):
-        # c_fc + GELU fused in one op (one kernel, no extra pass); a wrapped c_fc (LoRA) runs its own forward
-        if self.gelu.approximate == "tanh" and type(self.c_fc) is Linear:
-            h = F.linear_gelu(x, self.c_fc.weight, self.c_fc.bias)
-        elif self.gelu.approximate == "tanh" and hasattr(self.c_fc, "forward_gelu"):  # a QuantizedLinear
+        # c_fc + GELU fused in one op where c_fc has one (Linear, QuantizedLinear); a wrapped c_fc (LoRA) runs
+        # its own forward
+        if self.gelu.approximate == "tanh" and hasattr(self.c_fc, "forward_gelu"):
             h = self.c_fc.forward_gelu(x)
         else:  # the exact erf GELU stays a separate op
             h = self.gelu(self.c_fc(x))
