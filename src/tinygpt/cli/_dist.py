@@ -174,13 +174,12 @@ def session(args):
         if exc.code is None or exc.code == 0:
             raise
         msg = exc.code if isinstance(exc.code, str) else f"exit status {exc.code}"
-        sys.stderr.write(f"{msg}\n" if par.is_main else f"rank {par.rank} of {par.size}: {msg}\n")
-        sys.stderr.write(f"tinygpt.distributed: aborting all {par.size} ranks because rank {par.rank} stopped\n")
-        sys.stderr.flush()
+        # one write: another rank's abort may kill this process between two
+        sys.stderr.write((f"{msg}\n" if par.is_main else f"rank {par.rank} of {par.size}: {msg}\n") +
+                         f"tinygpt.distributed: aborting all {par.size} ranks because rank {par.rank} stopped\n")
         comm.abort(exc.code if isinstance(exc.code, int) else 1)
     except KeyboardInterrupt:
         sys.stderr.write(f"rank {par.rank} of {par.size}: interrupted; aborting all ranks\n")
-        sys.stderr.flush()
         comm.abort(130)
     finally:
         if sys.stdout is not stdout:

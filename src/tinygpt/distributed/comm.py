@@ -23,7 +23,10 @@ backward; `wait()` makes the current stream wait for it again. NCCL's unique id 
 """
 from __future__ import annotations
 
+import array
 import os
+import stat
+import sys
 import time
 
 import numpy as np
@@ -290,9 +293,38 @@ class MPIComm(Communicator):
 
     def abort(self, code=1):
         try:
+            _wait_until_read(sys.stdout, sys.stderr)
             self.comm.Abort(code)
         finally:  # MPICH's MPI_Abort may return before the launcher has killed this process
             os._exit(code)
+
+
+def _wait_until_read(*streams, limit: float = 3.0) -> None:
+    """Flush the streams, then wait (at most `limit` s) until the launcher has read what they hold in a pipe.
+
+    MPI_Abort makes MPICH's launcher kill every process of the job, and it drops what is still unread in a
+    pipe: under load the failing rank's own message was lost that way.
+    """
+    try:
+        import fcntl  # noqa: PLC0415 - POSIX only
+        import termios  # noqa: PLC0415
+    except ImportError:
+        return
+    deadline = time.monotonic() + limit
+    for stream in streams:
+        try:
+            stream.flush()
+            fd = stream.fileno()
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                continue  # a terminal or file keeps what was written
+            unread = array.array("i", [0])
+            while time.monotonic() < deadline:
+                fcntl.ioctl(fd, termios.FIONREAD, unread, True)  # bytes in the pipe, not yet read
+                if unread[0] == 0:
+                    break
+                time.sleep(0.01)
+        except (OSError, ValueError, AttributeError):  # no fd (a replaced stream) or no ioctl: nothing to wait for
+            continue
 
 
 class _NCCLWork(Work):

@@ -2,12 +2,9 @@
 and fault handling (a failing rank ends the whole job, naming itself and the cause)."""
 from __future__ import annotations
 
-import array
 import os
 import socket
-import stat
 import sys
-import time
 import traceback
 
 import numpy as np
@@ -202,37 +199,8 @@ def _abort_on_exception(exc_type, exc, tb):
         sys.stderr.write(head + "\n" + "".join(traceback.format_exception(exc_type, exc, tb)) +
                          f"tinygpt.distributed: aborting all {c.size} ranks because rank {c.rank} failed\n")
         sys.stderr.flush()
-        sys.stdout.flush()
-        _wait_until_read(sys.stderr, sys.stdout)
     finally:
         c.abort(1)
-
-
-def _wait_until_read(*streams, limit: float = 3.0) -> None:
-    """Wait (at most `limit` s) until the launcher has read what this process wrote to its output pipes.
-
-    MPI_Abort makes MPICH's launcher kill every process of the job, and it drops what is still unread in a
-    pipe: under load the failing rank's own message was lost that way.
-    """
-    try:
-        import fcntl  # noqa: PLC0415 - POSIX only
-        import termios  # noqa: PLC0415
-    except ImportError:
-        return
-    deadline = time.monotonic() + limit
-    for stream in streams:
-        try:
-            fd = stream.fileno()
-            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
-                continue  # a terminal or file keeps what was written
-            unread = array.array("i", [0])
-            while time.monotonic() < deadline:
-                fcntl.ioctl(fd, termios.FIONREAD, unread, True)  # bytes in the pipe, not yet read
-                if unread[0] == 0:
-                    break
-                time.sleep(0.01)
-        except (OSError, ValueError, AttributeError):  # no fd (a replaced stream) or no ioctl: nothing to wait for
-            continue
 
 
 def shutdown() -> None:
