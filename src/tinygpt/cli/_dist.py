@@ -24,6 +24,13 @@ import sys
 
 import numpy as np
 
+from ..distributed.comm import wait_until_read
+
+
+class AllRanksStop(SystemExit):
+    """A stop every rank reaches together (a check they all computed alike): rank 0 reports it, then every
+    rank exits with status 1, with no MPI_Abort and so no race to deliver the message."""
+
 
 class DataParallel:
     """What the training program needs from the group: the reducer's hooks for `train_step`, the
@@ -43,8 +50,9 @@ class DataParallel:
         model is on its device and the checkpoint loaded) and, with --zero 1, shard the optimiser."""
         dist, args = self.dist, run.args
         if args.batch_size < self.size:
-            raise fail(f"--batch-size {args.batch_size} is the global batch: it cannot give each of {self.size} "
-                       f"ranks a sequence (use --batch-size {self.size} or more, or fewer ranks)")
+            raise AllRanksStop(fail(f"--batch-size {args.batch_size} is the global batch: it cannot give each of "
+                                    f"{self.size} ranks a sequence (use --batch-size {self.size} or more, or fewer "
+                                    f"ranks)").code)
         what = {"training data": run.splits["train"][0], "validation data": run.splits["val"][0],
                 "tokenizer": np.frombuffer(json.dumps(run.tokenizer.to_dict(), sort_keys=True).encode(), np.uint8)}
         mine = np.array([_digest(a) for a in what.values()], dtype=np.int64)
@@ -52,8 +60,8 @@ class DataParallel:
         bad = [f"rank {r}: {name}" for r in range(1, self.size) for k, name in enumerate(what)
                if table[r, k] != table[0, k]]
         if bad:
-            raise fail(f"the ranks do not hold the same run ({'; '.join(bad)} differ from rank 0's): --data and "
-                       f"OUT_DIR must be the same files on every host")
+            raise AllRanksStop(fail(f"the ranks do not hold the same run ({'; '.join(bad)} differ from rank 0's): "
+                                    f"--data and OUT_DIR must be the same files on every host").code)
         dist.broadcast_parameters(run.model)  # identical already (same seed or checkpoint): copied and verified
         self.reducer = dist.GradReducer(run.model, shard=self.zero)
         if self.zero:
@@ -170,6 +178,12 @@ def session(args):
         sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - closed below
     try:
         yield par
+    except AllRanksStop as exc:
+        if par.is_main:
+            sys.stderr.write(f"{exc.code}\n")
+        wait_until_read(sys.stderr)
+        comm.barrier()  # rank 0's message is read before any rank exits (an exit may end the others)
+        raise SystemExit(1) from None
     except SystemExit as exc:
         if exc.code is None or exc.code == 0:
             raise

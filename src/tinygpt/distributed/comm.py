@@ -293,13 +293,13 @@ class MPIComm(Communicator):
 
     def abort(self, code=1):
         try:
-            _wait_until_read(sys.stdout, sys.stderr)
+            wait_until_read(sys.stdout, sys.stderr)
             self.comm.Abort(code)
         finally:  # MPICH's MPI_Abort may return before the launcher has killed this process
             os._exit(code)
 
 
-def _wait_until_read(*streams, limit: float = 3.0) -> None:
+def wait_until_read(*streams, limit: float = 3.0) -> None:
     """Flush the streams, then wait (at most `limit` s) until the launcher has read what they hold in a pipe.
 
     MPI_Abort makes MPICH's launcher kill every process of the job, and it drops what is still unread in a
