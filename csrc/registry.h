@@ -7,6 +7,12 @@
 // A new family is one X(<family>) below; build_info()["kernels"] reports "cpu.<family>" / "cuda.<family>".
 #pragma once
 
+// nvcc compiles a .cu once for the host and once per GPU architecture (__CUDA_ARCH__ defined). The
+// bindings are host code, so the device passes skip this header and each .cu's bind_<family>: pybind11
+// is parsed once per file instead of three times (a third of each .cu's compile time).
+#ifdef __CUDA_ARCH__
+#pragma nv_diag_suppress 177  // the host launchers, referenced only from the skipped bindings
+#else
 #include <pybind11/pybind11.h>
 
 #include <string>
@@ -53,3 +59,4 @@ inline void register_cuda_kernels(py::module_& m, KernelFamilies& families) {
 #undef TG_DECLARE_BIND
 
 }  // namespace tinygpt
+#endif  // __CUDA_ARCH__

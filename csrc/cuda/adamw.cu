@@ -155,6 +155,7 @@ void adamw_multi_step(std::uintptr_t table, std::uintptr_t block_start, int num_
 
 }  // namespace
 
+#ifndef __CUDA_ARCH__  // host pass only (registry.h)
 void bind_adamw(py::module_& m) {
   const auto nogil = py::call_guard<py::gil_scoped_release>();
   m.def("adamw_step", &adamw_step, py::arg("param"), py::arg("grad"), py::arg("exp_avg"), py::arg("exp_avg_sq"),
@@ -166,6 +167,7 @@ void bind_adamw(py::module_& m) {
         py::arg("weight_decay"), py::arg("step"), py::arg("stream"), nogil,
         "In-place AdamW update of a list of parameters (one param group) in one launch.");
 }
+#endif
 
 }  // namespace cuda
 }  // namespace tinygpt

@@ -672,6 +672,7 @@ void qkv_attention_backward(std::uintptr_t dqkv, std::uintptr_t drow, std::uintp
 
 }  // namespace
 
+#ifndef __CUDA_ARCH__  // host pass only (registry.h)
 void bind_attention(py::module_& m) {
   const auto nogil = py::call_guard<py::gil_scoped_release>();
   m.def("attention_forward", &attention_forward, py::arg("out"), py::arg("row_max"), py::arg("row_sum"), py::arg("q"),
@@ -693,6 +694,7 @@ void bind_attention(py::module_& m) {
         py::arg("scale"), py::arg("stream"), nogil,
         "Flash attention backward into a packed dqkv (B, T, 3C); grad is the merged (B, T, C).");
 }
+#endif
 
 }  // namespace cuda
 }  // namespace tinygpt

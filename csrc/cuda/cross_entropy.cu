@@ -184,6 +184,7 @@ void cross_entropy_backward(std::uintptr_t dlogits, std::uintptr_t logits, std::
 
 }  // namespace
 
+#ifndef __CUDA_ARCH__  // host pass only (registry.h)
 void bind_cross_entropy(py::module_& m) {
   const auto nogil = py::call_guard<py::gil_scoped_release>();
   m.def("cross_entropy_forward", &cross_entropy_forward, py::arg("loss"), py::arg("count"), py::arg("row_max"),
@@ -194,6 +195,7 @@ void bind_cross_entropy(py::module_& m) {
         py::arg("ignore_index"), py::arg("stream"), nogil,
         "dlogits = (softmax - onehot) * grad / count (0 on ignored rows).");
 }
+#endif
 
 }  // namespace cuda
 }  // namespace tinygpt

@@ -84,6 +84,7 @@ void dropout(std::uintptr_t y, std::uintptr_t x, int64_t n, double p, uint64_t s
 
 }  // namespace
 
+#ifndef __CUDA_ARCH__  // host pass only (registry.h)
 void bind_dropout(py::module_& m) {
   const auto nogil = py::call_guard<py::gil_scoped_release>();
   // one launcher, two names: backward is the same map (same mask and scale) applied to the gradient
@@ -91,6 +92,7 @@ void bind_dropout(py::module_& m) {
     m.def(name, &dropout, py::arg("y"), py::arg("x"), py::arg("n"), py::arg("p"), py::arg("seed"), py::arg("stream"),
           nogil, "y = x * keep * (1 / (1 - p)) with the counter-based mask of `seed` (forward; backward on the gradient).");
 }
+#endif
 
 }  // namespace cuda
 }  // namespace tinygpt

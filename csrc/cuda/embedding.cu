@@ -170,6 +170,7 @@ void embedding_backward(std::uintptr_t dw, std::uintptr_t grad, std::uintptr_t s
 
 }  // namespace
 
+#ifndef __CUDA_ARCH__  // host pass only (registry.h)
 void bind_embedding(py::module_& m) {
   const auto nogil = py::call_guard<py::gil_scoped_release>();
   m.def("embedding_forward", &embedding_forward, py::arg("out"), py::arg("weight"), py::arg("ids"), py::arg("n"),
@@ -180,6 +181,7 @@ void bind_embedding(py::module_& m) {
         py::arg("V"), py::arg("C"), py::arg("stream"), nogil,
         "dw (V, C) = grad rows summed per id in position order (deterministic), from the sorted keys.");
 }
+#endif
 
 }  // namespace cuda
 }  // namespace tinygpt

@@ -118,6 +118,7 @@ void gelu_backward(std::uintptr_t dx, std::uintptr_t grad, std::uintptr_t x, lon
 
 }  // namespace
 
+#ifndef __CUDA_ARCH__  // host pass only (registry.h)
 void bind_gelu(py::module_& m) {
   const auto nogil = py::call_guard<py::gil_scoped_release>();
   m.def("gelu_forward", &gelu_forward, py::arg("y"), py::arg("x"), py::arg("n"), py::arg("tanh"), py::arg("stream"),
@@ -125,6 +126,7 @@ void bind_gelu(py::module_& m) {
   m.def("gelu_backward", &gelu_backward, py::arg("dx"), py::arg("grad"), py::arg("x"), py::arg("n"), py::arg("tanh"),
         py::arg("stream"), nogil, "dx = grad * gelu'(x).");
 }
+#endif
 
 }  // namespace cuda
 }  // namespace tinygpt

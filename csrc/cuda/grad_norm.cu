@@ -154,6 +154,7 @@ void grad_clip(std::uintptr_t table, std::uintptr_t block_start, int num_tensors
 
 }  // namespace
 
+#ifndef __CUDA_ARCH__  // host pass only (registry.h)
 void bind_grad_norm(py::module_& m) {
   const auto nogil = py::call_guard<py::gil_scoped_release>();
   m.def("grad_norm_chunk", &grad_norm_chunk, "Elements per block of grad_norm / grad_scale.");
@@ -168,6 +169,7 @@ void bind_grad_norm(py::module_& m) {
         "clip_grad_norm_'s scale from the 0-d float64 grad_norm result on the device (sum of squares, or the "
         "max with max_abs): every tensor *= float32(max_norm / (norm + 1e-6)) when that is below 1.");
 }
+#endif
 
 }  // namespace cuda
 }  // namespace tinygpt

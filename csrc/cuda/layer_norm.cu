@@ -531,6 +531,7 @@ void layer_norm_backward(std::uintptr_t dx, std::uintptr_t dweight, std::uintptr
 
 }  // namespace
 
+#ifndef __CUDA_ARCH__  // host pass only (registry.h)
 void bind_layer_norm(py::module_& m) {
   const auto nogil = py::call_guard<py::gil_scoped_release>();
   m.def("layer_norm_forward", &layer_norm_forward, py::arg("y"), py::arg("s_out"), py::arg("mean"), py::arg("rstd"),
@@ -542,6 +543,7 @@ void bind_layer_norm(py::module_& m) {
         py::arg("grad_s"), py::arg("N"), py::arg("C"), py::arg("chunks"), py::arg("stream"), nogil,
         "layer_norm backward (+ grad_s when != 0); dweight/dbias via a chunked workspace.");
 }
+#endif
 
 }  // namespace cuda
 }  // namespace tinygpt

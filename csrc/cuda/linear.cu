@@ -159,6 +159,7 @@ void column_sums(std::uintptr_t out, std::uintptr_t g, std::uintptr_t partial, i
 
 }  // namespace
 
+#ifndef __CUDA_ARCH__  // host pass only (registry.h)
 void bind_linear(py::module_& m) {
   const auto nogil = py::call_guard<py::gil_scoped_release>();
   m.def("linear_forward", &linear_forward, py::arg("out"), py::arg("gelu_out"), py::arg("x"), py::arg("weight"),
@@ -175,6 +176,7 @@ void bind_linear(py::module_& m) {
         py::arg("chunks"), py::arg("stream"), nogil,
         "out = column sums of g (rows, n), deterministic, via a (chunks, n) workspace.");
 }
+#endif
 
 }  // namespace cuda
 }  // namespace tinygpt

@@ -146,12 +146,14 @@ void quantized_gemv(std::uintptr_t y, std::uintptr_t x, std::uintptr_t q, std::u
 
 }  // namespace
 
+#ifndef __CUDA_ARCH__  // host pass only (registry.h)
 void bind_quantized_linear(py::module_& m) {
   m.def("quantized_gemv", &quantized_gemv, py::arg("y"), py::arg("x"), py::arg("q"), py::arg("scale"), py::arg("bias"),
         py::arg("rows"), py::arg("in_features"), py::arg("out_features"), py::arg("bits"), py::arg("group_size"),
         py::arg("stream"), py::call_guard<py::gil_scoped_release>(),
         "y (rows <= 8, out) = x @ (q * scale).T + bias from int8 (bits 8) or packed int4 (bits 4) weights.");
 }
+#endif
 
 }  // namespace cuda
 }  // namespace tinygpt

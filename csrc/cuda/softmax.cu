@@ -136,6 +136,7 @@ void log_softmax_backward(std::uintptr_t dx, std::uintptr_t grad, std::uintptr_t
 
 }  // namespace
 
+#ifndef __CUDA_ARCH__  // host pass only (registry.h)
 void bind_softmax(py::module_& m) {
   const auto nogil = py::call_guard<py::gil_scoped_release>();
   m.def("softmax_forward", &softmax_forward, py::arg("y"), py::arg("x"), py::arg("rows"), py::arg("C"),
@@ -147,6 +148,7 @@ void bind_softmax(py::module_& m) {
   m.def("log_softmax_backward", &log_softmax_backward, py::arg("dx"), py::arg("grad"), py::arg("y"), py::arg("rows"),
         py::arg("C"), py::arg("stream"), nogil, "dx = grad - exp(y) * rowsum(grad).");
 }
+#endif
 
 }  // namespace cuda
 }  // namespace tinygpt
