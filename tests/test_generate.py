@@ -122,22 +122,6 @@ def test_cache_feeds_one_token_per_step_then_reprefills(T, monkeypatch):
     assert fed == [min(T + i, bs) for i in range(n)]
 
 
-def test_banded_layer_reads_only_its_band():
-    cache = KVCache(n_layer=1, batch_size=2, n_head=3, head_size=4, max_length=10)
-    rng = np.random.default_rng(0)
-    k, v = (tg.Tensor(rng.standard_normal((2, 3, 6, 4)).astype(np.float32)) for _ in range(2))
-    K, V = cache.layer(0).update(k, v, window=3)  # prefill 6 tokens: all of them (queries need their bands)
-    assert K.shape == (2, 3, 6, 4)
-    cache.advance(6)
-    k1, v1 = (tg.Tensor(rng.standard_normal((2, 3, 1, 4)).astype(np.float32)) for _ in range(2))
-    K, V = cache.layer(0).update(k1, v1, window=3)  # one token at position 6 sees positions 4, 5, 6
-    assert K.shape == (2, 3, 3, 4)
-    np.testing.assert_array_equal(K.numpy()[:, :, :2], k.numpy()[:, :, 4:6])
-    np.testing.assert_array_equal(V.numpy()[:, :, 2:], v1.numpy())
-    K, _ = cache.layer(0).update(k1, v1, window=None)  # a dense layer sees everything
-    assert K.shape == (2, 3, 7, 4)
-
-
 def test_cache_errors():
     model = make_model()
     cache = KVCache.for_model(model, 2)

@@ -28,6 +28,10 @@
 // dqkv comes back in qkv's layout. Only the addressing differs (HeadLayout), so the results are
 // bit-identical to attention_forward/_backward on split heads, and the split and merge copies (plus
 // their backward) disappear from the training step.
+// Cached variant (kv_attention, decoding with a KVCache; forward only): the new tokens' k and v are
+// copied from qkv into the cache (B, nh, max_length, hs), then q (from qkv) attends over the cache's
+// first start + T positions in place (each head's rows are contiguous there), so no step copies the
+// cache; a banded layer's tiles before its window are skipped as above.
 //
 // SIMD: attention_tiles.h is compiled three times (AVX-512, AVX2+FMA, portable) and cpu::isa()
 // (isa.h) picks the copy that runs.
@@ -577,6 +581,60 @@ void bind_attention(py::module_& m) {
       },
       py::arg("grad"), py::arg("qkv"), py::arg("n_head"), py::arg("dropout_p"), py::arg("scale"), py::arg("saved"),
       "Backward of qkv_attention_forward: returns dqkv (B, T, 3C).");
+
+  m.def(
+      "kv_attention",
+      [](const py::array& qkv, const py::array& k_cache, const py::array& v_cache, const py::object& start,
+         const py::object& n_head, const py::object& window, double dropout_p, const py::object& seed, double scale) {
+        const char* op = "kv_attention";
+        const Packed d = check_packed(op, qkv, int64_from_py(n_head, "kv_attention: n_head"));
+        const int64_t s0 = int64_from_py(start, "kv_attention: start");
+        for (const py::array* c : {&k_cache, &v_cache}) {
+          const char* what = c == &k_cache ? "kv_attention: k_cache" : "kv_attention: v_cache";
+          check_array<float>(*c, what, 4);
+          TG_CHECK(c->writeable(), what, " must be writable (the new keys and values are stored in it)");
+          TG_CHECK(c->shape(0) == d.B && c->shape(1) == d.nh && c->shape(3) == d.hs, what, " must be (B ", d.B,
+                   ", n_head ", d.nh, ", max_length, head size ", d.hs, "), got shape ", shape_str(*c));
+        }
+        TG_CHECK(v_cache.shape(2) == k_cache.shape(2), op, ": v_cache must have k_cache's shape ", shape_str(k_cache),
+                 ", got ", shape_str(v_cache));
+        const int64_t L = k_cache.shape(2);
+        TG_CHECK(s0 >= 0 && s0 + d.T <= L, op, ": ", d.T, " new tokens at position ", s0, " do not fit the cache's ",
+                 L, " positions");
+        TG_CHECK(k_cache.data() != v_cache.data(), op, ": k_cache and v_cache must be different arrays");
+        const std::optional<int64_t> w = window_from_py(window, op);
+        check_dropout_p(dropout_p, op);
+        const uint64_t sd = seed_from_py(seed, "kv_attention: seed");
+        std::vector<int> lo, hi;
+        key_spans(op, d.T, s0 + d.T, true, w, lo, hi);  // the new queries are the last T of s0 + T keys
+        py::array_t<float> out = aligned_array({d.B, d.T, d.C});
+        const float* src = static_cast<const float*>(qkv.data());
+        float* K = static_cast<float*>(const_cast<void*>(k_cache.data()));
+        float* V = static_cast<float*>(const_cast<void*>(v_cache.data()));
+        // k, v rows of head (b, h) at cache + ((b nh + h) L + position) hs: contiguous per head
+        const HeadLayout in{d.nh, d.T * 3 * d.C, d.hs, 3 * d.C}, cache{d.nh, d.nh * L * d.hs, L * d.hs, d.hs},
+            merged{d.nh, d.T * d.C, d.hs, d.C};
+        const int64_t BH = d.B * d.nh;
+        const Problem P = make_problem(BH, d.T, s0 + d.T, d.hs, d.hs, src, K, V, in, cache, cache, merged, lo, hi,
+                                       scale, dropout_p, sd, false);
+        std::vector<float> mx(BH * d.T), sum(BH * d.T);
+        {
+          py::gil_scoped_release nogil;
+          for (int64_t bh = 0; bh < BH; ++bh)  // store the new keys and values first: the queries see them
+            for (int64_t t = 0; t < d.T; ++t) {
+              const float* row = src + in.off(bh) + t * in.st;
+              std::copy(row + d.C, row + d.C + d.hs, K + cache.off(bh) + (s0 + t) * d.hs);
+              std::copy(row + 2 * d.C, row + 2 * d.C + d.hs, V + cache.off(bh) + (s0 + t) * d.hs);
+            }
+          run_forward(current_kernels(), P, out.mutable_data(), mx.data(), sum.data());
+        }
+        return out;
+      },
+      py::arg("qkv"), py::arg("k_cache"), py::arg("v_cache"), py::arg("start"), py::arg("n_head"), py::arg("window"),
+      py::arg("dropout_p"), py::arg("seed"), py::arg("scale"),
+      "Attention of T new tokens against a KV cache (inference, no backward): stores the keys and values of qkv "
+      "(B, T, 3C) into k_cache, v_cache (B, n_head, max_length, hs) at start..start+T-1, then attends causally over "
+      "positions 0..start+T-1 read in place; returns out (B, T, C), heads merged.");
 
   m.def(
       "attention_tiles",

@@ -12,7 +12,7 @@ import numpy as np
 from . import backend, kernels
 from .kernels import reference
 from . import random as _random
-from .autograd import Function
+from .autograd import Function, is_grad_enabled
 from .backend import xp as array_module
 from .tensor import Tensor
 
@@ -414,6 +414,45 @@ def qkv_attention(qkv: Tensor, n_head: int, causal: bool = True, dropout_p: floa
     options = _attention_options("qkv_attention", window, dropout_p, scale, qkv.shape[-1] // (3 * n_head),
                                  (B, int(n_head), T, T))
     return QKVAttention.apply(qkv, n_head=int(n_head), causal=causal, **options)
+
+
+def kv_attention(qkv: Tensor, k_cache, v_cache, start: int, n_head: int, dropout_p: float = 0.0,
+                 window: int | None = None, scale: float | None = None) -> Tensor:
+    """Causal attention of T new tokens against a KV cache (inference only: no gradient).
+
+    qkv (B, T, 3C) is c_attn's output for positions start..start+T-1. Their keys and values are stored
+    in k_cache, v_cache (B, n_head, max_length, hs) arrays in place; then the queries attend over
+    positions 0..start+T-1 (within `window` for a banded layer). Returns (B, T, C), heads merged: the
+    numbers of qkv_attention over the whole sequence, for the last T queries. The native CPU kernel
+    reads the cache in place, so a step copies only the new rows (models.generation.KVCache uses it).
+    """
+    if isinstance(qkv, Tensor) and qkv.requires_grad and is_grad_enabled():
+        raise RuntimeError("kv_attention: inference only (no gradient flows through the cache): run it under "
+                           "tg.no_grad()")
+    data = qkv.data if isinstance(qkv, Tensor) else qkv
+    if data.ndim != 3:
+        raise ValueError(f"kv_attention: qkv must be (B, T, 3 * n_embd), got shape {data.shape}")
+    _check_floats("kv_attention", qkv=data, k_cache=k_cache, v_cache=v_cache)
+    B, T, C3 = data.shape
+    if not isinstance(n_head, (int, np.integer)) or n_head < 1 or C3 % (3 * n_head):
+        raise ValueError(f"kv_attention: qkv's last dim {C3} must be 3 * n_embd with n_embd divisible by n_head "
+                         f"{n_head!r}")
+    hs = C3 // (3 * n_head)
+    for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if c.ndim != 4 or c.shape[0] != B or c.shape[1] != n_head or c.shape[3] != hs:
+            raise ValueError(f"kv_attention: {name} must be (B {B}, n_head {n_head}, max_length, head size {hs}), "
+                             f"got shape {c.shape}")
+        if backend.array_device(c) != backend.array_device(data):
+            raise ValueError(f"kv_attention: {name} is on {backend.array_device(c)}, qkv on "
+                             f"{backend.array_device(data)}")
+    if v_cache.shape != k_cache.shape:
+        raise ValueError(f"kv_attention: v_cache must have k_cache's shape {k_cache.shape}, got {v_cache.shape}")
+    if not isinstance(start, (int, np.integer)) or start < 0 or start + T > k_cache.shape[2]:
+        raise ValueError(f"kv_attention: {T} new tokens at position {start!r} do not fit the cache's "
+                         f"{k_cache.shape[2]} positions")
+    options = _attention_options("kv_attention", window, dropout_p, scale, hs, (B, int(n_head), T, int(start) + T))
+    out = kernels.kv_attention(_contiguous(data), k_cache, v_cache, int(start), int(n_head), **options)
+    return Tensor._wrap(out)
 
 
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, dropout_p: float = 0.0,

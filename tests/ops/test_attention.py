@@ -621,6 +621,130 @@ def test_module_uses_packed_path_and_cache_path_agrees():
     np.testing.assert_allclose(y_cached, y, rtol=1e-5, atol=1e-6)
 
 
+# ------------------------------------------------------------------ kv_attention: decoding against a KV cache
+def _kv_decode(impl, qkv, nh, chunks, L, window=None, p=0.0, seed=0, fill=7.0):
+    """Feed qkv (B, S, 3C) through kv_attention in chunks of the given lengths into a cache of L positions
+    (initialised to `fill`); returns the outputs (B, S, C) and the caches, all on the host."""
+    B, S, C3 = qkv.shape
+    hs = C3 // (3 * nh)
+    fn = impl.kernel("kv_attention")
+    K, V = (impl.to(np.full((B, nh, L, hs), fill, np.float32)) for _ in range(2))
+    outs, start = [], 0
+    for n in chunks:
+        outs.append(impl.host(fn(impl.to(np.ascontiguousarray(qkv[:, start:start + n])), K, V, start, nh, window, p,
+                                 seed, 1.0 / math.sqrt(hs))))
+        start += n
+    return np.concatenate(outs, axis=1), impl.host(K), impl.host(V)
+
+
+@st.composite
+def kv_problem(draw):
+    S = draw(st.integers(1, 70))
+    cuts = sorted(draw(st.lists(st.integers(1, S - 1), max_size=3, unique=True))) if S > 1 else []
+    return dict(B=draw(st.integers(1, 2)), S=S, chunks=[b - a for a, b in zip([0] + cuts, cuts + [S])],
+                nh=draw(st.sampled_from([1, 2, 3])), hs=draw(st.sampled_from([1, 5, 16, 33, 64])),
+                window=draw(st.one_of(st.none(), st.integers(1, 40))), extra=draw(st.integers(0, 9)),
+                data=draw(st.integers(0, 2**32 - 1)))
+
+
+def check_kv_attention(impl, B, S, chunks, nh, hs, window, extra, data):
+    """Prefill and decode in chunks: every chunk's output is qkv_attention's over the whole sequence for its
+    queries (float64 reference, float32 tolerance); the cache holds exactly the keys and values of the
+    positions fed and nothing beyond them is written."""
+    qkv, _ = _qkv(data, B, S, nh, hs)
+    y, K, V = _kv_decode(impl, qkv, nh, chunks, S + extra, window)
+    y64, _ = R.qkv_attention_forward(qkv.astype(np.float64), nh, True, window, 0.0, 0, 1.0 / math.sqrt(hs))
+    assert y.shape == (B, S, nh * hs) and y.dtype == np.float32
+    np.testing.assert_allclose(y, y64, rtol=1e-5, atol=2e-6)
+    _, k, v = R.split_qkv(qkv, nh)
+    np.testing.assert_array_equal(K[:, :, :S], k)
+    np.testing.assert_array_equal(V[:, :, :S], v)
+    assert (K[:, :, S:] == 7.0).all() and (V[:, :, S:] == 7.0).all()
+
+
+@given(problem=kv_problem())
+def test_kv_attention_equals_attention_over_the_whole_sequence(impl, problem):
+    check_kv_attention(impl, **problem)
+
+
+@pytest.mark.parametrize("c", [
+    dict(B=1, S=1, chunks=[1], nh=1, hs=1, window=None, extra=0, data=0),
+    dict(B=2, S=300, chunks=[200] + [1] * 100, nh=2, hs=64, window=None, extra=5, data=1),  # many key blocks
+    dict(B=2, S=150, chunks=[100, 1, 1, 48], nh=3, hs=33, window=17, extra=0, data=2),     # band inside the cache
+], ids=["one-token", "long-decode", "banded"])
+def test_kv_attention_examples(impl, c):
+    check_kv_attention(impl, **c)
+
+
+@pytest.mark.parametrize("window", [None, 4])
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_kv_attention_native_equals_reference(native_impl, window, p):
+    """Same inputs, same seed: the native kernel gives the reference's numbers (its dropout mask bit for bit:
+    with p = 0.3 a wrong mask bit changes an output by ~|v|)."""
+    qkv, _ = _qkv(5, 2, 40, 2, 16)
+    ref = _kv_decode(Impl("reference"), qkv, 2, [31, 1, 8], 48, window, p, seed=99)
+    got = _kv_decode(native_impl, qkv, 2, [31, 1, 8], 48, window, p, seed=99)
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=2e-6)
+    for a, b in zip(got[1:], ref[1:]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_kv_attention_cpu_reads_only_the_band_and_the_filled_positions(cpu_impl):
+    """The CPU kernel reads a banded layer's keys from its window only and nothing past the new tokens:
+    NaN everywhere else in the cache leaves the output unchanged (an attention weight of 0 times NaN is NaN)."""
+    B, nh, hs, start, T, L, window = 2, 3, 8, 20, 2, 40, 5
+    qkv, _ = _qkv(3, B, start + T, nh, hs)
+    fn, scale = cpu_impl.kernel("kv_attention"), 1.0 / math.sqrt(hs)
+    clean = [np.zeros((B, nh, L, hs), np.float32) for _ in range(2)]
+    fn(np.ascontiguousarray(qkv[:, :start]), *clean, 0, nh, window, 0.0, 0, scale)
+    poisoned = [c.copy() for c in clean]
+    for c in poisoned:
+        c[:, :, :start - window + 1] = np.nan  # before the band of the first new token (position start)
+        c[:, :, start + T:] = np.nan           # not filled yet
+    new = np.ascontiguousarray(qkv[:, start:])
+    y = fn(new, *clean, start, nh, window, 0.0, 0, scale)
+    y_poisoned = fn(new, *poisoned, start, nh, window, 0.0, 0, scale)
+    np.testing.assert_array_equal(y_poisoned, y)
+
+
+def test_kv_attention_argument_errors(native_impl):
+    fn = native_impl.kernel("kv_attention")
+    qkv = np.zeros((2, 3, 24), np.float32)
+    K, V = np.zeros((2, 2, 8, 4), np.float32), np.zeros((2, 2, 8, 4), np.float32)
+    with pytest.raises(ValueError, match="3 new tokens at position 6 do not fit the cache's 8 positions"):
+        fn(qkv, K, V, 6, 2, None, 0.0, 0, 0.5)
+    with pytest.raises(ValueError, match=r"k_cache must be \(B 2, n_head 2, max_length, head size 4\)"):
+        fn(qkv, np.zeros((2, 2, 8, 5), np.float32), V, 0, 2, None, 0.0, 0, 0.5)
+    with pytest.raises(ValueError, match="v_cache must have k_cache's shape"):
+        fn(qkv, K, np.zeros((2, 2, 9, 4), np.float32), 0, 2, None, 0.0, 0, 0.5)
+    with pytest.raises(ValueError, match="v_cache must be C-contiguous"):
+        fn(qkv, K, np.zeros((2, 2, 4, 8), np.float32).swapaxes(2, 3), 0, 2, None, 0.0, 0, 0.5)
+    frozen = V.copy()
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="v_cache must be writable"):
+        fn(qkv, K, frozen, 0, 2, None, 0.0, 0, 0.5)
+    with pytest.raises(ValueError, match="k_cache and v_cache must be different arrays"):
+        fn(qkv, K, K, 0, 2, None, 0.0, 0, 0.5)
+    with pytest.raises(ValueError, match="window must be None or a positive int"):
+        fn(qkv, K, V, 0, 2, 0, 0.0, 0, 0.5)
+
+
+def test_kv_attention_functional_checks():
+    qkv = tg.Tensor(np.zeros((1, 2, 12), np.float32), requires_grad=True)
+    K, V = np.zeros((1, 2, 4, 2), np.float32), np.zeros((1, 2, 4, 2), np.float32)
+    with pytest.raises(RuntimeError, match="kv_attention: inference only"):
+        F.kv_attention(qkv, K, V, 0, 2)
+    with tg.no_grad():
+        with pytest.raises(ValueError, match="2 new tokens at position 3 do not fit the cache's 4 positions"):
+            F.kv_attention(qkv, K, V, 3, 2)
+        with pytest.raises(TypeError, match="k_cache must be a floating-point array"):
+            F.kv_attention(qkv, K.astype(np.int32), V, 0, 2)
+        with pytest.raises(TypeError, match="float32 mixed with float64|one dtype|dtype"):
+            F.kv_attention(qkv, K.astype(np.float64), V, 0, 2)
+        y = F.kv_attention(qkv, K, V, 0, 2)
+    assert y.shape == (1, 2, 4) and not y.requires_grad
+
+
 # ------------------------------------------------------------------ tinygpt.functional: float64 references, finite differences, torch
 @st.composite
 def attention_case(draw):

@@ -7,7 +7,8 @@ OPS below lists every op. An op `name` of family `fam` is, in every layer:
   csrc/cuda/<fam>.cu +       tinygpt.kernels.cuda.<fam>.<name>_forward / _backward for CuPy arrays
   kernels/cuda/<fam>.py      (check, allocate, launch tinygpt._C.cuda.<name>_*)
   tests/ops/test_<fam>.py    one test file, parametrised over the implementations present
-An "update" op (adamw_step, ...) is one in-place call `<name>` instead of a forward/backward pair.
+An "update" op (adamw_step, kv_attention, ...) is one call `<name>` that changes arrays in place, instead of
+a forward/backward pair.
 
 `select(name, *arrays)` returns a `Kernel` whose forward/backward come from the native
 implementation when there is one and the arrays qualify (all on one device, float32,
@@ -58,6 +59,7 @@ OPS: dict[str, Op] = {
     "dropout": Op("dropout"),
     "attention": Op("attention"),
     "qkv_attention": Op("attention"),
+    "kv_attention": Op("attention", "update"),  # decoding; no CUDA kernel: CuPy runs the reference
     "adamw_step": Op("adamw", "update"),
     "adamw_multi_step": Op("adamw", "update", cpu=False),  # the CPU runs adamw_step per tensor
     "grad_norm": Op("grad_norm", "update", cpu=False),     # the CPU reduces per array (nn.utils)
@@ -176,6 +178,13 @@ def adamw_multi_step(params, grads, exp_avgs, exp_avg_sqs, *, lr, beta1, beta2, 
         return
     for arrays in zip(*lists):
         adamw_step(*arrays, **hyper)
+
+
+def kv_attention(qkv, k_cache, v_cache, start, n_head, *, window, dropout_p, seed, scale):
+    """Attention of the next tokens against a KV cache: stores their keys and values in place and returns
+    out (B, T, C) (see reference.kv_attention)."""
+    fn = _native_for("kv_attention", (qkv, k_cache, v_cache)) or reference.kv_attention
+    return fn(qkv, k_cache, v_cache, start, n_head, window, dropout_p, seed, scale)
 
 
 def grad_norm(grads, norm_type):

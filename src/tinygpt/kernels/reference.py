@@ -477,6 +477,24 @@ def qkv_attention_backward(grad, qkv, n_head, dropout_p, scale, saved):
     return merge_qkv(*attention_backward(split_heads(grad, n_head), q, k, v, dropout_p, scale, saved))
 
 
+def kv_attention(qkv, k_cache, v_cache, start, n_head, window, dropout_p, seed, scale):
+    """Attention of T new tokens against a KV cache (inference, no backward). qkv (B, T, 3C) is c_attn's
+    output for positions start..start+T-1: their keys and values are stored into k_cache, v_cache
+    (B, nh, max_length, hs) in place, then the queries attend (causally, within `window`) over positions
+    0..start+T-1. Returns out (B, T, C), heads merged."""
+    q, k, v = split_qkv(qkv, n_head)
+    end = start + qkv.shape[1]
+    if start < 0 or end > k_cache.shape[2]:
+        raise ValueError(f"kv_attention: {qkv.shape[1]} new tokens at position {start} do not fit the cache's "
+                         f"{k_cache.shape[2]} positions")
+    k_cache[:, :, start:end] = k
+    v_cache[:, :, start:end] = v
+    xp = array_module(qkv)
+    keys, values = xp.ascontiguousarray(k_cache[:, :, :end]), xp.ascontiguousarray(v_cache[:, :, :end])
+    out, _ = attention_forward(q, keys, values, True, window, dropout_p, seed, scale)
+    return merge_heads(out)
+
+
 # ----------------------------------------------------------------------------- AdamW
 def adamw_step(param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps, weight_decay, step):
     """One in-place AdamW update, in torch.optim.AdamW's order of operations."""

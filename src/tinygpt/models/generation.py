@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import functional as F
 from .. import random as _random
 from ..autograd import is_grad_enabled, no_grad
 from ..backend import to_device, to_numpy
@@ -102,17 +103,13 @@ class LayerKV:
     def __init__(self, cache: KVCache, index: int):
         self.cache, self.index = cache, index
 
-    def update(self, k: Tensor, v: Tensor, window: int | None = None):
-        """Store k, v (B, nh, T, hs) at positions length..length+T-1; return the keys and values
-        the T new queries attend to (the new queries are the last T of them). A banded layer gets
-        only the last window-1+T positions, so its cost stays O(window) per token."""
+    def attend(self, qkv: Tensor, n_head: int, dropout_p: float = 0.0, window: int | None = None) -> Tensor:
+        """Attention of the next T tokens (qkv (B, T, 3C), c_attn's output for positions length..
+        length+T-1) over the cached ones and themselves: their keys and values are stored at those
+        positions and (B, T, C) comes back (functional.kv_attention, which reads the cache in place)."""
         cache = self.cache
-        start, T = cache.length, k.shape[2]
-        K, V = cache.k[self.index], cache.v[self.index]
-        K[:, :, start:start + T] = k.data  # (B, nh, T, hs) -> cache[:, :, start:start+T]
-        V[:, :, start:start + T] = v.data
-        lo = 0 if window is None else max(0, start - window + 1)
-        return Tensor._wrap(K[:, :, lo:start + T]), Tensor._wrap(V[:, :, lo:start + T])  # (B, nh, L+T-lo, hs)
+        return F.kv_attention(qkv, cache.k[self.index], cache.v[self.index], cache.length, n_head,
+                              dropout_p=dropout_p, window=window)
 
 
 # ============================================================================ logits processors

@@ -25,15 +25,10 @@ class CausalSelfAttention(Module):
     def forward(self, x, kv_cache=None):
         """kv_cache: this layer's view of a models.generation.KVCache (inference): x holds the
         next T tokens, whose keys/values are stored and attended together with the cached ones."""
-        B, T, C = x.shape
-        nh, hs = self.n_head, C // self.n_head
         p = self.dropout if self.training else 0.0
         qkv = self.c_attn(x)  # (B, T, 3C): q, k, v side by side
         if kv_cache is None:  # one op: split into heads, attention, merge heads (no copies on the CPU)
-            y = F.qkv_attention(qkv, nh, causal=True, dropout_p=p, window=self.window)
-        else:
-            q, k, v = qkv.reshape(B, T, 3, nh, hs).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
-            k, v = kv_cache.update(k, v, self.window)  # (B, nh, T, hs) -> (B, nh, cached + T, hs)
-            y = F.scaled_dot_product_attention(q, k, v, causal=True, dropout_p=p, window=self.window)
-            y = y.permute(0, 2, 1, 3).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
+            y = F.qkv_attention(qkv, self.n_head, causal=True, dropout_p=p, window=self.window)
+        else:  # one op: store the new keys and values, attend over the cache in place
+            y = kv_cache.attend(qkv, self.n_head, dropout_p=p, window=self.window)
         return self.resid_dropout(self.c_proj(y))
