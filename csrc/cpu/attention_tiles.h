@@ -118,6 +118,89 @@ static void gemm(float* C, int64_t ldc, const float* A, int64_t sr, int64_t sk, 
   gemm_ex(C, ldc, A, sr, sk, B, ldb, M, N, K, acc, NVMAX, AllRows{M}, AllKs{K});
 }
 
+// ============================================================================ forward, one query
+// A tile of a single query (decoding: Tq = 1) would fill one of the W lanes the tile below runs its
+// queries along. This row version vectorises along the head size for the scores (W keys at a time,
+// one accumulator each, summed by a transpose), along the keys for the softmax, and along Dv for the
+// output, with the same online softmax over key blocks of Bc. Without dropout only (the tile keeps
+// the dropout path). Scores are (q * scale) . k as in the tile; only the summation order differs.
+static void forward_row(const Problem& P, int64_t bh, int64_t i, float* ws, float* out, float* m_out, float* l_out) {
+  const int64_t D = P.D, Dv = P.Dv, ks = P.lk.st, vs = P.lv.st;
+  const FwdLayout L = fwd_layout(P);
+  float* qs = ws + L.qT;  // (D,) q * scale
+  float* s = ws + L.sT;   // (Bc rounded up to W,) the block's scores, then probabilities
+  float* o = ws + L.oT;   // (Dv,) output accumulator
+  const float* q = P.q + P.lq.off(bh) + i * P.lq.st;
+  const float* k = P.k + P.lk.off(bh);
+  const float* v = P.v + P.lv.off(bh);
+  for (int64_t d = 0; d < D; ++d) qs[d] = q[d] * P.scale;
+  std::fill(o, o + Dv, 0.0f);
+  const int64_t dfull = D / W * W;
+  const vmask dtail = vmask_first(static_cast<int>(D - dfull));
+  float m = -INFINITY, l = 0.0f;
+  for (int j0 = P.lo[i]; j0 < P.hi[i]; j0 += P.Bc) {
+    const int nk = std::min<int>(P.Bc, P.hi[i] - j0);
+    // scores of keys j0 + [jb, jb + W): W dot products over D, then one transpose sums each one's lanes
+    for (int jb = 0; jb < nk; jb += W) {
+      const int n = std::min(W, nk - jb);
+      vf acc[W];
+      for (int c = 0; c < W; ++c) acc[c] = vzero();
+      for (int64_t d = 0; d < dfull; d += W) {
+        const vf qv = vload(qs + d);
+        for (int c = 0; c < n; ++c) acc[c] = vfma(qv, vload(k + (j0 + jb + c) * ks + d), acc[c]);
+      }
+      if (dfull < D) {
+        const vf qv = vload_masked(qs + dfull, dtail);
+        for (int c = 0; c < n; ++c) acc[c] = vfma(qv, vload_masked(k + (j0 + jb + c) * ks + dfull, dtail), acc[c]);
+      }
+      vtranspose(acc);
+      vf sum = acc[0];
+      for (int c = 1; c < W; ++c) sum = vadd(sum, acc[c]);
+      vstore(s + jb, sum);
+      for (int c = n; c < W; ++c) s[jb + c] = -INFINITY;  // keys past the block
+    }
+    float mx = m;
+    for (int j = 0; j < nk; ++j) mx = std::max(mx, s[j]);
+    const float msafe = std::max(-FLT_MAX, mx);  // every score -inf so far: exp(-inf) = 0, not NaN
+    const float a = std::exp(m - msafe);
+    vf lsum = vzero();
+    for (int jb = 0; jb < nk; jb += W) {
+      const vf p = vexp(vsub(vload(s + jb), vset1(msafe)));
+      lsum = vadd(lsum, p);
+      vstore(s + jb, p);
+    }
+    float part[W];
+    vstore(part, lsum);
+    float block = 0.0f;
+    for (int c = 0; c < W; ++c) block += part[c];
+    l = l * a + block;
+    m = mx;
+    // o = a o + sum_j p_j v_j, four vectors of Dv at a time (independent FMA chains)
+    for (int64_t d0 = 0; d0 < Dv; d0 += 4 * W) {
+      const int nv = static_cast<int>(std::min<int64_t>(4, (Dv - d0 + W - 1) / W));
+      const vmask last = vmask_first(static_cast<int>(std::min<int64_t>(W, Dv - d0 - (nv - 1) * W)));
+      vf acc[4];
+      for (int u = 0; u < nv; ++u) {
+        const float* op = o + d0 + u * W;
+        acc[u] = vmul(u == nv - 1 ? vload_masked(op, last) : vload(op), vset1(a));
+      }
+      for (int j = 0; j < nk; ++j) {
+        const vf pj = vset1(s[j]);
+        const float* vr = v + (j0 + j) * vs + d0;
+        for (int u = 0; u < nv - 1; ++u) acc[u] = vfma(pj, vload(vr + u * W), acc[u]);
+        acc[nv - 1] = vfma(pj, vload_masked(vr + (nv - 1) * W, last), acc[nv - 1]);
+      }
+      for (int u = 0; u < nv - 1; ++u) vstore(o + d0 + u * W, acc[u]);
+      vstore_masked(o + d0 + (nv - 1) * W, last, acc[nv - 1]);
+    }
+  }
+  float* dst = out + P.lout.off(bh) + i * P.lout.st;
+  const float inv = P.drop_scale / l;
+  for (int64_t d = 0; d < Dv; ++d) dst[d] = o[d] * inv;
+  m_out[bh * P.Tq + i] = m;
+  l_out[bh * P.Tq + i] = l;
+}
+
 // ============================================================================ forward tile
 // Output rows [i0, i0 + nq) of head bh: online softmax over key blocks of Bc, only over the key
 // span [lo(i0), hi(i0 + nq - 1)) that some query of the tile can see. Blocks every query sees
@@ -126,6 +209,10 @@ static void gemm(float* C, int64_t ldc, const float* A, int64_t sr, int64_t sk, 
 // the row max m and row sum l (of the undropped exponentials) for backward.
 static void forward_tile(const Problem& P, int64_t bh, int64_t i0, int nq, float* ws, float* out, float* m_out,
                          float* l_out) {
+  if (nq == 1 && !P.dropout) {
+    forward_row(P, bh, i0, ws, out, m_out, l_out);
+    return;
+  }
   const int64_t D = P.D, Dv = P.Dv, Tq = P.Tq, Tk = P.Tk;
   const int Brp = static_cast<int>(round_up(nq, W));
   const FwdLayout L = fwd_layout(P);
