@@ -24,12 +24,19 @@ def _contiguous(a):
 def _check_floats(op, one_dtype=True, **arrays):
     """The named arrays (None skipped) must be floating point and (one_dtype) all of one dtype: bool or
     integer data, or float32 mixed with float64, is refused rather than silently promoted."""
-    given = {name: a for name, a in arrays.items() if a is not None}
-    for name, a in given.items():
-        if a.dtype.kind != "f":
-            raise TypeError(f"{op}: {name} must be a floating-point array, got dtype {a.dtype}")
-    if one_dtype and len({a.dtype for a in given.values()}) > 1:
-        dtypes = ", ".join(f"{name} {a.dtype}" for name, a in given.items())
+    first, mixed = None, False
+    for name, a in arrays.items():
+        if a is None:
+            continue
+        dtype = a.dtype
+        if dtype.kind != "f":
+            raise TypeError(f"{op}: {name} must be a floating-point array, got dtype {dtype}")
+        if first is None:
+            first = dtype
+        elif dtype != first:
+            mixed = True
+    if one_dtype and mixed:
+        dtypes = ", ".join(f"{name} {a.dtype}" for name, a in arrays.items() if a is not None)
         raise TypeError(f"{op}: the inputs must have one dtype, got {dtypes} (convert them first, e.g. with .astype)")
 
 
