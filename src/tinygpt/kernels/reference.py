@@ -489,9 +489,8 @@ def kv_attention(qkv, k_cache, v_cache, start, n_head, window, dropout_p, seed, 
                          f"{k_cache.shape[2]} positions")
     k_cache[:, :, start:end] = k
     v_cache[:, :, start:end] = v
-    xp = array_module(qkv)
-    keys, values = xp.ascontiguousarray(k_cache[:, :, :end]), xp.ascontiguousarray(v_cache[:, :, :end])
-    out, _ = attention_forward(q, keys, values, True, window, dropout_p, seed, scale)
+    # the cache's first `end` positions as views: matmul reads them strided, no per-step copy
+    out, _ = attention_forward(q, k_cache[:, :, :end], v_cache[:, :, :end], True, window, dropout_p, seed, scale)
     return merge_heads(out)
 
 
