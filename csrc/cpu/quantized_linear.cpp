@@ -52,11 +52,18 @@ struct QlKernels {
 #define TG_TILES "quantized_linear_tiles.h"
 #include "per_isa.h"
 
+// The copy for isa(). The avx512 copy also needs AVX512-VNNI (vpdpbusd): an AVX-512 CPU without it
+// (Skylake-X) runs the avx2 copy.
+const QlKernels& ql_kernels() {
 #if TG_X86_ISAS
-const QlKernels kQl[] = {portable::kernels, avx2::kernels, avx512::kernels};
+  static const QlKernels table[] = {portable::kernels, avx2::kernels, avx512::kernels};
+  static const bool vnni = (__builtin_cpu_init(), __builtin_cpu_supports("avx512vnni"));
+  const Isa i = isa();
+  return table[static_cast<int>(i == Isa::avx512 && !vnni ? Isa::avx2 : i)];
 #else
-const QlKernels kQl[] = {portable::kernels};
+  return portable::kernels;
 #endif
+}
 
 constexpr int64_t kGemvRows = 8;   // decode batches; above this the tiled path (the GEMM) wins
 constexpr int64_t kBlock = 32;     // activation block = int4 group size of the fast path
@@ -145,10 +152,10 @@ void prepare_w4(const float* x, int64_t G, W4Row r) {
   for (int64_t g = 0; g < G; ++g) {
     const float d = quantize_block(x + g * kBlock, kBlock, block);
     int32_t sum = 0;
-    int8_t* even = r.xq + (g >> 1) * 64 + (g & 1) * 16;
+    int8_t* even = r.xq + (g >> 2) * 128 + (g & 3) * 16;
     for (int i = 0; i < 16; ++i) {
       even[i] = block[2 * i];
-      even[32 + i] = block[2 * i + 1];
+      even[64 + i] = block[2 * i + 1];
       sum += block[2 * i] + block[2 * i + 1];
     }
     r.d[g] = d;
@@ -251,12 +258,14 @@ thread_local Bytes tl_act;
 // per kernel call. gelu: y = gelu_tanh(h) of each row's channel range, h kept in `pre` when not null.
 void forward_gemv(const float* x, const void* q, const float* s, const float* bias, const Dims& d, float* y,
                   bool gelu = false, float* pre = nullptr) {
-  const QlKernels& k = kQl[static_cast<int>(isa())];
+  const QlKernels& k = ql_kernels();
   const int64_t nb = (d.in + kBlock - 1) / kBlock;
   const int64_t nblocks = (d.out + kChannelGrain - 1) / kChannelGrain;
   parallel_blocks(nblocks, kChannelGrain * d.in / (d.int4 ? 8 : 4), [&](int64_t b0, int64_t b1, int) {
-    // per row: xq (nb * 32 bytes), xa (nb * 32) for int8 or nothing, d and c (nb floats each)
-    const size_t row_bytes = static_cast<size_t>(nb) * (2 * kBlock + 2 * sizeof(float)) + 64;
+    // per row: xq (nb * 32 bytes, rounded up to whole quads of blocks for int4's layout), xa (nb * 32) for
+    // int8 or unused, d and c (nb floats each)
+    const int64_t xq_bytes = (nb + 3) / 4 * 4 * kBlock;
+    const size_t row_bytes = static_cast<size_t>(xq_bytes + nb * kBlock) + static_cast<size_t>(nb) * 2 * sizeof(float) + 64;
     char* buf = tl_act.get(row_bytes * static_cast<size_t>(d.rows));
     int8_t* xq[kGemvRows];
     int8_t* xa[kGemvRows];
@@ -265,7 +274,7 @@ void forward_gemv(const float* x, const void* q, const float* s, const float* bi
     for (int64_t r = 0; r < d.rows; ++r) {
       char* p = buf + row_bytes * static_cast<size_t>(r);
       xq[r] = reinterpret_cast<int8_t*>(p);
-      xa[r] = xq[r] + nb * kBlock;
+      xa[r] = xq[r] + xq_bytes;
       dd[r] = reinterpret_cast<float*>(xa[r] + nb * kBlock);
       cc[r] = dd[r] + nb;
       if (d.int4) {
