@@ -113,6 +113,8 @@ using PackAFn = void (*)(int64_t, int64_t, const float*, int64_t, int64_t, float
 using PackBFn = void (*)(int64_t, int, const float*, int64_t, int64_t, float*);
 using RowsFn = void (*)(const float*, float*, int64_t);
 using GradRowsFn = void (*)(const float*, const float*, float*, int64_t);
+using GemvFn = void (*)(int, int, int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, bool,
+                        const float*, float*, int64_t);
 
 struct GemmIsa {
   int mr, nr;
@@ -122,6 +124,8 @@ struct GemmIsa {
   PackBFn pack_b;
   RowsFn gelu;
   GradRowsFn gelu_grad;
+  GemvFn gemv;    // gemv_block: up to gemv_width channels of a GEMV of up to gemv_rows rows
+  int gemv_width, gemv_rows;
 };
 
 // One copy of gemm_tiles.h per instruction set; kGemm is indexed by cpu::Isa.
@@ -235,12 +239,38 @@ void sgemm_ksplit(const GemmIsa& isa, int nt, int64_t M, int64_t N, int64_t K, c
 
 }  // namespace
 
+// Decode products: at most isa.gemv_rows rows of A, times a B stored as w^T (w's rows contiguous in k,
+// a Linear's weight), run as a GEMV over w without packing it: packing would read and write the whole
+// weight for the few rows that use it. Threads take contiguous ranges of channel blocks.
+
+void sgemm_gemv(const GemmIsa& isa, int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, const float* w,
+                int64_t ldw, float* c, int64_t ldc, bool accumulate, const GemmEpilogue& ep) {
+  const int bw = isa.gemv_width;
+  const int64_t nblocks = (N + bw - 1) / bw;
+  parallel_blocks(nblocks, bw * K, [&](int64_t b0, int64_t b1, int) {
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t j = blk * bw;
+      const int n = static_cast<int>(std::min<int64_t>(bw, N - j));
+      isa.gemv(static_cast<int>(M), n, K, a, lda, w + j * ldw, ldw, c + j, ldc, accumulate,
+               ep.bias == nullptr ? nullptr : ep.bias + j, ep.gelu_out == nullptr ? nullptr : ep.gelu_out + j,
+               ep.ld_gelu);
+    }
+  });
+}
+
 void sgemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t rsa, int64_t csa, const float* b,
            int64_t rsb, int64_t csb, float* c, int64_t ldc, bool accumulate, const GemmEpilogue& ep) {
   const GemmIsa& isa = current_gemm();
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     fill_rows(M, N, c, ldc, accumulate, ep, isa);
+    return;
+  }
+  // Weight rows a multiple of 4 KiB apart (K = 3072) fall in one L1 set, so a block re-read for more rows
+  // misses: there the packed GEMM is faster from 3 rows on (benchmarks/kernels/linear.py, Zen 4).
+  const int64_t gemv_rows = csb % 1024 == 0 ? std::min(2, isa.gemv_rows) : isa.gemv_rows;
+  if (M <= gemv_rows && csa == 1 && rsb == 1) {
+    sgemm_gemv(isa, M, N, K, a, rsa, b, csb, c, ldc, accumulate, ep);
     return;
   }
   const int MR = isa.mr, NR = isa.nr;

@@ -191,7 +191,73 @@ void transpose_pack(int rows, int64_t kc, const float* src, int64_t ld, float* d
   }
 }
 
+// GEMV for decode (gemm.cpp: sgemm_gemv): c[r, j] (+)= sum_k a[r, k] * w[j, k] for rows r < m <= kGemvRows
+// and the n <= W channels j of one block, w's rows ldw apart and contiguous in k (a Linear's weight,
+// B = w^T). One accumulator per channel and row over k, the W of a row summed lane-wise after one
+// transpose: each product streams the weights once, with no packing. k runs in chunks of kGemvChunk so
+// the block's chunk (W rows) stays in L1 while every row of a uses it; the partial sums wait in s.
+// Weights are prefetched kGemvPrefetch bytes ahead into L2: with the hardware prefetchers alone one
+// thread reads them well below its bandwidth (the same finding as quantized_linear_tiles.h).
+constexpr int kGemvRows = 4;
+constexpr int64_t kGemvChunk = 4096 / W;  // W rows x kGemvChunk floats = 16 KiB
+constexpr int64_t kGemvPrefetch = 8192;
+void gemv_block(int m, int n, int64_t K, const float* a, int64_t lda, const float* w, int64_t ldw, float* c,
+                int64_t ldc, bool acc, const float* bias, float* y, int64_t ldy) {
+  const float* row[W];
+#pragma GCC unroll 16
+  for (int j = 0; j < W; ++j) row[j] = w + (j < n ? j : n - 1) * ldw;  // padding lanes repeat the last row
+  const vmask kmask = vmask_first(static_cast<int>(K % W)), nmask = vmask_first(n);
+  vf s[kGemvRows][W];
+  for (int r = 0; r < m; ++r) {
+#pragma GCC unroll 16
+    for (int j = 0; j < W; ++j) s[r][j] = vzero();
+  }
+  for (int64_t k0 = 0; k0 < K; k0 += kGemvChunk) {
+    const int64_t k1 = std::min(K, k0 + kGemvChunk);
+    for (int r = 0; r < m; ++r) {
+      const float* x = a + r * lda;
+      vf t[W];
+#pragma GCC unroll 16
+      for (int j = 0; j < W; ++j) t[j] = s[r][j];
+      int64_t k = k0;
+      for (; k + W <= k1; k += W) {
+        const vf xv = vload(x + k);
+#pragma GCC unroll 16
+        for (int j = 0; j < W; ++j) {
+          if (r == 0) __builtin_prefetch(row[j] + k + kGemvPrefetch / 4, 0, 2);
+          t[j] = vfma(vload(row[j] + k), xv, t[j]);
+        }
+      }
+      if (k < k1) {  // K % W last floats
+        const vf xv = vload_masked(x + k, kmask);
+#pragma GCC unroll 16
+        for (int j = 0; j < W; ++j) t[j] = vfma(vload_masked(row[j] + k, kmask), xv, t[j]);
+      }
+#pragma GCC unroll 16
+      for (int j = 0; j < W; ++j) s[r][j] = t[j];
+    }
+  }
+  for (int r = 0; r < m; ++r) {
+    vtranspose(s[r]);  // s[r][i] lane j: channel j's partial sum i
+    vf t = s[r][0];
+#pragma GCC unroll 16
+    for (int i = 1; i < W; ++i) t = vadd(t, s[r][i]);
+    float* cr = c + r * ldc;
+    if (n == W) {
+      if (bias != nullptr) t = vadd(t, vload(bias));
+      if (acc) t = vadd(t, vload(cr));
+      vstore(cr, t);
+      if (y != nullptr) vstore(y + r * ldy, vgelu(t));
+    } else {
+      if (bias != nullptr) t = vadd(t, vload_masked(bias, nmask));
+      if (acc) t = vadd(t, vload_masked(cr, nmask));
+      vstore_masked(cr, nmask, t);
+      if (y != nullptr) vstore_masked(y + r * ldy, nmask, vgelu(t));
+    }
+  }
+}
+
 // The portable build packs with plain loops (nullptr): 4-float transposes would not pay.
 constexpr TransposeFn kTranspose = W >= 8 ? transpose_pack : nullptr;
 const GemmIsa kernels{MR, NR, KC, MC, 4096, tile, pack_a<MR, kTranspose>, pack_b_panel<NR, kTranspose, W>,
-                      gelu_rows, gelu_grad_rows};
+                      gelu_rows, gelu_grad_rows, gemv_block, W, kGemvRows};
