@@ -12,6 +12,7 @@ tied int8 / int4 head is the embedding table; one wpe row). Prefill is compute-b
 
     python benchmarks/quantized_decode.py --threads 2
     python benchmarks/quantized_decode.py --threads 1 --new 32 --reps 3
+    python benchmarks/quantized_decode.py --error      # W8A8 vs W8A16 error of the decode GEMV
 """
 from __future__ import annotations
 
@@ -98,6 +99,50 @@ def breakdown(model, new: int, rng) -> tuple[float, dict]:
     return total / new, {k: v / new for k, v in spent.items()}
 
 
+def gemv_error() -> None:
+    """Error of the decode GEMV's int8 activations (W8A8: x quantized per block of 32, integer dots) against
+    float activations (W8A16-style: the dequantized weight times float x, float32 sums), on GPT-2's c_attn
+    shape (768 -> 2304, 8 rows, t-distributed weights, a few activation channels x20 as GPT-2's outliers).
+    Every error is max |y - y_ref| / max |y_ref|, y_ref the float64 product of the *dequantized* weight, so
+    the weight quantization itself is not in it; its own error (vs the float weight) is the last column."""
+    from tinygpt.quantize import quantize_absmax, quantize_int4, unpack_int4  # noqa: PLC0415
+
+    cpu = getattr(tg.kernels._native, "cpu", None)
+    rng = np.random.default_rng(0)
+    n_in, n_out = 768, 2304
+    w = (rng.standard_t(4, (n_out, n_in)) * 0.02).astype(np.float32)
+    x = rng.standard_normal((8, n_in)).astype(np.float32)
+    x[:, rng.integers(0, n_in, 12)] *= 20
+    isas = []
+    before = cpu.isa() if cpu is not None else None
+    for i in ("avx512", "avx2", "baseline") if cpu is not None else ():
+        try:
+            cpu.set_isa(i)  # ValueError where this CPU lacks it
+            isas.append(i)
+        except ValueError:
+            pass
+    print("\n# decode GEMV error, GPT-2 c_attn (768 -> 2304), 8 rows: max |error| / max |y|")
+    print(f"{'weights':8} " + "".join(f"{'W8A8 ' + i:>16}" for i in isas) + f"{'W8A16 (float)':>16}{'weight quant.':>16}")
+    for name, (q, s) in (("int8", quantize_absmax(w, axis=1)), ("int4", quantize_int4(w, 32))):
+        if q.dtype == np.uint8:
+            W = unpack_int4(q).astype(np.float64) * np.repeat(s.astype(np.float64), 32, axis=1)
+        else:
+            W = q.astype(np.float64) * s.astype(np.float64)[:, None]
+        ref = x.astype(np.float64) @ W.T
+        top = np.abs(ref).max()
+        cells = []
+        try:
+            for i in isas:
+                cpu.set_isa(i)
+                cells.append(np.abs(cpu.quantized_linear_forward(x, q, s, None)[0] - ref).max() / top)
+        finally:
+            if cpu is not None:
+                cpu.set_isa(before)
+        flt = np.abs(x @ W.astype(np.float32).T - ref).max() / top
+        wq = np.abs(x.astype(np.float64) @ w.T.astype(np.float64) - ref).max() / top
+        print(f"{name:8} " + "".join(f"{c:16.2e}" for c in cells) + f"{flt:16.2e}{wq:16.2e}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=1)
@@ -107,7 +152,11 @@ def main(argv=None):
     p.add_argument("--tests", default="b1,b8,prefill", help="comma list of b1, b8, prefill")
     p.add_argument("--formats", default="fp32,int8,int4")
     p.add_argument("--breakdown", action="store_true", help="also print the time per decode step by op (batch 1)")
+    p.add_argument("--error", action="store_true", help="only print the GEMV's activation-quantization error")
     args = p.parse_args(argv)
+    if args.error:
+        gemv_error()
+        return
     tests = args.tests.split(",")
     tg.manual_seed(0)
     base = tg.GPT(tg.GPTConfig(**GPT2)).eval()
