@@ -7,11 +7,13 @@
 #   LLAMA_SRC  a llama.cpp source checkout (we measured commit c392e50); built into LLAMA_SRC/build if
 #              build/bin/llama-bench is missing (cmake, Release, static, GGML_NATIVE, OpenMP)
 #   HF_DIR     a GPT-2 checkpoint directory (config.json with n_ctx, model.safetensors, tokenizer files);
-#              any weights: speed does not depend on their values
+#              any weights: speed does not depend on their values. benchmarks/gpt2_hf_random.py writes one
+#              offline (random weights, GPT-2's vocab.json / merges.txt copied from a directory you give it)
 #   WORK_DIR   where the GGUF files go (WORK_DIR/gpt2-{f32,q8_0,q4_0}.gguf; reused when present)
 #   THREADS    comma list for llama-bench -t;  REPS: llama-bench -r;  ROUNDS: repetitions of the whole pass
 # Environment: PYTHON (the converter's interpreter: needs llama.cpp's requirements-convert_hf_to_gguf.txt,
-# default python3), TINYGPT_PYTHON (if set, benchmarks/quantized_decode.py --tests b1 runs after llama-bench
+# default python3; the checkout's own gguf-py works too: PYTHONPATH=LLAMA_SRC/gguf-py plus numpy, torch,
+# transformers, sentencepiece and pyyaml), TINYGPT_PYTHON (if set, benchmarks/quantized_decode.py --tests b1 runs after llama-bench
 # in every round, once per thread count, so both programs see the same load).
 # Prints llama-bench's jsonl lines reduced to: model, threads, median tok/s (min-max) and `uptime` per round.
 set -euo pipefail
