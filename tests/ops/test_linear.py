@@ -720,8 +720,8 @@ def test_dispatch(op):
 @needs_cpu
 @pytest.mark.parametrize("rows, n_in, n_out, native", [
     (768, 128, 384, True), (4096, 384, 1152, True), (4096, 1536, 384, True), (4096, 384, 65, True),  # training
-    (1, 384, 1152, False), (1, 128, 65, False),   # one row, W in cache: OpenBLAS's GEMV
-    (1, 768, 768, True), (1, 768, 50257, True),   # one row, W larger than L2 (GPT-2 decode): the native GEMV
+    (1, 384, 1152, True), (1, 128, 65, True),     # one row (decode): the native GEMV
+    (1, 768, 768, True), (1, 768, 50257, True),
     (8, 384, 128, False), (12, 384, 128, True),   # few outputs: OpenBLAS's small-matrix path, then ours
     (4, 1536, 128, False), (6, 1536, 128, True),  # long rows pack more per output: the threshold halves
 ])

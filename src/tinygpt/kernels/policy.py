@@ -27,18 +27,17 @@ from .. import backend
 # rows cannot amortise, while OpenBLAS has GEMV / small-matrix paths. Mixing the two libraries inside
 # a step costs more than any shape could gain (OpenBLAS's pool keeps spinning after a call), so the
 # policy ignores the thread count.
-# One row with a weight larger than L2 (decode of a real model: every weight comes from L3 or DRAM)
-# runs the native GEMV (csrc/cpu/gemm_tiles.h: gemv_block), which streams W with L2 prefetches: 1.2-1.5x
-# OpenBLAS's GEMV from memory at GPT-2's shapes (BENCHMARKS.md, issue 15). A weight that stays in cache
-# is compute-bound, where OpenBLAS's GEMV is 10-30% faster.
+# One row (decode) runs the native GEMV (csrc/cpu/gemm_tiles.h: gemv_row), which streams each weight row
+# in order with no packing: from memory (decode of a real model: every weight comes from L3 or DRAM) it
+# is 1.3-2.2x OpenBLAS's GEMV at GPT-2's shapes; in cache 0.86-2.25x for in_features >= 384 (0.64-0.87x at
+# 64-128 inputs times more than 1,000 outputs). BENCHMARKS.md, issue 15.
 _LINEAR_SMALL = ((512, 1280), (None, 640))  # (in_features up to, rows * out below which NumPy wins)
-_GEMV_WEIGHTS = 1 << 19  # floats: 2 MiB
 
 
 def linear_policy(rows: int, n_in: int, n_out: int) -> bool:
     """True when the native SGEMM should run linear for x (rows, n_in) and weight (n_out, n_in)."""
-    if rows <= 1:  # a GEMV: both stream W once; ours from memory faster, OpenBLAS's in cache
-        return n_in * n_out >= _GEMV_WEIGHTS
+    if rows <= 1:  # a GEMV (see above)
+        return True
     limit = next(lim for max_in, lim in _LINEAR_SMALL if max_in is None or n_in <= max_in)
     return rows * n_out >= limit
 
