@@ -187,8 +187,7 @@ static inline void ql_dot4_w4(const uint8_t* w, int64_t ldw, const float* s, int
 #if TG_ISA >= 3
   // A quad of groups (64 bytes of each channel) per step: lanes 4i-4i+3 hold group g + i.
   if (nc == 4 && G >= 4) {
-    const __m512i zero = _mm512_setzero_si512(), low = _mm512_set1_epi8(0x0F), flip = _mm512_set1_epi8(0x08 | 0x80),
-                  eights = _mm512_set1_epi8(8);
+    const __m512i zero = _mm512_setzero_si512(), low = _mm512_set1_epi8(0x0F), eights = _mm512_set1_epi8(8);
     __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     for (; g + 4 <= G; g += 4) {
       const int8_t* x = xq + ql_w4_even_offset(g);
@@ -198,11 +197,13 @@ static inline void ql_dot4_w4(const uint8_t* w, int64_t ldw, const float* s, int
       const __m512 dv = ql_spread(d + g, 4);
 #pragma GCC unroll 4
       for (int j = 0; j < 4; ++j) {
-        // nibble n (two's complement q) ^ 8 = q + 8 in [1, 15]
-        const __m512i b = _mm512_xor_si512(ql_load_w(w + j * ldw + g * 16), flip);
+        // nibble n (two's complement q) ^ 8 = q + 8 in [1, 15]: (b & 0x0F) ^ 0x08 as one ternary-logic op
+        // (imm 0x6A = (A & B) ^ C), and the same for the high nibbles after a shift
+        const __m512i b = ql_load_w(w + j * ldw + g * 16);
         ql_prefetch(w + j * ldw + g * 16);
-        ql_prefetch(s + j * lds + g, kQlPrefetch / 4);  // the scales: 4 bytes per group's 16 of weights
-        const __m512i lo = _mm512_and_si512(b, low), hi = _mm512_and_si512(_mm512_srli_epi16(b, 4), low);
+        if ((g & 15) == 0) ql_prefetch(s + j * lds + g, kQlPrefetch / 4);  // the scales: a line per 16 groups
+        const __m512i lo = _mm512_ternarylogic_epi32(b, low, eights, 0x6A);
+        const __m512i hi = _mm512_ternarylogic_epi32(_mm512_srli_epi16(b, 4), low, eights, 0x6A);
         // each lane: an exact dot of 8 (|.| <= 8 * 8 * 127 < 2^24, exact in float)
         const __m512i dot = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(corr, lo, xe), hi, xo);
         acc[j] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(dot), dv), ql_spread(s + j * lds + g, 4), acc[j]);
