@@ -105,7 +105,7 @@ def gemv_error() -> None:
     shape (768 -> 2304, 8 rows, t-distributed weights, a few activation channels x20 as GPT-2's outliers).
     Every error is max |y - y_ref| / max |y_ref|, y_ref the float64 product of the *dequantized* weight, so
     the weight quantization itself is not in it; its own error (vs the float weight) is the last column."""
-    from tinygpt.quantize import quantize_absmax, quantize_int4, unpack_int4  # noqa: PLC0415
+    from tinygpt.quantize import dequantize_int4, quantize_absmax, quantize_int4  # noqa: PLC0415
 
     cpu = getattr(tg.kernels._native, "cpu", None)
     rng = np.random.default_rng(0)
@@ -125,7 +125,7 @@ def gemv_error() -> None:
     print(f"{'weights':8} " + "".join(f"{'W8A8 ' + i:>16}" for i in isas) + f"{'W8A16 (float)':>16}{'weight quant.':>16}")
     for name, (q, s) in (("int8", quantize_absmax(w, axis=1)), ("int4", quantize_int4(w, 32))):
         if q.dtype == np.uint8:
-            W = unpack_int4(q).astype(np.float64) * np.repeat(s.astype(np.float64), 32, axis=1)
+            W = dequantize_int4(q, s, np.float64)
         else:
             W = q.astype(np.float64) * s.astype(np.float64)[:, None]
         ref = x.astype(np.float64) @ W.T

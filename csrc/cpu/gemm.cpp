@@ -242,7 +242,6 @@ void sgemm_ksplit(const GemmIsa& isa, int nt, int64_t M, int64_t N, int64_t K, c
 // Decode products: at most isa.gemv_rows rows of A, times a B stored as w^T (w's rows contiguous in k,
 // a Linear's weight), run as a GEMV over w without packing it: packing would read and write the whole
 // weight for the few rows that use it. Threads take contiguous ranges of channel blocks.
-
 void sgemm_gemv(const GemmIsa& isa, int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, const float* w,
                 int64_t ldw, float* c, int64_t ldc, bool accumulate, const GemmEpilogue& ep) {
   const int bw = isa.gemv_width;
@@ -267,7 +266,8 @@ void sgemm(int64_t M, int64_t N, int64_t K, const float* a, int64_t rsa, int64_t
     return;
   }
   // Weight rows a multiple of 4 KiB apart (K = 3072) fall in one L1 set, so a block re-read for more rows
-  // misses: there the packed GEMM is faster from 3 rows on (benchmarks/kernels/linear.py, Zen 4).
+  // misses: there the packed GEMM is faster from 3 rows on (Zen 4, 768 x 3072 at 4 rows: 1.05 ms packed,
+  // 1.36 ms as a GEMV).
   const int64_t gemv_rows = csb % 1024 == 0 ? std::min(2, isa.gemv_rows) : isa.gemv_rows;
   if (M <= gemv_rows && csa == 1 && rsb == 1) {
     sgemm_gemv(isa, M, N, K, a, rsa, b, csb, c, ldc, accumulate, ep);
