@@ -77,11 +77,15 @@ def pack_int4(q):
     return u[..., 0::2] | (u[..., 1::2] << 4)
 
 
+# byte -> its (low, high) nibbles as signed int4: one gather unpacks (a decode step's embedding row among them)
+_NIBBLES = np.array([[lo - 16 * (lo >= 8), hi - 16 * (hi >= 8)] for lo, hi in ((b & 0xF, b >> 4) for b in range(256))],
+                    dtype=np.int8)
+
+
 def unpack_int4(packed):
     """The inverse of pack_int4: uint8 (..., m) -> int8 (..., 2m) in [-8, 7]."""
     xp = array_module(packed)
-    nib = xp.stack([packed & 0xF, packed >> 4], axis=-1).astype(xp.int8)  # (..., m, 2)
-    nib = xp.where(nib >= 8, nib - 16, nib)
+    nib = (_NIBBLES if xp is np else xp.asarray(_NIBBLES))[packed]  # (..., m) -> (..., m, 2)
     return nib.reshape(*packed.shape[:-1], 2 * packed.shape[-1])  # (..., m, 2) -> (..., 2m)
 
 
@@ -106,27 +110,32 @@ def dequantize_int4(packed, scale, dtype=np.float32):
     return (q.reshape(*shape[:-1], scale.shape[-1], -1) * scale.astype(dtype)[..., None]).reshape(shape)
 
 
-class _Int8Linear(Function):
-    """y = x @ (q * scale).T + bias (gelu=True: gelu_tanh of it) through the `quantized_linear` op
-    (`quantized_linear_gelu`; tinygpt.kernels): the native kernel
-    (integer GEMV for up to 8 rows, dequantized panels + SGEMM above) or the reference, which dequantizes
-    `block_rows` output channels at a time. No full float copy of the weight is ever made.
+def quantized_linear(x, q, scale, bias, bits=8, gelu=False, block_rows=4096):
+    """y = x @ (q * scale).T + bias on arrays (gelu=True: gelu_tanh of it) through the `quantized_linear` op
+    (`quantized_linear_gelu`; tinygpt.kernels): the native kernel (integer GEMV for up to 8 rows, dequantized
+    panels + SGEMM above) or the reference, which dequantizes `block_rows` output channels at a time. No full
+    float copy of the weight is ever made. QuantizedLinear's forward and the cached decode path
+    (models/fastpath.py) both run it.
 
     q (out, in) int8 with scale (out,), or bits=4: q (out, in/2) packed int4 with group scales (out, in/group).
     """
+    out_f, in_f = q.shape[0], q.shape[1] * (2 if bits == 4 else 1)
+    if x.shape[-1] != in_f:
+        raise ValueError(f"QuantizedLinear: input {x.shape} does not match weight (out, in) = {(out_f, in_f)}")
+    flat = x.ndim == 2 and x.flags.c_contiguous  # decode passes (M, in) rows as they are
+    x2 = x if flat else array_module(x).ascontiguousarray(x.reshape(-1, in_f))  # (..., in) -> (M, in)
+    kernel = kernels.select("quantized_linear_gelu" if gelu else "quantized_linear", x2, q, scale, bias)
+    extra = {"block_rows": block_rows} if kernel.name == "reference" else {}
+    y = kernel.forward(x2, q, scale, bias, **extra)[0]  # (M, out)
+    return y if flat else y.reshape(*x.shape[:-1], out_f)  # (M, out) -> (..., out)
+
+
+class _Int8Linear(Function):
+    """QuantizedLinear's op: `quantized_linear` under autograd, which refuses a backward (no weight gradient)."""
 
     @staticmethod
     def forward(ctx, x, q, scale, bias, block_rows=4096, bits=8, gelu=False):
-        xp = array_module(x)
-        out_f, in_f = q.shape[0], q.shape[1] * (2 if bits == 4 else 1)
-        if x.shape[-1] != in_f:
-            raise ValueError(f"QuantizedLinear: input {x.shape} does not match weight (out, in) = {(out_f, in_f)}")
-        x2 = xp.ascontiguousarray(x.reshape(-1, in_f))  # (..., in) -> (M, in)
-        # gelu: the tanh GELU of the product in the same op (quantized_linear_gelu), as LinearGELU
-        kernel = kernels.select("quantized_linear_gelu" if gelu else "quantized_linear", x2, q, scale, bias)
-        extra = {"block_rows": block_rows} if kernel.name == "reference" else {}
-        y = kernel.forward(x2, q, scale, bias, **extra)[0]  # (M, out)
-        return y.reshape(*x.shape[:-1], out_f)  # (M, out) -> (..., out)
+        return quantized_linear(x, q, scale, bias, bits=bits, gelu=gelu, block_rows=block_rows)
 
     @staticmethod
     def backward(ctx, g):

@@ -11,6 +11,7 @@ from ..nn import Block, Dropout, Embedding, LayerNorm, Linear, Module, ModuleLis
 from ..nn.moe import collect_aux_loss
 from ..tensor import Tensor
 from .config import GPTConfig
+from .fastpath import cached_blocks
 from .generation import GenerationConfig, KVCache, embedding_array, prepare_prompt, stream_tokens
 
 
@@ -100,9 +101,16 @@ class GPT(Module):
         else:
             pos = Tensor._wrap(tr.wpe[t0:t0 + T])
         x = tr.drop(tok + pos)
-        for i, block in enumerate(tr.h):
-            x = block(x) if kv_cache is None else block(x, kv_cache=kv_cache.layer(i))
-        if kv_cache is not None:
+        if kv_cache is None:
+            for block in tr.h:
+                x = block(x)
+        else:  # inference: the blocks straight on the arrays where fastpath covers them (the same kernels)
+            y = cached_blocks(tr.h, x.data, kv_cache)
+            if y is not None:
+                x = Tensor._wrap(y)
+            else:
+                for i, block in enumerate(tr.h):
+                    x = block(x, kv_cache=kv_cache.layer(i))
             kv_cache.advance(T)
         if self.config.final_norm:
             x = tr.ln_f(x)
