@@ -233,7 +233,12 @@ struct Workspace {
 
 // Tiny problems (a few microseconds of work, e.g. one decoding step of a small model) run on
 // the calling thread: waking a thread team would cost more than it saves.
-bool worth_threads(const Problem& P) { return P.BH * P.Tq * P.Tk * (P.D + P.Dv) >= (int64_t(1) << 20); }
+// Decode (one query per head) reads each head's keys and values once, mostly from memory (the weights streamed
+// since the last step evicted them): a second thread's bandwidth pays for the fork from 64K cached floats on.
+bool worth_threads(const Problem& P) {
+  const int64_t work = P.BH * P.Tq * P.Tk * (P.D + P.Dv);
+  return work >= (int64_t(1) << 20) || (P.Tq == 1 && work >= (int64_t(1) << 16));
+}
 
 void run_forward(const Kernels& isa, const Problem& P, float* out, float* m, float* l) {
   const int64_t nqt = (P.Tq + P.Br - 1) / P.Br, tasks = P.BH * nqt;
