@@ -73,29 +73,33 @@ def prefill(model, n: int, rng) -> float:
 
 
 def breakdown(model, new: int, rng) -> tuple[float, dict]:
-    """(seconds per decode step, {Function name: seconds per step}) for batch 1: every outermost
-    Function.apply timed (its kernel included); what is left is Python glue outside any Function."""
-    from tinygpt import autograd  # noqa: PLC0415
+    """(seconds per decode step, {kernel op: seconds per step}) for batch 1: every kernel that
+    tinygpt.kernels.select hands out (native or reference) and kv_attention timed; what is left is Python
+    glue (dispatch, module and op layers, the embeddings' indexing, argmax)."""
+    from tinygpt import kernels  # noqa: PLC0415
 
-    spent, depth = {}, [0]
-    original = autograd.Function.apply.__func__
+    spent = {}
 
-    def timed(cls, *a, **k):
-        if depth[0]:
-            return original(cls, *a, **k)
-        depth[0] += 1
-        t0 = time.perf_counter()
-        try:
-            return original(cls, *a, **k)
-        finally:
-            spent[cls.__name__] = spent.get(cls.__name__, 0.0) + time.perf_counter() - t0
-            depth[0] -= 1
+    def timed(name, fn):
+        def run(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
+        return run
 
-    autograd.Function.apply = classmethod(timed)
+    select, kv = kernels.select, kernels.kv_attention
+
+    def timed_select(op, *arrays, **k):
+        kernel = select(op, *arrays, **k)
+        return kernel._replace(forward=timed(op, kernel.forward))
+
+    kernels.select, kernels.kv_attention = timed_select, timed("kv_attention", kv)
     try:
         total = decode(model, 1, new, rng, on_start=spent.clear)
     finally:
-        autograd.Function.apply = classmethod(original)
+        kernels.select, kernels.kv_attention = select, kv
     return total / new, {k: v / new for k, v in spent.items()}
 
 
@@ -203,7 +207,7 @@ def main(argv=None):
         print(f"{name:8} {nbytes / 1e6:9.1f} {bw * 1e9 / nbytes:11.1f}  " + "  ".join(f"{c:>22}" for c in cells)
               + f"  {ratio}")
     if args.breakdown:
-        print("\n# time per decode step (batch 1) by op, ms (the op's kernel included; glue = outside any op)")
+        print("\n# time per decode step (batch 1) by kernel op, ms (glue = Python outside the kernels)")
         parts = {name: breakdown(m, args.new, rng) for name, m in models.items()}
         ops = sorted({op for _, d in parts.values() for op in d}, key=lambda op: -max(d.get(op, 0) for _, d in parts.values()))
         print(f"{'op':16}" + "".join(f"{name:>10}" for name in parts))
