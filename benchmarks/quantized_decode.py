@@ -74,8 +74,9 @@ def prefill(model, n: int, rng) -> float:
 
 def breakdown(model, new: int, rng) -> tuple[float, dict]:
     """(seconds per decode step, {kernel op: seconds per step}) for batch 1: every kernel that
-    tinygpt.kernels.select hands out (native or reference) and kv_attention timed; what is left is Python
-    glue (dispatch, module and op layers, the embeddings' indexing, argmax)."""
+    tinygpt.kernels.select hands out (native or reference), kv_attention and the native step through the
+    blocks (cached_blocks: all their kernels in one call) timed; what is left is Python glue (dispatch,
+    module and op layers, the embeddings' indexing, argmax)."""
     from tinygpt import kernels  # noqa: PLC0415
 
     spent = {}
@@ -89,17 +90,22 @@ def breakdown(model, new: int, rng) -> tuple[float, dict]:
                 spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
         return run
 
-    select, kv = kernels.select, kernels.kv_attention
+    select, kv, implementation = kernels.select, kernels.kv_attention, kernels.implementation
 
     def timed_select(op, *arrays, **k):
         kernel = select(op, *arrays, **k)
         return kernel._replace(forward=timed(op, kernel.forward))
 
+    def timed_implementation(op, device):  # the native decode step: every block's kernels in one call
+        fn = implementation(op, device)
+        return timed(op, fn) if op == "cached_blocks" and fn is not None else fn
+
     kernels.select, kernels.kv_attention = timed_select, timed("kv_attention", kv)
+    kernels.implementation = timed_implementation
     try:
         total = decode(model, 1, new, rng, on_start=spent.clear)
     finally:
-        kernels.select, kernels.kv_attention = select, kv
+        kernels.select, kernels.kv_attention, kernels.implementation = select, kv, implementation
     return total / new, {k: v / new for k, v in spent.items()}
 
 

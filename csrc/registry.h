@@ -18,9 +18,10 @@
 #include <string>
 #include <vector>
 
-#define TG_CPU_FAMILIES(X) X(linear) X(embedding) X(layer_norm) X(gelu) X(softmax) X(cross_entropy) X(dropout) \
+#define TG_FAMILIES(X) X(linear) X(embedding) X(layer_norm) X(gelu) X(softmax) X(cross_entropy) X(dropout) \
   X(attention) X(adamw) X(quantized_linear)
-#define TG_CUDA_FAMILIES(X) TG_CPU_FAMILIES(X) X(grad_norm)
+#define TG_CPU_FAMILIES(X) TG_FAMILIES(X) X(decode)
+#define TG_CUDA_FAMILIES(X) TG_FAMILIES(X) X(grad_norm)
 
 namespace tinygpt {
 

@@ -47,6 +47,7 @@
 #include <vector>
 
 #include "isa.h"
+#include "ops.h"
 #if TG_X86_ISAS
 #include <immintrin.h>
 #endif
@@ -478,6 +479,28 @@ py::tuple forward_result(const Problem& P, py::array_t<float> out, py::array_t<f
 
 namespace cpu {
 
+void kv_attention_rows(const float* qkv, float* k_cache, float* v_cache, int64_t B, int64_t T, int64_t n_head,
+                       int64_t C, int64_t L, int64_t start, std::optional<int64_t> window, double dropout_p,
+                       uint64_t seed, double scale, float* out) {
+  using namespace tinygpt::attn;
+  const int64_t hs = C / n_head, BH = B * n_head;
+  std::vector<int> lo, hi;
+  key_spans("kv_attention", T, start + T, true, window, lo, hi);  // the new queries are the last T of start + T keys
+  // k, v rows of head (b, h) at cache + ((b nh + h) L + position) hs: contiguous per head
+  const HeadLayout in{n_head, T * 3 * C, hs, 3 * C}, cache{n_head, n_head * L * hs, L * hs, hs},
+      merged{n_head, T * C, hs, C};
+  const Problem P = make_problem(BH, T, start + T, hs, hs, qkv, k_cache, v_cache, in, cache, cache, merged, lo, hi,
+                                 scale, dropout_p, seed, false);
+  std::vector<float> mx(BH * T), sum(BH * T);
+  for (int64_t bh = 0; bh < BH; ++bh)  // store the new keys and values first: the queries see them
+    for (int64_t t = 0; t < T; ++t) {
+      const float* row = qkv + in.off(bh) + t * in.st;
+      std::copy(row + C, row + C + hs, k_cache + cache.off(bh) + (start + t) * hs);
+      std::copy(row + 2 * C, row + 2 * C + hs, v_cache + cache.off(bh) + (start + t) * hs);
+    }
+  run_forward(current_kernels(), P, out, mx.data(), sum.data());
+}
+
 void bind_attention(py::module_& m) {
   using namespace tinygpt::attn;
   m.def(
@@ -610,28 +633,13 @@ void bind_attention(py::module_& m) {
         const std::optional<int64_t> w = window_from_py(window, op);
         check_dropout_p(dropout_p, op);
         const uint64_t sd = seed_from_py(seed, "kv_attention: seed");
-        std::vector<int> lo, hi;
-        key_spans(op, d.T, s0 + d.T, true, w, lo, hi);  // the new queries are the last T of s0 + T keys
         py::array_t<float> out = aligned_array({d.B, d.T, d.C});
-        const float* src = static_cast<const float*>(qkv.data());
         float* K = static_cast<float*>(const_cast<void*>(k_cache.data()));
         float* V = static_cast<float*>(const_cast<void*>(v_cache.data()));
-        // k, v rows of head (b, h) at cache + ((b nh + h) L + position) hs: contiguous per head
-        const HeadLayout in{d.nh, d.T * 3 * d.C, d.hs, 3 * d.C}, cache{d.nh, d.nh * L * d.hs, L * d.hs, d.hs},
-            merged{d.nh, d.T * d.C, d.hs, d.C};
-        const int64_t BH = d.B * d.nh;
-        const Problem P = make_problem(BH, d.T, s0 + d.T, d.hs, d.hs, src, K, V, in, cache, cache, merged, lo, hi,
-                                       scale, dropout_p, sd, false);
-        std::vector<float> mx(BH * d.T), sum(BH * d.T);
         {
           py::gil_scoped_release nogil;
-          for (int64_t bh = 0; bh < BH; ++bh)  // store the new keys and values first: the queries see them
-            for (int64_t t = 0; t < d.T; ++t) {
-              const float* row = src + in.off(bh) + t * in.st;
-              std::copy(row + d.C, row + d.C + d.hs, K + cache.off(bh) + (s0 + t) * d.hs);
-              std::copy(row + 2 * d.C, row + 2 * d.C + d.hs, V + cache.off(bh) + (s0 + t) * d.hs);
-            }
-          run_forward(current_kernels(), P, out.mutable_data(), mx.data(), sum.data());
+          kv_attention_rows(static_cast<const float*>(qkv.data()), K, V, d.B, d.T, d.nh, d.C, L, s0, w, dropout_p, sd,
+                            scale, out.mutable_data());
         }
         return out;
       },

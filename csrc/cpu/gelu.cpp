@@ -27,6 +27,7 @@
 
 #include "gemm.h"
 #include "isa.h"
+#include "ops.h"
 #include "simd.h"
 #include "py_common.h"
 #include "registry.h"
@@ -158,6 +159,8 @@ py::array gelu_backward_py(const py::array& grad, const py::array& x,
 }  // namespace
 
 namespace cpu {
+
+void gelu_forward_rows(bool tanh, const float* x, float* y, int64_t n) { run(tanh, x, nullptr, y, n); }
 
 void bind_gelu(py::module_& m) {
   m.def("gelu_forward", &gelu_forward_py, py::arg("x"), py::arg("approximate"),

@@ -41,6 +41,7 @@
 #include <pybind11/stl.h>
 
 #include "isa.h"
+#include "ops.h"
 #include "py_common.h"
 #include "registry.h"
 
@@ -442,6 +443,11 @@ py::tuple add_layer_norm_backward_py(const std::optional<py::array>& grad_s,
 }  // namespace
 
 namespace cpu {
+
+void layer_norm_rows(const float* x, const float* r, float* s, const float* w, const float* b, float* y, float* mean,
+                     float* rstd, int64_t rows, int64_t C, float eps) {
+  forward(x, r, s, w, b, y, mean, rstd, rows, C, eps);
+}
 
 void bind_layer_norm(py::module_& m) {
   m.def("layer_norm_forward", &layer_norm_forward_py, py::arg("x"), py::arg("weight").none(true),

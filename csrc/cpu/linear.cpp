@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "gemm.h"
+#include "ops.h"
 #include "parallel.h"
 #include "py_common.h"
 #include "registry.h"
@@ -103,11 +104,7 @@ py::tuple linear_forward_impl(const char* op, const py::array& x, const py::arra
   float* yp = y.mutable_data();
   {
     py::gil_scoped_release nogil;
-    GemmEpilogue ep;
-    ep.bias = bp;
-    if (gelu) ep.gelu_out = yp, ep.ld_gelu = d.out;
-    // y (rows, out) = x (rows, in) @ W^T: B[k, j] = W[j, k] -> rsb = 1, csb = in.
-    sgemm(d.rows, d.out, d.in, xp, d.in, 1, wp, 1, d.in, hp, d.out, false, ep);
+    linear_rows(xp, wp, bp, d.rows, d.in, d.out, hp, gelu ? yp : nullptr);
   }
   if (gelu) return py::make_tuple(y, py::make_tuple(h));
   return py::make_tuple(y, py::tuple());
@@ -192,6 +189,15 @@ py::array_t<float> sgemm_py(const py::array& a, const py::array& b, bool transpo
 }
 
 }  // namespace
+
+void linear_rows(const float* x, const float* w, const float* b, int64_t rows, int64_t in, int64_t out, float* h,
+                 float* y) {
+  GemmEpilogue ep;
+  ep.bias = b;
+  if (y != nullptr) ep.gelu_out = y, ep.ld_gelu = out;
+  // h (rows, out) = x (rows, in) @ W^T: B[k, j] = W[j, k] -> rsb = 1, csb = in.
+  sgemm(rows, out, in, x, in, 1, w, 1, in, h, out, false, ep);
+}
 }  // namespace cpu
 
 namespace cpu {

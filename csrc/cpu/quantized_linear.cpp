@@ -30,6 +30,7 @@
 
 #include "gemm.h"
 #include "isa.h"
+#include "ops.h"
 #include "parallel.h"
 #include "py_common.h"
 #include "registry.h"
@@ -335,17 +336,7 @@ py::tuple forward_impl(const char* op, const py::array& x, const py::array& q, c
   const float* sp = static_cast<const float*>(scale.data());
   {
     py::gil_scoped_release nogil;
-    if (d.rows > 0 && d.out > 0) {
-      if (use_gemv(d)) {
-        forward_gemv(xp, q.data(), sp, bp, d, yp, gelu, hp);
-      } else {
-        forward_tiled(xp, q.data(), sp, bp, d, gelu ? hp : yp);
-        if (gelu) {
-          const int64_t n = d.rows * d.out;
-          parallel_blocks(n, 16, [&](int64_t i0, int64_t i1, int) { gelu_tanh_rows(hp + i0, yp + i0, i1 - i0); });
-        }
-      }
-    }
+    quantized_linear_rows(xp, q.data(), sp, bp, d.rows, d.in, d.out, d.groups, yp, hp);
   }
   if (gelu) return py::make_tuple(y, py::make_tuple(h));
   return py::make_tuple(y, py::tuple());
@@ -412,6 +403,21 @@ py::array_t<float> quantized_linear_gelu_backward(const py::array& grad, const p
 }
 
 }  // namespace
+
+void quantized_linear_rows(const float* x, const void* q, const float* s, const float* b, int64_t rows, int64_t in,
+                           int64_t out, int64_t groups, float* y, float* h) {
+  const Dims d{rows, in, out, groups, groups > 0};
+  const bool gelu = h != nullptr;
+  if (rows <= 0 || out <= 0) return;
+  if (use_gemv(d)) {
+    forward_gemv(x, q, s, b, d, y, gelu, h);
+    return;
+  }
+  forward_tiled(x, q, s, b, d, gelu ? h : y);
+  if (gelu) {
+    parallel_blocks(rows * out, 16, [&](int64_t i0, int64_t i1, int) { gelu_tanh_rows(h + i0, y + i0, i1 - i0); });
+  }
+}
 
 void bind_quantized_linear(py::module_& m) {
   m.def("quantized_linear_forward", &quantized_linear_forward, py::arg("x"), py::arg("q"), py::arg("scale"),

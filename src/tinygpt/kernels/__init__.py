@@ -42,6 +42,7 @@ class Op(NamedTuple):
     family: str             # the file name of its kernels and tests (see the module docstring)
     kind: str = "function"  # "function": a <name>_forward / <name>_backward pair; "update": one call <name>
     cpu: bool = True        # tinygpt._C.cpu implements it (else the CPU runs the reference or a loop)
+    cuda: bool = True       # kernels/cuda/<family>.py may wrap it (False: CPU only, no CUDA module to ask)
 
 
 OPS: dict[str, Op] = {
@@ -60,6 +61,8 @@ OPS: dict[str, Op] = {
     "attention": Op("attention"),
     "qkv_attention": Op("attention"),
     "kv_attention": Op("attention", "update"),  # decoding; no CUDA kernel: CuPy runs the reference
+    # a whole cached inference step through the blocks (models/fastpath.py runs it, or its per-op path)
+    "cached_blocks": Op("decode", "update", cuda=False),
     "adamw_step": Op("adamw", "update"),
     "adamw_multi_step": Op("adamw", "update", cpu=False),  # the CPU runs adamw_step per tensor
     "grad_norm": Op("grad_norm", "update", cpu=False),     # the CPU reduces per array (nn.utils)
@@ -102,7 +105,7 @@ def implementation(op: str, device: str):
         return _CPU[op]
     if device != "cuda":
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    fns = _functions(cuda.module(op), op) if cuda.has(op) else None
+    fns = _functions(cuda.module(op), op) if spec.cuda and cuda.has(op) else None
     return fns and (Kernel("native-cuda", *fns) if spec.kind == "function" else fns[0])
 
 

@@ -5,7 +5,9 @@ Function.apply each costs about 5 us of Python beyond its kernel: about 1 ms per
 streaming the int4 weights takes (BENCHMARKS.md, issue 15). Under a KV cache there is no graph to
 build (KVCache.check refuses grad mode), so `cached_blocks` calls the same kernels straight on the
 arrays: tinygpt.kernels.select with the same arrays as the modules' ops, hence the same kernel and the
-same numbers, bit for bit (tests/test_fastpath.py compares the two paths).
+same numbers, bit for bit. Where that would run native CPU kernels only, the whole step is one native
+call instead (the kernels op cached_blocks, csrc/cpu/decode.cpp, chaining the same C++ functions), which
+takes the rest of the Python out of the step. tests/test_fastpath.py compares the three paths.
 
 It covers the blocks this library builds, in eval mode: pre- or post-norm, a dense MLP (fused tanh
 GELU or a separate one), Linear or QuantizedLinear projections, dense or banded attention. For
@@ -16,8 +18,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .. import kernels
 from ..backend import xp as array_module
+from ..kernels import policy
 from ..nn import GELU, MLP, Block, CausalSelfAttention, Dropout, LayerNorm, Linear
 from ..quantize import QuantizedLinear, quantized_linear
 
@@ -67,14 +72,50 @@ def _covered(block) -> bool:
     return (not block.training and all(type(m) is cls and not m.training for m, cls in parts)
             and not any(lin.training for lin in linears))
 
+def _norm_arrays(ln):
+    return ln.weight.data, None if ln.bias is None else ln.bias.data, ln.eps
+
+
+def _linear_arrays(lin):
+    """(weight, None, bias) of a Linear, (q, scale, bias) of a QuantizedLinear: csrc/cpu/decode.cpp's layout."""
+    if type(lin) is Linear:
+        return lin.weight.data, None, None if lin.bias is None else lin.bias.data
+    q, s = lin._table()
+    return q, s, lin.bias
+
+
+def _native_step(blocks, x, cache):
+    """The whole step as one native call (kernels op cached_blocks, csrc/cpu/decode.cpp), or None where the
+    per-op path must run: native kernels off or absent, an array they do not take, or a float linear that
+    kernels.policy gives to NumPy at this many rows (the per-op path would run the reference there)."""
+    step = kernels.implementation("cached_blocks", "cpu") if kernels.native_enabled() else None
+    if step is None or type(x) is not np.ndarray:  # host NumPy only (kernels._qualifies' device rule)
+        return None
+    layers = []
+    for b in blocks:
+        attn, mlp = b.attn, b.mlp
+        lins = tuple(_linear_arrays(lin) for lin in (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj))
+        layers.append((b.norm == "pre", attn.n_head, attn.window, mlp.gelu.approximate == "tanh",
+                       _norm_arrays(b.ln_1), _norm_arrays(b.ln_2)) + lins)
+    rows = x.shape[0]
+    if rows > 1 and any(s is None and not policy.linear_policy(rows, w.shape[1], w.shape[0])
+                        for layer in layers for w, s, _ in layer[6:]):
+        return None
+    return step(x, layers, cache.k[:len(layers)], cache.v[:len(layers)], cache.batch_size, cache.length)
+
+
 def cached_blocks(blocks, x, cache):
     """The output of `blocks` (a ModuleList of Block) for x (B, T, C) (an array: the embeddings of the next T
     tokens) against `cache` (a KVCache, which gets their keys and values; the caller advances it), or None
-    when a block is one this path does not cover (the caller then runs the modules)."""
+    when a block is one this path does not cover (the caller then runs the modules). One native call runs
+    the whole step where it can (_native_step); otherwise each op runs through kernels.select as below."""
     if not all(_covered(b) for b in blocks):
         return None
     shape = x.shape
     x = array_module(x).ascontiguousarray(x.reshape(-1, shape[-1]))  # every op on (B T, C) rows
+    y = _native_step(blocks, x, cache)
+    if y is not None:
+        return y.reshape(shape)
     for i, b in enumerate(blocks):
         if b.norm == "pre":  # x + attn(ln_1(x)); then ln_2 of it in the same op; then x + mlp(ln_2(x))
             a = _attention(b.attn, _layer_norm(b.ln_1, x), cache, i)
