@@ -32,7 +32,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 import tinygpt as tg  # noqa: E402
-from tinygpt.models.generation import KVCache  # noqa: E402
+from tinygpt.models.generation import KVCache, next_logits  # noqa: E402
 from tinygpt.quantize import quantize, weight_memory  # noqa: E402
 
 GPT2 = dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
@@ -47,19 +47,18 @@ def token_bytes(model) -> int:
 
 
 def decode(model, batch: int, new: int, rng, on_start=None) -> float:
-    """Seconds for `new` greedy cached decode steps of `batch` sequences after a 16-token prompt (untimed)."""
-    prompt = rng.integers(0, GPT2["vocab_size"], size=(batch, 16))
-    cache = KVCache.for_model(model, batch)
-    with tg.no_grad():
-        h = model.hidden_states(prompt, kv_cache=cache)
-        tok = model.lm_head(h[:, -1:]).data[:, -1].argmax(-1)[:, None]
-        if on_start is not None:  # breakdown: forget what the prompt cost
-            on_start()
-        t0 = time.perf_counter()
-        for _ in range(new):
-            h = model.hidden_states(tok, kv_cache=cache)
-            tok = model.lm_head(h[:, -1:]).data[:, -1].argmax(-1)[:, None]  # (B, 1, vocab) -> (B, 1)
-        return time.perf_counter() - t0
+    """Seconds for `new` greedy cached decode steps of `batch` sequences after a 16-token prompt (untimed), each
+    step what GPT.generate runs per token (generation.next_logits: the cached step, float64 logits of the last
+    position), then its argmax."""
+    ids = rng.integers(0, GPT2["vocab_size"], size=(batch, 16))
+    cache, state = KVCache.for_model(model, batch), {"start": 0}
+    ids = np.concatenate([ids, next_logits(model, ids, cache, state).argmax(-1)[:, None]], axis=1)
+    if on_start is not None:  # breakdown: forget what the prompt cost
+        on_start()
+    t0 = time.perf_counter()
+    for _ in range(new):
+        ids = np.concatenate([ids, next_logits(model, ids, cache, state).argmax(-1)[:, None]], axis=1)
+    return time.perf_counter() - t0
 
 
 def prefill(model, n: int, rng) -> float:
@@ -74,9 +73,9 @@ def prefill(model, n: int, rng) -> float:
 
 def breakdown(model, new: int, rng) -> tuple[float, dict]:
     """(seconds per decode step, {kernel op: seconds per step}) for batch 1: every kernel that
-    tinygpt.kernels.select hands out (native or reference), kv_attention and the native step through the
-    blocks (cached_blocks: all their kernels in one call) timed; what is left is Python glue (dispatch,
-    module and op layers, the embeddings' indexing, argmax)."""
+    tinygpt.kernels.select hands out (native or reference), kv_attention and the native steps (cached_logits:
+    ids to logits, every kernel of the step in one call; cached_blocks: the blocks) timed; what is left is
+    Python glue (dispatch, module and op layers, the embeddings' indexing, argmax)."""
     from tinygpt import kernels  # noqa: PLC0415
 
     spent = {}
@@ -96,9 +95,9 @@ def breakdown(model, new: int, rng) -> tuple[float, dict]:
         kernel = select(op, *arrays, **k)
         return kernel._replace(forward=timed(op, kernel.forward))
 
-    def timed_implementation(op, device):  # the native decode step: every block's kernels in one call
+    def timed_implementation(op, device):  # the native decode steps: every kernel of the step in one call
         fn = implementation(op, device)
-        return timed(op, fn) if op == "cached_blocks" and fn is not None else fn
+        return timed(op, fn) if op in ("cached_blocks", "cached_logits") and fn is not None else fn
 
     kernels.select, kernels.kv_attention = timed_select, timed("kv_attention", kv)
     kernels.implementation = timed_implementation

@@ -89,13 +89,74 @@ def test_matches_the_modules_bit_for_bit(kernel_impl, bits, overrides, batch, mo
             assert np.array_equal(fast_cache.v[i][:, :, :n], slow_cache.v[i][:, :, :n]), path
 
 
+def _expect_native(bits, rows, head_rows, C=SMALL["n_embd"], vocab=SMALL["vocab_size"]):
+    """Whether the native step runs: quantized layers (no policy), or float layers (and head) at row counts where
+    kernels.policy gives each linear to the native GEMM (every one-row one)."""
+    shapes = [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)]
+    return bits is not None or (all(policy.linear_policy(rows, i, o) for i, o in shapes)
+                                and (head_rows is None or policy.linear_policy(head_rows, C, vocab)))
+
+
+@pytest.mark.parametrize("bits,embeddings", [(None, True), (8, True), (4, True), (4, False)])
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"norm": "post", "bias": False},
+    {"gelu": "none", "attention_window": 3, "sparse_pattern": "alternating", "position": "sinusoidal"},
+    {"tie_weights": False},
+])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_cached_logits_match_the_modules(kernel_impl, bits, embeddings, overrides, batch, monkeypatch):
+    model = tg.GPT(tg.GPTConfig(**{**SMALL, **overrides})).eval()
+    if bits:
+        quantize(model, bits=bits, embeddings=embeddings)
+    fast_cache, slow_cache = KVCache.for_model(model, batch), KVCache.for_model(model, batch)
+    ids = np.random.default_rng(2).integers(0, SMALL["vocab_size"], size=(batch, 5))
+    with tg.no_grad():
+        for step in range(4):
+            B, T = ids.shape
+            slow = model.lm_head(model.hidden_states(ids, kv_cache=slow_cache)[:, -1:]).data[:, 0]
+            fast = fastpath.cached_logits(model, ids, fast_cache)
+            native = kernel_impl == "native" and _expect_native(bits, B * T, B)
+            assert (fast is not None) == native, step
+            if fast is None:  # declined, cache untouched: the caller runs the modules
+                assert fast_cache.length == slow_cache.length - T
+                fast = model.lm_head(model.hidden_states(ids, kv_cache=fast_cache)[:, -1:]).data[:, 0]
+            assert fast.dtype == np.float32 and fast.shape == (B, SMALL["vocab_size"])
+            assert np.array_equal(fast, slow) and fast_cache.length == slow_cache.length
+            ids = slow.argmax(-1)[:, None]
+    for i in range(SMALL["n_layer"]):
+        assert np.array_equal(fast_cache.k[i], slow_cache.k[i]) and np.array_equal(fast_cache.v[i], slow_cache.v[i])
+
+
 def test_generate_runs_it(monkeypatch):
     model = _model(8)
-    ran = _spy(monkeypatch)
+    ran = _spy(monkeypatch, fastpath, "cached_logits")
     fast = model.generate(np.array([[1, 2, 3]]), max_new_tokens=5, seed=0)
-    assert ran and all(ran)
+    assert ran == [True] * 5  # the prompt, then one step per new token but the last (its logits are not needed)
+    monkeypatch.setattr(fastpath, "cached_logits", lambda *a: None)
     monkeypatch.setattr(gpt_module, "cached_blocks", lambda *a: None)
     assert np.array_equal(model.generate(np.array([[1, 2, 3]]), max_new_tokens=5, seed=0), fast)
+
+
+def test_cached_logits_checks_and_declines():
+    _native_or_skip()
+    model = _model(4)
+    cache = KVCache.for_model(model, 1)
+    with tg.no_grad():
+        with pytest.raises(ValueError, match="token id 97 is out of the vocabulary"):
+            fastpath.cached_logits(model, np.array([[1, 97]]), cache)
+        with pytest.raises(ValueError, match="exceed the context"):
+            fastpath.cached_logits(model, np.ones((1, 9), np.int64), KVCache(3, 1, 4, 16, 8))
+        assert cache.length == 0 and not any(k.any() for k in cache.k)  # nothing stored by the failed calls
+        model.train()
+        assert fastpath.cached_logits(model, np.array([[1]]), cache) is None  # training mode
+        model.eval()
+        subclass = type("MyGPT", (tg.GPT,), {})(model.config).eval()
+        assert fastpath.cached_logits(subclass, np.array([[1]]), KVCache.for_model(subclass, 1)) is None
+        adapted = lora.apply(_model().eval(), rank=2)
+        adapted_cache = KVCache.for_model(adapted, 1)
+        assert fastpath.cached_logits(adapted, np.array([[1]]), adapted_cache) is None
+        assert adapted_cache.length == 0 and not any(k.any() for k in adapted_cache.k)
 
 
 class _MyBlock(Block):
@@ -166,14 +227,7 @@ def test_native_step_checks_shapes():
     model = _model(8)
     cache = KVCache.for_model(model, 1)
     x = np.ones((1, SMALL["n_embd"]), np.float32)
-    layers = []
-    monkey = fastpath.kernels.implementation
-    try:  # capture the layer tuples fastpath builds
-        fastpath.kernels.implementation = lambda *a: lambda x, ls, *r: layers.extend(ls)
-        fastpath._native_step(model.transformer.h, x, cache)
-    finally:
-        fastpath.kernels.implementation = monkey
-    assert len(layers) == 3
+    layers = [fastpath._layer(b) for b in model.transformer.h]  # the tuples fastpath hands the native step
     assert step(x, layers, cache.k, cache.v, 1, 0).shape == x.shape
     with pytest.raises(ValueError, match="new tokens at position 24 do not fit"):
         step(x, layers, cache.k, cache.v, 1, SMALL["block_size"])

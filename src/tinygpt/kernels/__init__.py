@@ -61,8 +61,9 @@ OPS: dict[str, Op] = {
     "attention": Op("attention"),
     "qkv_attention": Op("attention"),
     "kv_attention": Op("attention", "update"),  # decoding; no CUDA kernel: CuPy runs the reference
-    # a whole cached inference step through the blocks (models/fastpath.py runs it, or its per-op path)
+    # a whole cached inference step: through the blocks, or from token ids to the last logits (models/fastpath.py)
     "cached_blocks": Op("decode", "update", cuda=False),
+    "cached_logits": Op("decode", "update", cuda=False),
     "adamw_step": Op("adamw", "update"),
     "adamw_multi_step": Op("adamw", "update", cpu=False),  # the CPU runs adamw_step per tensor
     "grad_norm": Op("grad_norm", "update", cpu=False),     # the CPU reduces per array (nn.utils)

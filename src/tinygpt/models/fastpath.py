@@ -1,18 +1,24 @@
-"""The transformer blocks of a cached inference step, run on arrays without the autograd layer.
+"""A cached inference step of GPT, run on arrays without the autograd layer.
 
 A decode step of GPT-2 124M is about 100 small ops per token. Through Module -> functional ->
 Function.apply each costs about 5 us of Python beyond its kernel: about 1 ms per token, as long as
 streaming the int4 weights takes (BENCHMARKS.md, issue 15). Under a KV cache there is no graph to
-build (KVCache.check refuses grad mode), so `cached_blocks` calls the same kernels straight on the
-arrays: tinygpt.kernels.select with the same arrays as the modules' ops, hence the same kernel and the
-same numbers, bit for bit. Where that would run native CPU kernels only, the whole step is one native
-call instead (the kernels op cached_blocks, csrc/cpu/decode.cpp, chaining the same C++ functions), which
-takes the rest of the Python out of the step. tests/test_fastpath.py compares the three paths.
+build (KVCache.check refuses grad mode), so this module runs the same kernels straight on the arrays,
+with the same numbers as the modules, bit for bit (tests/test_fastpath.py compares every path):
 
-It covers the blocks this library builds, in eval mode: pre- or post-norm, a dense MLP (fused tanh
-GELU or a separate one), Linear or QuantizedLinear projections, dense or banded attention. For
-anything else (MoE, LoRA, a subclass of any of these, a module in training mode) it returns None
-before touching the cache, and GPT.hidden_states runs the modules.
+  cached_logits  token ids -> the last position's logits in one native call (the kernels op of that name,
+                 csrc/cpu/decode.cpp): embeddings, blocks, final LayerNorm and head. generation.next_logits
+                 (GPT.generate, GPT.stream) tries it first.
+  cached_blocks  the blocks inside GPT.hidden_states(idx, kv_cache=...): one native call (cached_blocks)
+                 where it covers them, else each op through tinygpt.kernels.select, as the modules would.
+
+The native calls chain the same C++ functions as the per-op bindings (csrc/cpu/ops.h), and run where the
+modules would run native kernels only: host NumPy arrays the kernels take, and float linears at row
+counts where kernels.policy picks the native GEMM (every one-row decode step). Both cover the blocks this
+library builds, in eval mode: pre- or post-norm, a dense MLP (fused tanh GELU or a separate erf one),
+Linear or QuantizedLinear projections, dense or banded attention. For anything else (MoE, LoRA, a subclass
+of any of these, a module in training mode) they return None before touching the cache, and the caller
+runs the modules.
 """
 from __future__ import annotations
 
@@ -23,8 +29,8 @@ import numpy as np
 from .. import kernels
 from ..backend import xp as array_module
 from ..kernels import policy
-from ..nn import GELU, MLP, Block, CausalSelfAttention, Dropout, LayerNorm, Linear
-from ..quantize import QuantizedLinear, quantized_linear
+from ..nn import GELU, MLP, Block, CausalSelfAttention, Dropout, Embedding, LayerNorm, Linear
+from ..quantize import QuantizedEmbedding, QuantizedLinear, quantized_linear
 
 
 def _linear(lin, x, gelu: bool = False):
@@ -59,19 +65,6 @@ def _mlp(mlp, x):
     return _linear(mlp.c_proj, h)
 
 
-def _covered(block) -> bool:
-    """Whether `block` is exactly what this module reproduces (every type exact, nothing in training mode)."""
-    if type(block) is not Block:
-        return False
-    attn, mlp = block.attn, block.mlp
-    linears = (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj)
-    if any(type(lin) is not Linear and type(lin) is not QuantizedLinear for lin in linears):
-        return False
-    parts = ((block.ln_1, LayerNorm), (block.ln_2, LayerNorm), (attn, CausalSelfAttention), (mlp, MLP),
-             (mlp.gelu, GELU), (attn.resid_dropout, Dropout), (mlp.dropout, Dropout))
-    return (not block.training and all(type(m) is cls and not m.training for m, cls in parts)
-            and not any(lin.training for lin in linears))
-
 def _norm_arrays(ln):
     return ln.weight.data, None if ln.bias is None else ln.bias.data, ln.eps
 
@@ -84,19 +77,31 @@ def _linear_arrays(lin):
     return q, s, lin.bias
 
 
-def _native_step(blocks, x, cache):
-    """The whole step as one native call (kernels op cached_blocks, csrc/cpu/decode.cpp), or None where the
-    per-op path must run: native kernels off or absent, an array they do not take, or a float linear that
-    kernels.policy gives to NumPy at this many rows (the per-op path would run the reference there)."""
+def _layer(block):
+    """`block`'s arrays and options as csrc/cpu/decode.cpp takes them, or None when the block is not exactly what
+    this module reproduces (every type exact, nothing in training mode)."""
+    if type(block) is not Block or block.training:
+        return None
+    attn, mlp = block.attn, block.mlp
+    linears = (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj)
+    for lin in linears:
+        if (type(lin) is not Linear and type(lin) is not QuantizedLinear) or lin.training:
+            return None
+    for m, cls in ((block.ln_1, LayerNorm), (block.ln_2, LayerNorm), (attn, CausalSelfAttention), (mlp, MLP),
+                   (mlp.gelu, GELU), (attn.resid_dropout, Dropout), (mlp.dropout, Dropout)):
+        if type(m) is not cls or m.training:
+            return None
+    return (block.norm == "pre", attn.n_head, attn.window, mlp.gelu.approximate == "tanh", _norm_arrays(block.ln_1),
+            _norm_arrays(block.ln_2)) + tuple(_linear_arrays(lin) for lin in linears)
+
+
+def _native_step(layers, x, cache):
+    """The whole step as one native call (kernels op cached_blocks, csrc/cpu/decode.cpp) on the `_layer` tuples,
+    or None where the per-op path must run: native kernels off or absent, an array they do not take, or a float
+    linear that kernels.policy gives to NumPy at this many rows (the per-op path would run the reference there)."""
     step = kernels.implementation("cached_blocks", "cpu") if kernels.native_enabled() else None
     if step is None or type(x) is not np.ndarray:  # host NumPy only (kernels._qualifies' device rule)
         return None
-    layers = []
-    for b in blocks:
-        attn, mlp = b.attn, b.mlp
-        lins = tuple(_linear_arrays(lin) for lin in (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj))
-        layers.append((b.norm == "pre", attn.n_head, attn.window, mlp.gelu.approximate == "tanh",
-                       _norm_arrays(b.ln_1), _norm_arrays(b.ln_2)) + lins)
     rows = x.shape[0]
     if rows > 1 and any(s is None and not policy.linear_policy(rows, w.shape[1], w.shape[0])
                         for layer in layers for w, s, _ in layer[6:]):
@@ -109,11 +114,12 @@ def cached_blocks(blocks, x, cache):
     tokens) against `cache` (a KVCache, which gets their keys and values; the caller advances it), or None
     when a block is one this path does not cover (the caller then runs the modules). One native call runs
     the whole step where it can (_native_step); otherwise each op runs through kernels.select as below."""
-    if not all(_covered(b) for b in blocks):
+    layers = [_layer(b) for b in blocks]
+    if None in layers:
         return None
     shape = x.shape
     x = array_module(x).ascontiguousarray(x.reshape(-1, shape[-1]))  # every op on (B T, C) rows
-    y = _native_step(blocks, x, cache)
+    y = _native_step(layers, x, cache)
     if y is not None:
         return y.reshape(shape)
     for i, b in enumerate(blocks):
@@ -126,3 +132,55 @@ def cached_blocks(blocks, x, cache):
             x = _layer_norm(b.ln_1, x + _attention(b.attn, x, cache, i))
             x = _layer_norm(b.ln_2, x + _mlp(b.mlp, x))
     return x.reshape(shape)
+
+
+def _table_arrays(emb):
+    """(table, None) of an Embedding or a float position table, (q, scale) of a QuantizedEmbedding; None for
+    anything else."""
+    if type(emb) is Embedding:
+        return emb.weight.data, None
+    if type(emb) is QuantizedEmbedding:
+        return emb._table()
+    return (emb, None) if type(emb) is np.ndarray else None  # sinusoidal positions: a buffer
+
+
+def cached_logits(model, idx, cache):
+    """float32 logits (B, vocab) of the last of the T tokens idx (B, T) that follow the cache's, as
+    model.lm_head(model.hidden_states(idx, kv_cache=cache)[:, -1]) computes them (bit for bit), from one native
+    call (kernels op cached_logits: embeddings, every block, the final LayerNorm and the head); the cache gets
+    their keys and values and advances. None, with the cache untouched, where that call does not cover the
+    model (anything but a GPT of this library's modules in eval mode, native kernels off, an array they do not
+    take, a float linear that kernels.policy gives to NumPy at this many rows): run the modules then."""
+    from .gpt import GPT  # noqa: PLC0415 - gpt imports this module
+
+    if type(model) is not GPT or model.training or not kernels.native_enabled():
+        return None
+    step = kernels.implementation("cached_logits", "cpu")
+    tr = model.transformer
+    if step is None or type(tr.drop) is not Dropout or tr.drop.training:
+        return None
+    ln_f = tr.ln_f if model.config.final_norm else None
+    if ln_f is not None and (type(ln_f) is not LayerNorm or ln_f.training):
+        return None
+    head, wte, wpe = model.lm_head, _table_arrays(tr.wte), _table_arrays(tr.wpe)
+    if (type(head) is not Linear and type(head) is not QuantizedLinear) or head.training or wte is None or wpe is None:
+        return None
+    layers = [_layer(b) for b in tr.h]
+    if None in layers:
+        return None
+    ids = model._check_idx(model._on_device(idx, "idx"))
+    if type(ids) is not np.ndarray:
+        return None
+    B, T = ids.shape
+    cache.check(B, T, len(layers))
+    head_arrays = _linear_arrays(head)
+    rows = B * T
+    if (rows > 1 and any(s is None and not policy.linear_policy(rows, w.shape[1], w.shape[0])
+                         for layer in layers for w, s, _ in layer[6:])
+            or head_arrays[1] is None and not policy.linear_policy(B, *head_arrays[0].shape[::-1])):
+        return None
+    logits = step(np.ascontiguousarray(ids, dtype=np.int64), wte, wpe, layers,
+                  None if ln_f is None else _norm_arrays(ln_f), head_arrays, cache.k, cache.v, cache.length)
+    if logits is not None:
+        cache.advance(T)
+    return logits

@@ -31,6 +31,7 @@ from ..autograd import is_grad_enabled, no_grad
 from ..backend import to_device, to_numpy
 from ..backend import xp as array_module
 from ..tensor import Tensor
+from . import fastpath
 
 
 def embedding_array(emb):
@@ -297,9 +298,12 @@ def next_logits(model, ids: np.ndarray, cache: KVCache | None, state: dict) -> n
         feed = ids[:, state["start"] + cache.length:]
     feed = to_device(feed, model.device)
     with _Inference(model):
-        h = model.hidden_states(feed, kv_cache=cache) if cache is not None else model.hidden_states(feed)
-        logits = model.lm_head(h[:, -1:, :])  # last position only: (B, 1, C) -> (B, 1, vocab)
-    return to_numpy(logits.data[:, 0, :]).astype(np.float64)
+        # with a cache, one native call from ids to the last logits where it covers the model (models/fastpath.py)
+        logits = fastpath.cached_logits(model, feed, cache) if cache is not None else None
+        if logits is None:
+            h = model.hidden_states(feed, kv_cache=cache) if cache is not None else model.hidden_states(feed)
+            logits = model.lm_head(h[:, -1:, :]).data[:, 0, :]  # last position only: (B, 1, C) -> (B, vocab)
+    return to_numpy(logits).astype(np.float64)
 
 
 def check_finite(logits: np.ndarray, step: int, n_steps: int) -> None:
