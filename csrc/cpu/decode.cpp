@@ -314,7 +314,9 @@ py::object cached_logits(const py::array& ids, const py::tuple& wte, const py::t
   st.start = int64_from_py(start_in, "cached_logits: start");
   TG_CHECK(st.N >= 1, op, ": ids must not be empty, got shape ", shape_str(ids));
   Table tok, pos;
-  const auto wte_t = wte[0].cast<py::array>();
+  TG_CHECK(wte.size() == 2, op, ": wte must be (table, scale or None)");
+  if (!py::isinstance<py::array>(wte[0])) return py::none();  // a CuPy table, say: not the CPU kernels' arrays
+  const auto wte_t = py::reinterpret_borrow<py::array>(wte[0]);
   TG_CHECK(wte_t.ndim() == 2, op, ": wte must be a 2-D table, got shape ", shape_str(wte_t));
   st.C = wte_t.shape(1) * (py::isinstance<py::array_t<uint8_t>>(wte_t) ? 2 : 1);
   Norm fin;
