@@ -13,6 +13,7 @@ tied int8 / int4 head is the embedding table; one wpe row). Prefill is compute-b
     python benchmarks/quantized_decode.py --threads 2
     python benchmarks/quantized_decode.py --threads 1 --new 32 --reps 3
     python benchmarks/quantized_decode.py --error      # W8A8 vs W8A16 error of the decode GEMV
+    python benchmarks/quantized_decode.py --tests b1 --paths --breakdown   # the decode paths; time by op
 """
 from __future__ import annotations
 
@@ -108,6 +109,52 @@ def breakdown(model, new: int, rng) -> tuple[float, dict]:
     return total / new, {k: v / new for k, v in spent.items()}
 
 
+# The paths a cached decode step can take (models/fastpath.py), each forced by turning the ones before it off.
+PATHS = ("logits", "blocks", "per-op", "modules")
+
+
+def force_path(path: str):
+    """A context that makes decode steps take `path`: 'logits' (cached_logits: one native call, ids to logits),
+    'blocks' (hidden_states with the blocks in one native call), 'per-op' (the blocks op by op on arrays) or
+    'modules' (Module -> functional -> Function.apply, as before the fast paths)."""
+    import contextlib  # noqa: PLC0415
+
+    from tinygpt.models import fastpath  # noqa: PLC0415
+    from tinygpt.models import gpt as gpt_module  # noqa: PLC0415
+
+    off = {"logits": (), "blocks": ("cached_logits",), "per-op": ("cached_logits", "_native_step"),
+           "modules": ("cached_logits", "_native_step", "cached_blocks")}[path]
+
+    @contextlib.contextmanager
+    def forced():
+        saved = {(fastpath, "cached_logits"): fastpath.cached_logits, (fastpath, "_native_step"): fastpath._native_step,
+                 (gpt_module, "cached_blocks"): gpt_module.cached_blocks}
+        try:
+            for (module, name) in saved:
+                if name in off:
+                    setattr(module, name, lambda *a: None)
+            yield
+        finally:
+            for (module, name), fn in saved.items():
+                setattr(module, name, fn)
+    return forced()
+
+
+def compare_paths(models: dict, new: int, reps: int, rng) -> None:
+    """ms per decode step (batch 1) of each format on each path, the paths alternated within every repetition."""
+    times = {(f, p): [] for f in models for p in PATHS}
+    for rep in range(reps):
+        for name, m in models.items():
+            for path in PATHS if rep % 2 == 0 else PATHS[::-1]:
+                with force_path(path):
+                    times[name, path].append(1e3 * decode(m, 1, new, rng) / new)
+    print(f"\n# ms per decode step (batch 1) by path, medians of {reps} (min-max); logits = what generate runs")
+    print(f"{'weights':8}" + "".join(f"{p:>22}" for p in PATHS))
+    for name in models:
+        print(f"{name:8}" + "".join(f"{statistics.median(v):9.2f} ({min(v):5.2f}-{max(v):5.2f})"
+                                    for v in (times[name, p] for p in PATHS)))
+
+
 def gemv_error() -> None:
     """Error of the decode GEMV's int8 activations (W8A8: x quantized per block of 32, integer dots) against
     float activations (W8A16-style: the dequantized weight times float x, float32 sums), on GPT-2's c_attn
@@ -161,6 +208,8 @@ def main(argv=None):
     p.add_argument("--tests", default="b1,b8,prefill", help="comma list of b1, b8, prefill")
     p.add_argument("--formats", default="fp32,int8,int4")
     p.add_argument("--breakdown", action="store_true", help="also print the time per decode step by op (batch 1)")
+    p.add_argument("--paths", action="store_true",
+                   help="also time batch-1 decode on each fast path: logits, blocks, per-op, modules")
     p.add_argument("--error", action="store_true", help="only print the GEMV's activation-quantization error")
     args = p.parse_args(argv)
     if args.error:
@@ -211,6 +260,8 @@ def main(argv=None):
         ratio = f"{statistics.median(times[name, 'b1']) / fp32_b1:.2f}x" if fp32_b1 and "b1" in tests else ""
         print(f"{name:8} {nbytes / 1e6:9.1f} {bw * 1e9 / nbytes:11.1f}  " + "  ".join(f"{c:>22}" for c in cells)
               + f"  {ratio}")
+    if args.paths:
+        compare_paths(models, args.new, args.reps, rng)
     if args.breakdown:
         print("\n# time per decode step (batch 1) by kernel op, ms (glue = Python outside the kernels)")
         parts = {name: breakdown(m, args.new, rng) for name, m in models.items()}

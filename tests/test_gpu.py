@@ -641,3 +641,36 @@ def test_finetune_and_sample_examples_on_gpu(checkpoint):
     args = ["--out-dir", str(ckpt), "--prompt", "RO", "--num-samples", "2", "--max-new-tokens", "12",
             "--temperature", "0", "--quiet"]
     assert sample.main(args + ["--device", "cuda"]) == sample.main(args + ["--device", "cpu"])
+
+
+@pytest.mark.parametrize("bits", [None, 8, 4])
+def test_cached_decode_fast_path_on_gpu(bits, monkeypatch):
+    """models/fastpath.py on CuPy arrays (its per-op path: the native step is CPU-only) gives the modules' hidden
+    states and cache, bit for bit: the same CUDA kernels on the same inputs."""
+    from tinygpt.models import gpt as gpt_module
+    from tinygpt.models.generation import KVCache
+    from tinygpt.quantize import quantize
+
+    model = _small_gpt(seed=5, n_embd=32).to("cuda").eval()  # int4 groups of 32 inputs
+    if bits:
+        quantize(model, bits=bits)
+    took = []
+    run = gpt_module.cached_blocks
+    monkeypatch.setattr(gpt_module, "cached_blocks", lambda *a: took.append(run(*a)) or took[-1])
+    ids = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    runs = []
+    for fast in (True, False):
+        with monkeypatch.context() as m:
+            if not fast:
+                m.setattr(gpt_module, "cached_blocks", lambda *a: None)
+            cache, outs, tok = KVCache.for_model(model, 2), [], ids
+            with tg.no_grad():
+                for _ in range(3):
+                    h = model.hidden_states(tok, kv_cache=cache).numpy()
+                    outs.append(h)
+                    tok = h[:, -1:, 0].astype(np.int64) % 7  # any next ids (B, 1)
+            runs.append((outs, [backend.to_numpy(k) for k in cache.k]))
+    (fast_h, fast_k), (slow_h, slow_k) = runs
+    assert len(took) == 3 and all(t is not None for t in took)  # the fast path ran every step
+    assert all(np.array_equal(a, b) for a, b in zip(fast_h, slow_h))
+    assert all(np.array_equal(a, b) for a, b in zip(fast_k, slow_k))
