@@ -193,14 +193,10 @@ void transpose_pack(int rows, int64_t kc, const float* src, int64_t ld, float* d
 
 // GEMV for decode (gemm.cpp: sgemm_gemv): c[r, j] (+)= sum_k a[r, k] * w[j, k] for rows r < m <= kGemvRows
 // and the n <= W channels j of one block, w's rows ldw apart and contiguous in k (a Linear's weight,
-// B = w^T). Each product streams the weights once, with no packing. One row: gemv_row. More: one
-// accumulator per channel and row over k, the W of a row summed lane-wise after one transpose; k runs in
-// chunks of kGemvChunk so the block's chunk (W rows) stays in L1 while every row of a uses it (the partial
-// sums wait in s), and the W interleaved weight streams are prefetched kGemvPrefetch bytes ahead into L2
-// (the hardware prefetchers alone fall well below the read bandwidth on them, as in quantized_linear_tiles.h).
-constexpr int kGemvRows = 4;
-constexpr int64_t kGemvChunk = 4096 / W;  // W rows x kGemvChunk floats = 16 KiB
-constexpr int64_t kGemvPrefetch = 8192;
+// B = w^T). Each product streams the weights once, in order, with no packing: one row, gemv_row; 2-8 rows
+// (batched decode), gemv_rows, which reads each weight row once against all of them.
+constexpr int kGemvRows = 8;
+constexpr int64_t kGemvPrefetch = 8192;  // gemv_rows: L2 prefetch distance in each weight row, bytes
 // The epilogue of one row's results t (n <= W channels): + bias (+ the old c), stored; gelu of it into y.
 TG_INLINE void gemv_store(vf t, int n, vmask nmask, float* cr, bool acc, const float* bias, float* yr) {
   if (n == W) {
@@ -244,52 +240,66 @@ void gemv_row(int n, int64_t K, const float* x, const float* w, int64_t ldw, flo
   gemv_store(vload(res), n, nmask, c, acc, bias, y);
 }
 
-void gemv_block(int m, int n, int64_t K, const float* a, int64_t lda, const float* w, int64_t ldw, float* c,
-                int64_t ldc, bool acc, const float* bias, float* y, int64_t ldy) {
-  if (m == 1) {
-    gemv_row(n, K, a, w, ldw, c, acc, bias, y);
-    return;
-  }
-  const float* row[W];
-#pragma GCC unroll 16
-  for (int j = 0; j < W; ++j) row[j] = w + (j < n ? j : n - 1) * ldw;  // padding lanes repeat the last row
+// 2..8 rows (batched decode): as gemv_row, each weight row read start to end, against every row of a at once
+// (U accumulators per row: two where the registers allow). The rows of a stay in L1 / L2 while the weights
+// stream past, prefetched kGemvPrefetch bytes ahead into L2: without it 4 rows streamed at 9-11 GB/s, with it
+// 19-22 (one Zen 4 core; the packed SGEMM these rows ran before: 6-14).
+template <int M>
+void gemv_rows(int n, int64_t K, const float* a, int64_t lda, const float* w, int64_t ldw, float* c, int64_t ldc,
+               bool acc, const float* bias, float* y, int64_t ldy) {
+  constexpr int U = (W >= 16 || M <= 4) ? 2 : 1;  // AVX2 has 16 vector registers: one accumulator per row at 8
   const vmask kmask = vmask_first(static_cast<int>(K % W)), nmask = vmask_first(n);
-  vf s[kGemvRows][W];
-  for (int r = 0; r < m; ++r) {
+  float lanes[W], res[M][W] = {};
+  for (int j = 0; j < n; ++j) {
+    const float* wr = w + j * ldw;
+    vf s[U][M];
 #pragma GCC unroll 16
-    for (int j = 0; j < W; ++j) s[r][j] = vzero();
-  }
-  for (int64_t k0 = 0; k0 < K; k0 += kGemvChunk) {
-    const int64_t k1 = std::min(K, k0 + kGemvChunk);
-    for (int r = 0; r < m; ++r) {
-      const float* x = a + r * lda;
-      vf t[W];
-#pragma GCC unroll 16
-      for (int j = 0; j < W; ++j) t[j] = s[r][j];
-      int64_t k = k0;
-      for (; k + W <= k1; k += W) {
-        const vf xv = vload(x + k);
-#pragma GCC unroll 16
-        for (int j = 0; j < W; ++j) {
-          if (r == 0) __builtin_prefetch(row[j] + k + kGemvPrefetch / 4, 0, 2);
-          t[j] = vfma(vload(row[j] + k), xv, t[j]);
-        }
+    for (int r = 0; r < M; ++r) {
+      s[0][r] = vzero();
+      s[U - 1][r] = vzero();
+    }
+    int64_t k = 0;
+    for (; k + U * W <= K; k += U * W) {
+#pragma GCC unroll 2
+      for (int u = 0; u < U; ++u) {
+        __builtin_prefetch(wr + k + u * W + kGemvPrefetch / 4, 0, 2);
+        const vf wv = vload(wr + k + u * W);
+#pragma GCC unroll 8
+        for (int r = 0; r < M; ++r) s[u][r] = vfma(wv, vload(a + r * lda + k + u * W), s[u][r]);
       }
-      if (k < k1) {  // K % W last floats
-        const vf xv = vload_masked(x + k, kmask);
-#pragma GCC unroll 16
-        for (int j = 0; j < W; ++j) t[j] = vfma(vload_masked(row[j] + k, kmask), xv, t[j]);
-      }
-#pragma GCC unroll 16
-      for (int j = 0; j < W; ++j) s[r][j] = t[j];
+    }
+    for (; k + W <= K; k += W) {
+      const vf wv = vload(wr + k);
+#pragma GCC unroll 8
+      for (int r = 0; r < M; ++r) s[0][r] = vfma(wv, vload(a + r * lda + k), s[0][r]);
+    }
+    if (k < K) {
+      const vf wv = vload_masked(wr + k, kmask);
+#pragma GCC unroll 8
+      for (int r = 0; r < M; ++r) s[0][r] = vfma(wv, vload_masked(a + r * lda + k, kmask), s[0][r]);
+    }
+    for (int r = 0; r < M; ++r) {
+      vstore(lanes, U == 2 ? vadd(s[0][r], s[U - 1][r]) : s[0][r]);
+      float sum = lanes[0];
+      for (int i = 1; i < W; ++i) sum += lanes[i];
+      res[r][j] = sum;
     }
   }
-  for (int r = 0; r < m; ++r) {
-    vtranspose(s[r]);  // s[r][i] lane j: channel j's partial sum i
-    vf t = s[r][0];
-#pragma GCC unroll 16
-    for (int i = 1; i < W; ++i) t = vadd(t, s[r][i]);
-    gemv_store(t, n, nmask, c + r * ldc, acc, bias, y == nullptr ? nullptr : y + r * ldy);
+  for (int r = 0; r < M; ++r)
+    gemv_store(vload(res[r]), n, nmask, c + r * ldc, acc, bias, y == nullptr ? nullptr : y + r * ldy);
+}
+
+void gemv_block(int m, int n, int64_t K, const float* a, int64_t lda, const float* w, int64_t ldw, float* c,
+                int64_t ldc, bool acc, const float* bias, float* y, int64_t ldy) {
+  switch (m) {
+    case 1: return gemv_row(n, K, a, w, ldw, c, acc, bias, y);
+    case 2: return gemv_rows<2>(n, K, a, lda, w, ldw, c, ldc, acc, bias, y, ldy);
+    case 3: return gemv_rows<3>(n, K, a, lda, w, ldw, c, ldc, acc, bias, y, ldy);
+    case 4: return gemv_rows<4>(n, K, a, lda, w, ldw, c, ldc, acc, bias, y, ldy);
+    case 5: return gemv_rows<5>(n, K, a, lda, w, ldw, c, ldc, acc, bias, y, ldy);
+    case 6: return gemv_rows<6>(n, K, a, lda, w, ldw, c, ldc, acc, bias, y, ldy);
+    case 7: return gemv_rows<7>(n, K, a, lda, w, ldw, c, ldc, acc, bias, y, ldy);
+    default: return gemv_rows<8>(n, K, a, lda, w, ldw, c, ldc, acc, bias, y, ldy);  // m <= kGemvRows
   }
 }
 
