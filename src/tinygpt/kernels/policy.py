@@ -30,7 +30,9 @@ from .. import backend
 # One row (decode) runs the native GEMV (csrc/cpu/gemm_tiles.h: gemv_row), which streams each weight row
 # in order with no packing: from memory (decode of a real model: every weight comes from L3 or DRAM) it
 # is 1.3-2.2x OpenBLAS's GEMV at GPT-2's shapes; in cache 0.86-2.25x for in_features >= 384 (0.64-0.87x at
-# 64-128 inputs times more than 1,000 outputs). BENCHMARKS.md, issue 15.
+# 64-128 inputs times more than 1,000 outputs). BENCHMARKS.md, issue 15. 2-8 rows (batched decode) run the
+# native GEMV too (gemv_rows, no packing); the small-shape rule below was measured when they were packed, so
+# it still sends small products of 2-8 rows to NumPy (not re-measured).
 _LINEAR_SMALL = ((512, 1280), (None, 640))  # (in_features up to, rows * out below which NumPy wins)
 
 
