@@ -235,6 +235,10 @@ def test_native_step_checks_shapes():
         step(x, layers, cache.k[:2], cache.v, 1, 0)
     with pytest.raises(ValueError, match="caches must be"):
         step(x, layers, [k[:, :2] for k in cache.k], cache.v, 1, 0)
+    with pytest.raises(ValueError, match="layer 0 must be a tuple"):
+        step(x, [list(layers[0])] + layers[1:], cache.k, cache.v, 1, 0)
+    with pytest.raises(ValueError, match="ln_1 must be a tuple"):
+        step(x, [layers[0][:4] + ([1.0],) + layers[0][5:]] + layers[1:], cache.k, cache.v, 1, 0)
     with pytest.raises(ValueError, match="not a whole number of rows"):
         step(np.ones((3, SMALL["n_embd"]), np.float32), layers, cache.k, cache.v, 2, 0)
     bad = list(layers[0])

@@ -67,6 +67,7 @@ struct Layer {
 
 // false: an array the native kernels do not take (the caller returns None).
 bool parse_norm(const py::handle& t, int64_t C, const std::string& what, Norm& n) {
+  TG_CHECK(py::isinstance<py::tuple>(t), what, " must be a tuple (weight, bias or None, eps)");
   const auto tup = py::reinterpret_borrow<py::tuple>(t);
   TG_CHECK(tup.size() == 3, what, " must be (weight, bias or None, eps)");
   if (!takes<float>(tup[0]) || !(tup[1].is_none() || takes<float>(tup[1]))) return false;
@@ -79,6 +80,7 @@ bool parse_norm(const py::handle& t, int64_t C, const std::string& what, Norm& n
 }
 
 bool parse_linear(const py::handle& t, int64_t in, const std::string& what, Lin& l) {
+  TG_CHECK(py::isinstance<py::tuple>(t), what, " must be a tuple (weight, scale or None, bias or None)");
   const auto tup = py::reinterpret_borrow<py::tuple>(t);
   TG_CHECK(tup.size() == 3, what, " must be (weight, scale or None, bias or None)");
   const py::handle w = tup[0], s = tup[1], b = tup[2];
@@ -143,7 +145,8 @@ bool parse_step(const char* op, const py::list& layers, const py::list& k_caches
   st.L.assign(n_layer, Layer());
   for (size_t i = 0; i < n_layer; ++i) {
     const std::string at = std::string(op) + ": layer " + std::to_string(i);
-    const auto t = layers[i].cast<py::tuple>();
+    TG_CHECK(py::isinstance<py::tuple>(layers[i]), at, " must be a tuple (see csrc/cpu/decode.cpp)");
+    const auto t = py::reinterpret_borrow<py::tuple>(layers[i]);
     TG_CHECK(t.size() == 10, at, " must be a 10-tuple (see csrc/cpu/decode.cpp), got ", t.size(), " items");
     Layer& l = st.L[i];
     l.pre = t[0].cast<bool>();
@@ -257,6 +260,7 @@ struct Table {
 };
 
 bool parse_table(const py::handle& t, int64_t C, const std::string& what, Table& tab) {
+  TG_CHECK(py::isinstance<py::tuple>(t), what, " must be a tuple (table, scale or None)");
   const auto tup = py::reinterpret_borrow<py::tuple>(t);
   TG_CHECK(tup.size() == 2, what, " must be (table, scale or None)");
   const py::handle q = tup[0], s = tup[1];
