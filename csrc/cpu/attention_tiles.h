@@ -145,13 +145,12 @@ static void forward_row(const Problem& P, int64_t bh, int64_t i, float* ws, floa
       const int n = std::min(W, nk - jb);
       vf acc[W];
       for (int c = 0; c < W; ++c) acc[c] = vzero();
-      for (int64_t d = 0; d < dfull; d += W) {
-        const vf qv = vload(qs + d);
-        for (int c = 0; c < n; ++c) acc[c] = vfma(qv, vload(k + (j0 + jb + c) * ks + d), acc[c]);
-      }
-      if (dfull < D) {
-        const vf qv = vload_masked(qs + dfull, dtail);
-        for (int c = 0; c < n; ++c) acc[c] = vfma(qv, vload_masked(k + (j0 + jb + c) * ks + dfull, dtail), acc[c]);
+      // key by key, each row read start to end (the hardware prefetchers follow rows in order far better than
+      // the same loads taken column by column); every accumulator sums its products in the same order as before
+      for (int c = 0; c < n; ++c) {
+        const float* kr = k + (j0 + jb + c) * ks;
+        for (int64_t d = 0; d < dfull; d += W) acc[c] = vfma(vload(qs + d), vload(kr + d), acc[c]);
+        if (dfull < D) acc[c] = vfma(vload_masked(qs + dfull, dtail), vload_masked(kr + dfull, dtail), acc[c]);
       }
       vtranspose(acc);
       vf sum = acc[0];
