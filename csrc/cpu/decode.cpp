@@ -15,7 +15,8 @@
 //   ln_*: (weight, bias or None, eps); a linear: (weight, None, bias or None) for float32 weights (out, in),
 //   (q, scale, bias or None) for int8 q (out, in) with scale (out,) or packed int4 q (out, in/2) with
 //   group scales (out, groups).
-// Embedding tables (wte, wpe): (table, None) for float32 (rows, C), (q, scale) as in a linear.
+// Embedding tables (wte, wpe): laid out as a linear's weight (rows = out, C = in): (table, None, None) for float32,
+// (q, scale, None) for int8 / int4.
 #include <cmath>
 #include <cstdint>
 #include <optional>
@@ -183,6 +184,11 @@ bool parse_step(const char* op, const py::list& layers, const py::list& k_caches
   return true;
 }
 
+// out = a + b over n floats (the residual adds; NumPy's float32 add, the same numbers).
+void add_rows(const float* a, const float* b, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+}
+
 // Runs the blocks on x (N, C), with s (N, C) a second buffer of the residual stream: returns whichever holds
 // the result. No GIL needed.
 float* run_blocks(const Step& st, float* x, float* s) {
@@ -206,7 +212,7 @@ float* run_blocks(const Step& st, float* x, float* s) {
       layer_norm_rows(x, ap, s, l.ln_2.w, l.ln_2.b, hp, mean.data(), rstd.data(), N, C, l.ln_2.eps);
       std::swap(x, s);
     } else {  // x = ln_1(x + a); then x = ln_2(x + mlp(x))
-      for (int64_t i = 0; i < N * C; ++i) s[i] = x[i] + ap[i];
+      add_rows(x, ap, s, N * C);
       layer_norm_rows(s, nullptr, nullptr, l.ln_1.w, l.ln_1.b, x, mean.data(), rstd.data(), N, C, l.ln_1.eps);
     }
     const float* min = l.pre ? hp : x;
@@ -218,9 +224,9 @@ float* run_blocks(const Step& st, float* x, float* s) {
     }
     run_linear(l.mlp_proj, fp, N, ap);
     if (l.pre) {
-      for (int64_t i = 0; i < N * C; ++i) x[i] = x[i] + ap[i];
+      add_rows(x, ap, x, N * C);
     } else {
-      for (int64_t i = 0; i < N * C; ++i) s[i] = x[i] + ap[i];
+      add_rows(x, ap, s, N * C);
       layer_norm_rows(s, nullptr, nullptr, l.ln_2.w, l.ln_2.b, x, mean.data(), rstd.data(), N, C, l.ln_2.eps);
     }
   }
@@ -250,61 +256,14 @@ py::object cached_blocks(const py::array& x_in, const py::list& layers, const py
   return out == x.mutable_data() ? py::object(x) : py::object(s);
 }
 
-// An embedding table as QuantizedEmbedding / Embedding hold it: float32 (V, C), int8 (V, C) with scales (V,),
-// or packed int4 (V, C/2) with group scales (V, groups).
-struct Table {
-  const void* q = nullptr;
-  const float* s = nullptr;
-  int64_t rows = 0, groups = 0;
-  int kind = 0;  // 0 float32, 1 int8, 2 int4
-};
-
-bool parse_table(const py::handle& t, int64_t C, const std::string& what, Table& tab) {
-  TG_CHECK(py::isinstance<py::tuple>(t), what, " must be a tuple (table, scale or None)");
-  const auto tup = py::reinterpret_borrow<py::tuple>(t);
-  TG_CHECK(tup.size() == 2, what, " must be (table, scale or None)");
-  const py::handle q = tup[0], s = tup[1];
-  if (s.is_none()) {
-    if (!takes<float>(q)) return false;
-  } else if (!(takes<int8_t>(q) || takes<uint8_t>(q)) || !takes<float>(s)) {
-    return false;
-  }
-  const auto a = py::reinterpret_borrow<py::array>(q);
-  tab.kind = s.is_none() ? 0 : takes<int8_t>(q) ? 1 : 2;
-  TG_CHECK(a.ndim() == 2 && a.shape(1) * (tab.kind == 2 ? 2 : 1) == C, what, ": table must have ", C,
-           " columns, got shape ", shape_str(a));
-  tab.rows = a.shape(0);
-  tab.q = a.data();
-  if (tab.kind != 0) {
-    const auto sc = py::reinterpret_borrow<py::array>(s);
-    if (tab.kind == 1) {
-      check_shape(sc, (what + ": scale").c_str(), {tab.rows});
-    } else {
-      TG_CHECK(sc.ndim() == 2 && sc.shape(0) == tab.rows && sc.shape(1) >= 1 && C % sc.shape(1) == 0 &&
-                   (C / sc.shape(1)) % 2 == 0,
-               what, ": int4 scale must be (", tab.rows, ", C / group_size), got ", shape_str(sc));
-      tab.groups = sc.shape(1);
-    }
-    tab.s = floats(s);
-  }
-  return true;
-}
-
-// out (C,) = row r of the table, dequantized as QuantizedEmbedding does (q as float32 times its scale).
-void table_row(const Table& t, int64_t r, int64_t C, float* out) {
-  if (t.kind == 0) {
-    const float* w = static_cast<const float*>(t.q) + r * C;
-    std::copy(w, w + C, out);
-  } else if (t.kind == 1) {
-    const int8_t* q = static_cast<const int8_t*>(t.q) + r * C;
-    for (int64_t c = 0; c < C; ++c) out[c] = static_cast<float>(q[c]) * t.s[r];
-  } else {  // element 2j in the low nibble of byte j, 2j + 1 in the high one; two's complement
-    const uint8_t* q = static_cast<const uint8_t*>(t.q) + r * (C / 2);
-    const int64_t gs = C / t.groups;
-    for (int64_t c = 0; c < C; ++c) {
-      const int nib = (q[c / 2] >> (4 * (c % 2))) & 0xF;
-      out[c] = static_cast<float>(nib >= 8 ? nib - 16 : nib) * t.s[r * t.groups + c / gs];
-    }
+// out (C,) = row r of an embedding table held as a linear's weight (out = rows, in = C): copied when float32,
+// dequantized as QuantizedEmbedding does otherwise (q as float32 times its scale).
+void table_row(const Lin& t, int64_t r, float* out) {
+  if (t.s == nullptr) {
+    const float* w = static_cast<const float*>(t.w) + r * t.in;
+    std::copy(w, w + t.in, out);
+  } else {
+    quantized_dequantize_rows(t.w, t.s, t.in, t.groups, r, 1, out);
   }
 }
 
@@ -317,23 +276,23 @@ py::object cached_logits(const py::array& ids, const py::tuple& wte, const py::t
   st.B = ids.shape(0), st.T = ids.shape(1), st.N = st.B * st.T;
   st.start = int64_from_py(start_in, "cached_logits: start");
   TG_CHECK(st.N >= 1, op, ": ids must not be empty, got shape ", shape_str(ids));
-  Table tok, pos;
-  TG_CHECK(wte.size() == 2, op, ": wte must be (table, scale or None)");
+  Lin tok, pos;
+  TG_CHECK(wte.size() == 3, op, ": wte must be (table, scale or None, None)");
   if (!py::isinstance<py::array>(wte[0])) return py::none();  // a CuPy table, say: not the CPU kernels' arrays
   const auto wte_t = py::reinterpret_borrow<py::array>(wte[0]);
   TG_CHECK(wte_t.ndim() == 2, op, ": wte must be a 2-D table, got shape ", shape_str(wte_t));
   st.C = wte_t.shape(1) * (py::isinstance<py::array_t<uint8_t>>(wte_t) ? 2 : 1);
   Norm fin;
   Lin out;
-  if (!parse_table(wte, st.C, "cached_logits: wte", tok) || !parse_table(wpe, st.C, "cached_logits: wpe", pos) ||
+  if (!parse_linear(wte, st.C, "cached_logits: wte", tok) || !parse_linear(wpe, st.C, "cached_logits: wpe", pos) ||
       !parse_step(op, layers, k_caches, v_caches, st) || !(ln_f.is_none() || parse_norm(ln_f, st.C, "ln_f", fin)) ||
       !parse_linear(head, st.C, "cached_logits: head", out))
     return py::none();
-  TG_CHECK(st.start + st.T <= pos.rows, op, ": positions up to ", st.start + st.T, " exceed the position table's ",
-           pos.rows);
+  TG_CHECK(st.start + st.T <= pos.out, op, ": positions up to ", st.start + st.T, " exceed the position table's ",
+           pos.out);
   const int64_t* idp = static_cast<const int64_t*>(ids.data());
   for (int64_t i = 0; i < st.N; ++i)
-    TG_CHECK(idp[i] >= 0 && idp[i] < tok.rows, op, ": token id ", idp[i], " is out of the vocabulary [0, ", tok.rows,
+    TG_CHECK(idp[i] >= 0 && idp[i] < tok.out, op, ": token id ", idp[i], " is out of the vocabulary [0, ", tok.out,
              ")");
   const int64_t N = st.N, C = st.C, B = st.B;
   py::array_t<float> logits = aligned_array({B, out.out});
@@ -343,9 +302,9 @@ py::object cached_logits(const py::array& ids, const py::tuple& wte, const py::t
     std::vector<float> xbuf(N * C), sbuf(N * C), prow(C);
     for (int64_t i = 0; i < N; ++i) {  // x = wte[id] + wpe[position], as GPT.hidden_states
       float* xr = xbuf.data() + i * C;
-      table_row(tok, idp[i], C, xr);
-      table_row(pos, st.start + i % st.T, C, prow.data());
-      for (int64_t c = 0; c < C; ++c) xr[c] = xr[c] + prow[c];
+      table_row(tok, idp[i], xr);
+      table_row(pos, st.start + i % st.T, prow.data());
+      add_rows(xr, prow.data(), xr, C);
     }
     const float* h = run_blocks(st, xbuf.data(), sbuf.data());
     std::vector<float> last(B * C), mean(B), rstd(B);

@@ -28,6 +28,11 @@ void linear_rows(const float* x, const float* w, const float* b, int64_t rows, i
 void quantized_linear_rows(const float* x, const void* q, const float* s, const float* b, int64_t rows, int64_t in,
                            int64_t out, int64_t groups, float* y, float* h);
 
+// quantized_linear.cpp: rows r0..r0+n-1 of a quantized table (as quantized_linear_rows takes it, `in` logical
+// columns) to float32 w (n, in): q as float32 times its scale, exactly as NumPy dequantizes them.
+void quantized_dequantize_rows(const void* q, const float* s, int64_t in, int64_t groups, int64_t r0, int64_t n,
+                               float* w);
+
 // attention.cpp: kv_attention on qkv (B, T, 3C): the new keys and values go into the caches (B, nh, L, hs) at
 // start..start+T-1, then out (B, T, C) = causal attention (within `window`) over positions 0..start+T-1.
 void kv_attention_rows(const float* qkv, float* k_cache, float* v_cache, int64_t B, int64_t T, int64_t n_head,

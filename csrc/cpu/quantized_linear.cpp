@@ -404,6 +404,11 @@ py::array_t<float> quantized_linear_gelu_backward(const py::array& grad, const p
 
 }  // namespace
 
+void quantized_dequantize_rows(const void* q, const float* s, int64_t in, int64_t groups, int64_t r0, int64_t n,
+                               float* w) {
+  dequantize_panel(q, s, Dims{0, in, 0, groups, groups > 0}, r0, n, w);
+}
+
 void quantized_linear_rows(const float* x, const void* q, const float* s, const float* b, int64_t rows, int64_t in,
                            int64_t out, int64_t groups, float* y, float* h) {
   const Dims d{rows, in, out, groups, groups > 0};

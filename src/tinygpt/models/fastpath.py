@@ -33,18 +33,33 @@ from ..nn import GELU, MLP, Block, CausalSelfAttention, Dropout, Embedding, Laye
 from ..quantize import QuantizedEmbedding, QuantizedLinear, quantized_linear
 
 
+def _norm_arrays(ln):
+    """(weight, bias or None, eps) of a LayerNorm: csrc/cpu/decode.cpp's layout."""
+    return ln.weight.data, None if ln.bias is None else ln.bias.data, ln.eps
+
+
+def _linear_arrays(lin):
+    """(weight, None, bias) of a Linear, (q, scale, bias) of a QuantizedLinear: csrc/cpu/decode.cpp's layout."""
+    if type(lin) is Linear:
+        return lin.weight.data, None, None if lin.bias is None else lin.bias.data
+    q, s = lin._table()
+    return q, s, lin.bias
+
+
 def _linear(lin, x, gelu: bool = False):
     """lin(x) (gelu: gelu_tanh(lin(x)) fused) as F.linear / F.linear_gelu / QuantizedLinear run it."""
-    if type(lin) is Linear:
-        w, b = lin.weight.data, None if lin.bias is None else lin.bias.data
+    w, s, b = _linear_arrays(lin)
+    if s is None:
         return kernels.select("linear_gelu" if gelu else "linear", x, w, b).forward(x, w, b)[0]
-    q, s = lin._table()
-    return quantized_linear(x, q, s, lin.bias, bits=lin.bits, gelu=gelu, block_rows=lin.block_rows)
+    return quantized_linear(x, w, s, b, bits=lin.bits, gelu=gelu, block_rows=lin.block_rows)
 
 
-def _layer_norm(ln, x):
-    w, b = ln.weight.data, None if ln.bias is None else ln.bias.data
-    return kernels.select("layer_norm", x, w, b).forward(x, w, b, ln.eps)[0]
+def _layer_norm(ln, x, residual=None):
+    """ln(x), or with `residual` (x + residual, ln(x + residual)) in one op, as F.layer_norm / F.add_layer_norm."""
+    w, b, eps = _norm_arrays(ln)
+    if residual is None:
+        return kernels.select("layer_norm", x, w, b).forward(x, w, b, eps)[0]
+    return kernels.select("add_layer_norm", x, residual, w, b).forward(x, residual, w, b, eps)[0]
 
 
 def _attention(attn, x, cache, i):
@@ -65,18 +80,6 @@ def _mlp(mlp, x):
     return _linear(mlp.c_proj, h)
 
 
-def _norm_arrays(ln):
-    return ln.weight.data, None if ln.bias is None else ln.bias.data, ln.eps
-
-
-def _linear_arrays(lin):
-    """(weight, None, bias) of a Linear, (q, scale, bias) of a QuantizedLinear: csrc/cpu/decode.cpp's layout."""
-    if type(lin) is Linear:
-        return lin.weight.data, None, None if lin.bias is None else lin.bias.data
-    q, s = lin._table()
-    return q, s, lin.bias
-
-
 def _layer(block):
     """`block`'s arrays and options as csrc/cpu/decode.cpp takes them, or None when the block is not exactly what
     this module reproduces (every type exact, nothing in training mode)."""
@@ -95,17 +98,22 @@ def _layer(block):
             _norm_arrays(block.ln_2)) + tuple(_linear_arrays(lin) for lin in linears)
 
 
+def _native_rows(layers, rows: int, head=None) -> bool:
+    """Whether kernels.policy gives every float linear of the `_layer` tuples (at `rows` rows) and of the head
+    ((rows, weight, scale), at its own row count) to the native GEMM, as the modules would run them."""
+    if rows <= 1 and (head is None or head[0] <= 1):  # a one-row decode step: always (policy.linear_policy)
+        return True
+    linears = [(rows, w, s) for layer in layers for w, s, _ in layer[6:]] + ([head] if head is not None else [])
+    return all(s is not None or policy.linear_policy(n, w.shape[1], w.shape[0]) for n, w, s in linears)
+
+
 def _native_step(layers, x, cache):
     """The whole step as one native call (kernels op cached_blocks, csrc/cpu/decode.cpp) on the `_layer` tuples,
     or None where the per-op path must run: native kernels off or absent, an array they do not take, or a float
     linear that kernels.policy gives to NumPy at this many rows (the per-op path would run the reference there)."""
     step = kernels.implementation("cached_blocks", "cpu") if kernels.native_enabled() else None
-    if step is None or type(x) is not np.ndarray:  # host NumPy only (kernels._qualifies' device rule)
-        return None
-    rows = x.shape[0]
-    if rows > 1 and any(s is None and not policy.linear_policy(rows, w.shape[1], w.shape[0])
-                        for layer in layers for w, s, _ in layer[6:]):
-        return None
+    if step is None or type(x) is not np.ndarray or not _native_rows(layers, x.shape[0]):
+        return None  # (host NumPy only: kernels._qualifies' device rule)
     return step(x, layers, cache.k[:len(layers)], cache.v[:len(layers)], cache.batch_size, cache.length)
 
 
@@ -124,9 +132,7 @@ def cached_blocks(blocks, x, cache):
         return y.reshape(shape)
     for i, b in enumerate(blocks):
         if b.norm == "pre":  # x + attn(ln_1(x)); then ln_2 of it in the same op; then x + mlp(ln_2(x))
-            a = _attention(b.attn, _layer_norm(b.ln_1, x), cache, i)
-            w, bias = b.ln_2.weight.data, None if b.ln_2.bias is None else b.ln_2.bias.data
-            (x, h), _ = kernels.select("add_layer_norm", x, a, w, bias).forward(x, a, w, bias, b.ln_2.eps)
+            x, h = _layer_norm(b.ln_2, x, _attention(b.attn, _layer_norm(b.ln_1, x), cache, i))
             x = x + _mlp(b.mlp, h)
         else:  # post-norm (GPT-1): ln_1(x + attn(x)), then ln_2(x + mlp(x))
             x = _layer_norm(b.ln_1, x + _attention(b.attn, x, cache, i))
@@ -135,13 +141,13 @@ def cached_blocks(blocks, x, cache):
 
 
 def _table_arrays(emb):
-    """(table, None) of an Embedding or a float position table, (q, scale) of a QuantizedEmbedding; None for
-    anything else."""
+    """An embedding table laid out as a linear's weight (decode.cpp): (table, None, None) of an Embedding or a float
+    position table, (q, scale, None) of a QuantizedEmbedding; None for anything else."""
     if type(emb) is Embedding:
-        return emb.weight.data, None
+        return emb.weight.data, None, None
     if type(emb) is QuantizedEmbedding:
-        return emb._table()
-    return (emb, None) if type(emb) is np.ndarray else None  # sinusoidal positions: a buffer
+        return (*emb._table(), None)
+    return (emb, None, None) if type(emb) is np.ndarray else None  # sinusoidal positions: a buffer
 
 
 def cached_logits(model, idx, cache):
@@ -165,19 +171,16 @@ def cached_logits(model, idx, cache):
     head, wte, wpe = model.lm_head, _table_arrays(tr.wte), _table_arrays(tr.wpe)
     if (type(head) is not Linear and type(head) is not QuantizedLinear) or head.training or wte is None or wpe is None:
         return None
+    ids = model._check_idx(model._on_device(idx, "idx"))
+    if type(ids) is not np.ndarray:  # a model on the GPU: hidden_states runs its per-op path
+        return None
     layers = [_layer(b) for b in tr.h]
     if None in layers:
-        return None
-    ids = model._check_idx(model._on_device(idx, "idx"))
-    if type(ids) is not np.ndarray:
         return None
     B, T = ids.shape
     cache.check(B, T, len(layers))
     head_arrays = _linear_arrays(head)
-    rows = B * T
-    if (rows > 1 and any(s is None and not policy.linear_policy(rows, w.shape[1], w.shape[0])
-                         for layer in layers for w, s, _ in layer[6:])
-            or head_arrays[1] is None and not policy.linear_policy(B, *head_arrays[0].shape[::-1])):
+    if not _native_rows(layers, B * T, head=(B, *head_arrays[:2])):
         return None
     logits = step(np.ascontiguousarray(ids, dtype=np.int64), wte, wpe, layers,
                   None if ln_f is None else _norm_arrays(ln_f), head_arrays, cache.k, cache.v, cache.length)
